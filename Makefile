@@ -1,0 +1,47 @@
+# minutecast: `make help` lists the targets.
+CACHE ?= $(or $(MINUTECAST_CACHE),$(HOME)/.cache/minutecast)
+VENV ?= $(or $(MINUTECAST_VENV),$(CACHE)/venv)
+PY := $(VENV)/bin/python
+export PYSPARK_PYTHON := $(PY)
+export PYSPARK_DRIVER_PYTHON := $(PY)
+
+.PHONY: help setup run test test-fast lint typecheck bench bench-quick infra-up infra-down infra-status compose-test clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
+
+setup: ## install everything missing (apt packages, venv, horovod, Maven jars)
+	@bash infra/bootstrap.sh
+
+run: setup ## set up, start Kafka + Redis and run the whole pipeline (Ctrl-C stops it)
+	@$(VENV)/bin/minutecast run
+
+test: setup ## set up, start the real services and run lint + the whole test suite
+	@$(VENV)/bin/ruff check .
+	@$(VENV)/bin/minutecast infra up
+	@$(PY) -m pytest -p no:cacheprovider
+
+test-fast: ## unit tests only (no services)
+	@$(PY) -m pytest -m "not integration" -q
+
+lint: ## ruff (with bandit's S rules)
+	@$(VENV)/bin/ruff check .
+
+typecheck: ## mypy
+	@$(VENV)/bin/mypy
+
+bench: setup ## run every benchmark (about 30 minutes)
+	@$(VENV)/bin/minutecast bench
+
+bench-quick: setup ## run every benchmark on small inputs (under 5 minutes)
+	@$(VENV)/bin/minutecast bench --quick
+
+infra-up: ## start local Kafka and Redis
+	@$(VENV)/bin/minutecast infra up
+infra-down: ## stop them
+	@$(VENV)/bin/minutecast infra down
+infra-status: ## show them
+	@$(VENV)/bin/minutecast infra status
+
+clean: ## remove caches in the work tree
+	rm -rf .pytest_cache .ruff_cache .mypy_cache build *.egg-info

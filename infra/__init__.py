@@ -1,0 +1,1 @@
+"""Local real services (Kafka broker in KRaft mode from Maven jars, Debian's redis-server), no Docker."""

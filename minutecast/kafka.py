@@ -1,0 +1,134 @@
+"""Kafka: the one module that builds client configs and clients (confluent-kafka, Spark, Faust).
+
+Every client config is derived from :class:`minutecast.settings.KafkaSettings` here, so SASL and
+bootstrap settings are spelled once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from minutecast.errors import ServiceUnavailable
+from minutecast.settings import KafkaSettings
+from minutecast.topics import TopicSpec
+
+
+def client_config(ks: KafkaSettings) -> dict[str, Any]:
+    """librdkafka settings shared by producers, consumers and the admin client."""
+    conf: dict[str, Any] = {"bootstrap.servers": ks.bootstrap, "security.protocol": ks.security_protocol}
+    if ks.security_protocol.startswith("SASL"):
+        assert ks.sasl_password is not None  # checked by KafkaSettings
+        conf |= {
+            "sasl.mechanism": ks.sasl_mechanism,
+            "sasl.username": ks.sasl_username,
+            "sasl.password": ks.sasl_password.get_secret_value(),
+        }
+    return conf
+
+
+def spark_options(ks: KafkaSettings) -> dict[str, str]:
+    """Options for Spark's Kafka source and sink (``kafka.``-prefixed client properties)."""
+    opts = {"kafka.bootstrap.servers": ks.bootstrap, "kafka.security.protocol": ks.security_protocol}
+    if ks.security_protocol.startswith("SASL"):
+        assert ks.sasl_password is not None
+        module = ("org.apache.kafka.common.security.plain.PlainLoginModule" if ks.sasl_mechanism == "PLAIN"
+                  else "org.apache.kafka.common.security.scram.ScramLoginModule")
+        pw = ks.sasl_password.get_secret_value().replace('"', '\\"')
+        opts |= {
+            "kafka.sasl.mechanism": ks.sasl_mechanism,
+            "kafka.sasl.jaas.config": f'{module} required username="{ks.sasl_username}" password="{pw}";',
+        }
+    return opts
+
+
+def make_producer(ks: KafkaSettings, **overrides: Any) -> Producer:
+    """An idempotent producer (acks=all, ordered per partition, no duplicates on retry)."""
+    conf = client_config(ks) | {
+        "enable.idempotence": True,
+        "acks": "all",
+        "compression.type": "lz4",
+        "linger.ms": 20,
+        "batch.size": 1_000_000,
+        "queue.buffering.max.messages": 1_000_000,
+        "queue.buffering.max.kbytes": 1_048_576,
+        # Retry through broker restarts for up to 5 minutes before reporting a failed delivery.
+        "delivery.timeout.ms": 300_000,
+    }
+    conf |= overrides
+    return Producer(conf)
+
+
+def make_consumer(ks: KafkaSettings, group: str, **overrides: Any) -> Consumer:
+    """A consumer in ``group`` that starts at the earliest offset and commits only when told."""
+    conf = client_config(ks) | {
+        "group.id": group,
+        "auto.offset.reset": "earliest",
+        "enable.auto.commit": False,
+        "enable.partition.eof": False,
+    }
+    conf |= overrides
+    return Consumer(conf)
+
+
+def make_admin(ks: KafkaSettings, **overrides: Any) -> AdminClient:
+    return AdminClient(client_config(ks) | overrides)
+
+
+def wait_for_kafka(ks: KafkaSettings, timeout_s: float = 60.0) -> None:
+    """Block until a broker answers a metadata request, or raise :class:`ServiceUnavailable`."""
+    deadline = time.monotonic() + timeout_s
+    admin = make_admin(ks, log_level=0)  # quiet: "connection refused" is expected while it starts
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            admin.list_topics(timeout=min(5.0, max(0.5, deadline - time.monotonic())))
+            return
+        except KafkaException as exc:
+            last = exc
+            time.sleep(0.5)
+    raise ServiceUnavailable(f"Kafka at {ks.bootstrap} did not answer within {timeout_s:.0f} s ({last})")
+
+
+def ensure_topics(ks: KafkaSettings, specs: Iterable[TopicSpec], timeout_s: float = 30.0) -> list[str]:
+    """Create missing topics (idempotent). Returns the names created now."""
+    admin = make_admin(ks)
+    specs = list(specs)
+    existing = set(admin.list_topics(timeout=timeout_s).topics)
+    todo = [s for s in specs if s.name not in existing]
+    if not todo:
+        return []
+    futures = admin.create_topics(
+        [NewTopic(s.name, num_partitions=s.partitions, replication_factor=1, config=s.config()) for s in todo],
+        operation_timeout=timeout_s,
+    )
+    created = []
+    for name, fut in futures.items():
+        try:
+            fut.result()
+            created.append(name)
+        except KafkaException as exc:
+            if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
+                raise
+    return created
+
+
+def end_offsets(ks: KafkaSettings, topic: str, timeout_s: float = 10.0) -> dict[int, int]:
+    """High watermark per partition of ``topic``: a snapshot of "everything written so far"."""
+    from confluent_kafka import TopicPartition
+
+    consumer = make_consumer(ks, group="minutecast-offsets-probe")
+    try:
+        md = consumer.list_topics(topic, timeout=timeout_s)
+        parts = sorted(md.topics[topic].partitions)
+        out = {}
+        for p in parts:
+            _, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
+            out[p] = high
+        return out
+    finally:
+        consumer.close()
