@@ -62,14 +62,16 @@ class LocalKafka:
     def _java(self) -> str:
         java = shutil.which("java")
         if java is None:
-            raise InfraError("Java is missing: Kafka and Spark need Java 17 (`apt-get install openjdk-17-jre-headless`)")
+            raise InfraError("Java is missing: Kafka and Spark need Java 17 "
+                             "(`apt-get install openjdk-17-jre-headless`)")
         out = subprocess.run([java, "-version"], capture_output=True, text=True, check=False).stderr
         try:
             major = int(out.split('"')[1].split(".")[0])
         except (IndexError, ValueError):
             major = 0
         if major < 17:
-            raise InfraError(f"Java 17 or newer is needed for Kafka {jars.kafka_version()}; found: {out.splitlines()[0]}")
+            raise InfraError(f"Java 17 or newer is needed for Kafka {jars.kafka_version()}; "
+                             f"found: {out.splitlines()[0] if out else 'no version'}")
         return java
 
     def _write_config(self) -> None:
