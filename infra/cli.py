@@ -4,6 +4,7 @@
     minutecast infra status
     minutecast infra down
     minutecast infra fetch     # only download the Maven jars (Kafka broker, Spark connector)
+    minutecast infra topics    # only create missing topics on MINUTECAST_KAFKA_BOOTSTRAP (any broker)
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import argparse
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("action", choices=["up", "down", "status", "fetch"])
+    p.add_argument("action", choices=["up", "down", "status", "fetch", "topics"])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -24,6 +25,14 @@ def run(args: argparse.Namespace) -> int:
         print(jars.kafka_libs(s.cache))
         for j in jars.spark_kafka_jars(s.cache):
             print(j)
+        return 0
+    if args.action == "topics":
+        from minutecast.kafka import ensure_topics, wait_for_kafka
+        from minutecast.topics import Topics
+
+        wait_for_kafka(s.kafka, s.start_timeout_s)
+        made = ensure_topics(s.kafka, Topics(s.namespace).specs(s.bar_partitions, s.bar_retention_days))
+        print("topics created: " + (", ".join(made) if made else "none, all existed"))
         return 0
     if args.action == "down":
         stopped = services.down(s)

@@ -83,7 +83,8 @@ def topics(services: InfraSettings, namespace: str) -> Iterator[Topics]:
     specs = t.specs(bar_partitions=3)
     ensure_topics(services.kafka, specs)
     yield t
-    futures = make_admin(services.kafka).delete_topics([s.name for s in specs], operation_timeout=30)
+    admin = make_admin(services.kafka)  # kept referenced until the futures resolve
+    futures = admin.delete_topics([s.name for s in specs], operation_timeout=30)
     for fut in futures.values():
         try:
             fut.result()

@@ -55,3 +55,22 @@ def test_infra_cli_status_and_idempotent_up(services: InfraSettings) -> None:
                             capture_output=True, text=True, timeout=60, check=True).stdout
     assert status.splitlines()[0].split()[:3] == ["kafka", "up", "4.3.1"]
     assert status.splitlines()[1].split()[:2] == ["redis", "up"]
+
+
+def test_infra_topics_creates_missing_topics_once(services: InfraSettings, namespace: str) -> None:
+    from minutecast.kafka import make_admin
+
+    cmd = [sys.executable, "-m", "minutecast.cli", "infra", "topics"]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True).stdout
+    t = Topics(namespace)
+    names = [spec.name for spec in t.specs()]
+    try:
+        assert all(n in first for n in names)
+        md = make_admin(services.kafka).list_topics(timeout=10)
+        assert len(md.topics[t.bars].partitions) == services.bar_partitions
+        second = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True).stdout
+        assert "none, all existed" in second
+    finally:
+        admin = make_admin(services.kafka)  # kept referenced until the futures resolve
+        for fut in admin.delete_topics(names, operation_timeout=30).values():
+            fut.result()
