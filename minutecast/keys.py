@@ -9,10 +9,13 @@ key                            type     content
                                         (open high low close volume published-at); last
                                         ``window.RETAIN`` minutes; TTL ``window_ttl_s``
 ``ns:winmeta:{T}``             hash     ``max`` newest minute, ``ready`` last minute announced ready,
-                                        ``sum`` its checksum
+                                        ``sum`` its checksum; same TTL as ``ns:win:{T}``
 ``ns:fc:{T}``                  hash     the latest forecast (Forecast fields); only moves forward
 ``ns:fchist:{T}``              hash     field = as-of minute, value = Forecast JSON; bounded
-``ns:stats``                   hash     counters (bars in, late, dead-lettered, ...)
+``ns:stats``                   hash     counters (bars in, late, dead-lettered, ...); the window store
+                                        writes ``stream_bars``, ``stream_new``, ``stream_dup``,
+                                        ``stream_late``, ``stream_conflict``, ``stream_roundtrips``,
+                                        ``stream_messages`` (a rebuild: the same as ``rebuild_*``)
 ``ns:producer:wm:{T}``         string   the newest minute the yfinance producer published
 =============================  =======  =============================================================
 """
@@ -43,6 +46,10 @@ class Keys:
 
     def producer_watermark(self, ticker: str) -> str:
         return f"{self.namespace}:producer:wm:{ticker}"
+
+    def namespace_pattern(self) -> str:
+        """Every key of this namespace (tests and clean-up delete exactly these, never FLUSHDB)."""
+        return f"{self.namespace}:*"
 
     def window_pattern(self) -> str:
         return f"{self.namespace}:win:*"

@@ -103,6 +103,14 @@ class ProducerSettings(CommonSettings):
     compression: Literal["lz4", "zstd", "snappy", "gzip", "none"] = "lz4"
     flush_timeout_s: float = 60.0
     metrics_port: int = 9101
+    connect_timeout_s: float = 20.0  # how long to wait for a broker at start before failing
+    poll_every: int = 2000  # serve delivery reports every N produced messages (poll(0))
+    yf_batch_size: int = 100  # tickers per yf.download call (yfinance threads fetch them in parallel)
+    yf_min_interval_s: float = 2.0  # least time between two yf.download calls, across all processes
+    yf_max_backoff_s: float = 300.0  # cap of the exponential backoff after a rate limit or network error
+    yf_max_retries: int = 8  # attempts per batch before giving up on it (the watermark makes it retried later)
+    live_delay_s: float = 5.0  # wait this long after a minute closes before polling (Yahoo's lag)
+    live_lookback_min: int = 30  # each live poll asks for this many recent minutes (overlap is deduplicated)
 
 
 class StreamSettings(CommonSettings):
@@ -112,8 +120,14 @@ class StreamSettings(CommonSettings):
     take_max: int = 2000  # bars per batch taken from the stream
     take_within_s: float = 0.05  # longest wait to fill a batch
     window_ttl_s: int = 3 * 24 * 3600  # window keys of delisted tickers vanish after this
-    web_port: int = 6066
-    metrics_port: int = 9102
+    web_port: int = 6066  # Faust's web server (0 disables it)
+    metrics_port: int = 9102  # Prometheus /metrics (0 disables it)
+    max_poll_records: int = 5000  # records per Kafka poll (aiokafka max_poll_records)
+    commit_interval_s: float = 1.0  # how often Faust commits acked offsets
+    retry_s: float = 1.0  # back-off while Redis/Kafka refuse a batch (the batch is retried, never skipped)
+    startup_rebuild: bool = True  # rebuild windows from the bar topic when Redis has none for the namespace
+    rebuild_batch: int = 20_000  # bars per store call during a rebuild
+    session_timeout_s: float = 15.0  # a worker silent this long (crashed) loses its partitions to the others
 
 
 class InferenceSettings(CommonSettings):
@@ -123,7 +137,17 @@ class InferenceSettings(CommonSettings):
     trigger_ms: int = 200  # micro-batch trigger interval
     checkpoint_dir: Path | None = None  # default: <home>/checkpoints/infer
     history_len: int = 120  # forecasts kept per ticker in Redis history
-    metrics_port: int = 9103
+    metrics_port: int = 9103  # 0 disables the Prometheus endpoint (tests, benchmarks)
+    # Partitions of one micro-batch after the shuffle by ticker: one model call (and one Redis round
+    # trip) per partition. Few and large is the point; local[*] on 2 cores wants 2.
+    partitions: int = 2
+    # True: shuffle each micro-batch by ticker (exact newest-per-ticker even for unkeyed events). False:
+    # coalesce the Kafka partitions instead (no shuffle stage); exact too, because window-ready events
+    # are keyed by ticker, and an unkeyed stray could only cost a redundant forecast, never a wrong one.
+    shuffle_by_ticker: bool = True
+    max_offsets_per_trigger: int = 50_000  # window-ready events per micro-batch (catch-up bound)
+    spark_ui: bool = False  # the Spark web UI costs memory and a port; on for debugging only
+    spark_log_level: str = "WARN"  # log level of Spark's JVM side
 
     @property
     def checkpoint(self) -> Path:
@@ -135,6 +159,13 @@ class TrainingSettings(CommonSettings):
 
     preset: str = "default"
     every: str | None = None  # e.g. "1h": retrain periodically
+    np: int = 1  # Horovod ranks `minutecast train` starts (horovodrun -np N when N > 1)
+    epochs: int | None = None  # None: the preset's default
+    max_samples: int | None = None  # cap on training samples (all ranks together); None: all
+    val_frac: float = 0.15  # share of trading dates (before the test dates) used for validation
+    test_frac: float = 0.15  # share of trading dates at the end used for the test report and the gate
+    threads_per_rank: int = 0  # TensorFlow intra/inter-op threads per rank (0: TensorFlow decides)
+    keep_checkpoints: int = 2  # per-epoch checkpoints kept per run under <home>/checkpoints/train
     reports_dir: Path | None = None  # default: <home>/reports
     metrics_port: int = 9104
 

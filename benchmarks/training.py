@@ -1,0 +1,182 @@
+"""Training throughput (1 vs 2 Horovod ranks on CPU, a GPU epoch when present) and the accuracy table.
+
+    python -m benchmarks.training            # full: ~3 minutes on 2 free cores
+    python -m benchmarks.training --quick    # fewer steps, no accuracy table
+
+Throughput: the default preset's training step (forward, backward, Horovod allreduce, Adam) on synthetic
+input of the real shape (the values do not change the cost), each rank ONE TensorFlow thread
+(intra = inter = 1), 2 ranks via ``horovodrun -np 2 -H localhost:2`` (Gloo). Configurations: batch 256 and
+1024 per rank, fp16 gradient compression, 4 backward passes per allreduce, and a control: two independent
+1-rank processes at once (no Horovod), i.e. what two cores deliver on this machine at this moment.
+``scaling`` = 2-rank samples/s / 1-rank samples/s at the same per-rank batch (the best 2-rank configuration).
+Accuracy: the current model of ``<home>/models`` (MINUTECAST_HOME; the newest version when none is
+promoted) vs persistence on the test dates (last 15%) of the shared data.
+
+Last stdout line: one JSON object with samples_per_s_1rank, samples_per_s_2ranks, scaling, gpu_epoch_s, runs,
+accuracy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("MINUTECAST_SHARED_DATA", REPO.parent / "shared" / "data" / "bars-1m"))
+
+
+def worker(args: argparse.Namespace) -> None:
+    """One rank: time ``steps`` training steps after ``warmup`` steps; rank 0 prints a JSON line."""
+    import tensorflow as tf
+
+    if args.threads > 0:
+        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    import horovod.tensorflow.keras as hvd
+
+    from minutecast.model import build_model, get_preset, make_loss
+
+    hvd.init()
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        tf.config.experimental.set_memory_growth(gpus[hvd.local_rank() % len(gpus)], True)
+        tf.config.set_visible_devices(gpus[hvd.local_rank() % len(gpus)], "GPU")
+    preset = get_preset(args.preset)
+    model = build_model(preset)
+    opt = hvd.DistributedOptimizer(tf.keras.optimizers.Adam(preset.learning_rate * hvd.size()),
+                                   compression=hvd.Compression.fp16 if args.fp16 else hvd.Compression.none,
+                                   backward_passes_per_step=args.passes)
+    model.compile(optimizer=opt, loss=make_loss(preset))
+    rng = tf.random.Generator.from_seed(hvd.rank())
+    n_distinct = 8  # a few distinct batches, resident in memory: measures compute + allreduce, not input
+    x = rng.normal((n_distinct * args.batch, 60, 2))
+    y = rng.normal((n_distinct * args.batch,))
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(args.batch, drop_remainder=True).cache().repeat()
+    cb = [hvd.callbacks.BroadcastGlobalVariablesCallback(0)]
+    model.fit(ds, epochs=1, steps_per_epoch=args.warmup, verbose=0, callbacks=cb)
+    t0 = time.perf_counter()
+    model.fit(ds, epochs=1, steps_per_epoch=args.steps, verbose=0)
+    dt = time.perf_counter() - t0
+    if hvd.rank() == 0:
+        print("BENCH " + json.dumps({"ranks": hvd.size(), "batch_per_rank": args.batch, "fp16": args.fp16,
+                                     "threads": args.threads, "gpu": bool(gpus), "seconds": round(dt, 3),
+                                     "samples_per_s": round(args.steps * args.batch * hvd.size() / dt, 1)}),
+              flush=True)
+
+
+def command(ranks: int, batch: int, steps: int, warmup: int, fp16: bool = False, threads: int = 1,
+            passes: int = 1, preset: str = "default") -> list[str]:
+    """threads: TensorFlow threads per rank (0 = TensorFlow's default, for the GPU run)."""
+    cmd = [sys.executable, "-m", "benchmarks.training", "--worker", "--batch", str(batch), "--steps", str(steps),
+           "--warmup", str(warmup), "--threads", str(threads), "--preset", preset, "--passes", str(passes)]
+    cmd += ["--fp16"] if fp16 else []
+    if ranks > 1:
+        hvdrun = shutil.which("horovodrun") or str(Path(sys.executable).parent / "horovodrun")
+        cmd = [hvdrun, "-np", str(ranks), "-H", f"localhost:{ranks}", *cmd]
+    return cmd
+
+
+ENV = os.environ | {"TF_CPP_MIN_LOG_LEVEL": "2", "OMP_NUM_THREADS": "1"}
+
+
+def parse(out: str, what: str) -> dict[str, Any]:
+    for line in out.splitlines():
+        if "BENCH " in line:
+            result: dict[str, Any] = json.loads(line.split("BENCH ", 1)[1])
+            print(f"  {what}: {result['samples_per_s']:.0f} samples/s", flush=True)
+            return result
+    raise RuntimeError(f"benchmark run failed: {out[-3000:]}")
+
+
+def launch(ranks: int, batch: int, steps: int, warmup: int, fp16: bool = False, passes: int = 1,
+           threads: int = 1) -> dict[str, Any]:
+    proc = subprocess.run(command(ranks, batch, steps, warmup, fp16, threads, passes), cwd=REPO, env=ENV,
+                          capture_output=True, text=True, timeout=900, check=False)
+    what = f"{ranks} rank(s) x {threads or 'all'} thread, batch {batch}/rank{' fp16' if fp16 else ''}" + (
+        f" backward_passes {passes}" if passes > 1 else "")
+    return parse(proc.stdout + proc.stderr, what)
+
+
+def control(batch: int, steps: int, warmup: int) -> float:
+    """Two INDEPENDENT 1-rank processes at once (no Horovod): what two cores give this machine right now."""
+    procs = [subprocess.Popen(command(1, batch, steps, warmup), cwd=REPO, env=ENV, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=900)[0] for p in procs]
+    total = sum(parse(o, f"control: independent 1-rank process {i + 1}, batch {batch}")["samples_per_s"]
+                for i, o in enumerate(outs))
+    print(f"  control: 2 independent processes together: {total:.0f} samples/s", flush=True)
+    return total
+
+
+def accuracy_table() -> dict[str, Any] | None:
+    """The current model vs persistence on the test dates of the shared data (None without a model)."""
+    import numpy as np
+
+    from minutecast.registry import Registry
+    from minutecast.settings import TrainingSettings
+    from training import data as D
+    from training import evaluate as E
+
+    settings = TrainingSettings()
+    registry = Registry(settings.models_dir)
+    versions = registry.versions()
+    version = registry.current_version() or (versions[-1] if versions else None)  # else the newest, unpromoted
+    if version is None or not SHARED.is_dir():
+        print(f"  accuracy: skipped (current model: {version}, data: {SHARED.is_dir()})")
+        return None
+    samples = D.build_samples(D.load_files(D.bar_files(SHARED)))
+    cuts = D.split_days(samples.days.tolist(), settings.val_frac, settings.test_frac)
+    test = D.split(samples, cuts)["test"]
+    report, _ = E.build_report(test, registry.load(version))
+    print(E.markdown(report).split("| ticker |")[0])
+    keep = ("version", "tickers", "samples", "period", "metrics", "up_fraction")
+    return {k: report[k] for k in keep} | {"days_test": int(np.unique(test.days).size)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--batch", type=int, default=256)
+    p.add_argument("--steps", type=int, default=60)
+    p.add_argument("--warmup", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--preset", default="default")
+    p.add_argument("--fp16", action="store_true")
+    p.add_argument("--passes", type=int, default=1, help="backward passes per allreduce")
+    args = p.parse_args()
+    if args.worker:
+        worker(args)
+        return
+    small, large = (40, 12) if args.quick else (400, 120)  # measured steps at batch 256 / 1024 (~5-10 s each)
+    print(f"training throughput, default preset, CPU, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}:")
+    runs = [launch(1, 256, small, 5), launch(2, 256, small, 5), launch(1, 1024, large, 3), launch(2, 1024, large, 3),
+            launch(2, 1024, large, 3, fp16=True), launch(2, 1024, large, 4, passes=4)]
+    two_independent = control(1024, large, 3)
+    one = {r["batch_per_rank"]: r["samples_per_s"] for r in runs if r["ranks"] == 1}
+    best2 = max((r for r in runs if r["ranks"] == 2), key=lambda r: r["samples_per_s"])
+    scaling = best2["samples_per_s"] / one[best2["batch_per_rank"]]
+    gpu_epoch_s = None
+    import tensorflow as tf
+
+    if tf.config.list_physical_devices("GPU"):
+        g = launch(1, 2048, 50 if args.quick else 200, 10, threads=0)
+        gpu_epoch_s = round(1_000_000 / g["samples_per_s"], 2)  # one epoch of 1M samples at batch 2048
+        runs.append(g)
+    accuracy = None if args.quick else accuracy_table()
+    print(json.dumps({"samples_per_s_1rank": one[best2["batch_per_rank"]], "samples_per_s_2ranks":
+                      best2["samples_per_s"], "scaling": round(scaling, 3), "config_2ranks": best2,
+                      "control_2_independent_1rank": round(two_independent, 1),
+                      "control_scaling": round(two_independent / one[1024], 3), "gpu_epoch_s": gpu_epoch_s,
+                      "load_avg_1m": round(os.getloadavg()[0], 2), "runs": runs, "accuracy": accuracy}))
+
+
+if __name__ == "__main__":
+    main()

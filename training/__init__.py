@@ -1,0 +1,1 @@
+"""Training: dataset from Kafka, Horovod + TensorFlow training, evaluation report, promotion gate."""
