@@ -108,8 +108,9 @@ def collect(sample_s: float = 1.0) -> dict[str, Any]:
         out["tickers_with_forecast"] = len(stamps)
         out["last_forecast_age_s"] = round(time.time() - max(stamps), 1) if stamps else None
         out["windows"] = sum(1 for _ in client.scan_iter(match=keys.window_pattern(), count=1000))
-    current = s.models_dir / "CURRENT"
-    out["model_version"] = current.read_text().strip() if current.exists() else "persistence (no model promoted)"
+    from minutecast.registry import Registry
+
+    out["model_version"] = Registry(s.models_dir).current_version() or "persistence (no model promoted)"
     return out
 
 
