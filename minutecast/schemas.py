@@ -53,6 +53,7 @@ REASONS = (
     "absurd_volume",
     "conflicting_duplicate",
     "nan_row",
+    "window_missing",  # inference: a window-ready event whose window is gone from Redis (and not superseded)
 )
 
 _BAR_FIELDS = ("v", "ticker", "time", "open", "high", "low", "close", "volume", "source")
