@@ -1,0 +1,288 @@
+"""Benchmark: the whole pipeline on this machine, producer -> Kafka -> Faust -> Redis -> Spark -> Kafka/Redis.
+
+    python -m benchmarks.e2e                     # 503 tickers, 90 accelerated minutes of 1 s (503 bars/s)
+    python -m benchmarks.e2e --quick             # 503 tickers, 25 accelerated minutes
+    python -m benchmarks.e2e --bars-per-s 10000  # replay pace: ~20 accelerated minutes per second
+
+In a fresh uuid namespace (topics and keys deleted afterwards) it starts the Faust worker
+(``python -m minutecast.cli stream``) and the Spark job (``python -m minutecast.cli infer``) as
+subprocesses, promotes a randomly initialised seed-architecture LSTM into a temporary registry (so the
+model really runs; ``--persistence`` skips that), publishes 59 minutes of warm-up bars for every ticker,
+waits for the first forecasts (Spark start, TensorFlow load), then publishes one bar per ticker per
+accelerated minute, each minute as one burst like a live feed at the minute boundary.
+
+Reported (from the forecasts themselves): p50/p95/p99/max of ``forecast_at - published_at`` over the
+timed minutes, forecasts vs windows announced, bars/s achieved, ``backlog_growing`` (latency of the last
+third of the minutes clearly above the first third, or the pipeline needing long to drain after the last
+minute), and the micro-batch duration with its split (Redis read, window build, model, Redis writes; summed
+over partitions) from the job's per-batch stats. Last stdout line: one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime, timedelta
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from minutecast.kafka import ensure_topics, make_admin, make_consumer, make_producer
+from minutecast.keys import Keys
+from minutecast.redis import connect
+from minutecast.schemas import Bar, Forecast
+from minutecast.settings import InferenceSettings
+from minutecast.topics import Topics
+from minutecast.window import SESSION_TZ, WINDOW
+
+REPO = Path(__file__).resolve().parents[1]
+GOAL_P99_S = 1.5
+
+
+def tickers(n: int) -> list[str]:
+    text = resources.files("minutecast").joinpath("data/sp500.csv").read_text()
+    rows = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")][1:]
+    return rows[:n]
+
+
+def session_start() -> int:
+    """00:00 New York two days ago (epoch s): a whole session of past minutes, none in the future."""
+    day = (datetime.now(SESSION_TZ) - timedelta(days=2)).date()
+    return int(datetime(day.year, day.month, day.day, tzinfo=SESSION_TZ).timestamp())
+
+
+class Feed:
+    """Random-walk bars for every ticker, one minute at a time, published with the producer's clock."""
+
+    def __init__(self, names: list[str], start: int, kafka: Any, topic: str) -> None:
+        self.names, self.start, self.topic = names, start, topic
+        self.rng = np.random.default_rng(0)
+        self.close = 50 + 400 * self.rng.random(len(names))
+        self.producer = make_producer(kafka)
+        self.sent = 0
+
+    def minute(self, i: int, flush: bool = False) -> float:
+        """Publish minute i of every ticker; returns the publish time of its first bar."""
+        self.close *= np.exp(self.rng.normal(0, 5e-4, len(self.names)))
+        vol = self.rng.integers(1_000, 100_000, len(self.names))
+        t0 = time.time()
+        for name, c, v in zip(self.names, self.close, vol, strict=True):
+            c = round(float(c), 4)
+            bar = Bar(name, self.start + 60 * i, c, c, c, c, float(v), "bench", published_at=time.time())
+            while True:
+                try:
+                    self.producer.produce(self.topic, bar.to_json(), name.encode())
+                    break
+                except BufferError:
+                    self.producer.poll(0.01)
+        self.sent += len(self.names)
+        self.producer.poll(0)
+        if flush:
+            self.producer.flush(60)
+        return t0
+
+
+def promote_random_model(models_dir: Path) -> str:
+    """A randomly initialised seed-architecture model, promoted: the model's speed is what counts here."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from minutecast.features import Scaler
+    from minutecast.model import build_model, get_preset
+    from minutecast.registry import Registry
+
+    registry = Registry(models_dir)
+    version = registry.save(build_model(get_preset("seed")),
+                            Scaler(ret_scale=1e-3, logvol_mean=9.0, logvol_std=1.0, target_scale=2e-3),
+                            {"note": "benchmarks.e2e: random weights"})
+    registry.promote(version)
+    return version
+
+
+def pct(xs: list[float], q: float) -> float | None:
+    return round(float(np.percentile(xs, q)), 3) if xs else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="25 timed minutes instead of 90")
+    ap.add_argument("--minutes", type=int, help="timed accelerated minutes")
+    ap.add_argument("--tickers", type=int, default=503)
+    ap.add_argument("--bars-per-s", type=float, help="publish pace (default: one accelerated minute per s)")
+    ap.add_argument("--trigger-ms", type=int, default=200, help="the Spark job's trigger interval")
+    ap.add_argument("--persistence", action="store_true", help="no model: serve the persistence baseline")
+    ap.add_argument("--no-shuffle", action="store_true",
+                    help="coalesce Kafka partitions instead of shuffling by ticker (MINUTECAST_SHUFFLE_BY_TICKER)")
+    ap.add_argument("--partitions", type=int, help="partitions per micro-batch (default: settings)")
+    ap.add_argument("--keep", action="store_true", help="keep the namespace, logs and stats afterwards")
+    args = ap.parse_args(argv)
+
+    names = tickers(args.tickers)
+    minutes = args.minutes or (25 if args.quick else 90)
+    rate = args.bars_per_s or float(len(names))
+    period = len(names) / rate  # seconds per accelerated minute
+    ns = f"e2e{uuid.uuid4().hex[:10]}"
+    work = Path(tempfile.mkdtemp(prefix=f"minutecast-{ns}-"))
+    base = InferenceSettings()
+    assert base.redis.password is not None
+    env = os.environ | {"MINUTECAST_NAMESPACE": ns,
+                        "MINUTECAST_REDIS_PASSWORD": base.redis.password.get_secret_value()}
+    infer_env = env | {"MINUTECAST_HOME": str(work / "home")}  # private registry and checkpoint
+    if args.no_shuffle:
+        infer_env["MINUTECAST_SHUFFLE_BY_TICKER"] = "false"
+    if args.partitions:
+        infer_env["MINUTECAST_PARTITIONS"] = str(args.partitions)
+    topics, keys = Topics(ns), Keys(ns)
+    result: dict[str, Any] = {"benchmark": "e2e", "quick": args.quick, "namespace": ns, "tickers": len(names),
+                              "timed_minutes": minutes, "target_bars_per_s": rate}
+    procs: list[subprocess.Popen[bytes]] = []
+    stats_path = work / "batches.jsonl"
+    try:
+        ensure_topics(base.kafka, topics.specs())
+        if not args.persistence:
+            result["model_version"] = promote_random_model(work / "home" / "models")
+        for name, cmd, e in (
+            ("stream", ["stream", "--web-port", "0", "--metrics-port", "0", "--no-rebuild"], env),
+            ("infer", ["infer", "--metrics-port", "0", "--trigger-ms", str(args.trigger_ms),
+                       "--stats-jsonl", str(stats_path)], infer_env),
+        ):
+            log = open(work / f"{name}.log", "wb")  # noqa: SIM115 - lives as long as the process
+            procs.append(subprocess.Popen([sys.executable, "-m", "minutecast.cli", *cmd], env=e, cwd=REPO,
+                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+
+        start = session_start()
+        feed = Feed(names, start, base.kafka, topics.bars)
+        consumer = make_consumer(base.kafka, f"bench-{ns}")
+        consumer.subscribe([topics.forecasts])
+        seen: dict[tuple[str, int], Forecast] = {}
+
+        def drain(until: float) -> None:
+            while True:
+                left = until - time.monotonic()
+                for msg in consumer.consume(2000, timeout=max(0.0, min(left, 0.2))):
+                    value = msg.value()
+                    if not msg.error() and value is not None:
+                        f = Forecast.from_json(value)
+                        seen.setdefault((f.ticker, f.as_of), f)
+                for p in procs:
+                    if p.poll() is not None:
+                        raise RuntimeError(f"a pipeline process exited ({p.args!r}); logs in {work}")
+                if left <= 0:
+                    return
+
+        # Warm-up: 59 minutes of history, then minute 59 completes the first windows (index WINDOW-1).
+        t_warm = time.monotonic()
+        for i in range(WINDOW):
+            feed.minute(i)
+        feed.producer.flush(60)
+        first = start + 60 * (WINDOW - 1)
+        deadline = time.monotonic() + 300
+        while sum(1 for (_, a) in seen if a == first) < len(names):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no complete first minute of forecasts in 300 s; logs in {work}")
+            drain(time.monotonic() + 0.5)
+        result["warmup_s"] = round(time.monotonic() - t_warm, 1)
+        print(f"pipeline warm after {result['warmup_s']} s; timing {minutes} minutes at {rate:.0f} bars/s",
+              file=sys.stderr)
+
+        # Timed phase: minute WINDOW .. WINDOW+minutes-1, one burst per accelerated minute.
+        t_begin_wall = time.time()
+        t_begin = time.monotonic()
+        for k in range(minutes):
+            feed.minute(WINDOW + k)
+            drain(t_begin + (k + 1) * period)
+        t_end = time.monotonic()
+        feed.producer.flush(60)
+        last = start + 60 * (WINDOW + minutes - 1)
+        drain_deadline = time.monotonic() + 120
+        while sum(1 for (_, a) in seen if a == last) < len(names) and time.monotonic() < drain_deadline:
+            drain(time.monotonic() + 0.25)
+        drained_s = time.monotonic() - t_end
+        drain(time.monotonic() + 1.0)
+
+        timed = [f for (_, a), f in seen.items() if a >= start + 60 * WINDOW]
+        lat = [f.forecast_at - f.published_at for f in timed if f.published_at is not None]
+        # The two halves: producer -> Faust -> Redis -> ready event, and ready event -> Spark -> forecast.
+        faust = [f.window_ready_at - f.published_at for f in timed if f.published_at is not None]
+        spark = [f.forecast_at - f.window_ready_at for f in timed]
+        by_minute: dict[int, list[float]] = {}
+        for f in timed:
+            if f.published_at is not None:
+                by_minute.setdefault((f.as_of - start) // 60, []).append(f.forecast_at - f.published_at)
+        order = sorted(by_minute)
+        third = max(1, len(order) // 3)
+        first_p50 = float(np.median([x for m in order[:third] for x in by_minute[m]])) if order else 0.0
+        last_p50 = float(np.median([x for m in order[-third:] for x in by_minute[m]])) if order else 0.0
+        batches = [json.loads(x) for x in stats_path.read_text().splitlines()] if stats_path.exists() else []
+        timed_batches = [b for b in batches if b.get("events") and b.get("started_at", 0) >= t_begin_wall]
+        split = {}
+        for phase in ("redis_read_ms", "build_ms", "model_load_ms", "model_ms", "write_ms"):
+            vals = [b.get(phase, 0.0) for b in timed_batches]
+            split[phase.removesuffix("_ms") + "_mean_ms"] = round(float(np.mean(vals)), 1) if vals else None
+        durs = [b["duration_ms"] for b in timed_batches]
+        timed_ids = {b["batch_id"] for b in timed_batches}
+        engine = [b["engine_ms"] for b in batches if b.get("progress_batch_id") in timed_ids]
+        for part in ("triggerExecution", "addBatch", "latestOffset", "walCommit", "queryPlanning", "commitOffsets"):
+            vals = [e.get(part, 0) for e in engine]
+            split["engine_" + part + "_mean_ms"] = round(float(np.mean(vals)), 1) if vals else None
+        result |= {
+            "latency_p50_s": pct(lat, 50), "latency_p95_s": pct(lat, 95), "latency_p99_s": pct(lat, 99),
+            "latency_max_s": pct(lat, 100),
+            "to_window_ready_p50_s": pct(faust, 50), "to_window_ready_p99_s": pct(faust, 99),
+            "ready_to_forecast_p50_s": pct(spark, 50), "ready_to_forecast_p99_s": pct(spark, 99),
+            "shuffle_by_ticker": not args.no_shuffle,
+            "forecasts": len(timed), "expected": len(names) * minutes,
+            "superseded": int(sum(b.get("superseded_batch", 0) + b.get("superseded_state", 0)
+                                  for b in timed_batches)),
+            "bars_per_s": round(len(names) * minutes / (t_end - t_begin)),
+            "first_third_p50_s": round(first_p50, 3), "last_third_p50_s": round(last_p50, 3),
+            "drain_after_last_minute_s": round(drained_s, 2),
+            "backlog_growing": bool(last_p50 > 1.5 * first_p50 + 0.25 or drained_s > 5 * max(period, 1.0)),
+            "micro_batches": len(timed_batches),
+            "micro_batch_p50_ms": pct(durs, 50), "micro_batch_p95_ms": pct(durs, 95),
+            "events_per_batch_mean": round(float(np.mean([b["events"] for b in timed_batches])), 1)
+            if timed_batches else None,
+            **split,
+            "goal_p99_s": GOAL_P99_S,
+        }
+        result["goal_met"] = bool(result["latency_p99_s"] is not None and result["latency_p99_s"] < GOAL_P99_S
+                                  and not result["backlog_growing"])
+        consumer.close()
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+            try:
+                os.killpg(p.pid, signal.SIGKILL)  # leftovers of the group (JVM, Python workers)
+            except ProcessLookupError:
+                pass
+        if not args.keep:
+            client = connect(base.redis)
+            found = list(client.scan_iter(match=keys.namespace_pattern(), count=1000))
+            for i in range(0, len(found), 1000):
+                client.delete(*found[i:i + 1000])
+            for fut in make_admin(base.kafka).delete_topics([s.name for s in topics.specs()],
+                                                            operation_timeout=30).values():
+                try:
+                    fut.result()
+                except Exception:  # noqa: BLE001, S110 - best effort: a leftover uuid topic harms nothing
+                    pass
+        result["logs"] = str(work)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""``minutecast infer``: the Spark structured-streaming inference job (see ``streams/infer.py``).
+
+    minutecast infer                                  # local[*], micro-batch every 200 ms, until Ctrl-C
+    minutecast infer --available-now                  # process what is on the topic, then exit
+    minutecast infer --master spark://host:7077 --trigger-ms 500
+
+Waits for Kafka and Redis, creates missing topics, then runs until stopped (SIGTERM/SIGINT stop the
+query between micro-batches; a SIGKILL is safe too: the checkpoint replays the unfinished batch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+from pathlib import Path
+from types import FrameType
+
+log = logging.getLogger("minutecast.infer")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--master", help="Spark master (default: MINUTECAST_MASTER or local[*])")
+    p.add_argument("--trigger-ms", type=int, help="micro-batch trigger interval (default 200)")
+    p.add_argument("--once", "--available-now", dest="available_now", action="store_true",
+                   help="process every event on the topic, then exit")
+    p.add_argument("--checkpoint", type=Path, help="checkpoint directory (default <home>/checkpoints/infer)")
+    p.add_argument("--partitions", type=int, help="partitions per micro-batch = model calls (default 2)")
+    p.add_argument("--metrics-port", type=int, help="Prometheus port (default 9103; 0 = off)")
+    p.add_argument("--stats-jsonl", type=Path, help="append one JSON line of stats per micro-batch here")
+
+
+def run(args: argparse.Namespace) -> int:
+    from minutecast.kafka import ensure_topics, wait_for_kafka
+    from minutecast.redis import wait_for_redis
+    from minutecast.settings import InferenceSettings, InfraSettings
+    from minutecast.spark import build_session
+    from minutecast.topics import Topics
+    from streams.infer import InferenceJob
+
+    overrides = {k: v for k, v in {
+        "master": args.master, "trigger_ms": args.trigger_ms, "checkpoint_dir": args.checkpoint,
+        "partitions": args.partitions, "metrics_port": args.metrics_port}.items() if v is not None}
+    settings = InferenceSettings(**overrides)
+    wait_for_kafka(settings.kafka)
+    wait_for_redis(settings.redis).close()
+    ensure_topics(settings.kafka, Topics(settings.namespace).specs(InfraSettings().bar_partitions))
+
+    spark = build_session(settings, app_name="minutecast-infer")
+    job = InferenceJob(spark, settings, stats_path=args.stats_jsonl)
+    query = job.start(available_now=args.available_now)
+    log.info("inference job %s running (namespace %s, master %s, checkpoint %s)", query.id, settings.namespace,
+             settings.master, settings.checkpoint)
+
+    stopping = threading.Event()
+
+    def _stop(signum: int, frame: FrameType | None) -> None:
+        stopping.set()
+        threading.Thread(target=query.stop, daemon=True).start()  # not in the handler: it blocks
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    failed = False
+    try:
+        query.awaitTermination()
+    except Exception as exc:  # noqa: BLE001 - StreamingQueryException or a vanished JVM: report, exit 1
+        failed = not stopping.is_set()
+        if failed:
+            log.error("inference query failed: %s", exc)
+    finally:
+        try:
+            spark.stop()
+        except Exception as exc:  # noqa: BLE001 - the JVM may already be gone (it was signalled too)
+            log.debug("spark.stop(): %s", exc)
+    return 1 if failed else 0

@@ -1,0 +1,60 @@
+"""Run the Faust worker keeping every ticker's 60-minute window in Redis.
+
+    minutecast stream [--web-port N] [--metrics-port N] [--loglevel info]
+
+Scale out by starting more processes with the same ``MINUTECAST_NAMESPACE``: they join one consumer group
+(``{app_id}-{namespace}``) and share the bar topic's partitions. Waits for Kafka and Redis, creates missing
+topics, rebuilds the windows from the bar topic when Redis has none for the namespace, then runs until
+SIGTERM/SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--web-port", type=int, default=None, help="Faust web port (0: off); default settings")
+    parser.add_argument("--metrics-port", type=int, default=None, help="Prometheus port (0: off)")
+    parser.add_argument("--loglevel", default=None, help="worker log level (default MINUTECAST_LOG_LEVEL)")
+    parser.add_argument("--no-rebuild", action="store_true", help="skip the start-up rebuild check")
+    parser.add_argument("--wait", type=float, default=60.0, help="seconds to wait for Kafka/Redis to answer")
+
+
+def run(args: argparse.Namespace) -> int:
+    import faust
+    from prometheus_client import start_http_server
+
+    from minutecast.kafka import ensure_topics, wait_for_kafka
+    from minutecast.keys import Keys
+    from minutecast.redis import wait_for_redis
+    from minutecast.settings import InfraSettings, StreamSettings
+    from minutecast.topics import Topics
+    from streams.faust_app import BatchProcessor, Metrics, create_app
+    from streams.rebuild import rebuild, topic_has_data
+    from streams.state import WindowStore
+
+    overrides = {k: v for k, v in (("web_port", args.web_port), ("metrics_port", args.metrics_port))
+                 if v is not None}
+    settings = StreamSettings(**overrides)
+    wait_for_kafka(settings.kafka, args.wait)
+    client = wait_for_redis(settings.redis, args.wait)
+    infra = InfraSettings()
+    ensure_topics(settings.kafka, Topics(settings.namespace).specs(infra.bar_partitions, infra.bar_retention_days))
+
+    store = WindowStore(client, Keys(settings.namespace), settings.window_ttl_s)
+    if settings.startup_rebuild and not args.no_rebuild and not store.has_windows() and topic_has_data(settings):
+        log.info("no windows in Redis for namespace %s but the bar topic has data: rebuilding first",
+                 settings.namespace)
+        rebuild(settings)
+
+    metrics = Metrics()
+    if settings.metrics_port > 0:
+        start_http_server(settings.metrics_port, addr="127.0.0.1", registry=metrics.registry)
+    app = create_app(settings, BatchProcessor(store, metrics))
+    worker = faust.Worker(app, loglevel=(args.loglevel or settings.log_level).lower())
+    worker.execute_from_commandline()  # runs until a signal; raises SystemExit
+    return 0

@@ -1,0 +1,71 @@
+"""`minutecast run` end to end, driven as a user would: subprocesses against the real Kafka, Redis and
+local Spark, on a slice of the real recorded bars; then `forecast`, `watch` and `status` read the result."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from minutecast.settings import InfraSettings
+
+pytestmark = [pytest.mark.integration, pytest.mark.spark, pytest.mark.slow]
+
+TICKERS = ("AAPL", "MSFT", "NVDA")
+DAY = "2025-12-01"
+
+
+def cli(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "minutecast.cli", *args], capture_output=True, text=True,
+                          timeout=timeout, check=check, env=os.environ.copy())
+
+
+@pytest.fixture
+def replay_dir(shared_data: Path, tmp_path: Path) -> Path:
+    """One trading day of three tickers, in the recorded files' own layout."""
+    out = tmp_path / "bars"
+    out.mkdir()
+    for t in TICKERS:
+        with gzip.open(shared_data / f"{t}.csv.gz", "rt") as src:
+            header, *rows = src.read().splitlines()
+        (out / f"{t}.csv").write_text("\n".join([header, *(r for r in rows if r.startswith(DAY))]) + "\n")
+    return out
+
+
+def test_run_then_lookup_watch_and_status(services: InfraSettings, namespace: str, replay_dir: Path,
+                                          tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                          redis_client: object) -> None:
+    monkeypatch.setenv("MINUTECAST_CHECKPOINT_DIR", str(tmp_path / "checkpoint"))
+    monkeypatch.setenv("MINUTECAST_METRICS_PORT", "0")  # no clash with a pipeline running beside the tests
+    monkeypatch.setenv("MINUTECAST_WEB_PORT", "0")
+    run = cli("run", "--source", "replay", "--replay-data", str(replay_dir), "--no-train",
+              "--until-forecasts", str(len(TICKERS)), "--for", "420", "--summary-every", "3", timeout=600)
+    assert "replay" in run.stdout
+    assert f"{len(TICKERS)} tickers have forecasts; stopping as asked" in run.stdout, run.stdout[-3000:]
+    assert "stopped;" in run.stdout
+
+    shown = cli("forecast", *TICKERS, "--json")
+    forecasts = [json.loads(line) for line in shown.stdout.splitlines()]
+    assert {f["ticker"] for f in forecasts} == set(TICKERS)
+    for f in forecasts:
+        assert f["as_of_time"].startswith(DAY) and f["horizon_min"] == 5
+        assert f["predicted_close"] > 0 and f["model_version"]
+    table = cli("forecast", "AAPL")
+    assert "AAPL" in table.stdout and "no forecast" not in table.stdout
+
+    watched = cli("watch", "--from-beginning", "--plain", "--max-seconds", "15")
+    assert {line.split()[0] for line in watched.stdout.splitlines()} >= set(TICKERS)
+
+    status = cli("status", "--json", "--sample-s", "0.2", check=False)
+    info = json.loads(status.stdout.splitlines()[-1])
+    assert info["services"]["kafka"]["up"] and info["services"]["redis"]["up"]
+    assert info["bars_total"] > 0 and info["tickers_with_forecast"] == len(TICKERS)
+    assert info["windows"] == len(TICKERS)
+
+    missing = cli("forecast", "ZZZZ", check=False)
+    assert missing.returncode == 1 and "no forecast" in missing.stdout

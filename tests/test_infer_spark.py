@@ -1,0 +1,274 @@
+"""The inference job end to end with real Kafka, Redis and local Spark, run as ``minutecast infer``
+subprocesses: window data written to Redis in the Faust app's format, window-ready events published to
+the real topic, forecasts read back from the forecasts topic and Redis.
+
+One job run is shared by the phases of one test (Spark start ~8 s, TensorFlow in a worker ~4 s):
+persistence before any model -> hot reload of a promoted model -> SIGKILL mid-stream and restart from
+the checkpoint -> graceful stop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from minutecast.kafka import make_consumer, make_producer
+from minutecast.keys import Keys
+from minutecast.schemas import Bar, Forecast, WindowReady
+from minutecast.settings import KafkaSettings, RedisSettings
+from minutecast.topics import Topics
+from tests.test_infer_partition import T0, bars_for, ready_event, store_bars, tiny_model_version
+
+pytestmark = [pytest.mark.integration, pytest.mark.spark]
+
+REPO = Path(__file__).resolve().parents[1]
+TICKERS = ["AAA", "BBB", "CCC", "DDD", "EEE", "FFF"]
+WAIT_S = 240  # generous: the machine is shared; nothing here is a timing assertion
+
+
+class Job:
+    """``minutecast infer`` as a subprocess in its own process group (JVM and Python workers included)."""
+
+    def __init__(self, env: dict[str, str], workdir: Path) -> None:
+        self.env, self.workdir, self.proc, self.runs = env, workdir, None, 0
+        self.stats = workdir / "stats.jsonl"
+        with socket.socket() as sock:  # a free port for the Prometheus endpoint
+            sock.bind(("127.0.0.1", 0))
+            self.metrics_port = sock.getsockname()[1]
+
+    def start(self) -> None:
+        self.runs += 1
+        log = open(self.workdir / f"infer-{self.runs}.log", "w")  # noqa: SIM115 - closed with the process
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "minutecast.cli", "infer", "--trigger-ms", "300",
+             "--metrics-port", str(self.metrics_port),
+             "--stats-jsonl", str(self.stats)],
+            env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)  # the driver only, as a service manager would
+        try:
+            return self.proc.wait(timeout=90)
+        finally:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)  # leftovers of the group, if any
+            except ProcessLookupError:
+                pass
+
+    def log_tail(self) -> str:
+        return (self.workdir / f"infer-{self.runs}.log").read_text()[-3000:]
+
+    def batches(self) -> list[dict[str, Any]]:
+        return [json.loads(line) for line in self.stats.read_text().splitlines()] if self.stats.exists() else []
+
+
+class Collector:
+    """Everything on the forecasts and dead-letter topics, read as a subscriber would."""
+
+    def __init__(self, kafka: KafkaSettings, topics: Topics) -> None:
+        self.topics = topics
+        self.consumer = make_consumer(kafka, f"test-{uuid.uuid4().hex[:8]}")
+        self.consumer.subscribe([topics.forecasts, topics.deadletter])
+        self.forecasts: list[tuple[bytes, Forecast]] = []  # (raw value, parsed)
+        self.dead: list[dict[str, Any]] = []
+
+    def poll(self, seconds: float = 1.0) -> None:
+        for msg in self.consumer.consume(1000, timeout=seconds):
+            if msg.error():
+                continue
+            if msg.topic() == self.topics.forecasts:
+                assert msg.key().decode() == Forecast.from_json(msg.value()).ticker
+                self.forecasts.append((msg.value(), Forecast.from_json(msg.value())))
+            else:
+                self.dead.append(json.loads(msg.value()))
+
+    def wait_for(self, cond: Callable[[], bool], job: Job, what: str) -> None:
+        deadline = time.monotonic() + WAIT_S
+        while not cond():
+            assert job.proc is not None and job.proc.poll() is None, f"job exited:\n{job.log_tail()}"
+            assert time.monotonic() < deadline, f"timed out waiting for {what}:\n{job.log_tail()}"
+            self.poll()
+
+    def as_of(self, minute_idx: int) -> dict[str, Forecast]:
+        return {f.ticker: f for _, f in self.forecasts if f.as_of == T0 + 60 * minute_idx}
+
+
+def publish(producer: Any, topics: Topics, items: list[WindowReady | bytes]) -> None:
+    for item in items:
+        if isinstance(item, bytes):
+            producer.produce(topics.ready, key=b"AAA", value=item)
+        else:
+            producer.produce(topics.ready, key=item.ticker.encode(), value=item.to_json())
+    assert producer.flush(30) == 0
+
+
+def test_job_persistence_hot_reload_kill_restart(topics: Topics, kafka: KafkaSettings, redis_client: Any,
+                                                  redis_settings: RedisSettings, namespace: str,
+                                                  tmp_path: Path) -> None:
+    from minutecast.registry import Registry
+
+    home = tmp_path / "home"
+    assert redis_settings.password is not None
+    env = os.environ | {"MINUTECAST_HOME": str(home), "MINUTECAST_NAMESPACE": namespace,
+                        "MINUTECAST_REDIS_PASSWORD": redis_settings.password.get_secret_value(),
+                        "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
+    keys = Keys(namespace)
+    job, out = Job(env, tmp_path), Collector(kafka, topics)
+    producer = make_producer(kafka)
+    bars: list[Bar] = []
+    published: list[WindowReady] = []
+
+    def minute(i: int) -> None:
+        """Bars of minute i in Redis, then the window-ready events (the Faust app's order)."""
+        new = [b for t in TICKERS for b in bars_for(t, range(i, i + 1))]
+        bars.extend(new)
+        store_bars(redis_client, namespace, new)
+        events = [ready_event(bars, t, i) for t in TICKERS]
+        published.extend(events)
+        publish(producer, topics, list(events))
+
+    # Phase 1: before any model, persistence is served and labelled.
+    for i in range(60):  # 60 minutes of history, no events yet
+        new = [b for t in TICKERS for b in bars_for(t, range(i, i + 1))]
+        bars.extend(new)
+    store_bars(redis_client, namespace, bars)
+    short = bars_for("ZZZ", range(30))  # a ticker without a ready window
+    store_bars(redis_client, namespace, short)
+    publish(producer, topics, [WindowReady("ZZZ", T0 + 60 * 29, "x", None, time.time()), b'{"broken'])
+    minute(60)
+    job.start()
+    out.wait_for(lambda: len(out.as_of(60)) == len(TICKERS) and len(out.dead) >= 2, job, "persistence forecasts")
+    assert {(f.model_version, f.model_kind) for f in out.as_of(60).values()} == {("persistence", "persistence")}
+    assert all(f.predicted_close == f.last_close for f in out.as_of(60).values())
+    assert sorted(d["reason"] for d in out.dead) == ["not_json", "window_missing"]
+
+    # Phase 2: promoting a model switches the served version without a restart.
+    registry = Registry(home / "models")
+    v1 = tiny_model_version(home / "models", seed=1)
+    registry.promote(v1)
+    minute(61)
+    out.wait_for(lambda: len(out.as_of(61)) == len(TICKERS), job, "forecasts of the promoted model")
+    assert {(f.model_version, f.model_kind) for f in out.as_of(61).values()} == {(v1, "lstm")}
+    assert job.runs == 1
+
+    # Phase 3: SIGKILL mid-stream, keep publishing while it is down, restart from the checkpoint.
+    for i in range(62, 67):
+        minute(i)
+        time.sleep(0.3)
+    out.wait_for(lambda: any(f.as_of >= T0 + 60 * 62 for _, f in out.forecasts), job, "forecasts after 61")
+    job.kill()
+    for i in range(67, 72):
+        minute(i)
+    job.start()
+    out.wait_for(lambda: len(out.as_of(71)) == len(TICKERS), job, "forecasts after the restart")
+    out.poll(2.0)
+
+    # Exactly one current forecast per ticker with a ready window, in Redis and on the topic.
+    fc_keys = {k.decode() for k in redis_client.scan_iter(match=keys.forecast_pattern(), count=1000)}
+    assert fc_keys == {keys.forecast(t) for t in TICKERS}
+    for t in TICKERS:
+        latest = Forecast.from_json(redis_client.hget(keys.forecast(t), "json"))
+        assert latest.as_of == T0 + 60 * 71 and latest.model_version == v1
+        assert latest == out.as_of(71)[t]
+        assert latest.published_at is not None and latest.published_at <= latest.window_ready_at <= latest.forecast_at
+
+    # Replays write the same values: every copy of a (ticker, as-of) on the topic is byte-identical, and
+    # it is what the Redis history holds.
+    by_key: dict[tuple[str, int], set[bytes]] = {}
+    for raw, f in out.forecasts:
+        by_key.setdefault((f.ticker, f.as_of), set()).add(raw)
+    assert all(len(v) == 1 for v in by_key.values()), "a replay changed a forecast"
+    for (t, as_of), raws in by_key.items():
+        assert redis_client.hget(keys.forecast_history(t), str(as_of)) in raws
+
+    # No window-ready event without a forecast or a counted supersession.
+    missing = {(e.ticker, e.minute) for e in published} - set(by_key)
+    batches = job.batches()
+    superseded = sum(b.get("superseded_batch", 0) + b.get("superseded_state", 0) for b in batches)
+    assert len(missing) <= superseded, f"{len(missing)} events without forecast, {superseded} superseded"
+    for t, m in missing:  # superseded means a newer minute of the same ticker was served
+        assert any(tt == t and mm > m for tt, mm in by_key)
+    assert sum(b.get("dead_letter", 0) for b in batches) >= 2
+    assert any(k.startswith("redis_read_ms") for b in batches for k in b)
+
+    # The driver's Prometheus endpoint: forecasts, served model version, end-to-end latency, batch time.
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{job.metrics_port}/metrics", timeout=10).read().decode()  # noqa: S310
+    assert f'minutecast_infer_model_info{{version="{v1}"}} 1.0' in metrics
+    for name in ("minutecast_infer_forecasts_total", "minutecast_infer_e2e_latency_seconds_count",
+                 "minutecast_infer_batch_seconds_count"):
+        line = next(ln for ln in metrics.splitlines() if ln.startswith(name))
+        assert float(line.split()[-1]) > 0, line
+
+    assert job.stop() == 0, job.log_tail()
+
+
+def test_real_faust_worker_then_available_now(topics: Topics, kafka: KafkaSettings, redis_client: Any,
+                                              redis_settings: RedisSettings, namespace: str, tmp_path: Path) -> None:
+    """Bars -> the real Faust worker -> window-ready events -> ``minutecast infer --available-now`` (exits
+    when the topic is drained) -> one persistence forecast per ticker, on the topic and in Redis."""
+    assert redis_settings.password is not None
+    env = os.environ | {"MINUTECAST_NAMESPACE": namespace, "PYSPARK_PYTHON": sys.executable,
+                        "PYSPARK_DRIVER_PYTHON": sys.executable}
+    names = TICKERS[:3]
+    producer = make_producer(kafka)
+    for b in [b for t in names for b in bars_for(t, range(61))]:
+        producer.produce(topics.bars, b.to_json(), b.ticker.encode())
+    assert producer.flush(30) == 0
+    worker_log = open(tmp_path / "stream.log", "wb")  # noqa: SIM115
+    worker = subprocess.Popen([sys.executable, "-m", "minutecast.cli", "stream", "--web-port", "0",
+                               "--metrics-port", "0", "--no-rebuild"], env=env, cwd=REPO, stdout=worker_log,
+                              stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        ready = make_consumer(kafka, f"test-{uuid.uuid4().hex[:8]}")
+        ready.subscribe([topics.ready])
+        seen: set[str] = set()
+        deadline = time.monotonic() + WAIT_S
+        while seen != set(names):
+            assert worker.poll() is None, (tmp_path / "stream.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the Faust worker announced no windows"
+            for msg in ready.consume(100, timeout=1.0):
+                if not msg.error() and WindowReady.from_json(msg.value()).minute == T0 + 60 * 60:
+                    seen.add(msg.key().decode())
+        ready.close()
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(60)
+        finally:
+            try:
+                os.killpg(worker.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    env |= {"MINUTECAST_HOME": str(tmp_path / "home"),
+            "MINUTECAST_REDIS_PASSWORD": redis_settings.password.get_secret_value()}
+    proc = subprocess.run([sys.executable, "-m", "minutecast.cli", "infer", "--available-now", "--metrics-port", "0"],
+                          env=env, cwd=REPO, capture_output=True, text=True, timeout=WAIT_S)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    keys = Keys(namespace)
+    for t in names:
+        f = Forecast.from_json(redis_client.hget(keys.forecast(t), "json"))
+        assert f.as_of == T0 + 60 * 60 and f.model_kind == "persistence" and f.predicted_close == f.last_close
+    out = Collector(kafka, topics)
+    deadline = time.monotonic() + 60
+    while {f.ticker for _, f in out.forecasts if f.as_of == T0 + 60 * 60} != set(names):
+        assert time.monotonic() < deadline, "forecasts missing on the topic"
+        out.poll()
