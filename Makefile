@@ -13,8 +13,11 @@ help: ## list the targets
 setup: ## install everything missing (apt packages, venv, horovod, Maven jars)
 	@bash infra/bootstrap.sh
 
+# Recorded bars to replay when Yahoo does not answer (machines without internet).
+REPLAY_DATA ?= $(or $(MINUTECAST_REPLAY_DATA),$(wildcard $(CURDIR)/../shared/data/bars-1m))
+
 run: setup ## set up, start Kafka + Redis and run the whole pipeline (Ctrl-C stops it)
-	@$(VENV)/bin/minutecast run
+	@MINUTECAST_REPLAY_DATA="$(REPLAY_DATA)" $(VENV)/bin/minutecast run
 
 test: setup ## set up, start the real services and run lint + the whole test suite
 	@$(VENV)/bin/ruff check .
@@ -35,6 +38,9 @@ bench: setup ## run every benchmark (about 30 minutes)
 
 bench-quick: setup ## run every benchmark on small inputs (under 5 minutes)
 	@$(VENV)/bin/minutecast bench --quick
+
+compose-test: setup ## build the images, run docker-compose.yml with podman, check forecasts (root)
+	@$(PY) -m pytest -p no:cacheprovider -m compose -s tests/test_compose_run.py
 
 infra-up: ## start local Kafka and Redis
 	@$(VENV)/bin/minutecast infra up
