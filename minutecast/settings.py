@@ -72,6 +72,8 @@ class CommonSettings(BaseSettings):
     namespace: str = "minutecast"  # prefix of every topic and Redis key
     home: Path = Field(default_factory=default_home)
     log_level: str = "INFO"
+    # Address the Prometheus endpoint binds to: loopback locally; 0.0.0.0 in containers (compose).
+    metrics_host: str = "127.0.0.1"
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
 

@@ -371,8 +371,10 @@ class BatchStats:
 class _Metrics:
     """Prometheus metrics of the driver (own registry: several jobs may live in one test process)."""
 
-    def __init__(self, port: int) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+    def __init__(self, host: str, port: int) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        from minutecast.metrics import serve
 
         self.registry = CollectorRegistry()
         r = self.registry
@@ -387,11 +389,7 @@ class _Metrics:
         self.latency = Histogram("minutecast_infer_e2e_latency_seconds", "forecast_at - bar published_at",
                                  registry=r, buckets=(0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 30, 60))
         self.last_version: str | None = None
-        if port:
-            try:
-                start_http_server(port, registry=r)
-            except OSError as exc:
-                log.warning("Prometheus metrics not served on port %d: %s", port, exc)
+        serve(host, port, r)
 
     def observe(self, s: BatchStats) -> None:
         self.batch.observe(s.duration_ms / 1000)
@@ -430,7 +428,7 @@ class InferenceJob:
         sc = spark.sparkContext
         self.stats = sc.accumulator({}, DictSum())
         self.latencies = sc.accumulator([], ListConcat())
-        self.metrics = _Metrics(settings.metrics_port)
+        self.metrics = _Metrics(settings.metrics_host, settings.metrics_port)
         self.stats_path = stats_path
         self.on_batch = on_batch
 

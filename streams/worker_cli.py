@@ -26,10 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import faust
-    from prometheus_client import start_http_server
 
     from minutecast.kafka import ensure_topics, wait_for_kafka
     from minutecast.keys import Keys
+    from minutecast.metrics import serve
     from minutecast.redis import wait_for_redis
     from minutecast.settings import InfraSettings, StreamSettings
     from minutecast.topics import Topics
@@ -52,8 +52,7 @@ def run(args: argparse.Namespace) -> int:
         rebuild(settings)
 
     metrics = Metrics()
-    if settings.metrics_port > 0:
-        start_http_server(settings.metrics_port, addr="127.0.0.1", registry=metrics.registry)
+    serve(settings.metrics_host, settings.metrics_port, metrics.registry)
     app = create_app(settings, BatchProcessor(store, metrics))
     worker = faust.Worker(app, loglevel=(args.loglevel or settings.log_level).lower())
     worker.execute_from_commandline()  # runs until a signal; raises SystemExit

@@ -118,6 +118,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(result))
         return 0
     period = parse_every(every_text)
+    metrics = _service_metrics()
     while True:
         started = time.monotonic()
         try:
@@ -125,6 +126,44 @@ def run(args: argparse.Namespace) -> int:
             log.info("run done: %s promoted=%s model RMSE %s persistence %s", result["version"],
                      result["promoted"], result["model_rmse"], result["persistence_rmse"])
             print(json.dumps(result), flush=True)
+            metrics.observe(result, time.monotonic() - started)
         except MinutecastError as exc:
+            metrics.failures.inc()
             log.error("training run failed: %s (next try in %.0f s)", exc, period)
         time.sleep(max(1.0, period - (time.monotonic() - started)))
+
+
+class _TrainerMetrics:
+    """Prometheus metrics of the periodic trainer (served on TrainingSettings.metrics_port)."""
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Gauge
+
+        r = self.registry = CollectorRegistry()
+        self.runs = Counter("minutecast_train_runs", "finished training runs by outcome", ["outcome"], registry=r)
+        self.failures = Counter("minutecast_train_failures", "training runs that failed", registry=r)
+        self.duration = Gauge("minutecast_train_last_duration_seconds", "wall time of the last run", registry=r)
+        self.rmse = Gauge("minutecast_train_last_test_rmse", "test RMSE ($) of the last run", ["forecaster"],
+                          registry=r)
+        self.finished = Gauge("minutecast_train_last_finished_timestamp", "epoch s of the last run", registry=r)
+        self.current = Gauge("minutecast_model_info", "1 for the promoted model version", ["version"], registry=r)
+
+    def observe(self, result: dict[str, Any], seconds: float) -> None:
+        self.runs.labels("promoted" if result.get("promoted") else "refused").inc()
+        self.duration.set(seconds)
+        self.finished.set(time.time())
+        self.rmse.labels("model").set(float(result["model_rmse"]))
+        self.rmse.labels("persistence").set(float(result["persistence_rmse"]))
+        if result.get("promoted"):
+            self.current.clear()
+            self.current.labels(str(result["version"])).set(1)
+
+
+def _service_metrics() -> _TrainerMetrics:
+    from minutecast.metrics import serve
+    from minutecast.settings import TrainingSettings
+
+    s = TrainingSettings()
+    m = _TrainerMetrics()
+    serve(s.metrics_host, s.metrics_port, m.registry)
+    return m
