@@ -142,7 +142,6 @@ def summary(s: Any) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     from infra import services as infra
-    from minutecast.registry import Registry
     from minutecast.settings import InfraSettings
 
     s = InfraSettings()
@@ -155,8 +154,7 @@ def run(args: argparse.Namespace) -> int:
                 Service("produce", produce, oneshot=source == "replay")]
     trainer: Service | None = None
     if not args.no_train:
-        first = [] if Registry(s.models_dir).current_version() else ["--preset", args.train_preset]
-        trainer = Service("train", ["train", "--every", args.retrain_every, *first])
+        trainer = Service("train", ["train", "--every", args.retrain_every, "--first-preset", args.train_preset])
     for svc in services:
         svc.start(logs, run_dir)
     print(f"running: {', '.join(x.name for x in services)} (source {source}); logs in {logs}; Ctrl-C stops",

@@ -29,3 +29,18 @@ def test_child_command_uses_horovodrun_only_for_several_ranks(tmp_path: Path) ->
     two = train_command(p.parse_args(["--np", "2", "--no-promote", "--epochs", "3"]), settings, tmp_path, None)
     assert Path(two[0]).name == "horovodrun" and two[1:5] == ["-np", "2", "-H", "localhost:2"]
     assert "--promote" not in two and two[two.index("--epochs") + 1] == "3" and "--offsets" not in two
+
+
+def test_first_preset_applies_only_while_no_model_is_promoted(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MINUTECAST_HOME", str(tmp_path))
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    args = p.parse_args(["--first-preset", "tiny", "--preset", "default"])
+    settings = TrainingSettings()
+    cmd = train_command(args, settings, tmp_path, None)
+    assert cmd[cmd.index("--preset") + 1] == "tiny"
+    settings.models_dir.mkdir(parents=True)
+    (settings.models_dir / "CURRENT").write_text("20261122T000000Z-abc\n")
+    cmd = train_command(args, settings, tmp_path, None)
+    assert cmd[cmd.index("--preset") + 1] == "default"

@@ -51,12 +51,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--every", default=None, help="retrain periodically, e.g. 1h (MINUTECAST_EVERY)")
     p.add_argument("--bars", type=Path, default=None, help="train from recorded bar files instead of Kafka")
     p.add_argument("--no-promote", action="store_true", help="evaluate and save, but never promote")
+    p.add_argument("--first-preset", default=None,
+                   help="preset to use while no model is promoted yet (a short one gives a first model fast)")
 
 
 def train_command(args: argparse.Namespace, settings: Any, run_dir: Path, offsets: Path | None) -> list[str]:
     """The child command line: python -m training.train ... (under horovodrun when np > 1)."""
     n = args.np or settings.np
-    cmd = [sys.executable, "-m", "training.train", "--preset", args.preset or settings.preset,
+    preset = args.preset or settings.preset
+    if getattr(args, "first_preset", None):
+        from minutecast.registry import Registry
+
+        if Registry(settings.models_dir).current_version() is None:
+            preset = args.first_preset
+    cmd = [sys.executable, "-m", "training.train", "--preset", preset,
            "--val-frac", str(settings.val_frac), "--test-frac", str(settings.test_frac),
            "--keep-checkpoints", str(settings.keep_checkpoints), "--out", str(run_dir)]
     for flag, value in (("--epochs", args.epochs or settings.epochs), ("--batch-size", args.batch_size),
