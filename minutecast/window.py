@@ -29,9 +29,13 @@ import numpy as np
 WINDOW = 60  # minutes in one model input
 HORIZON = 5  # minutes ahead we forecast
 MAX_FILL = 5  # longest run of missing minutes that is forward-filled
-# Minutes of state kept per ticker: a window plus its fill look-back plus slack for a Spark job that
-# reads a few minutes behind the Faust app.
-RETAIN = WINDOW + MAX_FILL + 25
+# A window-ready event names the newest ready window of a ticker no more than REACH minutes before its
+# newest bar: when the last minutes are sparse (post-market, a fast backfill batch ending in a gap) the
+# latest ready window is still announced instead of none.
+REACH = 20
+# Minutes of state kept per ticker: a window plus its fill look-back plus REACH plus slack for a Spark
+# job that reads a few minutes behind the Faust app.
+RETAIN = WINDOW + MAX_FILL + REACH + 5
 SESSION_TZ = ZoneInfo("America/New_York")
 
 

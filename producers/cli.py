@@ -8,6 +8,10 @@
 
 SIGINT/SIGTERM stop the source, flush the producer and print sent / delivered / failed. The exit code
 is 1 when any delivery failed (or the broker is unreachable at start), 0 otherwise.
+
+A replay resumes: bars at or below each ticker's watermark in Redis (moved only after the broker acked
+them, see :class:`producers.replay.Resume`) are skipped, so a killed replay restarts where it stopped;
+``--no-resume`` replays from scratch.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
+REPLAY_CHUNK = 5000  # bars per piece at --speed 0 when resuming (flush + watermark after each)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -33,6 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--speed", type=float, default=0.0, help="x real time between minutes; 0 = as fast as possible")
     r.add_argument("--shift-to-now", action="store_true",
                    help="move all timestamps by whole minutes so the last bar is the last completed minute")
+    r.add_argument("--no-resume", action="store_true",
+                   help="replay from scratch instead of skipping minutes at or below each ticker's Redis watermark")
     s = p.add_argument_group("synthetic")
     s.add_argument("--tickers-count", type=int, default=500, help="synthetic tickers S00000.. (unless --tickers)")
     s.add_argument("--minutes", type=int, default=390, help="regular-hours minutes ending at the last completed one")
@@ -100,10 +107,24 @@ def _replay(args: argparse.Namespace, pub: Any, tickers: list[str] | None, limit
     frame = replay.load(args.path, tickers, limit)
     if args.shift_to_now:
         frame = replay.shift_to_now(frame)
+    resume = None
+    if not getattr(args, "no_resume", False):
+        from minutecast.redis import wait_for_redis
+
+        resume = replay.Resume(wait_for_redis(pub.s.redis), pub.s.namespace, frame["ticker"].unique().tolist())
+        before = len(frame)
+        frame = resume.skip(frame)
+        if before > len(frame):
+            log.info("replay: resuming, %d bars at or below the watermarks skipped", before - len(frame))
     log.info("replay: %d bars of %d tickers from %s at speed %s", len(frame), frame["ticker"].nunique(),
              args.path, args.speed or "max")
-    for piece in replay.paced(frame, args.speed, pub.stop_requested):
+    # Resume flushes and moves the watermarks after every piece: smaller pieces = fewer re-sent bars after a crash.
+    chunk = REPLAY_CHUNK if resume is not None else 100_000
+    for piece in replay.paced(frame, args.speed, pub.stop_requested, chunk=chunk):
+        failed_before = set(pub.failed_keys)
         pub.publish_frame(piece, "replay")
+        if resume is not None:
+            resume.commit(pub, piece, failed_before)
         if pub.stop_requested.is_set():
             break
 

@@ -176,3 +176,53 @@ def paced(frame: pd.DataFrame, speed: float, stop: object | None = None,
                 break
             sleep(min(wait, 0.5))  # type: ignore[operator]
         yield frame.iloc[a:b]
+
+
+class Resume:
+    """Per-ticker replay watermark in Redis (:meth:`minutecast.keys.Keys.producer_watermark`, the key the
+    yfinance source uses too): the newest minute of the ticker whose bars the broker acknowledged.
+
+    A restarted replay skips every bar at or below its ticker's watermark (``--no-resume`` replays from
+    scratch). The watermark moves only after a piece was fully handed over and :meth:`Publisher.flush`
+    returned with nothing outstanding, and never for a ticker with a failed delivery, so a crash can
+    re-send at most the piece in flight (at-least-once; the window store drops the repeats), never skip
+    a bar. With ``--shift-to-now`` the shift is recomputed on restart, so resume is only exact when the
+    restart happens within the same wall-clock minute's shift.
+    """
+
+    def __init__(self, redis: object, namespace: str, tickers: Iterable[str]) -> None:
+        from minutecast.keys import Keys
+
+        self.redis = redis
+        self.keys = Keys(namespace)
+        names = sorted(set(tickers))
+        values = self.redis.mget([self.keys.producer_watermark(t) for t in names]) if names else []  # type: ignore[attr-defined]
+        self.watermarks: dict[str, int] = {t: int(v) for t, v in zip(names, values, strict=True) if v is not None}
+
+    def skip(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """The bars of ``frame`` above their ticker's watermark."""
+        if frame.empty or not self.watermarks:
+            return frame
+        wm = frame["ticker"].map(self.watermarks).fillna(-1).to_numpy(dtype="int64")
+        return frame[frame["minute"].to_numpy(dtype="int64") > wm]
+
+    def commit(self, pub: object, piece: pd.DataFrame, failed_before: set[bytes]) -> bool:
+        """After ``piece`` was published: wait for its acks, then move the watermarks. False when not moved."""
+        if piece.empty:
+            return True
+        if pub.flush() > 0:  # type: ignore[attr-defined]
+            log.error("deliveries outstanding after flush; replay watermarks not moved")
+            return False
+        if not pub.last_complete:  # type: ignore[attr-defined]
+            return False  # stopped mid-piece: do not claim minutes that were not sent
+        failed = {k.decode() for k in pub.failed_keys - failed_before}  # type: ignore[attr-defined]
+        newest = piece.groupby("ticker")["minute"].max()
+        updates = {str(t): int(m) for t, m in newest.items()
+                   if t not in failed and int(m) > self.watermarks.get(str(t), -1)}
+        if updates:
+            pipe = self.redis.pipeline(transaction=False)  # type: ignore[attr-defined]
+            for t, m in updates.items():
+                pipe.set(self.keys.producer_watermark(t), m)
+            pipe.execute()
+            self.watermarks.update(updates)
+        return not failed

@@ -113,7 +113,8 @@ def decode(messages: Sequence[Message], now: float | None = None) -> tuple[list[
 
 def readiness(results: dict[str, TickerResult],
               ready_at: float) -> tuple[list[WindowReady], dict[str, tuple[int, str]]]:
-    """Window-ready events for tickers whose window at their newest minute is ready and not yet announced."""
+    """Window-ready events for tickers whose newest ready window (at or just before their newest minute,
+    see :meth:`TickerResult.ready_window`) was not announced yet."""
     events: list[WindowReady] = []
     announced: dict[str, tuple[int, str]] = {}
     for ticker, res in results.items():
@@ -121,7 +122,7 @@ def readiness(results: dict[str, TickerResult],
         if rw is None:
             continue
         t, _, cs, pub = rw
-        if res.announced == t and res.announced_sum == cs:
+        if res.announced is not None and (t < res.announced or (t == res.announced and res.announced_sum == cs)):
             continue
         events.append(WindowReady(ticker, t, cs, pub, ready_at))
         announced[ticker] = (t, cs)

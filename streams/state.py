@@ -38,7 +38,7 @@ import redis as redislib
 
 from minutecast.keys import Keys
 from minutecast.schemas import Bar
-from minutecast.window import MAX_FILL, RETAIN, WINDOW, checksum, window_at
+from minutecast.window import MAX_FILL, REACH, RETAIN, WINDOW, checksum, ready_windows, window_at
 
 # KEYS: [stats, win(T1), meta(T1), win(T2), meta(T2), ...]
 # ARGV: [ttl_s, retain_s, view_s, roundtrips, messages, counter prefix, bars(T1), bars(T2), ...]
@@ -176,11 +176,17 @@ class TickerResult:
     rows: list[WindowRow] = field(default_factory=list)  # stored minutes > newest - view, sorted
 
     def ready_window(self) -> tuple[int, np.ndarray, str, float | None] | None:
-        """(t, window, checksum, published_at at t) when the window at the newest minute is ready."""
-        t = self.newest
-        win = window_for(self.rows, t)
-        if win is None:
+        """(t, window, checksum, published_at at t) of the newest ready window, ending no more than
+        ``REACH`` minutes before the newest minute (usually at the newest minute itself)."""
+        if not self.rows:
             return None
+        w = ready_windows(np.array([r.minute for r in self.rows]), np.array([r.close for r in self.rows]),
+                          np.array([r.volume for r in self.rows]))
+        ok = w.ends >= self.newest - 60 * REACH
+        if not ok.any():
+            return None
+        i = int(np.flatnonzero(ok)[np.argmax(w.ends[ok])])
+        t, win = int(w.ends[i]), w.values[i]
         pub = next((r.published_at for r in reversed(self.rows) if r.minute == t), None)
         return t, win, checksum(win), pub
 
@@ -189,7 +195,7 @@ class WindowStore:
     """Applies batches of bars to Redis with one EVALSHA per batch (see the module docstring)."""
 
     def __init__(self, client: redislib.Redis, keys: Keys, ttl_s: int, *,
-                 retain: int = RETAIN, view: int = WINDOW + MAX_FILL + 1, counters: str = "stream_") -> None:
+                 retain: int = RETAIN, view: int = WINDOW + MAX_FILL + REACH + 1, counters: str = "stream_") -> None:
         self.client = client
         self.keys = keys
         self.ttl_s = int(ttl_s)

@@ -120,6 +120,7 @@ def publish(producer: Any, topics: Topics, items: list[WindowReady | bytes]) -> 
     assert producer.flush(30) == 0
 
 
+@pytest.mark.faults
 def test_job_persistence_hot_reload_kill_restart(topics: Topics, kafka: KafkaSettings, redis_client: Any,
                                                   redis_settings: RedisSettings, namespace: str,
                                                   tmp_path: Path) -> None:

@@ -290,6 +290,7 @@ def private_kafka(tmp_path: Path, services: InfraSettings) -> Iterator[tuple[obj
         broker.down()
 
 
+@pytest.mark.faults
 def test_broker_restart_mid_replay_loses_and_duplicates_nothing(
         shared_data: Path, tmp_path: Path, namespace: str, private_kafka: tuple[object, KafkaSettings]) -> None:
     broker, ks = private_kafka

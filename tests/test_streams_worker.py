@@ -246,6 +246,7 @@ def test_worker_windows_deadletters_ready_events_and_metrics(topics: Topics, kaf
     assert "minutecast_stream_late_dropped_total" in body and "minutecast_stream_consumer_lag" in body
 
 
+@pytest.mark.faults
 def test_sigkill_mid_replay_then_flush_and_rebuild_give_the_clean_windows(
         topics: Topics, kafka: KafkaSettings, redis_client: Any, namespace: str,
         workers: Callable[..., Any]) -> None:

@@ -73,6 +73,7 @@ def test_save_load_promote_roundtrip(tmp_path: Path, samples: D.Samples, scaler:
     assert reg.current_version() == version
 
 
+@pytest.mark.faults
 @pytest.mark.parametrize("damage", ["truncate_model", "no_meta", "bad_json", "other_features", "wrong_shape"])
 def test_corrupt_model_is_refused_and_current_kept(tmp_path: Path, scaler: Scaler, damage: str) -> None:
     reg = Registry(tmp_path)
