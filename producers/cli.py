@@ -85,6 +85,11 @@ def run_shard(args: argparse.Namespace, tickers: list[str] | None, indices: list
     settings = ProducerSettings()
     pub = Publisher(settings)
     pub.install_signal_handlers()
+    from minutecast.metrics import serve
+    from producers.metrics import registry_for
+
+    # With --processes N each process tries the port; the first gets it, the others log that it is taken.
+    serve(settings.metrics_host, settings.metrics_port, registry_for(pub))
     try:
         if args.source == "replay":
             _replay(args, pub, tickers, limit)

@@ -38,3 +38,17 @@ def test_trainer_metrics_follow_results() -> None:
     assert get("minutecast_train_runs_total", {"outcome": "refused"}) == 1
     assert get("minutecast_model_info", {"version": "v1"}) == 1
     assert get("minutecast_train_last_test_rmse", {"forecaster": "model"}) == 0.47
+
+
+def test_producer_metrics_read_the_publisher_counters() -> None:
+    from types import SimpleNamespace
+
+    from producers.metrics import registry_for
+    from producers.publisher import Stats
+
+    pub = SimpleNamespace(stats=Stats(sent=10, delivered=9, failed=1, dead_letters=2))
+    r = registry_for(pub)
+    assert r.get_sample_value("minutecast_producer_bars_total", {"outcome": "delivered"}) == 9
+    pub.stats.delivered += 1  # read live: no copy
+    assert r.get_sample_value("minutecast_producer_bars_total", {"outcome": "delivered"}) == 10
+    assert r.get_sample_value("minutecast_producer_bars_total", {"outcome": "dead_letters"}) == 2
