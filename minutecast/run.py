@@ -78,13 +78,21 @@ class Service:
 
 
 def yahoo_reachable(timeout_s: float = 10.0) -> tuple[bool, str]:
-    """Whether Yahoo Finance answers a one-ticker request for 1-minute bars."""
+    """Whether Yahoo Finance answers a one-ticker request for 1-minute bars (yfinance's own logging is
+    silenced meanwhile: the caller says it in one line)."""
+    import logging
+
+    yf_log = logging.getLogger("yfinance")
+    level = yf_log.level
+    yf_log.setLevel(logging.CRITICAL)
     try:
         import yfinance as yf
 
-        frame = yf.download("SPY", period="1d", interval="1m", progress=False, timeout=timeout_s, threads=False)
+        frame = yf.Ticker("SPY").history(period="1d", interval="1m", raise_errors=True, timeout=timeout_s)
     except Exception as exc:  # noqa: BLE001 - any failure means: not reachable
-        return False, f"{type(exc).__name__}: {str(exc)[:120]}"
+        return False, f"{type(exc).__name__}: {str(exc).split(' See ')[0][:120]}"
+    finally:
+        yf_log.setLevel(level)
     if frame is None or frame.empty:
         return False, "no data came back"
     return True, ""
