@@ -10,6 +10,7 @@ import argparse
 import json
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 from minutecast.window import SESSION_TZ
 
@@ -36,6 +37,15 @@ def fetch(tickers: list[str]) -> dict[str, object]:
     for t, h in zip(tickers, pipe.execute(), strict=True):
         out[t] = Forecast.from_json(h["json"]) if "json" in h else (Forecast.from_dict(h) if h else None)
     return out
+
+
+def forecast_times(client: Any, keys: Any) -> list[float]:
+    """``forecast_at`` of every ticker's latest forecast in the namespace (one pipelined round trip)."""
+    fkeys = list(client.scan_iter(match=keys.forecast_pattern(), count=1000))
+    pipe = client.pipeline(transaction=False)
+    for k in fkeys:
+        pipe.hget(k, "forecast_at")
+    return [float(x) for x in pipe.execute() if x]
 
 
 def _local(epoch: int) -> str:

@@ -128,17 +128,14 @@ def summary(s: Any) -> dict[str, Any]:
     """Bars in Kafka, windows and forecasts in Redis, the served model: for the screen."""
     from minutecast.kafka import end_offsets
     from minutecast.keys import Keys
+    from minutecast.lookup import forecast_times
     from minutecast.redis import connect
     from minutecast.registry import Registry
     from minutecast.topics import Topics
 
     keys = Keys(s.namespace)
     client = connect(s.redis, decode_responses=True)
-    fkeys = list(client.scan_iter(match=keys.forecast_pattern(), count=1000))
-    pipe = client.pipeline(transaction=False)
-    for k in fkeys:
-        pipe.hget(k, "forecast_at")
-    stamps = [float(x) for x in pipe.execute() if x]
+    stamps = forecast_times(client, keys)
     return {
         "bars": sum(end_offsets(s.kafka, Topics(s.namespace).bars).values()),
         "windows": sum(1 for _ in client.scan_iter(match=keys.window_pattern(), count=1000)),

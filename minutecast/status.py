@@ -69,6 +69,7 @@ def collect(sample_s: float = 1.0) -> dict[str, Any]:
     from infra.services import status as infra_status
     from minutecast.kafka import make_admin, make_consumer
     from minutecast.keys import Keys
+    from minutecast.lookup import forecast_times
     from minutecast.redis import connect
     from minutecast.settings import InferenceSettings, InfraSettings
     from minutecast.topics import Topics
@@ -100,11 +101,7 @@ def collect(sample_s: float = 1.0) -> dict[str, Any]:
         consumer.close()
     if out["services"]["redis"]["up"]:
         client = connect(s.redis, decode_responses=True)
-        fkeys = list(client.scan_iter(match=keys.forecast_pattern(), count=1000))
-        pipe = client.pipeline(transaction=False)
-        for k in fkeys:
-            pipe.hget(k, "forecast_at")
-        stamps = [float(x) for x in pipe.execute() if x]
+        stamps = forecast_times(client, keys)
         out["tickers_with_forecast"] = len(stamps)
         out["last_forecast_age_s"] = round(time.time() - max(stamps), 1) if stamps else None
         out["windows"] = sum(1 for _ in client.scan_iter(match=keys.window_pattern(), count=1000))
