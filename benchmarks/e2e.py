@@ -15,7 +15,10 @@ Reported (from the forecasts themselves): p50/p95/p99/max of ``forecast_at - pub
 timed minutes, forecasts vs windows announced, bars/s achieved, ``backlog_growing`` (latency of the last
 third of the minutes clearly above the first third, or the pipeline needing long to drain after the last
 minute), and the micro-batch duration with its split (Redis read, window build, model, Redis writes; summed
-over partitions) from the job's per-batch stats. Last stdout line: one JSON object.
+over partitions) from the job's per-batch stats; ``p50_ms``/``p95_ms``/``p99_ms`` repeat the latency
+percentiles in ms. Memory: ``rss_peak_mb`` = peak resident MiB per service during the run (producer = this
+process, Faust worker, Spark driver + JVM + Python workers, Redis, Kafka), sampled every 0.5 s.
+Last stdout line: one JSON object.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from datetime import datetime, timedelta
@@ -35,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 
 from minutecast.kafka import ensure_topics, make_admin, make_consumer, make_producer
 from minutecast.keys import Keys
@@ -106,8 +111,86 @@ def promote_random_model(models_dir: Path) -> str:
     return version
 
 
+def promote_in_subprocess(models_dir: Path) -> str:
+    """promote_random_model in a child process: TensorFlow stays out of this process (the producer), so the
+    producer's RSS is the producer's."""
+    code = ("import sys; from pathlib import Path; from benchmarks.e2e import promote_random_model; "
+            "print(promote_random_model(Path(sys.argv[1])))")
+    res = subprocess.run([sys.executable, "-c", code, str(models_dir)], cwd=REPO, capture_output=True, text=True,
+                         env=os.environ | {"TF_CPP_MIN_LOG_LEVEL": "2"}, timeout=300, check=False)
+    if res.returncode != 0:
+        raise RuntimeError(f"could not promote a random model: {res.stderr[-2000:]}")
+    return res.stdout.strip().splitlines()[-1]
+
+
+def listener_pid(port: int) -> int | None:
+    """The pid of the local process listening on ``port`` (the Kafka broker), None if not visible."""
+    try:
+        for c in psutil.net_connections(kind="tcp"):
+            if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid:
+                return int(c.pid)
+    except psutil.AccessDenied:
+        pass
+    return None
+
+
+class RssSampler:
+    """Peak resident memory (MiB) of each service's process tree, sampled every ``every`` s in a thread.
+
+    A service is a root pid; its tree (children, recursively: the Spark JVM and its Python workers) is
+    summed at each sample, and the peak of that sum is kept. Sampling VmRSS (not VmHWM) because Redis and
+    Kafka are long-lived and shared: their lifetime high-water mark says nothing about this run.
+    """
+
+    def __init__(self, every: float = 0.5) -> None:
+        self.every = every
+        self.roots: dict[str, tuple[int, bool]] = {}  # name -> (pid, include children)
+        self.peak_mb: dict[str, float] = {}
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="rss-sampler", daemon=True)
+
+    def watch(self, name: str, pid: int | None, tree: bool = True) -> None:
+        if pid is not None:
+            self.roots[name] = (pid, tree)
+
+    def sample(self) -> None:
+        for name, (pid, tree) in list(self.roots.items()):
+            try:
+                root = psutil.Process(pid)
+                procs = [root, *(root.children(recursive=True) if tree else [])]
+            except psutil.Error:
+                continue
+            total = 0
+            for p in procs:
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:
+                    pass  # a Python worker that just exited
+            self.peak_mb[name] = max(self.peak_mb.get(name, 0.0), total / 2**20)
+        self.samples += 1
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            self.sample()
+
+    def start(self) -> None:
+        self.sample()
+        self._thread.start()
+
+    def stop(self) -> dict[str, float]:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+        return {k: round(v, 1) for k, v in sorted(self.peak_mb.items())}
+
+
 def pct(xs: list[float], q: float) -> float | None:
     return round(float(np.percentile(xs, q)), 3) if xs else None
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,10 +227,11 @@ def main(argv: list[str] | None = None) -> int:
                               "timed_minutes": minutes, "target_bars_per_s": rate}
     procs: list[subprocess.Popen[bytes]] = []
     stats_path = work / "batches.jsonl"
+    rss = RssSampler()
     try:
         ensure_topics(base.kafka, topics.specs())
         if not args.persistence:
-            result["model_version"] = promote_random_model(work / "home" / "models")
+            result["model_version"] = promote_in_subprocess(work / "home" / "models")
         for name, cmd, e in (
             ("stream", ["stream", "--web-port", "0", "--metrics-port", "0", "--no-rebuild"], env),
             ("infer", ["infer", "--metrics-port", "0", "--trigger-ms", str(args.trigger_ms),
@@ -157,6 +241,14 @@ def main(argv: list[str] | None = None) -> int:
             procs.append(subprocess.Popen([sys.executable, "-m", "minutecast.cli", *cmd], env=e, cwd=REPO,
                                           stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
 
+        # Memory: this process is the producer (the Feed); the workers' trees include Spark's JVM and
+        # Python workers; Redis reports its own pid; Kafka is whatever listens on the bootstrap port.
+        rss.watch("producer", os.getpid(), tree=False)
+        rss.watch("faust_worker", procs[0].pid)
+        rss.watch("spark_driver_jvm_python_workers", procs[1].pid)
+        rss.watch("redis", int(connect(base.redis).info("server")["process_id"]), tree=False)
+        rss.watch("kafka", listener_pid(int(base.kafka.bootstrap.split(",")[0].rsplit(":", 1)[1])), tree=False)
+        rss.start()
         start = session_start()
         feed = Feed(names, start, base.kafka, topics.bars)
         consumer = make_consumer(base.kafka, f"bench-{ns}")
@@ -233,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
             vals = [e.get(part, 0) for e in engine]
             split["engine_" + part + "_mean_ms"] = round(float(np.mean(vals)), 1) if vals else None
         result |= {
+            "p50_ms": _ms(pct(lat, 50)), "p95_ms": _ms(pct(lat, 95)), "p99_ms": _ms(pct(lat, 99)),
             "latency_p50_s": pct(lat, 50), "latency_p95_s": pct(lat, 95), "latency_p99_s": pct(lat, 99),
             "latency_max_s": pct(lat, 100),
             "to_window_ready_p50_s": pct(faust, 50), "to_window_ready_p99_s": pct(faust, 99),
@@ -256,6 +349,9 @@ def main(argv: list[str] | None = None) -> int:
                                   and not result["backlog_growing"])
         consumer.close()
     finally:
+        peak = rss.stop()
+        result["rss_peak_mb"] = peak  # per service, peak of the process tree's summed RSS during the run
+        result["rss_samples"] = rss.samples
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)

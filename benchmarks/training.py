@@ -2,6 +2,7 @@
 
     python -m benchmarks.training            # full: ~3 minutes on 2 free cores
     python -m benchmarks.training --quick    # fewer steps, no accuracy table
+    python -m benchmarks.training --tiny     # smoke run for the tests: 1 and 2 ranks, a few small steps only
 
 Throughput: the default preset's training step (forward, backward, Horovod allreduce, Adam) on synthetic
 input of the real shape (the values do not change the cost), each rank ONE TensorFlow thread
@@ -143,6 +144,7 @@ def accuracy_table() -> dict[str, Any] | None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--tiny", action="store_true", help="1 and 2 ranks, batch 64, 3 steps; no control, no accuracy")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--steps", type=int, default=60)
@@ -157,24 +159,29 @@ def main() -> None:
         return
     small, large = (40, 12) if args.quick else (400, 120)  # measured steps at batch 256 / 1024 (~5-10 s each)
     print(f"training throughput, default preset, CPU, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}:")
-    runs = [launch(1, 256, small, 5), launch(2, 256, small, 5), launch(1, 1024, large, 3), launch(2, 1024, large, 3),
-            launch(2, 1024, large, 3, fp16=True), launch(2, 1024, large, 4, passes=4)]
-    two_independent = control(1024, large, 3)
+    if args.tiny:
+        runs = [launch(1, 64, 3, 1), launch(2, 64, 3, 1)]
+        two_independent = None
+    else:
+        runs = [launch(1, 256, small, 5), launch(2, 256, small, 5), launch(1, 1024, large, 3),
+                launch(2, 1024, large, 3), launch(2, 1024, large, 3, fp16=True), launch(2, 1024, large, 4, passes=4)]
+        two_independent = control(1024, large, 3)
     one = {r["batch_per_rank"]: r["samples_per_s"] for r in runs if r["ranks"] == 1}
     best2 = max((r for r in runs if r["ranks"] == 2), key=lambda r: r["samples_per_s"])
     scaling = best2["samples_per_s"] / one[best2["batch_per_rank"]]
     gpu_epoch_s = None
     import tensorflow as tf
 
-    if tf.config.list_physical_devices("GPU"):
+    if tf.config.list_physical_devices("GPU") and not args.tiny:
         g = launch(1, 2048, 50 if args.quick else 200, 10, threads=0)
         gpu_epoch_s = round(1_000_000 / g["samples_per_s"], 2)  # one epoch of 1M samples at batch 2048
         runs.append(g)
-    accuracy = None if args.quick else accuracy_table()
+    accuracy = None if args.quick or args.tiny else accuracy_table()
     print(json.dumps({"samples_per_s_1rank": one[best2["batch_per_rank"]], "samples_per_s_2ranks":
                       best2["samples_per_s"], "scaling": round(scaling, 3), "config_2ranks": best2,
-                      "control_2_independent_1rank": round(two_independent, 1),
-                      "control_scaling": round(two_independent / one[1024], 3), "gpu_epoch_s": gpu_epoch_s,
+                      "control_2_independent_1rank": None if two_independent is None else round(two_independent, 1),
+                      "control_scaling": None if two_independent is None else round(two_independent / one[1024], 3),
+                      "gpu_epoch_s": gpu_epoch_s,
                       "load_avg_1m": round(os.getloadavg()[0], 2), "runs": runs, "accuracy": accuracy}))
 
 
