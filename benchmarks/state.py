@@ -16,7 +16,6 @@ import argparse
 import gzip
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
 
+from infra.procs import terminate
 from minutecast.kafka import ensure_topics, make_admin, make_producer
 from minutecast.keys import Keys
 from minutecast.redis import connect
@@ -200,14 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         log.close()
         Path(log.name).unlink(missing_ok=True)
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        terminate(procs)
         _delete_namespace(settings, topics)
     print(json.dumps(result))
     return 0

@@ -11,6 +11,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
@@ -80,3 +81,16 @@ def file_lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def terminate(procs: list[subprocess.Popen[Any]], timeout_s: float = 30.0) -> None:
+    """SIGTERM every process still running, then wait for each; SIGKILL those that outlive ``timeout_s``."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+    for p in procs:
+        try:
+            p.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(10)

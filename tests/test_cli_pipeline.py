@@ -34,7 +34,8 @@ def replay_dir(shared_data: Path, tmp_path: Path) -> Path:
     for t in TICKERS:
         with gzip.open(shared_data / f"{t}.csv.gz", "rt") as src:
             header, *rows = src.read().splitlines()
-        (out / f"{t}.csv").write_text("\n".join([header, *(r for r in rows if r.startswith(DAY) and "09:30" <= r[11:16] <= "15:59")]) + "\n")
+        regular = [r for r in rows if r.startswith(DAY) and "09:30" <= r[11:16] <= "15:59"]
+        (out / f"{t}.csv").write_text("\n".join([header, *regular]) + "\n")
     return out
 
 

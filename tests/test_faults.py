@@ -36,6 +36,7 @@ import numpy as np
 import pytest
 from pydantic import SecretStr
 
+from infra.procs import terminate
 from minutecast.kafka import ensure_topics
 from minutecast.keys import Keys
 from minutecast.redis import connect
@@ -234,13 +235,7 @@ def test_broker_and_redis_killed_while_producing_and_consuming(
         wait_until(lambda: applied() >= total, 240, "worker caught up", [worker])
         time.sleep(2)  # a few more seconds for anything re-delivered after the crash
     finally:
-        for p in (producer, worker):
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-                try:
-                    p.wait(30)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        terminate([producer, worker])
         for fh in logs.values():
             fh.close()
 

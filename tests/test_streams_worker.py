@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 from confluent_kafka import TopicPartition
 
+from infra.procs import terminate
 from minutecast.kafka import make_consumer, make_producer
 from minutecast.keys import Keys
 from minutecast.schemas import Bar, WindowReady
@@ -61,15 +62,7 @@ def workers(namespace: str, tmp_path: Path) -> Iterator[Callable[..., subprocess
         return proc
 
     yield start
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-    for p in procs:
-        try:
-            p.wait(30)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait(10)
+    terminate(procs)
     for f in sorted(tmp_path.glob("worker*.log")):
         text = f.read_text(errors="replace")
         if "Traceback" in text:
