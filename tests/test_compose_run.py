@@ -1,0 +1,330 @@
+"""docker-compose.yml for real: build the images, start the stack with podman-compose, see forecasts come out.
+
+    make compose-test     # = python -m pytest -m compose tests/test_compose_run.py  (root: rootful podman)
+
+There is no Docker engine on our machines and no image registry, so (docker/podman/compose_test.sh):
+the project's image is built from the repository's Dockerfile on Debian bookworm's Python 3.11 (a Debian
+base made with debootstrap), and docker/podman/docker-compose.podman.yml swaps only the two official
+images that cannot be pulled, apache/kafka and redis, for local builds of the same role and version.
+Then the test starts Kafka (SASL/SCRAM), Redis, the topic init, the replay producer on a slice of
+recorded bars (3 tickers, 150 minutes; a copy in a temporary directory), the Faust worker and the Spark
+inference job exactly as docker-compose.yml defines them, and checks from OUTSIDE the containers, over
+the published loopback ports with the credentials of its own .env, that the last ready window of every
+ticker got a forecast on the forecasts topic, that every forecast there is for a ready window of the
+slice, that nothing was dead-lettered, and that Redis holds each ticker's latest forecast. Afterwards no
+container, volume, network or image of the run is left; the Debian base and the layer cache stay in the
+test's own podman store under ~/.cache/minutecast/podman, so a repeat is fast (a run never needs them).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from minutecast.kafka import end_offsets
+from minutecast.keys import Keys
+from minutecast.schemas import Forecast
+from minutecast.settings import KafkaSettings, RedisSettings, StreamSettings
+from minutecast.topics import Topics
+from minutecast.window import ready_windows
+
+REPO = Path(__file__).resolve().parents[1]
+SCRIPT = REPO / "docker" / "podman" / "compose_test.sh"
+OVERRIDE = REPO / "docker" / "podman" / "docker-compose.podman.yml"
+# What the test starts: the default services minus the live producer (Yahoo is not reachable) and the
+# trainer (retraining is not what is checked here; serving falls back to persistence without a model),
+# then the `replay` profile's producer once the Faust worker has joined its group, so the worker takes the
+# bars live (a worker that starts after them takes its start-up rebuild path instead).
+# podman-compose 1.0 (Debian) has no --profile: services are named explicitly.
+SERVICES = ("kafka", "redis", "topics", "stream", "infer")
+PRODUCER = "producer-replay"
+TICKERS = ("AAPL", "MSFT", "NVDA")
+DAY, FIRST, MINUTES = "2025-12-30", "09:30", 150  # a regular session's first 150 minutes
+BUILD_TIMEOUT_S = 3000  # cold: pip (TensorFlow, pyspark) + horovod from source on 2 cores
+FORECAST_TIMEOUT_S = 900
+
+
+def _podman_env() -> dict[str, str]:
+    """The environment podman needs here: compose_test.sh's engine configuration and image store."""
+    out = subprocess.run(["bash", str(SCRIPT), "env"], capture_output=True, text=True, check=True).stdout
+    pairs = (line.removeprefix("export ").split("=", 1) for line in out.splitlines() if line.startswith("export "))
+    return {**os.environ, **dict(pairs)}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _password() -> str:
+    return "t" + secrets.token_hex(16)  # letters and digits: what the Kafka entry point accepts
+
+
+def write_slice(shared: Path, dest: Path) -> dict[str, np.ndarray]:
+    """Copy the slice's bars to ``dest/<T>.csv.gz``; return each ticker's ready window ends (epoch s)."""
+    import pandas as pd
+
+    dest.mkdir(parents=True)
+    expected: dict[str, np.ndarray] = {}
+    for ticker in TICKERS:
+        with gzip.open(shared / f"{ticker}.csv.gz", "rt") as f:
+            header, *rows = f.read().splitlines()
+        day = [r for r in rows if r.startswith(f"{DAY}T") and r[11:16] >= FIRST][:MINUTES]
+        assert len(day) >= 100, f"{ticker}: only {len(day)} bars on {DAY}"
+        with gzip.open(dest / f"{ticker}.csv.gz", "wt") as f:
+            f.write("\n".join([header, *day]) + "\n")
+        frame = pd.read_csv(dest / f"{ticker}.csv.gz")
+        minutes = pd.to_datetime(frame["Datetime"], utc=True).astype("int64").to_numpy() // 10**9
+        expected[ticker] = ready_windows(minutes, frame["Close"].to_numpy(), frame["Volume"].to_numpy()).ends
+    return expected
+
+
+class Stack:
+    """One podman-compose project of docker-compose.yml + the podman override, in its own directory."""
+
+    def __init__(self, workdir: Path, project: str, env: dict[str, str]) -> None:
+        self.dir, self.project, self.env = workdir, project, env
+        # The compose files are copied beside the test's .env (podman-compose 1.0 reads .env only next to
+        # the first file and has no --env-file); the relative paths they use (./docker/...) point back
+        # into the repository through a symlink. The images are built by compose_test.sh (--no-build).
+        shutil.copy(REPO / "docker-compose.yml", workdir / "docker-compose.yml")
+        shutil.copy(OVERRIDE, workdir / "docker-compose.podman.yml")
+        (workdir / "docker").symlink_to(REPO / "docker")
+
+    def compose(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        cmd = ["podman-compose", "-p", self.project, "-f", "docker-compose.yml", "-f", "docker-compose.podman.yml",
+               *args]
+        return subprocess.run(cmd, cwd=self.dir, env=self.env, capture_output=True, text=True, timeout=timeout,
+                              check=False)
+
+    def podman(self, *args: str) -> str:
+        return subprocess.run(["podman", *args], env=self.env, capture_output=True, text=True, timeout=120,
+                              check=True).stdout
+
+    def names(self, kind: str) -> list[str]:
+        """Containers / volumes / networks that podman-compose labelled with this project."""
+        fmt = {"ps": "{{.Names}}", "volume": "{{.Name}}", "network": "{{.Name}}"}[kind]
+        args = ["ps", "-a"] if kind == "ps" else [kind, "ls"]
+        out = self.podman(*args, "--filter", f"label=io.podman.compose.project={self.project}", "--format", fmt)
+        return out.split()
+
+    def logs(self, tail: int = 40) -> str:
+        parts = []
+        for name in self.names("ps"):
+            state = self.podman("inspect", "--format", "{{.State.Status}} exit={{.State.ExitCode}}", name).strip()
+            out = subprocess.run(["podman", "logs", "--tail", str(tail), name], env=self.env, capture_output=True,
+                                 text=True, check=False)
+            parts.append(f"----- {name} ({state})\n{out.stdout}{out.stderr}")
+        return "\n".join(parts)
+
+    def volumes_in_use(self) -> list[str]:
+        """Every volume the project's containers mount, the images' anonymous VOLUMEs included."""
+        fmt = '{{range .Mounts}}{{if eq .Type "volume"}}{{.Name}} {{end}}{{end}}'
+        return [v for name in self.names("ps") for v in self.podman("inspect", "--format", fmt, name).split()]
+
+    def down(self) -> list[str]:
+        """``podman-compose down -v``, then what podman-compose 1.0 leaves: the network, anonymous volumes
+        (docker compose's ``down -v`` removes both), anything half-started. Returns the volumes it used."""
+        volumes = self.volumes_in_use()
+        self.compose("down", "-v", "-t", "20", timeout=300)
+        subprocess.run(["bash", str(SCRIPT), "clean", self.project], env=self.env, check=False, timeout=300)
+        for volume in volumes:
+            subprocess.run(["podman", "volume", "rm", "-f", volume], env=self.env, capture_output=True, check=False)
+        return volumes
+
+
+@pytest.fixture(scope="module")
+def podman_ready() -> None:
+    if os.geteuid() != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail("the compose test needs root (rootful podman)")
+        pytest.skip("the compose test needs root (rootful podman)")
+
+
+def _wait_for_topic(ks: KafkaSettings, topic: str, deadline: float) -> None:
+    from minutecast.kafka import make_admin
+
+    admin = make_admin(ks, log_level=2)  # quiet: "connection refused" until the broker is up
+    while time.monotonic() < deadline:
+        try:
+            if topic in admin.list_topics(timeout=5).topics:
+                return
+        except Exception:  # noqa: BLE001, S110 - the broker is still starting: try again
+            pass
+        time.sleep(2)
+    raise AssertionError(f"topic {topic} never appeared")
+
+
+def _wait_for_group(ks: KafkaSettings, group: str, deadline: float) -> None:
+    """Until the consumer group has a member and is stable (the Faust worker is consuming)."""
+    from confluent_kafka import ConsumerGroupState
+
+    from minutecast.kafka import make_admin
+
+    admin = make_admin(ks, log_level=2)  # quiet: "connection refused" until the broker is up
+    while time.monotonic() < deadline:
+        try:
+            desc = admin.describe_consumer_groups([group])[group].result(timeout=10)
+            if desc.state == ConsumerGroupState.STABLE and desc.members:
+                return
+        except Exception:  # noqa: BLE001, S110 - the group does not exist yet: try again
+            pass
+        time.sleep(2)
+    raise AssertionError(f"consumer group {group} never became stable")
+
+
+def _forecasts(ks: KafkaSettings, topic: str, group: str, want: set[tuple[str, int]],
+               deadline: float) -> Iterator[Forecast]:
+    """Forecasts read from ``topic`` until every (ticker, as_of) in ``want`` was seen or the deadline."""
+    from minutecast.kafka import make_consumer
+
+    consumer = make_consumer(ks, group)
+    consumer.subscribe([topic])
+    seen: set[tuple[str, int]] = set()
+    try:
+        while time.monotonic() < deadline and not want <= seen:
+            msg = consumer.poll(1.0)
+            if msg is None or msg.error():
+                continue
+            f = Forecast.from_json(msg.value())
+            seen.add((f.ticker, f.as_of))
+            yield f
+    finally:
+        consumer.close()
+
+
+def _yaml(path: Path) -> dict[str, Any]:
+    import yaml
+
+    return dict(yaml.safe_load(path.read_text()))
+
+
+def test_podman_override_only_swaps_the_official_images_for_the_same_versions() -> None:
+    """What runs under podman is docker-compose.yml itself, except the two images no registry serves here."""
+    from infra import jars
+
+    base, override = _yaml(REPO / "docker-compose.yml")["services"], _yaml(OVERRIDE)
+    assert set(override) == {"services"} and set(override["services"]) == {"kafka", "redis"}
+    assert all(set(s) == {"image"} for s in override["services"].values())
+    kafka, redis_image = override["services"]["kafka"]["image"], override["services"]["redis"]["image"]
+    version = jars.kafka_version()
+    assert base["kafka"]["image"] == f"apache/kafka:{version}" and kafka.endswith(f":{version}")
+    assert base["redis"]["image"].startswith("redis:7.") and redis_image.endswith(":7")
+    assert set(SERVICES) | {PRODUCER} <= set(base)
+    assert "replay" in base[PRODUCER]["profiles"]
+
+
+def test_kafka_stand_in_starts_like_the_official_image() -> None:
+    """The compose file's Kafka command and entry point find in the stand-in what apache/kafka has."""
+    base = _yaml(REPO / "docker-compose.yml")["services"]["kafka"]
+    run = (REPO / "docker" / "podman" / "kafka" / "docker" / "run").read_text()
+    containerfile = (REPO / "docker" / "podman" / "Containerfile.kafka").read_text()
+    assert base["command"] == ["/etc/kafka/docker/run"] and 'CMD ["/etc/kafka/docker/run"]' in containerfile
+    assert "kafka.docker.KafkaDockerWrapper setup" in run and "kafka-server-start.sh" in run
+    assert (REPO / "docker" / "podman" / "kafka" / "bin" / "kafka-storage.sh").exists()  # kafka-entrypoint.sh's tool
+    assert "infra/maven/kafka-pom.xml" in containerfile  # the local broker's jars
+    # The official start-up refuses an advertised SASL listener without KAFKA_OPTS, and so does the stand-in.
+    assert "ensure KAFKA_OPTS" in run
+    env = base["environment"]
+    assert "SASL_" in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"] and env["KAFKA_OPTS"].strip()
+
+
+@pytest.mark.compose
+@pytest.mark.slow
+@pytest.mark.timeout(3600)
+def test_compose_stack_forecasts_replayed_bars(podman_ready: None, shared_data: Path, tmp_path: Path) -> None:
+    timings: dict[str, float] = {}
+    t0 = time.monotonic()
+    build = subprocess.run(["bash", str(SCRIPT), "build"], capture_output=True, text=True, timeout=BUILD_TIMEOUT_S,
+                           check=False)
+    assert build.returncode == 0, f"image build failed:\n{build.stdout[-4000:]}\n{build.stderr[-8000:]}"
+    timings["build_s"] = time.monotonic() - t0
+
+    expected = write_slice(shared_data, tmp_path / "replay")
+    want = {(t, int(end)) for t, ends in expected.items() for end in ends}  # every ready window
+    last = {(t, int(ends.max())) for t, ends in expected.items()}  # each ticker's last one
+    namespace = "ct" + uuid.uuid4().hex[:8]
+    kafka_port, redis_port = _free_port(), _free_port()
+    user, kafka_pw, redis_pw = "minutecast", _password(), _password()
+    project_dir = tmp_path / "project"
+    project_dir.mkdir()
+    (project_dir / ".env").write_text("\n".join([
+        f"MINUTECAST_REDIS_PASSWORD={redis_pw}", f"MINUTECAST_KAFKA_SASL_PASSWORD={kafka_pw}",
+        f"MINUTECAST_KAFKA_SASL_USERNAME={user}", f"MINUTECAST_NAMESPACE={namespace}",
+        f"KAFKA_HOST_PORT={kafka_port}", f"REDIS_HOST_PORT={redis_port}", f"REPLAY_DATA={tmp_path / 'replay'}",
+        "REPLAY_SPEED=0", "",
+    ]))
+    stack = Stack(project_dir, f"minutecast-test-{namespace}", _podman_env())
+    ks = KafkaSettings(bootstrap=f"127.0.0.1:{kafka_port}", security_protocol="SASL_PLAINTEXT",
+                       sasl_mechanism="SCRAM-SHA-512", sasl_username=user, sasl_password=kafka_pw)
+    rs = RedisSettings(host="127.0.0.1", port=redis_port, password=redis_pw)
+    topics, keys = Topics(namespace), Keys(namespace)
+    try:
+        t1 = time.monotonic()
+        up = stack.compose("up", "-d", "--no-build", *SERVICES)
+        assert up.returncode == 0, f"podman-compose up failed:\n{up.stdout[-4000:]}\n{up.stderr[-4000:]}"
+        timings["up_s"] = time.monotonic() - t1
+        deadline = time.monotonic() + FORECAST_TIMEOUT_S
+        _wait_for_group(ks, f"{StreamSettings.model_fields['app_id'].default}-{namespace}", deadline)
+        timings["worker_ready_s"] = time.monotonic() - t1
+        up = stack.compose("up", "-d", "--no-build", PRODUCER)
+        assert up.returncode == 0, f"podman-compose up {PRODUCER} failed:\n{up.stdout[-4000:]}\n{up.stderr[-4000:]}"
+        _wait_for_topic(ks, topics.forecasts, deadline)
+        got: dict[tuple[str, int], Forecast] = {}
+        for f in _forecasts(ks, topics.forecasts, f"{namespace}-check", last, deadline):
+            if not got:
+                timings["first_forecast_s"] = time.monotonic() - t1
+            got[(f.ticker, f.as_of)] = f
+        timings["last_forecasts_s"] = time.monotonic() - t1
+        # The Faust worker announces the newest ready window of each batch of a ticker's bars (bars at
+        # full replay speed arrive in few batches): which windows in between get one is timing, the last
+        # one of every ticker is not.
+        assert last <= got.keys(), f"no forecast for the last window of {sorted(last - got.keys())}"
+        assert got.keys() <= want, f"forecasts for windows that are not ready: {sorted(got.keys() - want)[:5]}"
+        for f in got.values():
+            assert f.horizon_min == 5 and np.isfinite(f.predicted_close) and f.forecast_at >= f.window_ready_at
+        assert sum(end_offsets(ks, topics.deadletter).values()) == 0, "dead letters from clean recorded bars"
+
+        import redis as redis_lib
+
+        client = redis_lib.Redis(host=rs.host, port=rs.port, password=redis_pw, decode_responses=True)
+        for ticker, as_of in sorted(last):
+            stored = client.hgetall(keys.forecast(ticker))  # the latest forecast, written by the Spark job
+            assert stored, f"no forecast of {ticker} in Redis"
+            assert int(float(stored["as_of"])) == as_of, (ticker, stored)
+            assert float(stored["predicted_close"]) == pytest.approx(got[(ticker, as_of)].predicted_close)
+        client.close()
+    except BaseException:
+        print(stack.logs(), file=sys.stderr)
+        raise
+    finally:
+        t2 = time.monotonic()
+        used_volumes = stack.down()
+        timings["down_s"] = time.monotonic() - t2
+        rmi = subprocess.run(["bash", str(SCRIPT), "rmi"], env=stack.env, capture_output=True, text=True,
+                             check=False, timeout=300)
+        timings["total_s"] = time.monotonic() - t0
+        print("compose-test timings: " + json.dumps({k: round(v, 1) for k, v in timings.items()}))
+    assert rmi.returncode == 0, rmi.stderr
+    left = {kind: stack.names(kind) for kind in ("ps", "volume", "network")}
+    left["anonymous volumes"] = sorted(set(used_volumes) & set(stack.podman("volume", "ls", "-q").split()))
+    assert used_volumes and not any(left.values()), f"left behind: {left}"
+    # The store is the test's own (compose_test.sh): only the Debian base and the cache tags may stay.
+    images = stack.podman("images", "--format", "{{.Repository}}:{{.Tag}}").split()
+    kept = ("localhost/debian:", "localhost/minutecast-podman/cache:", "<none>:")
+    assert not [i for i in images if not i.startswith(kept)], images
