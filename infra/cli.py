@@ -28,10 +28,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.action == "topics":
         from minutecast.kafka import ensure_topics, wait_for_kafka
-        from minutecast.topics import Topics
 
         wait_for_kafka(s.kafka, s.start_timeout_s)
-        made = ensure_topics(s.kafka, Topics(s.namespace).specs(s.bar_partitions, s.bar_retention_days))
+        made = ensure_topics(s.kafka, s.topic_specs())
         print("topics created: " + (", ".join(made) if made else "none, all existed"))
         return 0
     if args.action == "down":

@@ -21,7 +21,6 @@ from minutecast.errors import InfraError, MinutecastError
 from minutecast.kafka import ensure_topics, wait_for_kafka
 from minutecast.redis import wait_for_redis
 from minutecast.settings import InfraSettings
-from minutecast.topics import Topics
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 
@@ -248,7 +247,7 @@ def up(s: InfraSettings | None = None, create_topics: bool = True) -> list[Servi
         LocalRedis(s).up()
         LocalKafka(s).up()
         if create_topics:
-            ensure_topics(s.kafka, Topics(s.namespace).specs(s.bar_partitions, s.bar_retention_days))
+            ensure_topics(s.kafka, s.topic_specs())
     return status(s)
 
 

@@ -14,6 +14,8 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from minutecast.topics import Topics, TopicSpec
+
 
 def default_home() -> Path:
     """Where local service data, models, checkpoints and logs live (``MINUTECAST_HOME``)."""
@@ -74,8 +76,15 @@ class CommonSettings(BaseSettings):
     log_level: str = "INFO"
     # Address the Prometheus endpoint binds to: loopback locally; 0.0.0.0 in containers (compose).
     metrics_host: str = "127.0.0.1"
+    # Every service creates missing topics with these (whichever starts first), so all read them here.
+    bar_partitions: int = 6  # partitions of the bar topic: the unit of Faust/Spark/Horovod parallelism
+    bar_retention_days: int = 45  # history kept for training (Yahoo itself keeps 30 days of 1m bars)
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
+
+    def topic_specs(self) -> list[TopicSpec]:
+        """This namespace's topics with their partitions and retention."""
+        return Topics(self.namespace).specs(self.bar_partitions, self.bar_retention_days)
 
     @property
     def models_dir(self) -> Path:
@@ -93,8 +102,6 @@ class InfraSettings(CommonSettings):
     # The broker listens where MINUTECAST_KAFKA_BOOTSTRAP points; its KRaft controller one port above.
     kafka_heap: str = "1G"  # JVM -Xmx of the local broker
     start_timeout_s: float = 90.0
-    bar_partitions: int = 6  # partitions of the bar topic: the unit of Faust/Spark/Horovod parallelism
-    bar_retention_days: int = 45  # history kept for training (Yahoo itself keeps 30 days of 1m bars)
 
 
 class ProducerSettings(CommonSettings):

@@ -23,7 +23,7 @@ from confluent_kafka import KafkaError, Message
 
 from minutecast.kafka import ensure_topics, make_producer, wait_for_kafka
 from minutecast.schemas import DeadLetter
-from minutecast.settings import InfraSettings, ProducerSettings
+from minutecast.settings import ProducerSettings
 from minutecast.topics import Topics
 from producers.bars import check, encode, stamp_suffix
 
@@ -66,10 +66,8 @@ class Publisher:
         # Fail fast and clearly when no broker answers (ServiceUnavailable -> CLI exit code 1).
         wait_for_kafka(ks, self.s.connect_timeout_s)
         if create_topics:
-            infra = InfraSettings()  # partitions/retention of the bar topic are set once, for `infra up` too
             wanted = {self.topic, self.topics.deadletter}
-            ensure_topics(ks, [t for t in self.topics.specs(infra.bar_partitions, infra.bar_retention_days)
-                               if t.name in wanted])
+            ensure_topics(ks, [t for t in self.s.topic_specs() if t.name in wanted])
         conf = {"linger.ms": self.s.linger_ms, "batch.size": self.s.batch_bytes,
                 "compression.type": self.s.compression} | overrides
         self.producer = make_producer(ks, **conf)

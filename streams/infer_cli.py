@@ -34,9 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from minutecast.kafka import ensure_topics, wait_for_kafka
     from minutecast.redis import wait_for_redis
-    from minutecast.settings import InferenceSettings, InfraSettings
+    from minutecast.settings import InferenceSettings
     from minutecast.spark import build_session
-    from minutecast.topics import Topics
     from streams.infer import InferenceJob
 
     overrides = {k: v for k, v in {
@@ -45,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     settings = InferenceSettings(**overrides)
     wait_for_kafka(settings.kafka)
     wait_for_redis(settings.redis).close()
-    ensure_topics(settings.kafka, Topics(settings.namespace).specs(InfraSettings().bar_partitions))
+    ensure_topics(settings.kafka, settings.topic_specs())
 
     spark = build_session(settings, app_name="minutecast-infer")
     job = InferenceJob(spark, settings, stats_path=args.stats_jsonl)

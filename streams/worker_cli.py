@@ -31,8 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from minutecast.keys import Keys
     from minutecast.metrics import serve
     from minutecast.redis import wait_for_redis
-    from minutecast.settings import InfraSettings, StreamSettings
-    from minutecast.topics import Topics
+    from minutecast.settings import StreamSettings
     from streams.faust_app import BatchProcessor, Metrics, create_app
     from streams.rebuild import rebuild, topic_has_data
     from streams.state import WindowStore
@@ -42,8 +41,7 @@ def run(args: argparse.Namespace) -> int:
     settings = StreamSettings(**overrides)
     wait_for_kafka(settings.kafka, args.wait)
     client = wait_for_redis(settings.redis, args.wait)
-    infra = InfraSettings()
-    ensure_topics(settings.kafka, Topics(settings.namespace).specs(infra.bar_partitions, infra.bar_retention_days))
+    ensure_topics(settings.kafka, settings.topic_specs())
 
     store = WindowStore(client, Keys(settings.namespace), settings.window_ttl_s)
     if settings.startup_rebuild and not args.no_rebuild and not store.has_windows() and topic_has_data(settings):
