@@ -117,18 +117,21 @@ def ensure_topics(ks: KafkaSettings, specs: Iterable[TopicSpec], timeout_s: floa
     return created
 
 
-def end_offsets(ks: KafkaSettings, topic: str, timeout_s: float = 10.0) -> dict[int, int]:
-    """High watermark per partition of ``topic``: a snapshot of "everything written so far"."""
+def watermarks(consumer: Consumer, topic: str, timeout_s: float = 10.0) -> dict[int, tuple[int, int]]:
+    """{partition: (low, high)} watermarks of ``topic`` through an open consumer; {} if it does not exist."""
     from confluent_kafka import TopicPartition
 
+    md = consumer.list_topics(topic, timeout=timeout_s)
+    if topic not in md.topics or md.topics[topic].error is not None:
+        return {}
+    return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
+            for p in sorted(md.topics[topic].partitions)}
+
+
+def end_offsets(ks: KafkaSettings, topic: str, timeout_s: float = 10.0) -> dict[int, int]:
+    """High watermark per partition of ``topic``: a snapshot of "everything written so far"."""
     consumer = make_consumer(ks, group="minutecast-offsets-probe")
     try:
-        md = consumer.list_topics(topic, timeout=timeout_s)
-        parts = sorted(md.topics[topic].partitions)
-        out = {}
-        for p in parts:
-            _, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
-            out[p] = high
-        return out
+        return {p: high for p, (_, high) in watermarks(consumer, topic, timeout_s).items()}
     finally:
         consumer.close()

@@ -20,13 +20,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _topic_end(consumer: Any, topic: str) -> dict[int, int]:
-    from confluent_kafka import TopicPartition
+    from minutecast.kafka import watermarks
 
-    md = consumer.list_topics(topic, timeout=10)
-    if topic not in md.topics or md.topics[topic].error is not None:
-        return {}
-    return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
-            for p in md.topics[topic].partitions}
+    return {p: high for p, (_, high) in watermarks(consumer, topic).items()}
 
 
 def _group_lag(admin: Any, ends: dict[str, dict[int, int]]) -> dict[str, int]:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
 from minutecast.errors import ServiceUnavailable, ValidationError
-from minutecast.kafka import make_consumer
+from minutecast.kafka import make_consumer, watermarks
 from minutecast.keys import Keys
 from minutecast.redis import connect
 from minutecast.schemas import Bar, parse_bar
@@ -41,22 +41,11 @@ class RebuildReport:
     seconds: float = 0.0
 
 
-def topic_ranges(consumer: object, topic: str, timeout_s: float = 10.0) -> dict[int, tuple[int, int]]:
-    """{partition: (low, high)} watermarks of ``topic``."""
-    md = consumer.list_topics(topic, timeout=timeout_s)  # type: ignore[attr-defined]
-    if topic not in md.topics or md.topics[topic].error is not None:
-        return {}
-    out = {}
-    for p in sorted(md.topics[topic].partitions):
-        out[p] = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)  # type: ignore[attr-defined]
-    return out
-
-
 def topic_has_data(settings: StreamSettings) -> bool:
     """True when the bar topic holds at least one record."""
     consumer = make_consumer(settings.kafka, group=f"{settings.app_id}-{settings.namespace}-probe")
     try:
-        return any(high > low for low, high in topic_ranges(consumer, Topics(settings.namespace).bars).values())
+        return any(high > low for low, high in watermarks(consumer, Topics(settings.namespace).bars).values())
     finally:
         consumer.close()
 
@@ -73,7 +62,7 @@ def rebuild(settings: StreamSettings, *, idle_timeout_s: float = 30.0) -> Rebuil
     report = RebuildReport()
     tickers: set[str] = set()
     try:
-        ranges = topic_ranges(consumer, topic)
+        ranges = watermarks(consumer, topic)
         todo = {p: high for p, (low, high) in ranges.items() if high > low}
         if not todo:
             return report
