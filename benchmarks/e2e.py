@@ -97,15 +97,16 @@ class Feed:
 
 
 def promote_random_model(models_dir: Path) -> str:
-    """A randomly initialised seed-architecture model, promoted: the model's speed is what counts here."""
+    """A randomly initialised default-architecture model, promoted: the model's speed is what counts here."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from minutecast.features import Scaler
     from minutecast.model import build_model, get_preset
     from minutecast.registry import Registry
 
     registry = Registry(models_dir)
-    version = registry.save(build_model(get_preset("seed")),
-                            Scaler(ret_scale=1e-3, logvol_mean=9.0, logvol_std=1.0, target_scale=2e-3),
+    version = registry.save(build_model(get_preset("default")), Scaler(
+        ret_scale=1e-3, gap_scale=3e-3, range_scale=1.5e-3, logvol_mean=9.0, logvol_std=1.0, mkt_ret_scale=3e-4,
+        mkt_range_scale=5e-4, target_scale=2e-3),
                             {"note": "benchmarks.e2e: random weights"})
     registry.promote(version)
     return version

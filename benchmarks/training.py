@@ -42,6 +42,7 @@ def worker(args: argparse.Namespace) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     import horovod.tensorflow.keras as hvd
 
+    from minutecast.features import N_FEATURES
     from minutecast.model import build_model, get_preset, make_loss
 
     hvd.init()
@@ -57,7 +58,7 @@ def worker(args: argparse.Namespace) -> None:
     model.compile(optimizer=opt, loss=make_loss(preset))
     rng = tf.random.Generator.from_seed(hvd.rank())
     n_distinct = 8  # a few distinct batches, resident in memory: measures compute + allreduce, not input
-    x = rng.normal((n_distinct * args.batch, 60, 2))
+    x = rng.normal((n_distinct * args.batch, 60, N_FEATURES))
     y = rng.normal((n_distinct * args.batch,))
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(args.batch, drop_remainder=True).cache().repeat()
     cb = [hvd.callbacks.BroadcastGlobalVariablesCallback(0)]
@@ -117,7 +118,8 @@ def control(batch: int, steps: int, warmup: int) -> float:
 
 
 def accuracy_table() -> dict[str, Any] | None:
-    """The current model vs persistence on the test dates of the shared data (None without a model)."""
+    """The current model vs persistence and the baselines on the test dates of the shared data (None without a
+    model)."""
     import numpy as np
 
     from minutecast.registry import Registry
@@ -132,13 +134,17 @@ def accuracy_table() -> dict[str, Any] | None:
     if version is None or not SHARED.is_dir():
         print(f"  accuracy: skipped (current model: {version}, data: {SHARED.is_dir()})")
         return None
-    samples = D.build_samples(D.load_files(D.bar_files(SHARED)))
-    cuts = D.split_days(samples.days.tolist(), settings.val_frac, settings.test_frac)
-    test = D.split(samples, cuts)["test"]
-    report, _ = E.build_report(test, registry.load(version))
-    print(E.markdown(report).split("| ticker |")[0])
-    keep = ("version", "tickers", "samples", "period", "metrics", "up_fraction")
-    return {k: report[k] for k in keep} | {"days_test": int(np.unique(test.days).size)}
+    catalog = D.catalog(D.load_bars(SHARED), settings.market_ticker)
+    cuts = D.split_days(np.unique(catalog.days).tolist(), settings.val_frac, settings.test_frac)
+    test = D.regular(D.split(catalog, cuts)["test"]).samples()
+    model = registry.load(version)
+    scale = tuple(model.meta.get("baseline_scale") or registry.baseline_scale())
+    report, _ = E.build_report(test, model, baseline_scale=(float(scale[0]), float(scale[1])))
+    print(E.markdown(report).split("## Per ticker")[0])
+    keep = ("version", "tickers", "samples", "period", "coverage_80", "coverage_90", "interval_score_80",
+            "baseline_interval_score_80", "interval_score_gain_80", "model_rmse", "persistence_rmse", "dm_pvalue",
+            "model_directional_accuracy", "up_fraction")
+    return {k: report.get(k) for k in keep} | {"days_test": int(np.unique(test.days).size)}
 
 
 def main() -> None:

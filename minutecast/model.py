@@ -1,13 +1,22 @@
-"""Keras model presets: the network that maps a normalised window to the scaled 5-minute move.
+"""Keras model presets: the network that maps a normalised window to quantiles of the 5-minute log move.
 
-Input ``(None, WINDOW, N_FEATURES)`` = ``(None, 60, 2)`` float32 from :func:`minutecast.features.make_inputs`;
-output ``(None, 1)``: the relative move ``close_{t+5}/close_t - 1`` divided by ``Scaler.target_scale``
-(:func:`minutecast.features.to_price` turns it into a price). An output of 0 is the persistence forecast.
+Input ``(None, WINDOW, N_FEATURES)`` = ``(None, 60, 13)`` float32 from :func:`minutecast.features.make_inputs`;
+output ``(None, 5)``: the quantiles :data:`minutecast.schemas.QUANTILES` of ``log(close_{t+5}/close_t)`` divided
+by ``Scaler.target_scale`` (:func:`minutecast.features.to_log_moves` turns them back). Column 2 is the median,
+the point forecast; a median of 0 is persistence.
+
+Heads (``Preset.head``), both built from plain Keras layers (no Lambda: models load with ``safe_mode``):
+
+* ``"quantile"``: median + non-negative increments (softplus) above and below it, so quantiles never cross;
+  trained with the pinball loss summed over the five levels (= the interval scores of the 80% and 90%
+  intervals plus the median's absolute error).
+* ``"gaussian"``: location and log-scale; the quantiles are ``mu + sigma * z``; trained by Gaussian likelihood.
+
+The LSTM's final state is joined by window summaries (mean of every feature over the whole window and over
+its last 15 slots, and the last slot itself): volatility clusters, so those carry most of the spread.
 
 Every recurrent layer keeps the cuDNN conditions (activation tanh, recurrent activation sigmoid,
 ``recurrent_dropout=0``, ``unroll=False``, bias on) so the same model runs the fused cuDNN kernel on a GPU.
-Dropout is a separate layer between blocks, never inside the LSTM.
-
 TensorFlow is imported inside :func:`build_model` only: importing this module is cheap.
 """
 
@@ -17,7 +26,10 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from minutecast.features import N_FEATURES
+from minutecast.schemas import QUANTILES
 from minutecast.window import WINDOW
+
+RECENT = 15  # slots of the "recent" window summary
 
 
 @dataclass(frozen=True)
@@ -27,19 +39,16 @@ class Preset:
     name: str
     lstm_units: tuple[int, ...]  # stacked LSTM layer widths; the last returns only its final state
     dropout: float  # Dropout layer after the LSTM stack (0 = none)
-    dense_units: int  # hidden Dense(relu) layer before the output (0 = none)
-    zero_head: bool  # output layer starts at zero weights: the untrained model IS persistence
-    loss: str  # "mse" or "huber" (huber on the scaled target: robust to the few huge minute moves)
-    # "price2": weight each sample by its last close squared (normalised to mean 1), so the loss is the squared
-    # error in price units that the evaluation and the promotion gate measure; "none": every sample alike.
-    weighting: str
-    # Shrink the trained output toward persistence by the least-squares factor a in [0, 1] fitted on the
-    # validation samples (output layer weights x a): a weak signal is scaled down instead of over-traded.
+    dense_units: int  # hidden Dense(relu) layer on [LSTM state, window summaries]
+    head: str  # "quantile" (pinball loss) or "gaussian" (likelihood); see the module docstring
+    # Shrink the median's move toward persistence by the least-squares factor a in [0, 1] fitted on the validation
+    # samples (median layer weights x a): a weak point signal is scaled down instead of over-traded.
     calibrate: bool
     batch_size: int  # samples per step PER RANK
     learning_rate: float  # Adam LR for one rank; train.py multiplies it by hvd.size()
     epochs: int  # default number of passes over the training samples
     patience: int  # epochs without a better validation loss before stopping early
+    max_samples: int | None  # default cap on training samples (all ranks together); None: all
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -48,18 +57,19 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    # The seed project's architecture, kept for comparison: LSTM(50) -> Dropout(0.2) -> Dense(32, relu) -> Dense(1).
-    "seed": Preset(name="seed", lstm_units=(50,), dropout=0.2, dense_units=32, zero_head=False, loss="mse",
-                   weighting="none", calibrate=False, batch_size=256, learning_rate=1e-3, epochs=10, patience=3),
-    # The default: a narrower LSTM whose output layer starts at zero (= persistence), trained on the price-unit
-    # squared error (MSE, price2 weights) with a low LR, so it moves away from persistence only where the
-    # validation loss (the same price-unit error) says that helps.
-    "default": Preset(name="default", lstm_units=(32,), dropout=0.1, dense_units=16, zero_head=True,
-                      loss="mse", weighting="price2", calibrate=True, batch_size=512, learning_rate=3e-4, epochs=8,
-                      patience=2),
+    # The default: a narrow LSTM plus window summaries and the quantile head (chosen over "gaussian" by the
+    # validation interval score; see the README's Model quality section).
+    "default": Preset(name="default", lstm_units=(32,), dropout=0.1, dense_units=32, head="quantile", calibrate=True,
+                      batch_size=512, learning_rate=1e-3, epochs=6, patience=2, max_samples=400_000),
+    # The same network with the location-scale head, kept to compare the two by measurement.
+    "gaussian": Preset(name="gaussian", lstm_units=(32,), dropout=0.1, dense_units=32, head="gaussian",
+                       calibrate=True, batch_size=512, learning_rate=1e-3, epochs=6, patience=2, max_samples=400_000),
+    # make run's first model: the default network on fewer samples and epochs (minutes on 2 CPU cores).
+    "first": Preset(name="first", lstm_units=(32,), dropout=0.1, dense_units=32, head="quantile", calibrate=True,
+                    batch_size=512, learning_rate=1e-3, epochs=3, patience=1, max_samples=150_000),
     # Tests and CI on CPU: seconds per epoch on a few thousand samples.
-    "tiny": Preset(name="tiny", lstm_units=(8,), dropout=0.0, dense_units=0, zero_head=True, loss="mse",
-                   weighting="none", calibrate=False, batch_size=128, learning_rate=1e-3, epochs=1, patience=1),
+    "tiny": Preset(name="tiny", lstm_units=(8,), dropout=0.0, dense_units=8, head="quantile", calibrate=False,
+                   batch_size=128, learning_rate=3e-3, epochs=1, patience=1, max_samples=None),
 }
 
 
@@ -73,7 +83,8 @@ def get_preset(name: str, **overrides: Any) -> Preset:
 
 
 def build_model(preset: Preset, seed: int = 0) -> Any:
-    """A fresh, uncompiled ``tf.keras.Model``: (None, 60, 2) float32 -> (None, 1)."""
+    """A fresh, uncompiled ``tf.keras.Model``: (None, WINDOW, N_FEATURES) float32 -> (None, 5)."""
+    import numpy as np
     import tensorflow as tf
 
     tf.keras.utils.set_random_seed(seed)  # same initial weights on every rank (rank 0's are broadcast anyway)
@@ -87,14 +98,53 @@ def build_model(preset: Preset, seed: int = 0) -> Any:
                         unroll=False, use_bias=True, return_sequences=not last, name=f"lstm{i}")(x)
     if preset.dropout > 0:
         x = layers.Dropout(preset.dropout, name="dropout")(x)
-    if preset.dense_units > 0:
-        x = layers.Dense(preset.dense_units, activation="relu", name="hidden")(x)
-    init = "zeros" if preset.zero_head else "glorot_uniform"
-    outputs = layers.Dense(1, kernel_initializer=init, bias_initializer="zeros", name="move")(x)
+    whole = layers.GlobalAveragePooling1D(name="mean_all")(inputs)
+    recent = layers.GlobalAveragePooling1D(name="mean_recent")(layers.Cropping1D((WINDOW - RECENT, 0))(inputs))
+    last_slot = layers.Flatten(name="last_slot")(layers.Cropping1D((WINDOW - 1, 0))(inputs))
+    z = layers.Concatenate(name="summary")([x, whole, recent, last_slot])
+    z = layers.Dense(preset.dense_units, activation="relu", name="hidden")(z)
+    # The median starts at zero (= persistence) and moves only where the data says so.
+    median = layers.Dense(1, kernel_initializer="zeros", bias_initializer="zeros", name="median")(z)
+    if preset.head == "quantile":
+        def step(name: str) -> Any:  # a positive gap between neighbouring quantiles, ~0.5 target units at start
+            return layers.Dense(1, activation="softplus", bias_initializer=tf.keras.initializers.Constant(-0.4),
+                                name=name)(z)
+        q90 = layers.Add(name="q90")([median, step("up80")])
+        q95 = layers.Add(name="q95")([q90, step("up90")])
+        q10 = layers.Subtract(name="q10")([median, step("down80")])
+        q05 = layers.Subtract(name="q05")([q10, step("down90")])
+        outputs = layers.Concatenate(name="quantiles")([q05, q10, median, q90, q95])
+    elif preset.head == "gaussian":
+        from minutecast.intervals import Z
+
+        sigma = layers.Dense(1, activation="exponential", name="sigma")(z)
+        # mu + sigma * z for the five levels, as two fixed (non-trainable) linear maps (1 -> 5).
+        spread = layers.Dense(len(QUANTILES), use_bias=False, trainable=False, name="z",
+                              kernel_initializer=tf.keras.initializers.Constant(Z.reshape(1, -1)))(sigma)
+        centre = layers.Dense(len(QUANTILES), use_bias=False, trainable=False, name="broadcast",
+                              kernel_initializer=tf.keras.initializers.Constant(np.ones((1, len(QUANTILES)))))(median)
+        outputs = layers.Add(name="quantiles")([centre, spread])
+    else:
+        from minutecast.errors import ConfigError
+
+        raise ConfigError(f"unknown head {preset.head!r} (quantile or gaussian)")
     return tf.keras.Model(inputs, outputs, name=f"minutecast_{preset.name}")
 
 
 def make_loss(preset: Preset) -> Any:
+    """Pinball loss over the five quantiles (quantile head) or the Gaussian negative log-likelihood."""
     import tensorflow as tf
 
-    return tf.keras.losses.Huber(delta=1.0) if preset.loss == "huber" else tf.keras.losses.MeanSquaredError()
+    levels = tf.constant(QUANTILES, dtype=tf.float32)
+
+    def pinball(y_true: Any, y_pred: Any) -> Any:
+        err = tf.reshape(y_true, (-1, 1)) - y_pred  # (B, 5)
+        return tf.reduce_sum(tf.maximum(levels * err, (levels - 1.0) * err), axis=-1)
+
+    def gaussian_nll(y_true: Any, y_pred: Any) -> Any:
+        mu = y_pred[:, 2]
+        sigma = tf.maximum((y_pred[:, 3] - y_pred[:, 1]) / (2 * 1.2815515655446004), 1e-4)
+        y = tf.reshape(y_true, (-1,))
+        return tf.math.log(sigma) + 0.5 * tf.square((y - mu) / sigma)
+
+    return pinball if preset.head == "quantile" else gaussian_nll

@@ -4,9 +4,17 @@ Layout under ``root`` (``settings.models_dir`` = ``<home>/models``)::
 
     CURRENT                      one line: the version serving uses (absent: persistence)
     20261122T031500Z-1a2b3c4d/   one version, never modified after it appears
-        model.keras              Keras native format (no pickle; loaded with safe_mode=True)
+        model.keras              Keras native format (a zip archive; no pickle; loaded with safe_mode=True)
         meta.json                scaler, config, metrics, data range, Kafka offsets, code version,
-                                 feature_spec, created_at, kind
+                                 feature_spec, created_at, kind, model_sha256 (of model.keras)
+
+Loading is guarded because Keras applies ``safe_mode`` only to genuine zip archives (anything else goes
+to the legacy loaders, where a Lambda layer's marshalled bytecode runs): :meth:`Registry.load` reads the
+archive once, checks its sha256 against ``meta.json``, requires a zip holding exactly the Keras v3
+members, checks every ``class_name`` in its ``config.json`` against :data:`ALLOWED_CLASSES` (built-in
+layers and initializers that run no user code; no ``Lambda``, no ``TFOpLambda``, no custom objects),
+and only then deserialises those verified bytes (from a private copy, so the file cannot change between
+check and load).
 
 A version directory is written under a hidden temporary name and renamed into place, so a reader
 sees either nothing or a complete version. :meth:`Registry.promote` refuses a version that
@@ -31,13 +39,17 @@ from typing import Any
 import numpy as np
 
 from minutecast.errors import ModelError
-from minutecast.features import FEATURE_SPEC, N_FEATURES, Scaler, make_inputs, to_price
-from minutecast.window import WINDOW
+from minutecast.features import FEATURE_SPEC, N_FEATURES, Scaler, make_inputs, to_log_moves
+from minutecast.modelcheck import MAX_META_BYTES, MAX_MODEL_BYTES, check_archive, parse_meta, read_capped
+from minutecast.schemas import QUANTILES
+from minutecast.window import N_COLUMNS, WINDOW
 
 PERSISTENCE = "persistence"  # model_version/kind of forecasts made before any model is promoted
 MODEL_FILE = "model.keras"
 META_FILE = "meta.json"
 CURRENT_FILE = "CURRENT"
+BASELINE_FILE = "BASELINE.json"  # the window-vol baseline's scale (c80, c90) fitted by the newest training run
+N_OUTPUTS = len(QUANTILES)
 KIND = "lstm"
 _VERSION_RE = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}$")
 
@@ -83,24 +95,52 @@ class ServingModel:
     meta: dict[str, Any]
     keras_model: Any = field(repr=False)
     _fn: Any = field(default=None, repr=False)
+    # (N_BUCKETS, 2) time-of-day interval scales fitted on the validation dates (None: raw intervals)
+    bucket_scales: np.ndarray | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         import tensorflow as tf
 
+        from minutecast.intervals import N_BUCKETS
+
+        scales = self.meta.get("bucket_scales")
+        if scales is not None:
+            arr = np.asarray(scales, dtype=np.float64)
+            if arr.shape != (N_BUCKETS, 2) or not np.all(np.isfinite(arr)) or np.any(arr <= 0):
+                raise ModelError(f"model {self.version}: bucket_scales must be {N_BUCKETS}x2 positive numbers")
+            self.bucket_scales = arr
+
         model = self.keras_model
-        # One graph for every batch size: (None, 60, 2) float32 -> (None, 1).
+        # One graph for every batch size: (None, WINDOW, N_FEATURES) float32 -> (None, N_OUTPUTS).
         self._fn = tf.function(lambda x: model(x, training=False),
                                input_signature=[tf.TensorSpec([None, WINDOW, N_FEATURES], tf.float32)])
 
-    def predict_prices(self, windows: np.ndarray) -> np.ndarray:
-        """Raw windows (N, 60, 2) [close, volume] -> (N,) forecast close in price units."""
+    def predict_log_quantiles(self, windows: np.ndarray) -> np.ndarray:
+        """Raw windows (N, WINDOW, N_COLUMNS) -> (N, 5) log moves log(close_{t+5}/close_t) at the levels of
+        :data:`minutecast.schemas.QUANTILES`, with the model's time-of-day scales applied (before the online
+        calibration)."""
         w = np.asarray(windows, dtype=np.float64)
-        if w.ndim != 3 or w.shape[1:] != (WINDOW, N_FEATURES):
-            raise ModelError(f"windows must have shape (N, {WINDOW}, {N_FEATURES}), got {w.shape}")
+        if w.ndim != 3 or w.shape[1:] != (WINDOW, N_COLUMNS):
+            raise ModelError(f"windows must have shape (N, {WINDOW}, {N_COLUMNS}), got {w.shape}")
         if w.shape[0] == 0:
-            return np.empty(0, dtype=np.float64)
-        out = self._fn(make_inputs(w, self.scaler)).numpy()
-        return to_price(out, w[:, -1, 0], self.scaler)
+            return np.empty((0, N_OUTPUTS), dtype=np.float64)
+        from minutecast.intervals import apply_bucket_scales
+        from minutecast.window import MINUTE
+
+        out = np.sort(self._fn(make_inputs(w, self.scaler)).numpy().astype(np.float64), axis=1)
+        return apply_bucket_scales(to_log_moves(out, self.scaler), w[:, -1, MINUTE].astype(np.int64),
+                                   self.bucket_scales)
+
+
+def probe_window() -> np.ndarray:
+    """A plausible raw window (WINDOW, N_COLUMNS): a model must give finite outputs on it to load."""
+    from minutecast.window import slots, with_market
+
+    minutes = 1_759_325_400 + 60 * np.arange(WINDOW + 1)  # 2025-10-01 09:30 New York onwards
+    close = 100.0 + 0.01 * np.sin(np.arange(WINDOW + 1))
+    ohlcv = np.stack([close, close + 0.02, close - 0.02, close, np.full(WINDOW + 1, 1e4)], axis=1)
+    s = slots(minutes, ohlcv)
+    return with_market(s.windows(s.ready()[-1:]), s)[0]
 
 
 class Registry:
@@ -137,47 +177,68 @@ class Registry:
             raise ModelError(f"model {version} not found under {self.root}")
         meta_path, model_path = d / META_FILE, d / MODEL_FILE
         try:
-            meta = json.loads(meta_path.read_text())
+            raw = read_capped(meta_path, MAX_META_BYTES)
         except FileNotFoundError as exc:
             raise ModelError(f"model {version}: {META_FILE} missing") from exc
-        except (OSError, ValueError) as exc:
+        except OSError as exc:
             raise ModelError(f"model {version}: {META_FILE} unreadable ({exc})") from exc
-        if not isinstance(meta, dict):
-            raise ModelError(f"model {version}: {META_FILE} is not an object")
-        if meta.get("feature_spec") != FEATURE_SPEC:
-            raise ModelError(f"model {version} was trained for features {meta.get('feature_spec')!r}, "
-                             f"this code computes {FEATURE_SPEC!r}: retrain it")
+        meta, scaler = parse_meta(version, raw)
         try:
-            scaler = Scaler.from_dict(meta["scaler"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise ModelError(f"model {version}: scaler in {META_FILE} missing or invalid ({exc})") from exc
-        if not all(math.isfinite(v) for v in scaler.to_dict().values()):
-            raise ModelError(f"model {version}: scaler has non-finite values")
-        if not model_path.is_file():
-            raise ModelError(f"model {version}: {MODEL_FILE} missing")
+            data = read_capped(model_path, MAX_MODEL_BYTES)
+        except FileNotFoundError as exc:
+            raise ModelError(f"model {version}: {MODEL_FILE} missing") from exc
+        except OSError as exc:
+            raise ModelError(f"model {version}: {MODEL_FILE} unreadable ({exc})") from exc
+        check_archive(version, data, meta.get("model_sha256"))
         import tensorflow as tf
 
-        try:
-            # safe_mode: no lambdas / arbitrary code; no custom_objects: only built-in layers load.
-            keras_model = tf.keras.models.load_model(model_path, compile=False, safe_mode=True)
-        except Exception as exc:  # noqa: BLE001 - Keras raises many types for a bad file
-            raise ModelError(f"model {version}: {MODEL_FILE} cannot be loaded ({type(exc).__name__}: "
-                             f"{str(exc)[:200]})") from exc
+        with tempfile.TemporaryDirectory(prefix="minutecast-model-") as tmp:
+            verified = Path(tmp) / MODEL_FILE  # the checked bytes: the registry file may change meanwhile
+            verified.write_bytes(data)
+            try:
+                # safe_mode: no lambdas / arbitrary code; no custom_objects: only built-in layers load.
+                keras_model = tf.keras.models.load_model(verified, compile=False, safe_mode=True)
+            except Exception as exc:  # noqa: BLE001 - Keras raises many types for a bad file
+                raise ModelError(f"model {version}: {MODEL_FILE} cannot be loaded ({type(exc).__name__}: "
+                                 f"{str(exc)[:200]})") from exc
         in_shape = tuple(keras_model.input_shape) if not isinstance(keras_model.input_shape, list) else None
         out_shape = tuple(keras_model.output_shape) if not isinstance(keras_model.output_shape, list) else None
-        if in_shape != (None, WINDOW, N_FEATURES) or out_shape != (None, 1):
+        if in_shape != (None, WINDOW, N_FEATURES) or out_shape != (None, N_OUTPUTS):
             raise ModelError(f"model {version}: shapes {in_shape} -> {out_shape}, "
-                             f"expected (None, {WINDOW}, {N_FEATURES}) -> (None, 1)")
-        served = ServingModel(version=version, kind=str(meta.get("kind", KIND)), scaler=scaler, meta=meta,
-                              keras_model=keras_model)
-        probe = np.stack([np.full(WINDOW, 100.0), np.linspace(1e3, 2e3, WINDOW)], axis=1)[None]  # (1, 60, 2)
+                             f"expected (None, {WINDOW}, {N_FEATURES}) -> (None, {N_OUTPUTS})")
         try:
-            pred = served.predict_prices(probe)
+            served = ServingModel(version=version, kind=str(meta.get("kind", KIND))[:32], scaler=scaler, meta=meta,
+                                  keras_model=keras_model)  # refuses malformed bucket_scales
+        except ModelError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - bucket_scales of the wrong type or shape
+            raise ModelError(f"model {version}: bucket_scales in {META_FILE} invalid ({str(exc)[:120]})") from exc
+        try:
+            pred = served.predict_log_quantiles(probe_window()[None])
         except Exception as exc:  # noqa: BLE001
             raise ModelError(f"model {version}: test prediction failed ({exc})") from exc
-        if pred.shape != (1,) or not np.isfinite(pred).all():
-            raise ModelError(f"model {version}: test prediction is not one finite number ({pred})")
+        if pred.shape != (1, N_OUTPUTS) or not np.isfinite(pred).all():
+            raise ModelError(f"model {version}: test prediction is not {N_OUTPUTS} finite numbers ({pred})")
         return served
+
+    def baseline_scale(self) -> tuple[float, float]:
+        """(c80, c90) of the calibrated window-vol baseline from the newest training run; (1, 1) = naive."""
+        try:
+            d = json.loads((self.root / BASELINE_FILE).read_text())
+            c80, c90 = float(d["c80"]), float(d["c90"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return 1.0, 1.0
+        return (c80, c90) if all(math.isfinite(c) and 0 < c < 100 for c in (c80, c90)) else (1.0, 1.0)
+
+    def save_baseline_scale(self, scale: tuple[float, float], meta: dict[str, Any]) -> None:
+        """Write :data:`BASELINE_FILE` atomically (training, on the training dates)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f".{BASELINE_FILE}.{os.getpid()}.tmp"
+        with open(tmp, "w") as fh:
+            json.dump(_jsonable({"c80": scale[0], "c90": scale[1], **meta}), fh, indent=2, sort_keys=True)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.root / BASELINE_FILE)
 
     # -- writing -----------------------------------------------------------------------------------
     def save(self, model: Any, scaler: Scaler, meta: dict[str, Any]) -> str:
@@ -186,7 +247,8 @@ class Registry:
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.root))
         try:
             model.save(tmp / MODEL_FILE)
-            digest = hashlib.sha256((tmp / MODEL_FILE).read_bytes()).hexdigest()[:8]
+            sha256 = hashlib.sha256((tmp / MODEL_FILE).read_bytes()).hexdigest()
+            digest = sha256[:8]
             now = time.time()
             version = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now)) + "-" + digest
             full = dict(meta) | {
@@ -196,6 +258,7 @@ class Registry:
                 "feature_spec": FEATURE_SPEC,
                 "code_version": meta.get("code_version") or code_version(),
                 "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now)),
+                "model_sha256": sha256,  # checked by load(): a changed archive is refused
             }
             with open(tmp / META_FILE, "w") as fh:
                 json.dump(_jsonable(full), fh, indent=2, sort_keys=True)

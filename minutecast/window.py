@@ -1,42 +1,59 @@
-"""The window policy: which 60-minute windows exist, written down once for streams and training.
+"""The window policy: which 60-slot windows exist, written down once for streams, serving and training.
 
-Policy
-------
-* A window ending at minute ``t`` holds the 60 minutes ``t-59 .. t`` of one ticker as ``(close, volume)``.
-* Sessions: a window never spans two New York calendar dates (a trading day, pre- and post-market
-  included). Overnight gaps, weekends and holidays are therefore never filled.
-* Gaps: a run of up to :data:`MAX_FILL` missing minutes inside a session is forward-filled
-  (close = last close, volume = 0): sparse pre/post-market and brief halts. A longer gap makes every
-  window that contains it not ready.
-* A window is *ready* at ``t`` when the bar at ``t`` itself is real (not filled), all 60 minutes are
-  real or fillable, and ``t-59`` is not before the first bar of the session.
-* Training target: the close of minute ``t + HORIZON``; only a real bar in the same session counts.
+Policy (v2)
+-----------
+* **Slots.** A ticker's bars, in minute order (a minute's *first* bar wins), become a timeline of
+  one-minute *slots*. A run of up to :data:`MAX_FILL` missing minutes between two bars becomes that many
+  *filled* slots (open = high = low = close = the last close, volume 0): sparse pre/post-market minutes
+  and brief halts. A longer run (the overnight gap, a weekend, a halt, very sparse extended hours) is
+  *collapsed*: it gets no slots, and the next bar's slot is marked ``gap`` (its return crosses the gap).
+  A ticker's first bar (in a history or in the store) is marked ``gap`` too: nothing is known before it.
+* **Windows.** The window ending at a bar at minute ``t`` is the last :data:`WINDOW` slots up to and
+  including ``t``'s slot. It is *ready* as soon as that many slots exist. So a window at 09:35 reaches
+  back across the overnight gap into the previous session, with the gap marked as an input: every bar
+  after a ticker's first 60 slots has a forecast, in the opening hour as at midday.
+* **Market context.** Beside a ticker's window, the market ticker's (``MINUTECAST_MARKET_TICKER``, SPY by
+  default) same-minute window: for each slot minute ``m`` in ``(t - WINDOW minutes, t]`` the market's
+  1-minute log return at ``m`` (closes as of ``m`` and ``m - 1``, each at most ``MAX_FILL`` minutes old),
+  its log high/low range at ``m`` and whether it had a bar at ``m``; zeros elsewhere (older slots of a
+  window that reaches back across a gap, or no market data).
+* **Target.** The close of a bar at exactly ``t + HORIZON`` minutes; nothing else counts.
+* **Retention.** The window store keeps each ticker's newest :data:`RETAIN` bars (a count, not a time
+  span, so a window can reach across the overnight gap). A window needs at most ``WINDOW`` bars plus
+  the one before it; the rest lets a reader run behind the newest bar and be announced within
+  :data:`REACH` minutes.
 
+Raw windows are float64 arrays ``(N, WINDOW, N_COLUMNS)`` with the columns of :data:`COLUMNS`.
 Everything here is pure numpy so the Faust app, the Spark job and the trainer run the same code.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
 from zoneinfo import ZoneInfo
 
 import numpy as np
 
-WINDOW = 60  # minutes in one model input
+POLICY_VERSION = 2  # bump when the policy above changes meaning (feature specs record it)
+WINDOW = 60  # slots in one model input
 HORIZON = 5  # minutes ahead we forecast
-MAX_FILL = 5  # longest run of missing minutes that is forward-filled
+MAX_FILL = 5  # longest run of missing minutes that is forward-filled; longer runs are collapsed gaps
 # A window-ready event names the newest ready window of a ticker no more than REACH minutes before its
-# newest bar: when the last minutes are sparse (post-market, a fast backfill batch ending in a gap) the
-# latest ready window is still announced instead of none.
+# newest bar (only a ticker's first minutes have no ready window at their newest bar).
 REACH = 20
-# Minutes of state kept per ticker: a window plus its fill look-back plus REACH plus slack for a Spark
-# job that reads a few minutes behind the Faust app.
-RETAIN = WINDOW + MAX_FILL + REACH + 5
+# Bars kept per ticker: a window, the bar before it, REACH, and slack for a Spark job that reads behind.
+RETAIN = WINDOW + 1 + REACH + 9
 SESSION_TZ = ZoneInfo("America/New_York")
+OPEN_MIN, CLOSE_MIN, EARLY_CLOSE_MIN = 570, 960, 780  # 09:30, 16:00, 13:00 in New York minutes of day
+
+COLUMNS = ("open", "high", "low", "close", "volume", "minute", "filled", "gap", "prev_close",
+           "mkt_ret", "mkt_range", "mkt_bar")
+O, H, L, C, V, MINUTE, FILLED, GAP, PREV, MKT_RET, MKT_RANGE, MKT_BAR = range(len(COLUMNS))  # noqa: E741
+N_COLUMNS = len(COLUMNS)
+N_TICKER_COLUMNS = MKT_RET  # columns that come from the ticker's own bars
 
 
 @lru_cache(maxsize=65536)
@@ -46,95 +63,191 @@ def _utc_offset_s(hour: int) -> int:
     return int(off.total_seconds()) if off is not None else 0
 
 
-def session_ids(minutes: np.ndarray) -> np.ndarray:
-    """Epoch seconds -> New York calendar day number (days since 1970-01-01, local)."""
+def local_minutes(minutes: np.ndarray) -> np.ndarray:
+    """Epoch seconds -> New York local time as seconds since 1970-01-01 local (int64)."""
     minutes = np.asarray(minutes, dtype=np.int64)
     hours = minutes // 3600
     uniq, inv = np.unique(hours, return_inverse=True)
     offsets = np.fromiter((_utc_offset_s(int(h)) for h in uniq), dtype=np.int64, count=len(uniq))
-    return (minutes + offsets[inv]) // 86400
+    return minutes + offsets[inv.reshape(minutes.shape)]
+
+
+def session_ids(minutes: np.ndarray) -> np.ndarray:
+    """Epoch seconds -> New York calendar day number (days since 1970-01-01, local)."""
+    return local_minutes(minutes) // 86400
+
+
+def minute_of_day(minutes: np.ndarray) -> np.ndarray:
+    """Epoch seconds -> New York minute of the day (0..1439)."""
+    return (local_minutes(minutes) % 86400) // 60
+
+
+@lru_cache(maxsize=4096)
+def _early_close(day: int) -> bool:
+    """NYSE's 13:00 closes: the day after Thanksgiving, Christmas Eve and July 3 (on weekdays)."""
+    d = date(1970, 1, 1) + timedelta(days=day)
+    if d.weekday() >= 5:
+        return False
+    thanksgiving = 22 + (3 - date(d.year, 11, 1).weekday()) % 7
+    return ((d.month, d.day) in ((12, 24), (7, 3))) or (d.month == 11 and d.day == thanksgiving + 1)
+
+
+def close_minute(minutes: np.ndarray) -> np.ndarray:
+    """New York minute of the day at which the regular session of each minute's date closes."""
+    days = session_ids(minutes)
+    uniq, inv = np.unique(days, return_inverse=True)
+    closes = np.array([EARLY_CLOSE_MIN if _early_close(int(d)) else CLOSE_MIN for d in uniq], dtype=np.int64)
+    return closes[inv.reshape(np.shape(minutes))]
+
+
+def regular_hours(minutes: np.ndarray) -> np.ndarray:
+    """True for minutes inside the regular session (09:30 up to the close) of their New York date. Any date
+    counts (exchanges have no weekend bars to begin with, and a replay shifted to now may land a recorded
+    session on a weekend)."""
+    mod = minute_of_day(minutes)
+    return (mod >= OPEN_MIN) & (mod < close_minute(minutes))
+
+
+BUCKETS = ("first_hour", "midday", "last_30")  # time of day of an as-of minute in regular hours
+FIRST_HOUR_MIN, LAST_MIN = 60, 30  # the first bucket's and the last bucket's length (minutes)
+
+
+def time_buckets(minutes: np.ndarray) -> np.ndarray:
+    """Epoch seconds (N,) -> index into :data:`BUCKETS` (the first 60 regular minutes, midday, the last 30
+    minutes before that date's close; early closes use their own close); -1 outside regular hours."""
+    mod = minute_of_day(minutes)
+    close = close_minute(minutes)
+    out = np.where(mod < OPEN_MIN + FIRST_HOUR_MIN, 0, np.where(mod >= close - LAST_MIN, 2, 1))
+    return np.where(regular_hours(minutes), out, -1)
+
+
+@dataclass(frozen=True)
+class Slots:
+    """One ticker's slot timeline. ``table`` (L, N_TICKER_COLUMNS) float64; bar ``i`` (of the sorted,
+    de-duplicated ``minutes`` (n,) int64) sits in slot ``bar_slot[i]``; ``close`` (n,) its close."""
+
+    minutes: np.ndarray
+    close: np.ndarray
+    bar_slot: np.ndarray
+    table: np.ndarray
+
+    def ready(self) -> np.ndarray:
+        """Indexes of the bars whose window is ready (enough slots before them)."""
+        return np.flatnonzero(self.bar_slot >= WINDOW - 1)
+
+    def targets(self, bars: np.ndarray) -> np.ndarray:
+        """Close of the bar exactly HORIZON minutes after each of ``bars`` (indexes), NaN when absent."""
+        want = self.minutes[bars] + 60 * HORIZON
+        j = np.minimum(np.searchsorted(self.minutes, want), len(self.minutes) - 1)
+        return np.where(self.minutes[j] == want, self.close[j], np.nan)
+
+    def windows(self, bars: np.ndarray) -> np.ndarray:
+        """Raw windows (len(bars), WINDOW, N_TICKER_COLUMNS) ending at ready ``bars`` (indexes)."""
+        ends = self.bar_slot[np.asarray(bars, dtype=np.int64)]
+        return self.table[ends[:, None] + np.arange(1 - WINDOW, 1)]
+
+
+def slots(minutes: np.ndarray, ohlcv: np.ndarray) -> Slots:
+    """Bars (any order; a minute's first bar wins) -> the slot timeline. ``minutes`` (n,) epoch seconds on
+    minute boundaries; ``ohlcv`` (n, 5) open, high, low, close, volume."""
+    m = np.asarray(minutes, dtype=np.int64)
+    x = np.asarray(ohlcv, dtype=np.float64).reshape(-1, 5)
+    order = np.argsort(m, kind="stable")
+    m, x = m[order], x[order]
+    first = np.r_[True, np.diff(m) > 0] if m.size else np.zeros(0, bool)
+    m, x = m[first], x[first]
+    n = m.size
+    if n == 0:
+        return Slots(m, np.empty(0), np.empty(0, np.int64), np.empty((0, N_TICKER_COLUMNS)))
+    missing = np.diff(m) // 60 - 1  # (n-1,) minutes without a bar between consecutive bars
+    gap = np.r_[True, missing > MAX_FILL]
+    fills = np.r_[0, np.where(gap[1:], 0, missing)]  # filled slots just before each bar
+    bar_slot = np.cumsum(fills + 1) - 1
+    length = int(bar_slot[-1]) + 1
+    slot_idx = np.arange(length)
+    owner = np.searchsorted(bar_slot, slot_idx, side="right") - 1  # the bar at or before each slot
+    real = bar_slot[owner] == slot_idx
+    close = x[owner, 3]
+    table = np.empty((length, N_TICKER_COLUMNS))
+    for col in (O, H, L):
+        table[:, col] = np.where(real, x[owner, col], close)
+    table[:, C] = close
+    table[:, V] = np.where(real, x[owner, 4], 0.0)
+    table[:, MINUTE] = m[owner] + 60 * (slot_idx - bar_slot[owner])
+    table[:, FILLED] = ~real
+    table[:, GAP] = real & gap[owner]
+    prev = np.empty(length)
+    prev[0] = close[0]
+    prev[1:] = close[:-1]  # a filled or gap slot's previous slot is the previous bar or fill
+    table[:, PREV] = prev
+    return Slots(m, x[:, 3].copy(), bar_slot, table)
+
+
+def market_columns(slot_minutes: np.ndarray, t: np.ndarray | int, market: Slots | None) -> np.ndarray:
+    """Market context (..., WINDOW, 3) [mkt_ret, mkt_range, mkt_bar] for windows whose slot minutes are
+    ``slot_minutes`` (..., WINDOW) and which end at ``t`` (broadcast over the leading axes). Only market bars
+    at or before ``t`` are used; see the policy in the module docstring."""
+    sm = np.asarray(slot_minutes, dtype=np.int64)
+    out = np.zeros(sm.shape + (3,))
+    if market is None or market.minutes.size == 0:
+        return out
+    tt = np.broadcast_to(np.asarray(t, dtype=np.int64).reshape(np.shape(t) + (1,) * (sm.ndim - np.ndim(t))),
+                         sm.shape)
+    mm, mc = market.minutes, market.close
+    bar_rows = market.table[market.bar_slot]
+
+    def asof(when: np.ndarray) -> np.ndarray:
+        j = np.searchsorted(mm, when, side="right") - 1
+        ok = (j >= 0) & (when - mm[np.maximum(j, 0)] <= 60 * MAX_FILL) & (mm[np.maximum(j, 0)] <= tt)
+        return np.where(ok, mc[np.maximum(j, 0)], np.nan)
+
+    inside = sm > tt - 60 * WINDOW
+    now, before = asof(sm), asof(sm - 60)
+    ret = np.log(now / before)
+    out[..., 0] = np.where(inside & np.isfinite(ret), ret, 0.0)
+    j = np.minimum(np.searchsorted(mm, sm), mm.size - 1)
+    exact = inside & (mm[j] == sm) & (sm <= tt)
+    out[..., 1] = np.where(exact, np.log(bar_rows[j, H] / bar_rows[j, L]), 0.0)
+    out[..., 2] = exact
+    return out
 
 
 @dataclass(frozen=True)
 class Windows:
-    """Ready windows of one ticker. ``values[i]`` is the (WINDOW, 2) [close, volume] window ending at
-    ``ends[i]``; ``targets[i]`` is the close at ``ends[i] + HORIZON`` minutes (NaN when that bar is
-    missing, or when targets were not asked for)."""
+    """Ready windows of one ticker: ``values[i]`` (WINDOW, N_COLUMNS) ends at ``ends[i]``; ``targets[i]`` is
+    the close at ``ends[i] + HORIZON`` minutes (NaN when that bar is missing)."""
 
     ends: np.ndarray  # (N,) int64 epoch seconds
-    values: np.ndarray  # (N, WINDOW, 2) float64
+    values: np.ndarray  # (N, WINDOW, N_COLUMNS) float64
     targets: np.ndarray  # (N,) float64
 
 
-def ready_windows(minutes: np.ndarray, close: np.ndarray, volume: np.ndarray,
+def with_market(ticker_windows: np.ndarray, market: Slots | None) -> np.ndarray:
+    """(N, WINDOW, N_TICKER_COLUMNS) -> (N, WINDOW, N_COLUMNS): the market context appended."""
+    tw = np.asarray(ticker_windows, dtype=np.float64)
+    sm = tw[..., MINUTE].astype(np.int64)
+    return np.concatenate([tw, market_columns(sm, sm[:, -1], market)], axis=-1)
+
+
+def ready_windows(minutes: np.ndarray, ohlcv: np.ndarray, market: Slots | None = None,
                   *, only_end: int | None = None) -> Windows:
-    """All ready windows of one ticker's bars (any order, duplicates resolved as the last one).
-
-    ``only_end`` keeps just the window ending at that minute (serving). Shapes: inputs (n,).
-    """
-    m = np.asarray(minutes, dtype=np.int64) // 60
-    c = np.asarray(close, dtype=np.float64)
-    v = np.asarray(volume, dtype=np.float64)
-    empty = Windows(np.empty(0, np.int64), np.empty((0, WINDOW, 2)), np.empty(0))
-    if m.size == 0:
-        return empty
-    order = np.argsort(m, kind="stable")
-    m, c, v = m[order], c[order], v[order]
-    sess = session_ids(m * 60)
-    ends: list[np.ndarray] = []
-    vals: list[np.ndarray] = []
-    tgts: list[np.ndarray] = []
-    # Sessions are contiguous in time order: split at each change of day.
-    cuts = np.flatnonzero(np.diff(sess)) + 1
-    for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, m.size], strict=True):
-        sm, sc, sv = m[lo:hi], c[lo:hi], v[lo:hi]
-        if only_end is not None and not (sm[0] <= only_end // 60 <= sm[-1]):
-            continue
-        length = int(sm[-1] - sm[0]) + 1
-        if length < WINDOW:
-            continue
-        pos = sm - sm[0]
-        real = np.zeros(length, dtype=bool)
-        real[pos] = True
-        grid_c = np.full(length, np.nan)
-        grid_c[pos] = sc
-        grid_v = np.zeros(length)
-        grid_v[pos] = sv
-        idx = np.arange(length)
-        last = np.maximum.accumulate(np.where(real, idx, -1))
-        fillable = (idx - last) <= MAX_FILL  # last >= 0 always: the grid starts at a real bar
-        filled_c = np.where(fillable, grid_c[np.maximum(last, 0)], np.nan)
-        bad = np.concatenate([[0], np.cumsum(~fillable)])
-        end_idx = idx[WINDOW - 1:]
-        ok = real[end_idx] & ((bad[end_idx + 1] - bad[end_idx + 1 - WINDOW]) == 0)
-        if only_end is not None:
-            ok &= (end_idx + sm[0]) == only_end // 60
-        sel = end_idx[ok]
-        if sel.size == 0:
-            continue
-        stacked = np.stack([filled_c, grid_v], axis=1)  # (length, 2)
-        view = np.lib.stride_tricks.sliding_window_view(stacked, WINDOW, axis=0)  # (L-59, 2, WINDOW)
-        vals.append(np.transpose(view[sel - (WINDOW - 1)], (0, 2, 1)))
-        tgt = np.full(sel.size, np.nan)
-        ahead = sel + HORIZON
-        inside = ahead < length
-        has = np.zeros(sel.size, dtype=bool)
-        has[inside] = real[ahead[inside]]
-        tgt[has] = grid_c[ahead[has]]
-        tgts.append(tgt)
-        ends.append((sel + sm[0]) * 60)
-    if not ends:
-        return empty
-    return Windows(np.concatenate(ends), np.concatenate(vals), np.concatenate(tgts))
+    """All ready windows of one ticker's bars (``only_end``: just the one ending at that minute)."""
+    s = slots(minutes, ohlcv)
+    bars = s.ready()
+    if only_end is not None:
+        bars = bars[s.minutes[bars] == only_end]
+    if bars.size == 0:
+        return Windows(np.empty(0, np.int64), np.empty((0, WINDOW, N_COLUMNS)), np.empty(0))
+    return Windows(s.minutes[bars], with_market(s.windows(bars), market), s.targets(bars))
 
 
-def window_at(rows: Iterable[tuple[int, float, float]], t: int) -> np.ndarray | None:
-    """The (WINDOW, 2) window ending at ``t`` from (minute, close, volume) rows, or None if not ready."""
-    arr = np.array(list(rows), dtype=np.float64).reshape(-1, 3)
-    w = ready_windows(arr[:, 0].astype(np.int64), arr[:, 1], arr[:, 2], only_end=t)
+def window_at(minutes: np.ndarray, ohlcv: np.ndarray, t: int, market: Slots | None = None) -> np.ndarray | None:
+    """The (WINDOW, N_COLUMNS) window ending at minute ``t``, or None when ``t`` has no ready window."""
+    w = ready_windows(minutes, ohlcv, market, only_end=t)
     return w.values[0] if len(w.ends) else None
 
 
 def checksum(window: np.ndarray) -> str:
-    """A short digest of a window's values: the window's version in window-ready events."""
-    return hashlib.blake2b(np.ascontiguousarray(window, dtype=np.float64).tobytes(), digest_size=8).hexdigest()
+    """A short digest of a window's own bars (market context excluded): the window's version in events."""
+    w = np.ascontiguousarray(np.asarray(window, dtype=np.float64)[..., :N_TICKER_COLUMNS])
+    return hashlib.blake2b(w.tobytes(), digest_size=8).hexdigest()

@@ -7,39 +7,53 @@ Per batch (``stream.take_events(take_max, within=take_within_s)``):
 
 1. decode + validate every message in one tight loop (:func:`minutecast.schemas.parse_bar`); invalid
    ones become :class:`~minutecast.schemas.DeadLetter` records with their reason;
-2. one EVALSHA writes the whole batch (:class:`streams.state.WindowStore`), returning each ticker's
-   newest rows; conflicting duplicates become dead letters (``conflicting_duplicate``), late bars are
-   counted;
-3. for each ticker of the batch, the window at its newest minute ``t`` is checked against the window
-   policy (:mod:`minutecast.window`); a ready window whose (t, checksum) was not announced before is
-   published as a :class:`~minutecast.schemas.WindowReady` (key = ticker) *after* the Redis write
-   returned. Redis runs with ``appendonly yes`` / ``appendfsync everysec``: a write is in the AOF on
-   return and fsynced within a second; a Redis crash can lose at most that last second, which
+2. one EVALSHA writes the whole batch (:class:`streams.state.WindowStore`: each ticker's newest
+   ``window.RETAIN`` bars), returning each ticker's newest rows; conflicting duplicates become dead
+   letters (``conflicting_duplicate``), late bars are counted;
+3. for each ticker of the batch, the newest ready window under the window policy v2
+   (:mod:`minutecast.window`: slots, short gaps filled, longer ones collapsed and marked, so the window
+   at a bar reaches back across the overnight gap) is found: the one at the ticker's newest bar as soon
+   as the ticker has ``WINDOW`` slots (:meth:`streams.state.TickerResult.ready_window`). One whose
+   (t, checksum) was not announced before is published as a :class:`~minutecast.schemas.WindowReady`
+   (key = ticker) *after* the Redis write returned. The checksum covers the ticker's own columns only
+   (market context is added by the reader), so an out-of-order bar that changes the window at an
+   announced minute re-announces it with the new checksum. Redis runs with ``appendonly yes`` /
+   ``appendfsync everysec``: a write is in the AOF on return and fsynced within a second;
+   a Redis crash can lose at most that last second, which
    ``minutecast streams rebuild`` (or the start-up rebuild) restores from Kafka;
 4. delivery of ready events and dead letters is awaited, the announced (t, checksum) is stored in the
    window meta, and only then does the body return, so Faust acks (and later commits) the batch's offsets.
 
 At-least-once: a crash anywhere before the commit replays the batch, which the idempotent store turns
 into a no-op (a ready event may be re-sent; consumers dedupe on (ticker, minute, checksum)).
-A failing Redis/Kafka call is retried every ``retry_s`` until it succeeds; the body never raises,
-because Faust's ``take`` acks a batch whose body raised.
+Failures follow :mod:`streams.failures`: Redis/Kafka unavailable is retried with jittered exponential
+back-off (the worker shows as stalled in metrics and ``ns:stats``); a record the store's script fails on
+is isolated and dead-lettered (``store_error``); anything retrying cannot fix (Redis OOM/MISCONF, a record
+too large for the producer) stops the worker with a CRITICAL log line and exit status 3 before the
+batch is acked. The body never raises, because Faust's ``take`` acks a batch whose body raised; a stop
+(SIGTERM) mid-batch lets the batch finish first (unless it is stalled: then the process exits without
+committing). Dead letters are bounded (key and payload cut, :class:`~minutecast.schemas.DeadLetter`),
+so they always fit the producer's request limit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import redis as redislib
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from minutecast.errors import ValidationError
-from minutecast.schemas import Bar, DeadLetter, WindowReady, parse_bar
+from minutecast.errors import Rejected
+from minutecast.schemas import Bar, DeadLetter, WindowReady, parse_bar_record
 from minutecast.settings import KafkaSettings, StreamSettings
 from minutecast.topics import Topics
+from streams import failures
 from streams.state import TickerResult, WindowStore
 
 log = logging.getLogger(__name__)
@@ -55,7 +69,8 @@ class Metrics:
         self.bars_written = Counter("minutecast_stream_bars_written", "valid bars applied to Redis", registry=r)
         self.windows_ready = Counter("minutecast_stream_windows_ready", "window-ready events published",
                                      registry=r)
-        self.late = Counter("minutecast_stream_late_dropped", "bars older than the retained window", registry=r)
+        self.late = Counter("minutecast_stream_late_dropped", "bars older than the oldest of the retained bars",
+                            registry=r)
         self.conflicts = Counter("minutecast_stream_conflicting_duplicates",
                                  "bars for a stored minute with different values (first kept)", registry=r)
         self.deadletters = Counter("minutecast_stream_deadletters", "messages sent to the dead-letter topic",
@@ -65,6 +80,12 @@ class Metrics:
                          ["partition"], registry=r)
         self.batch_seconds = Histogram("minutecast_stream_batch_seconds", "time to process one batch",
                                        registry=r, buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
+        self.stalled = Gauge("minutecast_stream_stalled", "1 while a batch waits for Redis/Kafka to come back",
+                             registry=r)
+        self.stalled_seconds = Gauge("minutecast_stream_stalled_seconds", "how long the current stall has lasted",
+                                     registry=r)
+        self.retries = Counter("minutecast_stream_retries", "retries of a batch step while Redis/Kafka were "
+                               "unavailable", ["what"], registry=r)
         self.batch_size = Histogram("minutecast_stream_batch_size", "messages per batch", registry=r,
                                     buckets=(1, 10, 100, 500, 1000, 2000, 5000, 10000))
 
@@ -91,21 +112,23 @@ class Outcome:
     late: int = 0
 
 
-def decode(messages: Sequence[Message], now: float | None = None) -> tuple[list[Bar], list[int], list[DeadLetter]]:
-    """Parse every message: (valid bars, index of each bar's message, dead letters). Never raises."""
+def decode(messages: Sequence[Message], now: float | None = None,
+           allowed: frozenset[str] | None = None) -> tuple[list[Bar], list[int], list[DeadLetter]]:
+    """Parse every message: (valid bars, index of each bar's message, dead letters). Never raises.
+    ``allowed``: the ticker allowlist (None: any ticker)."""
     now = time.time() if now is None else now
     bars: list[Bar] = []
     origin: list[int] = []
     dead: list[DeadLetter] = []
     for i, m in enumerate(messages):
         try:
-            bars.append(parse_bar(m.value if m.value is not None else b"", m.key, now))
+            bars.append(parse_bar_record(m.key, m.value, now, allowed))
             origin.append(i)
-        except ValidationError as err:
+        except Rejected as err:
             dead.append(DeadLetter.of(err, m.value, "stream", topic=m.topic, partition=m.partition,
                                       offset=m.offset, key=m.key))
-        except Exception as exc:  # noqa: BLE001 - a parser bug must not kill the agent: dead-letter it
-            bug = ValidationError("wrong_type", f"unparseable: {exc!r}"[:200])
+        except Exception as exc:  # noqa: BLE001 - decoders only reject (fuzzed); a bug must still not stall us
+            bug = Rejected("wrong_type", f"unparseable: {exc!r}"[:200])
             dead.append(DeadLetter.of(bug, m.value, "stream", topic=m.topic, partition=m.partition,
                                       offset=m.offset, key=m.key))
     return bars, origin, dead
@@ -113,8 +136,9 @@ def decode(messages: Sequence[Message], now: float | None = None) -> tuple[list[
 
 def readiness(results: dict[str, TickerResult],
               ready_at: float) -> tuple[list[WindowReady], dict[str, tuple[int, str]]]:
-    """Window-ready events for tickers whose newest ready window (at or just before their newest minute,
-    see :meth:`TickerResult.ready_window`) was not announced yet."""
+    """Window-ready events for tickers whose newest ready window (policy v2: at their newest bar once
+    they have ``WINDOW`` slots, see :meth:`TickerResult.ready_window`) was not announced yet, or was
+    announced at the same minute with another checksum (a bar filled in out of order changed it)."""
     events: list[WindowReady] = []
     announced: dict[str, tuple[int, str]] = {}
     for ticker, res in results.items():
@@ -132,21 +156,46 @@ def readiness(results: dict[str, TickerResult],
 class BatchProcessor:
     """Decode -> store -> readiness for one batch; publishing is the caller's (Faust or a test)."""
 
-    def __init__(self, store: WindowStore, metrics: Metrics | None = None) -> None:
+    def __init__(self, store: WindowStore, metrics: Metrics | None = None,
+                 allowed: frozenset[str] | None = None) -> None:
         self.store = store
         self.metrics = metrics or Metrics()
+        self.allowed = allowed  # ticker allowlist (None: any ticker); create_app sets it from the settings
+
+    def process_isolating(self, messages: Sequence[Message]) -> Outcome:
+        """:meth:`process`, but a batch the store's script fails on (a poison record, see
+        :func:`streams.failures.kind`) is split in halves until the failing record is found; that record
+        is dead-lettered as ``store_error`` and the rest applied. Other failures propagate."""
+        try:
+            return self.process(messages)
+        except redislib.ResponseError as exc:
+            if failures.kind(exc) != "poison":
+                raise
+            if len(messages) == 1:
+                msg = messages[0]
+                log.error("the window store refused offset %s:%s (%s): dead-lettered", msg.partition, msg.offset,
+                          str(exc)[:200])
+                err = Rejected("store_error", str(exc)[:200])
+                self.metrics.bars_in.inc()
+                self.metrics.deadletters.labels("store_error").inc()
+                return Outcome(deadletters=[DeadLetter.of(err, msg.value, "stream", topic=msg.topic,
+                                                          partition=msg.partition, offset=msg.offset, key=msg.key)])
+        half = len(messages) // 2
+        a, b = self.process_isolating(messages[:half]), self.process_isolating(messages[half:])
+        return Outcome(a.ready + b.ready, a.deadletters + b.deadletters, a.announced | b.announced,
+                       a.bars + b.bars, a.late + b.late)
 
     def process(self, messages: Sequence[Message]) -> Outcome:
         m = self.metrics
-        bars, origin, dead = decode(messages)
-        m.bars_in.inc(len(messages))
+        bars, origin, dead = decode(messages, allowed=self.allowed)
         rt0 = self.store.roundtrips
         results, late, conflicts = self.store.apply(bars, messages=len(messages))
+        m.bars_in.inc(len(messages))  # after the write: a retried or split batch is counted once
         ready_at = time.time()  # the Redis write has returned (AOF everysec, see module docstring)
         for i in conflicts:
             msg = messages[origin[i]]
             b = bars[i]
-            err = ValidationError("conflicting_duplicate", f"{b.ticker} {b.minute} already stored with other values")
+            err = Rejected("conflicting_duplicate", f"{b.ticker} {b.minute} already stored with other values")
             dead.append(DeadLetter.of(err, msg.value, "stream", topic=msg.topic, partition=msg.partition,
                                       offset=msg.offset, key=msg.key))
         ready, announced = readiness(results, ready_at)
@@ -235,9 +284,14 @@ def _raw_schema() -> Any:
 
 
 def create_app(settings: StreamSettings, processor: BatchProcessor) -> Any:
-    """The faust.App with its one agent. Consumer group = ``{app_id}-{namespace}``."""
+    """The faust.App with its one agent. Consumer group = ``{app_id}-{namespace}``. Sets the
+    processor's ticker allowlist from ``settings`` (:func:`minutecast.universe.allowlist`)."""
     topics = Topics(settings.namespace)
     import faust
+
+    from minutecast.universe import allowlist
+
+    processor.allowed = allowlist(settings)
 
     app = faust.App(
         f"{settings.app_id}-{settings.namespace}",
@@ -267,20 +321,21 @@ def create_app(settings: StreamSettings, processor: BatchProcessor) -> Any:
     async def publish(outcome: Outcome) -> None:
         futs = [await app.producer.send(topics.ready, r.ticker.encode(), r.to_json(), None, None, None)
                 for r in outcome.ready]
-        futs += [await app.producer.send(topics.deadletter, d.key.encode() if d.key else None, d.to_json(),
-                                         None, None, None) for d in outcome.deadletters]
+        futs += [await app.producer.send(topics.deadletter, d.kafka_key, d.to_json(), None, None, None)
+                 for d in outcome.deadletters]
         if futs:
             await asyncio.gather(*futs)
 
-    async def retrying(what: str, fn: Any, *args: Any) -> Any:
-        while True:
-            try:
-                return await fn(*args)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - retried: the batch must never be acked unprocessed
-                log.warning("%s failed (%r); retrying in %.1f s", what, exc, settings.retry_s)
-                await asyncio.sleep(settings.retry_s)
+    stall = failures.Stall(metrics, processor.store.client, processor.store.keys.stats())
+
+    async def step(what: str, fn: Any, *args: Any) -> Any:
+        return await failures.retrying(what, fn, *args, stall=stall, first_s=settings.retry_s,
+                                       max_s=settings.retry_max_s)
+
+    async def batch(messages: list[Message]) -> None:
+        outcome: Outcome = await step("redis write", _call, processor.process_isolating, messages)
+        await step("kafka publish", publish, outcome)
+        await step("redis meta", _call, processor.commit_announced, outcome)
 
     @app.agent(bars_topic)
     async def windows(stream: Any) -> None:
@@ -288,14 +343,32 @@ def create_app(settings: StreamSettings, processor: BatchProcessor) -> Any:
             t0 = time.perf_counter()
             messages = [Message(e.message.key, e.message.value, e.message.topic, e.message.partition,
                                 e.message.offset) for e in events]
-            outcome: Outcome = await retrying("redis write", _call, processor.process, messages)
-            await retrying("kafka publish", publish, outcome)
-            await retrying("redis meta", _call, processor.commit_announced, outcome)
+            task = asyncio.ensure_future(batch(messages))
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                # Stopping: take_events acks this batch when the body ends, so finish it first; if it is
+                # stalled, exit without committing instead (it is re-read on restart).
+                if stall.since is not None:
+                    log.warning("stopping while stalled: exiting without committing the batch in hand")
+                    os._exit(0)
+                await _finish(task, stall)
+                raise
+            except failures.Fatal as err:
+                failures.die(err, stall)
             metrics.batch_seconds.observe(time.perf_counter() - t0)
             metrics.batch_size.observe(len(messages))
             _update_lag(app, events, metrics)
 
     return app
+
+
+async def _finish(task: asyncio.Future[Any], stall: failures.Stall) -> None:
+    """Wait for a batch being finished during a stop; a fatal failure still ends the process."""
+    try:
+        await task
+    except failures.Fatal as err:
+        failures.die(err, stall)
 
 
 async def _call(fn: Any, *args: Any) -> Any:

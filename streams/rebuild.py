@@ -4,9 +4,12 @@
 
 Reads every partition of the bar topic from its beginning up to a snapshot of the end offsets taken at
 the start (what was written before the rebuild began; the worker covers the rest) and applies the bars
-with the same :class:`streams.state.WindowStore` code as the Faust app, in batches. The store keeps only
-the last ``RETAIN`` minutes per ticker and ignores duplicates, so the result equals the worker's state.
-Invalid messages are counted, not dead-lettered again (the worker already did that). No ready events
+with the same :class:`streams.state.WindowStore` code as the Faust app, in batches. The store keeps each
+ticker's newest ``RETAIN`` bars (a count, so they may span the overnight gap or a weekend), whatever the
+order and duplication of what it is given, so the result equals the worker's state.
+Invalid messages (the same decoder and ticker allowlist as the worker: :func:`parse_bar_record`) are
+skipped and counted per reason, not dead-lettered again (the worker already did that); no record can
+stop a rebuild. No ready events
 are published: the worker announces the newest ready window on its next bar.
 """
 
@@ -14,17 +17,18 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
-from minutecast.errors import ServiceUnavailable, ValidationError
+from minutecast.errors import Rejected, ServiceUnavailable
 from minutecast.kafka import make_consumer, watermarks
 from minutecast.keys import Keys
 from minutecast.redis import connect
-from minutecast.schemas import Bar, parse_bar
+from minutecast.schemas import Bar, parse_bar_record
 from minutecast.settings import StreamSettings
 from minutecast.topics import Topics
+from minutecast.universe import allowlist
 from streams.state import WindowStore
 
 log = logging.getLogger(__name__)
@@ -39,6 +43,7 @@ class RebuildReport:
     conflicts: int = 0
     tickers: int = 0
     seconds: float = 0.0
+    rejected: dict[str, int] = field(default_factory=dict)  # reason -> invalid messages skipped
 
 
 def topic_has_data(settings: StreamSettings) -> bool:
@@ -54,8 +59,9 @@ def rebuild(settings: StreamSettings, *, idle_timeout_s: float = 30.0) -> Rebuil
     """Replay the bar topic into the window store. Raises ServiceUnavailable if Kafka stops answering."""
     t0 = time.monotonic()
     topic = Topics(settings.namespace).bars
+    # view=0: the rebuild announces nothing, so the script returns no rows (less to send and decode).
     store = WindowStore(connect(settings.redis), Keys(settings.namespace), settings.window_ttl_s,
-                        counters="rebuild_")
+                        view=0, counters="rebuild_")
     # A throw-away group: rebuild assigns partitions itself and never commits.
     consumer = make_consumer(settings.kafka, group=f"{settings.app_id}-{settings.namespace}-rebuild",
                              **{"fetch.max.bytes": 64 * 1024 * 1024})
@@ -68,6 +74,7 @@ def rebuild(settings: StreamSettings, *, idle_timeout_s: float = 30.0) -> Rebuil
             return report
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in todo])
         pending: list[Bar] = []
+        allowed = allowlist(settings)
         last_progress = time.monotonic()
         now = time.time()
         while todo:
@@ -85,9 +92,13 @@ def rebuild(settings: StreamSettings, *, idle_timeout_s: float = 30.0) -> Rebuil
                     continue
                 report.messages += 1
                 try:
-                    pending.append(parse_bar(m.value() or b"", m.key(), now))
-                except ValidationError:
+                    pending.append(parse_bar_record(m.key(), m.value(), now, allowed))
+                except Rejected as exc:
                     report.invalid += 1
+                    report.rejected[exc.reason] = report.rejected.get(exc.reason, 0) + 1
+                except Exception:  # noqa: BLE001 - decoders only reject (fuzzed); a bug must not stop a rebuild
+                    report.invalid += 1
+                    report.rejected["unparseable"] = report.rejected.get("unparseable", 0) + 1
             # Done with a partition once its position reaches the snapshot (robust to gaps in offsets).
             for tp in consumer.position([TopicPartition(topic, p) for p in todo]):
                 if tp.offset >= todo[tp.partition]:

@@ -1,4 +1,4 @@
-"""Run the Faust worker keeping every ticker's 60-minute window in Redis.
+"""Run the Faust worker keeping every ticker's newest bars (``window.RETAIN``) in Redis.
 
     minutecast stream [--web-port N] [--metrics-port N] [--loglevel info]
 

@@ -3,8 +3,9 @@ subprocesses: window data written to Redis in the Faust app's format, window-rea
 the real topic, forecasts read back from the forecasts topic and Redis.
 
 One job run is shared by the phases of one test (Spark start ~8 s, TensorFlow in a worker ~4 s):
-persistence before any model -> hot reload of a promoted model -> SIGKILL mid-stream and restart from
-the checkpoint -> graceful stop.
+persistence with the baseline interval before any model -> hot reload of a promoted model (its quantile
+intervals, with the market ticker's context) -> SIGKILL mid-stream and restart from the checkpoint (the
+online calibration state moves forward, replays are byte-identical) -> graceful stop.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from minutecast.keys import Keys
 from minutecast.schemas import Bar, Forecast, WindowReady
 from minutecast.settings import KafkaSettings, RedisSettings
 from minutecast.topics import Topics
-from tests.test_infer_partition import T0, bars_for, ready_event, store_bars, tiny_model_version
+from tests.test_infer_partition import MARKET, T0, bars_for, ready_event, store_bars, tiny_model_version
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark]
 
@@ -139,7 +140,7 @@ def test_job_persistence_hot_reload_kill_restart(topics: Topics, kafka: KafkaSet
 
     def minute(i: int) -> None:
         """Bars of minute i in Redis, then the window-ready events (the Faust app's order)."""
-        new = [b for t in TICKERS for b in bars_for(t, range(i, i + 1))]
+        new = [b for t in [*TICKERS, MARKET] for b in bars_for(t, range(i, i + 1))]
         bars.extend(new)
         store_bars(redis_client, namespace, new)
         events = [ready_event(bars, t, i) for t in TICKERS]
@@ -147,8 +148,8 @@ def test_job_persistence_hot_reload_kill_restart(topics: Topics, kafka: KafkaSet
         publish(producer, topics, list(events))
 
     # Phase 1: before any model, persistence is served and labelled.
-    for i in range(60):  # 60 minutes of history, no events yet
-        new = [b for t in TICKERS for b in bars_for(t, range(i, i + 1))]
+    for i in range(60):  # 60 minutes of history (and the market ticker's), no events yet
+        new = [b for t in [*TICKERS, MARKET] for b in bars_for(t, range(i, i + 1))]
         bars.extend(new)
     store_bars(redis_client, namespace, bars)
     short = bars_for("ZZZ", range(30))  # a ticker without a ready window
@@ -159,6 +160,9 @@ def test_job_persistence_hot_reload_kill_restart(topics: Topics, kafka: KafkaSet
     out.wait_for(lambda: len(out.as_of(60)) == len(TICKERS) and len(out.dead) >= 2, job, "persistence forecasts")
     assert {(f.model_version, f.model_kind) for f in out.as_of(60).values()} == {("persistence", "persistence")}
     assert all(f.predicted_close == f.last_close for f in out.as_of(60).values())
+    for f in out.as_of(60).values():  # v2: the calibrated baseline's interval around the last close
+        q = f.quantiles
+        assert f.interval_kind == "baseline" and q is not None and q[0] <= q[1] < q[2] < q[3] <= q[4]
     assert sorted(d["reason"] for d in out.dead) == ["not_json", "window_missing"]
 
     # Phase 2: promoting a model switches the served version without a restart.
@@ -167,7 +171,7 @@ def test_job_persistence_hot_reload_kill_restart(topics: Topics, kafka: KafkaSet
     registry.promote(v1)
     minute(61)
     out.wait_for(lambda: len(out.as_of(61)) == len(TICKERS), job, "forecasts of the promoted model")
-    assert {(f.model_version, f.model_kind) for f in out.as_of(61).values()} == {(v1, "lstm")}
+    assert {(f.model_version, f.model_kind, f.interval_kind) for f in out.as_of(61).values()} == {(v1, "lstm", "lstm")}
     assert job.runs == 1
 
     # Phase 3: SIGKILL mid-stream, keep publishing while it is down, restart from the checkpoint.
@@ -190,6 +194,11 @@ def test_job_persistence_hot_reload_kill_restart(topics: Topics, kafka: KafkaSet
         assert latest.as_of == T0 + 60 * 71 and latest.model_version == v1
         assert latest == out.as_of(71)[t]
         assert latest.published_at is not None and latest.published_at <= latest.window_ready_at <= latest.forecast_at
+        # The online calibration has applied the outcomes it could see (targets up to minute 71) and
+        # the latest forecast carries the scales it was served with.
+        calib = redis_client.hgetall(keys.calibration(t))
+        assert T0 + 60 * 65 <= int(calib[b"through"]) <= T0 + 60 * 71
+        assert latest.log_s80 == float(calib[b"log_s80"]) and latest.log_s90 == float(calib[b"log_s90"])
 
     # Replays write the same values: every copy of a (ticker, as-of) on the topic is byte-identical, and
     # it is what the Redis history holds.

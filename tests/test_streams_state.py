@@ -1,27 +1,51 @@
 """The Redis window store (Lua) and the batch logic, against the real Redis.
 
-Covers duplicates, out-of-order bars, gaps (forward fill vs not ready), late bars, session boundaries,
-conflicting duplicates, trimming + TTL, one round trip per batch, and bad messages -> dead letters.
+Covers duplicates, out-of-order bars, count-based retention (the newest RETAIN bars, across the overnight
+gap and the weekend), late bars, gaps (filled vs collapsed and marked, window policy v2), conflicting
+duplicates, trimming + TTL, one round trip per batch, the rows the script returns (the window the worker
+announces equals the one a reader cuts from the whole store), re-announcement when a late-filled bar
+changes a window, bad messages -> dead letters, and a property-based test: any interleaving and
+duplication of the same bars, in any batches, ends in the state of one in-order delivery.
 """
 
 from __future__ import annotations
 
 import random
+import uuid
 from datetime import UTC, datetime
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from minutecast.keys import Keys
 from minutecast.schemas import Bar
-from minutecast.window import RETAIN, WINDOW, checksum
+from minutecast.window import (
+    FILLED,
+    GAP,
+    MINUTE,
+    N_COLUMNS,
+    N_TICKER_COLUMNS,
+    REACH,
+    RETAIN,
+    WINDOW,
+    C,
+    V,
+    checksum,
+    slots,
+    window_at,
+)
 from streams.faust_app import BatchProcessor, Message, decode, readiness
-from streams.state import WindowRow, WindowStore, encode_value, read_window, read_windows, window_for
+from streams.state import WindowRow, WindowStore, encode_value, read_window, read_windows, row_slots, window_for
 
 pytestmark = pytest.mark.integration
 
 # 2025-10-01 09:30 New York (13:30 UTC): the regular session's open.
 OPEN = int(datetime(2025, 10, 1, 13, 30, tzinfo=UTC).timestamp())
+# Friday 2025-10-03 15:30 and Monday 2025-10-06 09:30 New York: a weekend between two sessions.
+FRIDAY = int(datetime(2025, 10, 3, 19, 30, tzinfo=UTC).timestamp())
+MONDAY = int(datetime(2025, 10, 6, 13, 30, tzinfo=UTC).timestamp())
 TTL = 3600
 
 
@@ -57,7 +81,7 @@ def test_values_round_trip_exactly_and_read_windows_is_one_pipeline(store: Windo
     store.apply(bars)
     rows = read_window(redis_client, Keys(namespace), "AAPL")  # type: ignore[arg-type]
     assert [r.minute for r in rows] == [b.minute for b in bars[:10]]
-    assert all(r.close == b.close and r.volume == b.volume and r.published_at == b.published_at
+    assert all(r == WindowRow(b.minute, b.open, b.high, b.low, b.close, b.volume, b.published_at)
                for r, b in zip(rows, bars[:10], strict=True))
     assert window_hash(redis_client, Keys(namespace), "AAPL")[str(OPEN).encode()] == encode_value(bars[0]).encode()
     many = read_windows(redis_client, Keys(namespace), ["AAPL", "MSFT", "NOPE"])  # type: ignore[arg-type]
@@ -101,7 +125,8 @@ def test_out_of_order_within_the_window_equals_in_order(redis_client: object, na
         for i in range(0, len(bars), 17):
             in_order.apply(bars[i:i + 17])
         rng = random.Random(7)
-        # Shuffle inside blocks of 40 minutes (< RETAIN): out of order, but never late.
+        # Shuffle inside blocks of 40 bars (< RETAIN): out of order, but each bar is among the newest 40
+        # delivered so far, so never late.
         blocks = [bars[i:i + 40] for i in range(0, len(bars), 40)]
         for block in blocks:
             rng.shuffle(block)
@@ -152,52 +177,98 @@ def test_conflicting_duplicate_keeps_the_first_and_is_reported(store: WindowStor
     assert next(r for r in rows if r.minute == changed.minute).close == bars[65].close
 
 
+def test_retention_is_a_count_and_spans_the_weekend(store: WindowStore, redis_client: object,
+                                                    namespace: str) -> None:
+    keys = Keys(namespace)
+    friday, monday = make_bars("AAPL", FRIDAY, 30), make_bars("AAPL", MONDAY, 70)
+    # Monday first, then Friday's bars arrive: while the store holds fewer than RETAIN bars, nothing
+    # is late (every delivered minute is among the newest RETAIN so far)...
+    assert store.apply(monday[:50])[1] == []
+    _, late, _ = store.apply(friday)
+    assert late == []
+    # ... then the rest of Monday trims Friday's oldest: the store keeps the newest RETAIN minutes
+    store.apply(monday[50:])
+    h = window_hash(redis_client, keys, "AAPL")
+    kept = sorted(int(k) for k in h)
+    want = sorted(b.minute for b in friday + monday)[-RETAIN:]
+    assert kept == want and len(kept) == RETAIN and kept[0] < MONDAY  # Friday's last bars stay
+    # a Friday minute older than the oldest kept is late now; a hole newer than it is filled, trimming one
+    _, late, _ = store.apply(friday[:1])
+    assert late == [0]
+    hole = make_bars("AAPL", MONDAY, 71)[70]
+    store.apply([hole])
+    kept2 = sorted(int(k) for k in window_hash(redis_client, keys, "AAPL"))
+    assert kept2 == want[1:] + [hole.minute]
+    stats = redis_client.hgetall(keys.stats())  # type: ignore[attr-defined]
+    assert int(stats[b"stream_late"]) == 1 and int(stats[b"stream_new"]) == 101
+
+
 def _ready(store: WindowStore, bars: list[Bar]) -> tuple[int, np.ndarray, str, float | None] | None:
     results, _, _ = store.apply(bars)
     return results[bars[0].ticker].ready_window()
 
 
-def test_gaps_short_ones_are_forward_filled_long_ones_are_not_ready(store: WindowStore) -> None:
+def test_gaps_short_ones_are_filled_long_ones_collapsed_and_marked(store: WindowStore) -> None:
     # 3 missing minutes (<= MAX_FILL) inside the window: ready, the gap filled with the last close
     bars = make_bars("AAPL", OPEN, 80, skip={40, 41, 42})
     rw = _ready(store, bars)
     assert rw is not None
     t, win, cs, pub = rw
-    assert t == bars[-1].minute and win.shape == (WINDOW, 2) and pub == bars[-1].published_at
+    assert t == bars[-1].minute and win.shape == (WINDOW, N_TICKER_COLUMNS) and pub == bars[-1].published_at
     gap_pos = WINDOW - (79 - 40) - 1  # index of minute 40 inside the window ending at minute 79
-    assert win[gap_pos, 0] == win[gap_pos - 1, 0] and win[gap_pos, 1] == 0.0
+    assert win[gap_pos, C] == win[gap_pos - 1, C] and win[gap_pos, V] == 0.0 and win[gap_pos, FILLED] == 1
     assert cs == checksum(win)
-    # 10 missing minutes: not ready while the gap is inside the window...
+    # 10 missing minutes: collapsed (no slots) and the bar after them marked; the window reaches over it
     bars = make_bars("MSFT", OPEN, 80, skip=set(range(40, 50)))
-    assert _ready(store, bars) is None
-    # ...and ready again once the window has moved past it (minute 50 + 59 = 109)
-    assert _ready(store, make_bars("MSFT", OPEN, 109)[80:]) is None
-    assert _ready(store, make_bars("MSFT", OPEN, 110)[109:]) is not None
-    # a window whose last minute is missing is not ready even though older minutes are complete
-    results, _, _ = store.apply(make_bars("NVDA", OPEN, 70, skip={69}) + [make_bars("NVDA", OPEN, 75)[-1]])
-    assert results["NVDA"].newest == OPEN + 60 * 74
-    assert results["NVDA"].ready_window() is not None  # 69 is inside, filled; 74 real -> ready
+    rw = _ready(store, bars)
+    assert rw is not None and rw[0] == bars[-1].minute
+    win = rw[1]
+    after = np.flatnonzero(win[:, MINUTE] == OPEN + 60 * 50)[0]
+    assert win[after, GAP] == 1 and win[after, MINUTE] - win[after - 1, MINUTE] == 60 * 11
+    assert not win[:, FILLED].any()
+    # fewer than WINDOW slots: not ready; the 60th slot: ready at the newest bar
+    assert _ready(store, make_bars("NVDA", OPEN, WINDOW - 1)) is None
+    rw = _ready(store, make_bars("NVDA", OPEN, WINDOW)[WINDOW - 1:])
+    assert rw is not None and rw[0] == OPEN + 60 * (WINDOW - 1)
 
 
-def test_session_boundary_is_never_bridged(store: WindowStore) -> None:
-    # 30 minutes before Tuesday's post-market close (20:00 NY = 00:00 UTC) and 40 after Wednesday 04:00 NY.
-    day1_end = int(datetime(2025, 10, 1, 23, 30, tzinfo=UTC).timestamp())
-    day2_start = int(datetime(2025, 10, 2, 8, 0, tzinfo=UTC).timestamp())
-    bars = make_bars("AAPL", day1_end, 30) + make_bars("AAPL", day2_start, 40)
-    assert _ready(store, bars) is None
-    # 60 minutes into the new session the window is complete again
-    rw = _ready(store, make_bars("AAPL", day2_start, 60)[40:])
-    assert rw is not None and rw[0] == day2_start + 60 * 59
+def test_the_overnight_gap_is_bridged_and_marked(store: WindowStore, redis_client: object,
+                                                 namespace: str) -> None:
+    # Friday's last 30 minutes, Monday's first 40: Monday 10:09 has a window, 20 of its slots on Friday.
+    friday, monday = make_bars("AAPL", FRIDAY, 30), make_bars("AAPL", MONDAY, 40)
+    rw = _ready(store, friday + monday)
+    assert rw is not None
+    t, win, _, _ = rw
+    assert t == monday[-1].minute
+    assert (win[:, MINUTE] < MONDAY).sum() == WINDOW - 40
+    assert win[WINDOW - 40, GAP] == 1 and win[WINDOW - 40, MINUTE] == MONDAY
+    # the same window as the pure policy on the same bars, and as a reader cuts it from the store
+    m, x = _arrays(friday + monday)
+    np.testing.assert_array_equal(win, window_at(m, x, t)[:, :N_TICKER_COLUMNS])  # type: ignore[index]
+    full = window_for(read_window(redis_client, Keys(namespace), "AAPL"), t)  # type: ignore[arg-type]
+    assert full is not None and checksum(full) == checksum(win)
 
 
-def test_readiness_announces_each_window_once(store: WindowStore) -> None:
-    bars = make_bars("AAPL", OPEN, 61)
+def _arrays(bars: list[Bar]) -> tuple[np.ndarray, np.ndarray]:
+    return (np.array([b.minute for b in bars], dtype=np.int64),
+            np.array([[b.open, b.high, b.low, b.close, b.volume] for b in bars]))
+
+
+def test_readiness_announces_each_window_once_and_again_when_it_changes(store: WindowStore) -> None:
+    bars = make_bars("AAPL", OPEN, 71, skip={65})
     results, _, _ = store.apply(bars)
     events, announced = readiness(results, ready_at=1.0)
     assert [(e.ticker, e.minute) for e in events] == [("AAPL", bars[-1].minute)]
     store.mark_announced(announced)
+    first = announced["AAPL"][1]
     results, _, _ = store.apply(bars[-5:])  # a replay: same window, same checksum
     assert readiness(results, ready_at=2.0)[0] == []
+    # minute 65 arrives out of order (not late): the window at the same minute changed -> announced again
+    results, _, _ = store.apply([make_bars("AAPL", OPEN, 71)[65]])
+    assert results["AAPL"].announced_sum == first
+    events, announced = readiness(results, ready_at=3.0)
+    assert [e.minute for e in events] == [bars[-1].minute] and events[0].checksum != first
+    assert announced["AAPL"] == (bars[-1].minute, events[0].checksum)
 
 
 def test_bad_messages_become_dead_letters_and_good_bars_still_land(store: WindowStore, redis_client: object,
@@ -226,19 +297,89 @@ def test_bad_messages_become_dead_letters_and_good_bars_still_land(store: Window
     assert outcome.deadletters[-1].offset == 20
     rows = read_window(redis_client, Keys(namespace), "AAPL")  # type: ignore[arg-type]
     assert [r.minute for r in rows] == [b.minute for b in good]
-    assert rows[0] == WindowRow(good[0].minute, good[0].close, good[0].volume, good[0].published_at)
+    g = good[0]
+    assert rows[0] == WindowRow(g.minute, g.open, g.high, g.low, g.close, g.volume, g.published_at)
     stats = redis_client.hgetall(Keys(namespace).stats())  # type: ignore[attr-defined]
     assert int(stats[b"stream_messages"]) == len(msgs) + 1
 
 
-def test_window_for_matches_the_policy_on_stored_rows(store: WindowStore, redis_client: object,
-                                                      namespace: str) -> None:
-    bars = make_bars("AAPL", OPEN, 100, skip={70})
-    store.apply(bars)
-    rows = read_window(redis_client, Keys(namespace), "AAPL")  # type: ignore[arg-type]
-    win = window_for(rows, bars[-1].minute)
-    assert win is not None
-    expected_close = [b.close for b in bars if b.minute > bars[-1].minute - 60 * WINDOW]
-    assert len(expected_close) == WINDOW - 1  # minute 70 missing, filled
-    assert window_for(rows, OPEN + 60 * 70) is None  # that minute is not real
+def test_window_for_and_the_returned_rows_match_the_policy(store: WindowStore, redis_client: object,
+                                                           namespace: str) -> None:
+    keys = Keys(namespace)
+    bars = make_bars("AAPL", FRIDAY, 30) + make_bars("AAPL", MONDAY, 100, skip={70, 80, 81, 82, 83, 84, 85, 86})
+    market = make_bars("SPY", FRIDAY, 30) + make_bars("SPY", MONDAY, 100)
+    results, _, _ = store.apply(market + bars)
+    # the script returns the newest WINDOW + 1 + REACH stored bars, in minute order
+    rows = read_window(redis_client, keys, "AAPL")  # type: ignore[arg-type]
+    assert len(rows) == RETAIN and results["AAPL"].rows == rows[-(WINDOW + 1 + REACH):]
+    t = bars[-1].minute
+    mrows = read_window(redis_client, keys, "SPY")  # type: ignore[arg-type]
+    win = window_for(rows, t, mrows)
+    assert win is not None and win.shape == (WINDOW, N_COLUMNS)
+    m, x = _arrays(bars)
+    mm, mx = _arrays(market)
+    np.testing.assert_array_equal(win, window_at(m, x, t, slots(mm, mx)))
+    # what the worker announces (from the returned rows) is what a reader cuts from the whole store
+    rw = results["AAPL"].ready_window()
+    assert rw is not None and rw[0] == t and rw[2] == checksum(win)
+    np.testing.assert_array_equal(rw[1], win[:, :N_TICKER_COLUMNS])
+    assert window_for(rows, MONDAY + 60 * 70) is None  # that minute is not real
     assert window_for([], OPEN) is None
+    assert len(row_slots(rows).minutes) == RETAIN
+
+
+def _bars_at(offsets: list[int]) -> list[Bar]:
+    """One bar per offset (minutes from Friday 15:30, spanning the weekend from offset 30 on)."""
+    out = []
+    for k in offsets:
+        minute = FRIDAY + 60 * k if k < 30 else MONDAY + 60 * (k - 30)
+        c = 100.0 + k / 7
+        out.append(Bar("AAPL", minute, c, c * 1.001, c * 0.999, c, float(k + 1), "test", 1.75e9 + k))
+    return out
+
+
+@settings(max_examples=200, deadline=None, database=None,  # no example files in the work tree
+          suppress_health_check=[HealthCheck.function_scoped_fixture])  # per-example uuid namespaces instead
+@given(data=st.data(), retain=st.integers(1, 12))
+def test_any_interleaving_and_duplication_ends_in_the_in_order_state(redis_client: object, namespace: str,
+                                                                     data: st.DataObject, retain: int) -> None:
+    offsets = data.draw(st.lists(st.integers(0, 70), min_size=1, max_size=30, unique=True), label="minutes")
+    bars = _bars_at(offsets)
+    dups = data.draw(st.lists(st.sampled_from(range(len(bars))), max_size=15), label="duplicates")
+    order = data.draw(st.permutations(list(range(len(bars))) + dups), label="delivery")
+    sizes = data.draw(st.lists(st.integers(1, 8), min_size=len(order), max_size=len(order)), label="batches")
+    view = data.draw(st.integers(0, retain + 2), label="view")
+    ns = f"{namespace}p{uuid.uuid4().hex[:8]}"
+    ref_ns = ns + "ref"
+    client = redis_client
+    try:
+        ref = WindowStore(client, Keys(ref_ns), TTL, retain=retain)  # type: ignore[arg-type]
+        ref.apply(sorted(bars, key=lambda b: b.minute))
+        mixed = WindowStore(client, Keys(ns), TTL, retain=retain, view=view)  # type: ignore[arg-type]
+        delivered = [bars[i] for i in order]
+        late_minutes: list[int] = []
+        i = 0
+        res = None
+        for size in sizes:
+            if i >= len(delivered):
+                break
+            batch = delivered[i:i + size]
+            results, late, conflicts = mixed.apply(batch)
+            assert conflicts == []
+            late_minutes += [batch[j].minute for j in late]
+            res = results["AAPL"]
+            i += size
+        final = window_hash(client, Keys(ns), "AAPL")
+        assert final == window_hash(client, Keys(ref_ns), "AAPL")
+        newest = sorted(b.minute for b in bars)[-retain:]
+        assert sorted(int(k) for k in final) == newest  # the newest `retain` minutes of everything delivered
+        assert not set(late_minutes) & set(newest)  # nothing reported late belongs to the final set
+        meta = client.hget(Keys(ns).window_meta("AAPL"), "max")  # type: ignore[attr-defined]
+        assert meta == str(newest[-1]).encode()
+        assert res is not None and res.newest == newest[-1]
+        assert [r.minute for r in res.rows] == (newest[-view:] if view else [])  # the last call's view
+    finally:
+        for k in (Keys(ns), Keys(ref_ns)):
+            stale = list(client.scan_iter(match=k.namespace_pattern()))  # type: ignore[attr-defined]
+            if stale:
+                client.delete(*stale)  # type: ignore[attr-defined]

@@ -82,10 +82,15 @@ def test_two_rank_run_produces_model_report_and_registry_entry(
     report = json.loads((home / "reports" / version / "report.json").read_text())
     assert report["tickers"] == len(TICKERS)
     assert report["model_rmse"] > 0 and report["persistence_rmse"] > 0
+    assert 0 < report["coverage_80"] < report["coverage_90"] <= 1 and report["baseline_interval_score_80"] > 0
     assert (home / "reports" / "latest" / "report.md").exists()
-    assert list((home / "reports" / version).glob("forecast_*.png"))
+    assert list((home / "reports" / version).glob("*.png"))
+    # The calibrated baseline's scale was fitted on the training dates and saved for serving.
+    assert registry.baseline_scale() == tuple(meta["baseline_scale"]) != (1.0, 1.0)
     # The gate decided, and CURRENT follows its decision.
-    assert result["gate"]["passed"] == (report["model_rmse"] <= report["persistence_rmse"])
+    from training.gate import gate
+
+    assert result["gate"]["passed"] == gate(report)[0]
     assert (registry.current_version() == version) == result["promoted"]
     # A checkpoint of every kept epoch holds the resolved config.
     ckpts = sorted((home / "checkpoints" / "train").glob("*/epoch-*/meta.json"))

@@ -1,6 +1,7 @@
 """Feature parity: the training sample for a window equals, bit for bit, the serving input built from the same
 bars stored the way the Faust app stores them in Redis (hash ``Keys(ns).window(T)``, field = minute epoch
-seconds, value = ``f"{open!r} {high!r} {low!r} {close!r} {volume!r} {published_at!r}"``).
+seconds, value = :func:`streams.state.encode_value`; the newest ``RETAIN`` bars), market context included
+(the market ticker's hash, read in the same pipelined round trip as the Spark job does).
 """
 
 from __future__ import annotations
@@ -10,56 +11,69 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minutecast.features import make_inputs
+from minutecast.features import Scaler, make_inputs
 from minutecast.keys import Keys
 from minutecast.schemas import Bar, parse_bar
-from minutecast.window import RETAIN, WINDOW, window_at
+from minutecast.window import GAP, N_COLUMNS, OPEN_MIN, RETAIN, WINDOW, minute_of_day, regular_hours
+from streams.state import encode_value, read_windows, window_for
 from training import data as D
 
 pytestmark = pytest.mark.integration
 
-TICKER = "NVDA"
+TICKER, MARKET = "CRM", "SPY"  # CRM: a less liquid name with sparse extended hours (collapsed gaps)
+
+
+def kafka_bars(shared_data: Path, ticker: str, n: int) -> list[Bar]:
+    """The first ``n`` recorded bars of ``ticker``, passed through the Kafka message format (JSON and back)."""
+    import pandas as pd
+
+    df = pd.read_csv(shared_data / f"{ticker}.csv.gz").dropna().iloc[:n]
+    minutes = (pd.to_datetime(df["Datetime"], utc=True).astype("int64") // 10**9).to_numpy()
+    out = []
+    for m, o, h, lo, c, v in zip(minutes, df["Open"], df["High"], df["Low"], df["Close"], df["Volume"], strict=True):
+        bar = Bar(ticker, int(m), float(o), float(h), float(lo), float(c), float(v), "test", published_at=1.5e9 + m)
+        out.append(parse_bar(bar.to_json(), ticker))
+    return out
+
+
+def series(bars: list[Bar]) -> D.Series:
+    return D.Series(np.array([b.minute for b in bars]),
+                    np.array([(b.open, b.high, b.low, b.close, b.volume) for b in bars]))
+
+
+def store_as_faust(redis_client, key: str, bars: list[Bar], t: int) -> None:
+    """The hash as the Faust app holds it once minute ``t`` arrived in order: the newest RETAIN bars <= t."""
+    redis_client.delete(key)
+    kept = [b for b in bars if b.minute <= t][-RETAIN:]
+    if kept:
+        redis_client.hset(key, mapping={str(b.minute): encode_value(b) for b in kept})
 
 
 def test_training_sample_equals_serving_input_from_redis(shared_data: Path, redis_client, namespace: str) -> None:
-    import pandas as pd
-
-    # Three trading dates of real bars, passed through the Kafka message format (JSON and back) as both the
-    # trainer and the Faust app receive them.
-    df = pd.read_csv(shared_data / f"{TICKER}.csv.gz").dropna().iloc[:2200]
-    minutes = (pd.to_datetime(df["Datetime"], utc=True).astype("int64") // 10**9).to_numpy()
-    bars = []
-    for m, o, h, lo, c, v in zip(minutes, df["Open"], df["High"], df["Low"], df["Close"], df["Volume"], strict=True):
-        bar = Bar(TICKER, int(m), float(o), float(h), float(lo), float(c), float(v), "test", published_at=1.5e9 + m)
-        bars.append(parse_bar(bar.to_json(), TICKER))
-    by_minute = {b.minute: b for b in bars}
-
-    # Training side: the trainer's sample construction and the fitted scaler.
-    series = D.Series(np.array([b.minute for b in bars]), np.array([b.close for b in bars]),
-                      np.array([b.volume for b in bars]))
-    samples = D.build_samples({TICKER: series})
-    assert len(samples) > 1000
-    scaler = D.scaler_from_stats(D.scaler_stats(samples))
+    bars, market = kafka_bars(shared_data, TICKER, 2500), kafka_bars(shared_data, MARKET, 4000)
+    samples = D.build_samples({TICKER: series(bars), MARKET: series(market)}, MARKET)
+    samples = samples.take(np.flatnonzero(samples.tickers == TICKER))
+    assert len(samples) > 1500
+    scaler = Scaler.fit(samples.windows, samples.targets)
     train_inputs = make_inputs(samples.windows, scaler)
 
-    # Serving side: for several windows (pre-market with gaps, the open, mid-day, the last), write the Redis hash
-    # as the Faust app holds it when minute t arrives (the last RETAIN minutes up to t), read it back, parse.
-    picks = sorted({0, 1, len(samples) // 3, len(samples) // 2, len(samples) - 1,
+    # Windows at the first ready bar, across the overnight gap (the opening minutes), mid-day, the last one,
+    # pre-market with collapsed gaps, and random ones.
+    ends = samples.ends
+    opening = np.flatnonzero(regular_hours(ends) & (samples.windows[:, :, GAP].sum(axis=1) > 0))[:5].tolist()
+    pre_market = np.flatnonzero(minute_of_day(ends) < OPEN_MIN)[:3].tolist()
+    picks = sorted({0, 1, len(samples) // 2, len(samples) - 1, *opening, *pre_market,
                     *np.random.default_rng(0).choice(len(samples), 10, replace=False).tolist()})
-    key = Keys(namespace).window(TICKER)
+    keys = Keys(namespace)
     for i in picks:
-        t = int(samples.ends[i])
-        redis_client.delete(key)
-        fields = {str(m): f"{b.open!r} {b.high!r} {b.low!r} {b.close!r} {b.volume!r} {b.published_at!r}"
-                  for m, b in by_minute.items() if t - 60 * RETAIN < m <= t}
-        redis_client.hset(key, mapping=fields)
-        rows = []
-        for field, value in redis_client.hgetall(key).items():
-            _o, _h, _l, close, volume, _p = value.decode().split(" ")
-            rows.append((int(field), float(close), float(volume)))
-        window = window_at(rows, t)
+        t = int(ends[i])
+        store_as_faust(redis_client, keys.window(TICKER), bars, t)
+        store_as_faust(redis_client, keys.window(MARKET), market, t)
+        stored = read_windows(redis_client, keys, [TICKER, MARKET])  # one pipelined round trip
+        window = window_for(stored[TICKER], t, stored[MARKET])
         assert window is not None, f"window at {t} not ready from Redis"
-        assert window.shape == (WINDOW, 2)
-        assert window.tobytes() == samples.windows[i].tobytes()  # raw window identical
+        assert window.shape == (WINDOW, N_COLUMNS)
+        assert window.tobytes() == samples.windows[i].tobytes(), f"raw window differs at {t}"
         serving_input = make_inputs(window[None], scaler)
         assert serving_input.tobytes() == train_inputs[i:i + 1].tobytes()  # model input identical, bit for bit
+    assert opening and pre_market, "no window reaching across a collapsed gap / in pre-market was checked"

@@ -41,7 +41,7 @@ def parse_every(text: str) -> float:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default=None, help="model preset: default, seed, tiny (MINUTECAST_PRESET)")
+    p.add_argument("--preset", default=None, help="model preset: default, gaussian, first, tiny (MINUTECAST_PRESET)")
     p.add_argument("--epochs", type=int, default=None, help="epochs (default: the preset's)")
     p.add_argument("--np", type=int, default=None, help="Horovod ranks on this host (default 1: no horovodrun)")
     p.add_argument("--max-samples", type=int, default=None, help="cap on training samples (all ranks)")
@@ -55,10 +55,15 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="preset to use while no model is promoted yet (a short one gives a first model fast)")
 
 
+def _given(*values: Any) -> Any:
+    """The first value that was set (None = not set; 0 is a value: ``--epochs 0`` is not dropped)."""
+    return next((v for v in values if v is not None), None)
+
+
 def train_command(args: argparse.Namespace, settings: Any, run_dir: Path, offsets: Path | None) -> list[str]:
     """The child command line: python -m training.train ... (under horovodrun when np > 1)."""
-    n = args.np or settings.np
-    preset = args.preset or settings.preset
+    n = _given(args.np, settings.np)
+    preset = _given(args.preset, settings.preset)
     if getattr(args, "first_preset", None):
         from minutecast.registry import Registry
 
@@ -67,9 +72,9 @@ def train_command(args: argparse.Namespace, settings: Any, run_dir: Path, offset
     cmd = [sys.executable, "-m", "training.train", "--preset", preset,
            "--val-frac", str(settings.val_frac), "--test-frac", str(settings.test_frac),
            "--keep-checkpoints", str(settings.keep_checkpoints), "--out", str(run_dir)]
-    for flag, value in (("--epochs", args.epochs or settings.epochs), ("--batch-size", args.batch_size),
-                        ("--max-samples", args.max_samples or settings.max_samples),
-                        ("--threads", args.threads or settings.threads_per_rank or None),
+    for flag, value in (("--epochs", _given(args.epochs, settings.epochs)), ("--batch-size", args.batch_size),
+                        ("--max-samples", _given(args.max_samples, settings.max_samples)),
+                        ("--threads", _given(args.threads, settings.threads_per_rank)),
                         ("--bars", args.bars), ("--offsets", offsets)):
         if value is not None:
             cmd += [flag, str(value)]

@@ -1,22 +1,23 @@
-"""Training data: bars from Kafka (or recorded files) -> samples -> time split -> scaler.
+"""Training data: bars from Kafka (or recorded files) -> a catalogue of samples -> time split -> windows.
 
 * :func:`read_topic` reads the bar topic from the beginning up to a recorded snapshot of end offsets;
-  under Horovod rank ``r`` of ``n`` reads only ``partitions[r::n]`` (sharding at the source: a ticker
-  lives in one partition, so each rank builds whole-ticker series).
-* :func:`load_files` reads recorded bars (yfinance CSV layout, plain or ``.gz``) into the same arrays.
-* :func:`build_samples` makes one sample per ready window with :func:`minutecast.window.ready_windows`
-  (target = close exactly ``HORIZON`` minutes later; windows without one are dropped).
-* :func:`split_days` / :func:`split` divide by New York trading date: the last ~15% of dates are the
-  test period, the ~15% before them validation, the rest training.
-* The scaler is fitted on training samples only. Under Horovod each rank computes sufficient
-  statistics (:func:`scaler_stats`: counts, sums, sums of squares) that train.py allreduces (sum) and
-  turns into one :class:`Scaler` with :func:`scaler_from_stats` (the same numbers ``Scaler.fit`` would
-  give on all ranks' samples together, up to float rounding).
+  under Horovod rank ``r`` of ``n`` reads only ``partitions[r::n]`` (a ticker lives in one partition, so
+  each rank builds whole-ticker series). Bad records are skipped and counted (dead-lettered upstream).
+* :func:`load_bars` reads recorded files with the replay producer's reader (CSV, ``.gz``, Parquet; one
+  loader for both) and keeps the rows :func:`producers.bars.check` accepts (the schema's validation).
+* A minute's *first* bar wins, in training as in serving (:func:`minutecast.window.slots`).
+* :func:`catalog` lists every ready window with a target (``HORIZON`` minutes later) without building
+  any window: (ticker, bar index, as-of minute, target close). It is split by New York trading date
+  (:func:`split_days`: the last ~15% of dates test, the ~15% before validation, the rest training) and
+  subsampled *before* :meth:`Catalog.samples` materialises raw windows (memory: ~5.8 kB per window).
+* Market context: the market ticker's slots are passed to every window (:func:`minutecast.window.with_market`);
+  under Horovod the rank holding the market ticker's partition shares its series with the others.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -24,21 +25,20 @@ from pathlib import Path
 
 import numpy as np
 
-from minutecast.errors import ServiceUnavailable, ValidationError
-from minutecast.features import Scaler
+from minutecast.errors import ConfigError, MinutecastError, ServiceUnavailable, ValidationError
 from minutecast.settings import KafkaSettings
-from minutecast.window import WINDOW, ready_windows, session_ids
+from minutecast.window import N_COLUMNS, WINDOW, C, Slots, regular_hours, session_ids, slots, with_market
 
 log = logging.getLogger(__name__)
+MATERIALISE_CHUNK = 50_000  # windows built per step (bounds the float64 temporaries)
 
 
 @dataclass(frozen=True)
 class Series:
-    """One ticker's bars in arrival order: minute epoch seconds, close, volume, all (n,)."""
+    """One ticker's bars in arrival order: minutes (n,) int64 epoch seconds, ohlcv (n, 5) float64."""
 
-    minutes: np.ndarray  # int64
-    close: np.ndarray  # float64
-    volume: np.ndarray  # float64
+    minutes: np.ndarray
+    ohlcv: np.ndarray
 
 
 BarSet = dict[str, Series]
@@ -52,7 +52,7 @@ class KafkaRange:
     end_offsets: dict[int, int]
     partitions: list[int]
     bars: int
-    rejected: dict[str, int]  # validation reason -> count (already dead-lettered upstream)
+    rejected: dict[str, int]  # rejection reason -> count (already dead-lettered upstream)
 
 
 def shard(items: Sequence[int], rank: int, size: int) -> list[int]:
@@ -61,17 +61,24 @@ def shard(items: Sequence[int], rank: int, size: int) -> list[int]:
 
 
 def read_topic(ks: KafkaSettings, topic: str, end_offsets: dict[int, int], *, rank: int = 0, size: int = 1,
-               timeout_s: float = 300.0) -> tuple[BarSet, KafkaRange]:
-    """Bars of this rank's partitions from offset 0 (or the earliest retained) up to ``end_offsets``."""
+               timeout_s: float = 300.0, allowed: frozenset[str] | None = None) -> tuple[BarSet, KafkaRange]:
+    """Bars of this rank's partitions from offset 0 (or the earliest retained) up to ``end_offsets``.
+
+    Records are decoded as the Faust worker decodes them (:func:`minutecast.schemas.parse_bar_record`,
+    ``allowed`` = the ticker allowlist, :func:`minutecast.universe.allowlist`); a bad one is skipped and
+    counted under its reason in ``KafkaRange.rejected``, so no record can stop a training run.
+    """
     from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
     from minutecast.kafka import make_consumer
-    from minutecast.schemas import parse_bar
+    from minutecast.schemas import parse_bar_record
+    from producers.live import LOOP_SOURCE
 
     mine = [p for p in shard(list(end_offsets), rank, size) if end_offsets[p] > 0]
-    cols: dict[str, tuple[list[int], list[float], list[float]]] = {}
+    cols: dict[str, tuple[list[int], list[tuple[float, float, float, float, float]]]] = {}
     rejected: dict[str, int] = {}
     n_bars = 0
+    looped = 0
     if mine:
         consumer = make_consumer(ks, group=f"minutecast-train-{rank}", **{"fetch.max.bytes": 52_428_800})
         try:
@@ -97,14 +104,19 @@ def read_topic(ks: KafkaSettings, topic: str, end_offsets: dict[int, int], *, ra
                     if off == todo[p] - 1:
                         del todo[p]
                     try:
-                        bar = parse_bar(msg.value() or b"", msg.key(), now=float("inf"))
+                        bar = parse_bar_record(msg.key(), msg.value(), math.inf, allowed)
                     except ValidationError as exc:
                         rejected[exc.reason] = rejected.get(exc.reason, 0) + 1
                         continue
-                    m, c, v = cols.setdefault(bar.ticker, ([], [], []))
+                    except Exception:  # noqa: BLE001 - decoders only reject (fuzzed); a bug must not stop training
+                        rejected["unparseable"] = rejected.get("unparseable", 0) + 1
+                        continue
+                    if bar.source == LOOP_SOURCE:
+                        looped += 1  # a looped copy of a replayed session: not new history
+                        continue
+                    m, x = cols.setdefault(bar.ticker, ([], []))
                     m.append(bar.minute)
-                    c.append(bar.close)
-                    v.append(bar.volume)
+                    x.append((bar.open, bar.high, bar.low, bar.close, bar.volume))
                     n_bars += 1
                 # A partition whose last offsets were deleted by retention/compaction: stop at its end.
                 for p in list(todo):
@@ -114,8 +126,9 @@ def read_topic(ks: KafkaSettings, topic: str, end_offsets: dict[int, int], *, ra
                         del todo[p]
         finally:
             consumer.close()
-    bars = {t: Series(np.asarray(m, np.int64), np.asarray(c, np.float64), np.asarray(v, np.float64))
-            for t, (m, c, v) in cols.items()}
+    bars = {t: Series(np.asarray(m, np.int64), np.asarray(x, np.float64).reshape(-1, 5)) for t, (m, x) in cols.items()}
+    if looped:
+        log.info("left out %d bars of looped replay copies (source %s) in %s", looped, LOOP_SOURCE, topic)
     if rejected:
         log.warning("skipped %d invalid bars in %s (dead-lettered upstream): %s", sum(rejected.values()), topic,
                     rejected)
@@ -123,49 +136,37 @@ def read_topic(ks: KafkaSettings, topic: str, end_offsets: dict[int, int], *, ra
 
 
 def bar_files(root: Path | str) -> list[Path]:
-    """Recorded bar files under ``root`` (``<TICKER>.csv`` or ``<TICKER>.csv.gz``), sorted; or one file."""
-    root = Path(root)
-    if root.is_file():
-        return [root]
-    return sorted(p for p in root.iterdir() if p.name.endswith((".csv", ".csv.gz")))
+    """Recorded bar files under ``root`` (the replay producer's layouts), sorted; or one file."""
+    from producers.replay import list_files
+
+    return list_files(Path(root))
 
 
-def ticker_of(path: Path) -> str:
-    return path.name.removesuffix(".gz").removesuffix(".csv").upper()
+def load_bars(path: Path | str, tickers: Iterable[str] | None = None) -> BarSet:
+    """Recorded bars (file or directory; CSV, ``.gz`` or Parquet) -> per-ticker series of valid bars."""
+    from producers.bars import check
+    from producers.replay import load
 
-
-def load_files(files: Iterable[Path], tickers: Iterable[str] | None = None) -> BarSet:
-    """yfinance CSVs (``Datetime,Open,High,Low,Close,Adj Close,Volume``; plain or gzip) -> per-ticker arrays.
-
-    Rows without a positive finite close or a finite non-negative volume are dropped (yfinance NaN rows).
-    """
-    import pandas as pd
-
-    wanted = {t.upper() for t in tickers} if tickers else None
+    if not Path(path).exists():
+        raise ConfigError(f"--bars {path}: no such file or directory")
+    checked = check(load(Path(path), tickers), "files", now=math.inf)
+    if checked.rejected or checked.nan_rows:
+        log.info("%s: dropped %d invalid and %d empty rows", path, len(checked.rejected), checked.nan_rows)
+    frame = checked.valid
     out: BarSet = {}
-    for path in files:
-        ticker = ticker_of(path)
-        if wanted is not None and ticker not in wanted:
-            continue
-        df = pd.read_csv(path, usecols=["Datetime", "Close", "Volume"])
-        ts = pd.to_datetime(df["Datetime"], utc=True)
-        minutes = (ts.astype("int64") // 10**9).to_numpy()  # int64 epoch seconds
-        close = pd.to_numeric(df["Close"], errors="coerce").to_numpy(np.float64)
-        volume = pd.to_numeric(df["Volume"], errors="coerce").to_numpy(np.float64)
-        ok = np.isfinite(close) & (close > 0) & np.isfinite(volume) & (volume >= 0) & (minutes % 60 == 0)
-        if (~ok).any():
-            log.info("%s: dropped %d unusable rows", path.name, int((~ok).sum()))
-        out[ticker] = Series(minutes[ok].astype(np.int64), close[ok], volume[ok])
+    for ticker, g in frame.groupby("ticker", sort=True):
+        out[str(ticker)] = Series(g["minute"].to_numpy(np.int64),
+                                  g[["open", "high", "low", "close", "volume"]].to_numpy(np.float64))
     return out
 
 
 @dataclass(frozen=True)
 class Samples:
-    """Samples of many tickers: window ``windows[i]`` of ``tickers[i]`` ending at ``ends[i]``."""
+    """Materialised samples: window ``windows[i]`` of ``tickers[i]`` ending at ``ends[i]``."""
 
     tickers: np.ndarray  # (N,) str
     ends: np.ndarray  # (N,) int64 epoch seconds of the window's last minute t
-    windows: np.ndarray  # (N, WINDOW, 2) float64 raw [close, volume]
+    windows: np.ndarray  # (N, WINDOW, N_COLUMNS) float64 raw windows (market context included)
     targets: np.ndarray  # (N,) float64 close at t + HORIZON
 
     def __len__(self) -> int:
@@ -176,32 +177,79 @@ class Samples:
 
     @property
     def days(self) -> np.ndarray:
-        """New York trading date number of each sample."""
         return session_ids(self.ends) if len(self) else np.empty(0, np.int64)
+
+    @property
+    def last_close(self) -> np.ndarray:
+        return self.windows[:, -1, C]
 
     @staticmethod
     def concat(parts: Sequence[Samples]) -> Samples:
         parts = [p for p in parts if len(p)]
         if not parts:
-            return empty_samples()
+            return Samples(np.empty(0, "<U8"), np.empty(0, np.int64), np.empty((0, WINDOW, N_COLUMNS)), np.empty(0))
         return Samples(np.concatenate([p.tickers for p in parts]), np.concatenate([p.ends for p in parts]),
                        np.concatenate([p.windows for p in parts]), np.concatenate([p.targets for p in parts]))
 
 
-def empty_samples() -> Samples:
-    return Samples(np.empty(0, dtype="<U8"), np.empty(0, np.int64), np.empty((0, WINDOW, 2)), np.empty(0))
+@dataclass(frozen=True)
+class Catalog:
+    """Every sample as indexes (no windows yet): ``bars[i]`` is the bar index in ``series[tickers[i]]``."""
+
+    series: dict[str, Slots]
+    market: Slots | None
+    tickers: np.ndarray  # (N,) str
+    bars: np.ndarray  # (N,) int64
+    ends: np.ndarray  # (N,) int64 as-of minute (epoch s)
+    targets: np.ndarray  # (N,) float64
+
+    def __len__(self) -> int:
+        return int(self.ends.shape[0])
+
+    @property
+    def days(self) -> np.ndarray:
+        return session_ids(self.ends) if len(self) else np.empty(0, np.int64)
+
+    def take(self, idx: np.ndarray) -> Catalog:
+        return Catalog(self.series, self.market, self.tickers[idx], self.bars[idx], self.ends[idx], self.targets[idx])
+
+    def samples(self) -> Samples:
+        """Materialise the raw windows (in chunks of :data:`MATERIALISE_CHUNK`), in catalogue order."""
+        windows = np.empty((len(self), WINDOW, N_COLUMNS))
+        for t in np.unique(self.tickers):
+            idx = np.flatnonzero(self.tickers == t)
+            for lo in range(0, idx.size, MATERIALISE_CHUNK):
+                part = idx[lo:lo + MATERIALISE_CHUNK]
+                windows[part] = with_market(self.series[str(t)].windows(self.bars[part]), self.market)
+        return Samples(self.tickers.copy(), self.ends.copy(), windows, self.targets.copy())
 
 
-def build_samples(bars: BarSet) -> Samples:
-    """Every ready window with a target, per ticker (tickers in sorted order, windows in time order)."""
-    parts = []
-    for ticker in sorted(bars):
-        s = bars[ticker]
-        w = ready_windows(s.minutes, s.close, s.volume)
-        keep = np.isfinite(w.targets)
-        if keep.any():
-            parts.append(Samples(np.full(int(keep.sum()), ticker), w.ends[keep], w.values[keep], w.targets[keep]))
-    return Samples.concat(parts)
+def catalog(bars: BarSet, market_ticker: str | None, market: Series | None = None) -> Catalog:
+    """Every ready window with a target, per ticker (sorted tickers, time order). ``market``: the market
+    ticker's series when it is not in ``bars`` (another Horovod rank read it)."""
+    series = {t: slots(s.minutes, s.ohlcv) for t, s in sorted(bars.items())}
+    m = series.get(market_ticker) if market_ticker else None
+    if m is None and market is not None:
+        m = slots(market.minutes, market.ohlcv)
+    parts: list[tuple[np.ndarray, ...]] = []
+    for t, s in series.items():
+        ready = s.ready()
+        tg = s.targets(ready)
+        keep = np.isfinite(tg)
+        parts.append((np.full(int(keep.sum()), t, dtype="<U12"), ready[keep], s.minutes[ready[keep]], tg[keep]))
+    if not parts:
+        return Catalog(series, m, np.empty(0, "<U12"), np.empty(0, np.int64), np.empty(0, np.int64), np.empty(0))
+    return Catalog(series, m, *(np.concatenate([p[k] for p in parts]) for k in range(4)))
+
+
+def build_samples(bars: BarSet, market_ticker: str | None = "SPY") -> Samples:
+    """Every ready window with a target, materialised (small inputs: tests, evaluation of a few days)."""
+    return catalog(bars, market_ticker).samples()
+
+
+def regular(c: Catalog) -> Catalog:
+    """The samples whose as-of minute is in regular hours (what reports and the gate score)."""
+    return c.take(np.flatnonzero(regular_hours(c.ends)))
 
 
 def split_days(days: Iterable[int], val_frac: float = 0.15, test_frac: float = 0.15) -> tuple[int, int]:
@@ -211,59 +259,24 @@ def split_days(days: Iterable[int], val_frac: float = 0.15, test_frac: float = 0
     """
     uniq = np.unique(np.fromiter(days, dtype=np.int64))
     if uniq.size < 3:
-        raise ValueError(f"need bars from at least 3 trading dates for a train/val/test split, got {uniq.size}")
+        raise MinutecastError(f"need bars from at least 3 trading dates for a train/val/test split, got {uniq.size}")
     n_test = max(1, round(uniq.size * test_frac))
     n_val = max(1, round(uniq.size * val_frac))
     n_val = min(n_val, uniq.size - n_test - 1)
     return int(uniq[uniq.size - n_test - n_val]), int(uniq[uniq.size - n_test])
 
 
-def split(samples: Samples, cuts: tuple[int, int]) -> dict[str, Samples]:
-    days = samples.days
+def split(c: Catalog, cuts: tuple[int, int]) -> dict[str, Catalog]:
+    days = c.days
     val_start, test_start = cuts
-    return {
-        "train": samples.take(np.flatnonzero(days < val_start)),
-        "val": samples.take(np.flatnonzero((days >= val_start) & (days < test_start))),
-        "test": samples.take(np.flatnonzero(days >= test_start)),
-    }
+    return {"train": c.take(np.flatnonzero(days < val_start)),
+            "val": c.take(np.flatnonzero((days >= val_start) & (days < test_start))),
+            "test": c.take(np.flatnonzero(days >= test_start))}
 
 
-def scaler_stats(samples: Samples) -> np.ndarray:
-    """Sufficient statistics of :meth:`Scaler.fit` (sums, so ranks can allreduce them): float64 (9,).
-
-    [n_window_values, sum rel, sum rel^2, sum logv, sum logv^2, n_targets, sum tgt, sum tgt^2, 0]
-    """
-    if not len(samples):
-        return np.zeros(9)
-    w = samples.windows
-    rel = w[:, :, 0] / w[:, -1:, 0] - 1.0  # as in Scaler.fit
-    logv = np.log1p(w[:, :, 1])
-    tgt = samples.targets / w[:, -1, 0] - 1.0
-    return np.array([rel.size, rel.sum(), np.square(rel).sum(), logv.sum(), np.square(logv).sum(),
-                     tgt.size, tgt.sum(), np.square(tgt).sum(), 0.0])
-
-
-def scaler_from_stats(stats: np.ndarray) -> Scaler:
-    """Summed :func:`scaler_stats` -> the Scaler (population std, floors as in ``Scaler.fit``)."""
-    n, s1, s2, lv1, lv2, nt, t1, t2, _ = (float(x) for x in stats)
-    if n <= 0 or nt <= 0:
-        raise ValueError("no training samples to fit the scaler on")
-
-    def std(total: float, sq: float, count: float) -> float:
-        mean = total / count
-        return float(np.sqrt(max(sq / count - mean * mean, 0.0)))
-
-    return Scaler(
-        ret_scale=max(std(s1, s2, n), 1e-6),
-        logvol_mean=lv1 / n,
-        logvol_std=max(std(lv1, lv2, n), 1e-6),
-        target_scale=max(std(t1, t2, nt), 1e-6),
-    )
-
-
-def subsample(samples: Samples, max_samples: int | None, seed: int = 0) -> Samples:
-    """At most ``max_samples`` samples, drawn uniformly without replacement, kept in time order."""
-    if max_samples is None or len(samples) <= max_samples:
-        return samples
-    idx = np.sort(np.random.default_rng(seed).choice(len(samples), size=max_samples, replace=False))
-    return samples.take(idx)
+def subsample(c: Catalog, max_samples: int | None, seed: int = 0) -> Catalog:
+    """At most ``max_samples`` samples, drawn uniformly without replacement, kept in catalogue order."""
+    if max_samples is None or len(c) <= max_samples:
+        return c
+    idx = np.sort(np.random.default_rng(seed).choice(len(c), size=max_samples, replace=False))
+    return c.take(idx)

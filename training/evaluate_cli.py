@@ -1,12 +1,18 @@
-"""``minutecast evaluate``: the evaluation report of a model vs persistence on recorded bars in files.
+"""``minutecast evaluate``: the evaluation report (intervals, point, gate figures) on recorded bars in files.
 
-    minutecast evaluate --bars ../shared/data/bars-1m                 # current model, all given data
-    minutecast evaluate --bars DIR --model 20261122T031500Z-1a2b3c4d --json
+    minutecast evaluate --bars ../shared/data/bars-1m --json          # current model (or persistence), test dates
+    minutecast evaluate --bars DIR --model 20261122T031500Z-1a2b3c4d --all-dates
+    minutecast evaluate --bars DIR --tickers AAPL,MSFT                 # the market ticker is loaded for context
 
-The test period is all of the given data (every ready window with a bar 5 minutes later). Files are in
-the yfinance CSV layout, plain or ``.gz``, one per ticker (``AAPL.csv.gz``). The report goes to
-``<reports>/<version>/files-<time>/``; with ``--json`` the last stdout line is one JSON object
-(``tickers``, ``samples``, ``model_rmse``, ``persistence_rmse``, ``model_directional_accuracy``, ...).
+Test samples: regular-hours as-of minutes of the test dates, the last ``MINUTECAST_TEST_FRAC`` of the
+dates as in training (the same cut as ``minutecast train`` on the same bars), or every date with
+``--all-dates`` (data the model never saw). Without a current model (and no ``--model``) the report is
+about what serving publishes then: persistence with the calibrated baseline interval. The calibrated
+baseline's scale is the registry's (fitted by the newest training run) when there is one, else fitted
+here on the training dates' regular-hours samples (``--fit-baseline`` forces that). The report goes to
+``<reports>/<version>/files-<time>/`` (or ``--out``); with ``--json`` the last stdout line is the report as
+one JSON object (``coverage_80``, ``interval_score_80``, ``baseline_interval_score_80``, ``model_rmse``,
+``persistence_rmse``, ``dm_pvalue``, ``ready_share_regular_hours``, ...).
 """
 
 from __future__ import annotations
@@ -16,37 +22,86 @@ import json
 import time
 from pathlib import Path
 
+FIT_SAMPLES = 50_000  # training-date windows (drawn at random) the baseline scale is fitted on here
+
+
+def _iso_day(day: int) -> str:
+    """New York day number (days since 1970-01-01) -> YYYY-MM-DD."""
+    from datetime import date, timedelta
+
+    return (date(1970, 1, 1) + timedelta(days=int(day))).isoformat()
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--bars", type=Path, required=True, help="directory of <TICKER>.csv[.gz] files (or one file)")
-    p.add_argument("--model", default=None, help="registry version (default: the current model)")
-    p.add_argument("--tickers", default=None, help="comma-separated subset of tickers")
+    p.add_argument("--bars", type=Path, required=True, help="directory of recorded bar files (or one file)")
+    p.add_argument("--model", default=None, help="registry version (default: the current model, else persistence)")
+    p.add_argument("--tickers", default=None, help="comma-separated subset of tickers to score")
+    p.add_argument("--market", default=None, help="market-context ticker (default: MINUTECAST_MARKET_TICKER)")
+    p.add_argument("--all-dates", action="store_true", help="score every date, not only the test dates")
+    p.add_argument("--fit-baseline", action="store_true",
+                   help="fit the calibrated baseline's scale on the training dates even if the registry has one")
     p.add_argument("--out", type=Path, default=None, help="report directory (default under <home>/reports)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON line (last line)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from minutecast.errors import ConfigError, ModelError
-    from minutecast.registry import Registry
+    import numpy as np
+
+    from minutecast import intervals as I
+    from minutecast.errors import ConfigError
+    from minutecast.registry import BASELINE_FILE, PERSISTENCE, Registry
     from minutecast.settings import TrainingSettings
     from training import data as D
     from training import evaluate as E
 
     settings = TrainingSettings()
-    if not args.bars.exists():
-        raise ConfigError(f"--bars {args.bars}: no such file or directory")
     registry = Registry(settings.models_dir)
     version = args.model or registry.current_version()
-    if version is None:
-        raise ModelError(f"no current model under {settings.models_dir}: train one or pass --model VERSION")
-    model = registry.load(version)
-    files = D.bar_files(args.bars)
-    samples = D.build_samples(D.load_files(files, args.tickers.split(",") if args.tickers else None))
-    if not len(samples):
-        raise ConfigError(f"no ready windows with targets in {args.bars} ({len(files)} files)")
-    report, preds = E.build_report(samples, model, extra={"bars": str(args.bars), "files": len(files)})
-    out = args.out or settings.reports / version / time.strftime("files-%Y%m%dT%H%M%SZ", time.gmtime())
-    E.write_report(report, samples, preds, out)
+    model = registry.load(version) if version else None
+    market = args.market or settings.market_ticker
+    wanted = [t.strip().upper() for t in args.tickers.split(",")] if args.tickers else None
+    bars = D.load_bars(args.bars, None if wanted is None else sorted({*wanted, market}))
+    if wanted is not None and not set(wanted) & set(bars):
+        raise ConfigError(f"none of {wanted} in {args.bars}")
+    cat = D.catalog(bars, market)
+    if wanted is not None:
+        cat = cat.take(np.flatnonzero(np.isin(cat.tickers, wanted)))
+    if not len(cat):
+        raise ConfigError(f"no ready windows with targets in {args.bars}")
+    days = np.unique(cat.days)
+    if args.all_dates:
+        test_cat, train_cat = cat, cat.take(np.empty(0, np.int64))
+    else:
+        cuts = D.split_days(days.tolist(), settings.val_frac, settings.test_frac)
+        parts = D.split(cat, cuts)
+        test_cat, train_cat = parts["test"], parts["train"]
+    test = D.regular(test_cat).samples()
+    if not len(test):
+        raise ConfigError(f"no regular-hours test samples in {args.bars}")
+
+    if (registry.root / BASELINE_FILE).exists() and not args.fit_baseline:
+        scale, source = registry.baseline_scale(), f"registry ({registry.root / BASELINE_FILE})"
+    else:
+        fit = D.subsample(D.regular(train_cat), FIT_SAMPLES).samples()
+        if not len(fit):  # --all-dates without a registry scale: nothing else to fit on
+            fit, source = D.subsample(D.regular(cat), FIT_SAMPLES).samples(), "fitted on the scored dates"
+        else:
+            source = "fitted here on the training dates"
+        scale = I.fit_baseline_scale(fit.windows, fit.targets)
+        del fit
+
+    test_days = np.unique(test.days).tolist()
+    scored = {t: s for t, s in bars.items() if wanted is None or t in wanted}
+    extra = E.ready_share(scored, days=test_days) | {
+        "bars": str(args.bars), "market_ticker": market, "baseline_scale_source": source,
+        "test_dates": {"first": _iso_day(test_days[0]), "last": _iso_day(test_days[-1]), "count": len(test_days),
+                       "all_dates": bool(args.all_dates)},
+    }
+    current = E.load_current(registry) if model is not None and registry.current_version() != version else None
+    report, preds = E.build_report(test, model, current, baseline_scale=scale, extra=extra)
+    out = args.out or settings.reports / (version or PERSISTENCE) / time.strftime("files-%Y%m%dT%H%M%SZ",
+                                                                                   time.gmtime())
+    E.write_report(report, test, preds, out)
     report["report_dir"] = str(out)
     if args.json:
         print(json.dumps(report))

@@ -89,18 +89,28 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - one straight scr
                         format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("training.train")
 
+    from minutecast import intervals as I  # noqa: N812
     from minutecast.errors import MinutecastError
-    from minutecast.features import make_inputs, make_targets
+    from minutecast.features import Scaler, make_inputs, make_targets
     from minutecast.model import build_model, get_preset, make_loss
     from minutecast.registry import Registry, ServingModel, code_version
     from minutecast.settings import TrainingSettings
     from minutecast.topics import Topics
+    from minutecast.window import regular_hours
     from training import data as D
     from training import evaluate as E
+    from training.callbacks import ChiefLogAndCheckpoint, GlobalValidation, fit_bucket_scales, shrink_median
+
+    # Headline figures of every run: result.json, the model's meta and the README's Model quality table.
+    SUMMARY_KEYS = ("coverage_80", "coverage_90", "interval_score_80", "baseline_interval_score_80",  # noqa: N806
+                    "interval_score_gain_80", "model_rmse", "persistence_rmse", "dm_stat", "dm_pvalue",
+                    "model_directional_accuracy", "ready_share_regular_hours")
 
     settings = TrainingSettings()
     cfg_preset = get_preset(args.preset, epochs=args.epochs, batch_size=args.batch_size,
                             learning_rate=args.learning_rate)
+    if args.max_samples is None:
+        args.max_samples = cfg_preset.max_samples
     run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(t_start))
     run_id = hvd_tf.broadcast_object(run_id, root_rank=0)
     config: dict[str, Any] = {  # the resolved configuration, saved in every checkpoint and the model meta
@@ -120,7 +130,9 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - one straight scr
         files = D.bar_files(args.bars)
         mine = [files[i] for i in D.shard(list(range(len(files))), rank, size)]
         tickers = args.tickers.split(",") if args.tickers else None
-        bars = D.load_files(mine, tickers)
+        bars = {}
+        for f in mine:
+            bars |= D.load_bars(f, tickers)
         source = {"bars_dir": str(args.bars.resolve()), "files": [f.name for f in files]}
     else:
         topic = Topics(settings.namespace).bars
@@ -133,24 +145,28 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - one straight scr
             snapshot = {"topic": topic, "end_offsets": end_offsets(settings.kafka, topic)}
         snapshot = hvd_tf.broadcast_object(snapshot, root_rank=0)
         offsets = {int(p): int(o) for p, o in snapshot["end_offsets"].items()}
-        bars, krange = D.read_topic(settings.kafka, snapshot["topic"], offsets, rank=rank, size=size)
+        from minutecast.universe import allowlist
+
+        bars, krange = D.read_topic(settings.kafka, snapshot["topic"], offsets, rank=rank, size=size,
+                                    allowed=allowlist(settings))  # the same records the Faust worker accepts
         source = {"topic": snapshot["topic"], "end_offsets": offsets}
         log.info("read %d bars of %d tickers from partitions %s", krange.bars, len(bars), krange.partitions)
-    samples = D.build_samples(bars)
+    # The market ticker lives on one rank: it shares the series with the others (market context).
+    market_ticker = settings.market_ticker
+    shared = hvd_tf.allgather_object(bars.get(market_ticker))
+    market = next((m for m in shared if m is not None), None)
+    minutes_by_ticker = hvd_tf.allgather_object({t: s.minutes for t, s in bars.items()})
+    catalog = D.catalog(bars, market_ticker, market)
     del bars
 
-    # -- split by date (the same cut dates on every rank) -------------------------------------------------
-    all_days = sorted(set().union(*hvd_tf.allgather_object(set(np.unique(samples.days).tolist()))))
-    try:
-        cuts = D.split_days(all_days, args.val_frac, args.test_frac)
-    except ValueError as exc:
-        raise MinutecastError(f"not enough data to train: {exc}") from exc
-    parts = D.split(samples, cuts)
-    del samples
+    # -- split by date (the same cut dates on every rank), subsample, build windows -----------------------
+    all_days = sorted(set().union(*hvd_tf.allgather_object(set(np.unique(catalog.days).tolist()))))
+    cuts = D.split_days(all_days, args.val_frac, args.test_frac)
+    parts = D.split(catalog, cuts)
     per_rank_cap = None if args.max_samples is None else math.ceil(args.max_samples / size)
-    train = D.subsample(parts["train"], per_rank_cap, seed=args.seed + rank)
-    val = D.subsample(parts["val"], per_rank_cap, seed=args.seed + rank)
-    test = parts["test"]
+    train = D.subsample(parts["train"], per_rank_cap, seed=args.seed + rank).samples()
+    val = D.subsample(parts["val"], per_rank_cap, seed=args.seed + rank).samples()
+    test = D.regular(parts["test"]).samples()  # reports and the gate score regular hours
     counts = hvd_tf.allgather_object({"train": len(train), "val": len(val), "test": len(test)})
     totals = {k: sum(c[k] for c in counts) for k in ("train", "val", "test")}
     if min(c["train"] for c in counts) == 0:
@@ -158,22 +174,19 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - one straight scr
     if totals["val"] == 0 or totals["test"] == 0:
         raise MinutecastError(f"empty validation or test period ({totals})")
 
-    # -- scaler on training samples only: allreduce of sufficient statistics ------------------------------
-    stats = hvd_tf.allreduce(tf.constant(D.scaler_stats(train), tf.float64), op=hvd_tf.Sum).numpy()
-    scaler = D.scaler_from_stats(stats)
+    # -- scaler and the calibrated baseline, on training samples only -------------------------------------
+    stats = hvd_tf.allreduce(tf.constant(Scaler.stats(train.windows, train.targets), tf.float64), op=hvd_tf.Sum)
+    scaler = Scaler.from_stats(stats.numpy())
+    reg = regular_hours(train.ends)  # the baseline is calibrated where it is scored: regular hours
+    ratios = np.concatenate(hvd_tf.allgather_object(I.baseline_ratios(train.windows[reg], train.targets[reg])))
+    baseline_scale = I.scale_from_ratios(ratios)
     x_train, y_train = make_inputs(train.windows, scaler), make_targets(train.windows, train.targets, scaler)
     x_val, y_val = make_inputs(val.windows, scaler), make_targets(val.windows, val.targets, scaler)
-    # Sample weights (float32): price2 = (last close)^2 / its mean over ALL ranks' training samples, so the loss
-    # is the squared error in price units (what the gate compares); otherwise 1.
-    w_train, w_val = np.ones(len(train), np.float32), np.ones(len(val), np.float64)
-    if cfg_preset.weighting == "price2":
-        sq = np.square(train.windows[:, -1, 0])
-        sums = hvd_tf.allreduce(tf.constant([sq.sum(), sq.size], tf.float64), op=hvd_tf.Sum).numpy()
-        w_train = (sq / (sums[0] / sums[1])).astype(np.float32)
-        w_val = np.square(val.windows[:, -1, 0]) / (sums[0] / sums[1])
+    val_last, val_ends = val.last_close, val.ends
+    del train, val
     if is_chief:
-        log.info("samples train %d / val %d / test %d (all ranks); scaler %s", totals["train"], totals["val"],
-                 totals["test"], scaler.to_dict())
+        log.info("samples train %d / val %d / test %d (all ranks); scaler %s; baseline scale c80 %.3f c90 %.3f",
+                 totals["train"], totals["val"], totals["test"], scaler.to_dict(), *baseline_scale)
 
     # -- model, distributed optimizer ---------------------------------------------------------------------
     model = build_model(cfg_preset, seed=args.seed)
@@ -186,80 +199,19 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - one straight scr
 
     # Every rank takes the same number of steps (ranks with fewer samples cycle through theirs).
     steps = max(1, math.ceil(totals["train"] / cfg_preset.batch_size / size))
-    ds = (tf.data.Dataset.from_tensor_slices((x_train, y_train, w_train))
-          .shuffle(min(len(train), 200_000), seed=args.seed + rank, reshuffle_each_iteration=True)
+    ds = (tf.data.Dataset.from_tensor_slices((x_train, y_train))
+          .shuffle(min(len(y_train), 200_000), seed=args.seed + rank, reshuffle_each_iteration=True)
           .repeat().batch(cfg_preset.batch_size, drop_remainder=False).prefetch(tf.data.AUTOTUNE))
-
-    class GlobalValidation(tf.keras.callbacks.Callback):
-        """Weighted validation MSE over ALL ranks' validation samples (weighted sums of squared errors
-        allreduced), best-weights tracking from epoch 0 (the untrained model) and early stopping; identical
-        decisions on every rank."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.best, self.best_epoch, self.best_weights = math.inf, 0, None
-            self.history: list[dict[str, Any]] = []
-            sums = np.array([w_val.sum(), np.sum(w_val * np.square(y_val, dtype=np.float64))])
-            n, sq = hvd_tf.allreduce(tf.constant(sums, tf.float64), op=hvd_tf.Sum).numpy()
-            self.n, self.persistence_mse = n, sq / n  # forecast 0 = no move = persistence
-
-        def val_mse(self) -> float:
-            pred = self.model.predict(x_val, batch_size=8192, verbose=0).reshape(-1) if len(y_val) else np.zeros(0)
-            sse = float(np.sum(w_val * np.square(pred.astype(np.float64) - y_val)))
-            return float(hvd_tf.allreduce(tf.constant([sse], tf.float64), op=hvd_tf.Sum).numpy()[0] / self.n)
-
-        def track(self, epoch: int, logs: dict[str, Any]) -> None:
-            mse = self.val_mse()
-            logs["val_mse"], logs["val_persistence_mse"] = mse, self.persistence_mse
-            self.history.append({"epoch": epoch, **{k: float(v) for k, v in logs.items()}})
-            if mse < self.best:
-                self.best, self.best_epoch, self.best_weights = mse, epoch, self.model.get_weights()
-            elif epoch - self.best_epoch >= cfg_preset.patience:
-                self.model.stop_training = True
-
-        def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-            self.track(0, {})
-            if is_chief:
-                log.info("epoch 0 (untrained) val_mse %.5f (persistence %.5f)", self.best, self.persistence_mse)
-
-        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-            self.track(epoch + 1, logs if logs is not None else {})
-
-    class ChiefLogAndCheckpoint(tf.keras.callbacks.Callback):
-        """Rank 0 only: one line per epoch and a checkpoint (model.keras + meta.json with the config)."""
-
-        def __init__(self, ckpt_root: Path) -> None:
-            super().__init__()
-            self.root, self.t0 = ckpt_root, time.time()
-
-        def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-            self.t0 = time.time()
-
-        def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-            logs = logs or {}
-            dt = time.time() - self.t0
-            log.info("epoch %d/%d loss %.5f val_mse %.5f (persistence %.5f) %.1f s, %.0f samples/s",
-                     epoch + 1, cfg_preset.epochs, logs.get("loss", math.nan), logs.get("val_mse", math.nan),
-                     logs.get("val_persistence_mse", math.nan), dt, steps * cfg_preset.batch_size * size / dt)
-            d = self.root / f"epoch-{epoch + 1:03d}"
-            d.mkdir(parents=True, exist_ok=True)
-            self.model.save(d / "model.keras")
-            (d / "meta.json").write_text(json.dumps({"config": config, "epoch": epoch + 1, "scaler":
-                                                     scaler.to_dict(), "logs": {k: float(v) for k, v in
-                                                                                logs.items()}}, indent=2))
-            for old in sorted(self.root.glob("epoch-*"))[:-max(1, args.keep_checkpoints)]:
-                import shutil
-
-                shutil.rmtree(old, ignore_errors=True)
-
-    validation = GlobalValidation()
+    validation = GlobalValidation(hvd_tf, x_val, y_val, cfg_preset.patience, log if is_chief else None)
     callbacks: list[Any] = [
         hvd.callbacks.BroadcastGlobalVariablesCallback(0),  # rank 0's weights and optimizer state everywhere
         hvd.callbacks.MetricAverageCallback(),  # training loss averaged over ranks before anyone reads it
         validation,
     ]
     if is_chief:
-        callbacks.append(ChiefLogAndCheckpoint(settings.home / "checkpoints" / "train" / run_id))
+        callbacks.append(ChiefLogAndCheckpoint(settings.home / "checkpoints" / "train" / run_id, config, scaler,
+                                               cfg_preset.epochs, steps * cfg_preset.batch_size * size,
+                                               args.keep_checkpoints, log))
 
     # -- train ----------------------------------------------------------------------------------------------
     t_fit = time.time()
@@ -269,63 +221,62 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - one straight scr
         model.set_weights(validation.best_weights)  # the same on every rank: decisions used global numbers
     epochs_run = len(validation.history) - 1
 
-    # -- calibrate: output x a, a = least-squares factor on ALL validation samples, clipped to [0, 1] ------
-    shrink = 1.0
-    if cfg_preset.calibrate:
-        p_val = model.predict(x_val, batch_size=8192, verbose=0).reshape(-1).astype(np.float64) \
-            if len(y_val) else np.zeros(0)
-        yp, pp = hvd_tf.allreduce(tf.constant([np.sum(w_val * y_val * p_val), np.sum(w_val * p_val * p_val)],
-                                              tf.float64), op=hvd_tf.Sum).numpy()
-        shrink = float(np.clip(yp / pp, 0.0, 1.0)) if pp > 0 else 0.0
-        head = model.get_layer("move")  # linear output layer: scaling its weights scales the forecast move
-        head.set_weights([w * shrink for w in head.get_weights()])
-        calibrated_mse = validation.val_mse()  # an allreduce: every rank calls it
-        if is_chief:
-            log.info("calibration: forecast moves x %.3f; val_mse %.5f (persistence %.5f)", shrink, calibrated_mse,
-                     validation.persistence_mse)
+    # -- the median: its move x a (least squares on ALL validation samples), kept only if it beats persistence
+    # significantly on the validation dates, else 0 (the point forecast is then the last close) -------------
+    shrink, shrink_test = shrink_median(model, hvd_tf, x_val, y_val, val_last, val_ends) \
+        if cfg_preset.calibrate else (1.0, {})
+    val_pinball = validation.val_pinball()  # an allreduce: every rank calls it
+    # -- time-of-day interval scales, fitted on the validation dates (split conformal by bucket) ------------
+    bucket_scales = fit_bucket_scales(model, hvd_tf, x_val, y_val, val_ends, scaler.target_scale)
+    if is_chief:
+        log.info("median moves x %.3f (%s); validation pinball %.5f; time-of-day scales (80%%, 90%%) %s", shrink,
+                 shrink_test, val_pinball, np.round(bucket_scales, 3).tolist())
 
     # -- rank 0: evaluate on every rank's test samples, save, gate, report --------------------------------
     gathered = hvd_tf.allgather_object(test)
-    ranges = hvd_tf.allgather_object((int(train.ends.min()) if len(train) else None,
-                                      int(test.ends.max()) if len(test) else None))
     if not is_chief:
         return 0
     test_all = D.Samples.concat(gathered)
     registry = Registry(settings.models_dir)
     current = E.load_current(registry)
-    candidate = ServingModel(version="candidate", kind="lstm", scaler=scaler, meta={}, keras_model=model)
-    report, preds = E.build_report(test_all, candidate, current)
-    data_range = {
-        "start": E._iso(min(r[0] for r in ranges if r[0] is not None)),
-        "end": E._iso(max(r[1] for r in ranges if r[1] is not None)),
-        "val_start_day": cuts[0], "test_start_day": cuts[1], "samples": totals,
-        "tickers": int(np.unique(test_all.tickers).size), **source,
-    }
+    candidate = ServingModel(version="candidate", kind="lstm", scaler=scaler, keras_model=model,
+                             meta={"bucket_scales": bucket_scales.tolist()})
+    all_minutes: dict[str, np.ndarray] = {}
+    for part in minutes_by_ticker:
+        all_minutes |= part
+    test_days = [d for d in all_days if d >= cuts[1]]
+    report, preds = E.build_report(test_all, candidate, current, baseline_scale=baseline_scale,
+                                   extra={"ready": E.ready_share(all_minutes, days=test_days)})
+    data_range = {"val_start_day": cuts[0], "test_start_day": cuts[1], "samples": totals,
+                  "market_ticker": market_ticker, "tickers": int(np.unique(test_all.tickers).size), **source}
     meta = {
-        "config": config, "data": data_range, "code_version": code_version(),
-        "metrics": {"test": report["metrics"], "val_mse": validation.best,
-                    "val_persistence_mse": validation.persistence_mse, "best_epoch": validation.best_epoch,
-                    "epochs_run": epochs_run, "history": validation.history, "calibration": shrink},
+        "config": config, "data": data_range, "code_version": code_version(), "baseline_scale": baseline_scale,
+        "bucket_scales": bucket_scales.tolist(),
+        "metrics": {"test": {k: report.get(k) for k in SUMMARY_KEYS}, "val_pinball": val_pinball,
+                    "best_epoch": validation.best_epoch, "epochs_run": epochs_run, "history": validation.history,
+                    "median_shrink": shrink, "median_test": shrink_test},
         "train_seconds": fit_s,
     }
     version = registry.save(model, scaler, meta)
+    registry.save_baseline_scale(baseline_scale, {"run_id": run_id, "version": version, "samples": len(ratios)})
     report |= {"version": version, "data": data_range, "config": config, "best_epoch": validation.best_epoch}
     decision = E.apply_gate(registry, version, report) if args.promote else None
     report_dir = E.write_report(report, test_all, preds, settings.reports / version, settings.reports / "latest")
     result = {
         "version": version, "promoted": bool(decision and decision["promoted"]), "gate": decision,
-        "report_dir": str(report_dir), "model_rmse": report["model_rmse"],
-        "persistence_rmse": report["persistence_rmse"], "current_rmse": report["current_rmse"],
-        "samples": totals, "best_epoch": validation.best_epoch, "epochs_run": epochs_run,
-        "train_seconds": round(fit_s, 2), "samples_per_s": round(epochs_run * steps * cfg_preset.batch_size * size
-                                                                   / fit_s, 1) if fit_s > 0 else None,
+        "report_dir": str(report_dir), **{k: report.get(k) for k in SUMMARY_KEYS},
+        "current_rmse": report.get("current_rmse"), "samples": totals, "best_epoch": validation.best_epoch,
+        "epochs_run": epochs_run, "train_seconds": round(fit_s, 2),
+        "samples_per_s": round(epochs_run * steps * cfg_preset.batch_size * size / fit_s, 1) if fit_s > 0 else None,
         "total_seconds": round(time.time() - t_start, 2),
     }
     out = args.out or settings.home / "runs" / run_id
     out.mkdir(parents=True, exist_ok=True)
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
-    log.info("model %s: test RMSE %.5f vs persistence %.5f; %s; report %s", version, report["model_rmse"],
-             report["persistence_rmse"], decision["reason"] if decision else "not gated", report_dir)
+    log.info("model %s: 80%% interval score %s vs calibrated baseline %s, coverage %s; RMSE %s vs persistence %s; "
+             "%s; report %s", version, report.get("interval_score_80"), report.get("baseline_interval_score_80"),
+             report.get("coverage_80"), report.get("model_rmse"), report.get("persistence_rmse"),
+             decision["reason"] if decision else "not gated", report_dir)
     print(json.dumps(result), flush=True)
     return 0
 

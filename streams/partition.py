@@ -1,0 +1,382 @@
+"""The inference job's executor side: one ``mapInPandas`` partition of window-ready events -> forecasts.
+Importable without pyspark (the Spark glue is ``streams/infer.py``; tests call :func:`infer_partition`
+directly against the real Redis).
+
+Per partition, with exactly two Redis round trips (pipelines of EVALSHA/HGETALL; scripts are loaded once
+per worker and reloaded only after a ``NOSCRIPT``):
+
+1. keep the newest event per ticker (older ones in the same batch are *superseded* by design, counted);
+2. **read** (one pipelined round trip): every ticker's stored rows plus the market ticker's
+   (``MINUTECAST_MARKET_TICKER``), and per ticker its online-calibration state ``ns:calib:{T}`` and the
+   history entries whose outcome it has not applied yet (:data:`READ_LUA`);
+3. build the windows with the shared window policy, market context included;
+4. catch each ticker's :class:`~minutecast.intervals.OnlineScale` up with the outcomes it can see
+   (:func:`streams.serving.catch_up`), call the model **once** on the whole partition for raw log quantiles
+   (no promoted model: the calibrated window-vol baseline, labelled ``persistence`` / ``baseline``; a
+   non-finite, crossing or absurd model row falls back to the baseline too, counted), and serve
+   ``state.apply(raw)``;
+5. **write** (one pipelined round trip, :data:`WRITE_LUA`): history write-once (HSETNX), the latest hash
+   forward only, the calibration state forward only (in ``through``), bounded history; the Kafka rows are
+   the values Redis kept, so a replayed batch republishes byte-identical forecasts and applies no outcome
+   twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import redis as redislib
+
+from minutecast.intervals import OnlineScale, baseline_log_quantiles
+from minutecast.keys import Keys
+from minutecast.registry import PERSISTENCE
+from minutecast.settings import RedisSettings
+from minutecast.window import HORIZON, C, checksum
+from streams.serving import (
+    catch_up,
+    check_outputs,
+    closes_by_minute,
+    dead_letter_row,
+    make_forecast,
+    prices_and_sigma,
+    reject_reason,
+)
+from streams.state import WindowRow, decode_row, windows_for
+
+log = logging.getLogger("minutecast.infer")
+
+# KEYS[1] calibration hash, KEYS[2] history hash; ARGV[1] as-of minute t, ARGV[2] horizon (s).
+# Returns {calibration hash as a flat list, {as-of, JSON, ...} of the history entries whose target minute
+# (as-of + horizon) is in (through, t]}: only the outcomes not yet applied travel, not the whole history.
+READ_LUA = """
+local st = redis.call('HGETALL', KEYS[1])
+local through = 0
+for i = 1, #st, 2 do if st[i] == 'through' then through = tonumber(st[i + 1]) end end
+local t, h = tonumber(ARGV[1]), tonumber(ARGV[2])
+local want = {}
+for _, f in ipairs(redis.call('HKEYS', KEYS[2])) do
+  local target = tonumber(f) + h
+  if target > through and target <= t then want[#want + 1] = f end
+end
+local out = {}
+if #want > 0 then
+  local vals = redis.call('HMGET', KEYS[2], unpack(want))
+  for i = 1, #want do out[#out + 1] = want[i]; out[#out + 1] = vals[i] end
+end
+return {st, out}
+"""
+
+# KEYS[1] latest hash, KEYS[2] history hash, KEYS[3] calibration hash.
+# ARGV[1] as-of minute, ARGV[2] Forecast JSON, ARGV[3] history length, ARGV[4] the state's `through`,
+# ARGV[5] log_s80, ARGV[6] log_s90 (Python repr: exact). History is write-once per as-of (HSETNX): a replay
+# keeps the first value and gets it back. The latest hash only moves forward in as_of and holds the stored
+# JSON plus copies of three of its numbers *as the JSON spells them* (one encoder: json.dumps; whether
+# written now or restored from history after the hash was lost). The calibration state only moves forward
+# in `through`. Returns {1 if written now else 0, the stored JSON}.
+WRITE_LUA = r"""
+local asof = tonumber(ARGV[1])
+local new = redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2])
+local stored = ARGV[2]
+if new == 0 then stored = redis.call('HGET', KEYS[2], ARGV[1]) end
+local cur = tonumber(redis.call('HGET', KEYS[1], 'as_of') or '-1')
+if asof > cur then
+  local function num(name)
+    return string.match(stored, '"' .. name .. '":(%-?%d[%d%.eE%+%-]*)') or ''
+  end
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], 'json', stored, 'as_of', num('as_of'), 'predicted_close', num('predicted_close'),
+             'forecast_at', num('forecast_at'))
+end
+if tonumber(ARGV[4]) > tonumber(redis.call('HGET', KEYS[3], 'through') or '0') then
+  redis.call('HSET', KEYS[3], 'log_s80', ARGV[5], 'log_s90', ARGV[6], 'through', ARGV[4])
+end
+local n = tonumber(ARGV[3])
+if redis.call('HLEN', KEYS[2]) > n then
+  local fields = redis.call('HKEYS', KEYS[2])
+  table.sort(fields, function(a, b) return tonumber(a) < tonumber(b) end)
+  for i = 1, #fields - n do redis.call('HDEL', KEYS[2], fields[i]) end
+end
+return {new, stored}
+"""
+
+# Counters infer_partition reports (names of the stats accumulator's keys), per window-ready event.
+COUNTS = ("events", "superseded_batch", "superseded_state", "dead_letter", "forecasts", "replayed",
+          "checksum_mismatch", "model_error", "non_finite", "crossing", "out_of_range")
+# Other counters: calibration outcomes applied and Redis round trips made (2 per partition unless a
+# script had to be reloaded).
+SERVING_COUNTS = ("outcomes", "redis_roundtrips")
+# Milliseconds summed over the batch's partitions: Redis read, window building (and calibration catch-up),
+# model (re)load when the promoted version changed (incl. the first TensorFlow import of a worker), the
+# model call (and the intervals), Redis writes.
+PHASES = ("redis_read_ms", "build_ms", "model_load_ms", "model_ms", "write_ms")
+
+
+@dataclass(frozen=True)
+class JobConf:
+    """What executors need, shipped inside each task (executors do not read the driver's env)."""
+
+    namespace: str
+    models_dir: str
+    history_len: int
+    redis: RedisSettings = field(compare=False)
+    forecasts_topic: str
+    deadletter_topic: str
+    ready_topic: str
+    market_ticker: str  # settings.market_ticker: whose rows are every window's market context
+
+    @property
+    def cache_key(self) -> tuple[str, str]:
+        return (self.namespace, self.models_dir)
+
+
+class _Context:
+    """Redis client, Lua scripts and the cached model of one executor Python process."""
+
+    RETRY_FAILED_S = 60.0  # a model version that failed to load is retried after this long
+
+    def __init__(self, conf: JobConf) -> None:
+        from minutecast.redis import connect
+
+        self.conf = conf
+        self.keys = Keys(conf.namespace)
+        self.redis = connect(conf.redis)
+        self.scripts: dict[str, str] = {}  # Lua source -> sha
+        self._load_scripts()
+        self.model: Any = None  # minutecast.registry.ServingModel once one is promoted and loaded
+        self.failed: tuple[str, float] | None = None  # (version, monotonic time) of the last failed load
+
+    def _load_scripts(self) -> None:
+        self.scripts = {src: self.redis.script_load(src) for src in (READ_LUA, WRITE_LUA)}
+
+    def execute(self, build: Callable[[Any], None]) -> tuple[list[Any], int]:
+        """Run the commands ``build(pipe)`` queues as one pipelined round trip; returns (results, round
+        trips). EVALSHA without redis-py's per-execute SCRIPT EXISTS; after a NOSCRIPT (Redis restarted)
+        the scripts are loaded again and the pipeline re-run (every command here is idempotent)."""
+        trips = 0
+        for _ in range(3):
+            pipe = self.redis.pipeline(transaction=False)
+            build(pipe)
+            results = pipe.execute(raise_on_error=False)
+            trips += 1
+            if any(isinstance(r, redislib.exceptions.NoScriptError) for r in results):
+                self._load_scripts()
+                trips += 1
+                continue
+            for r in results:
+                if isinstance(r, Exception):
+                    raise r
+            return results, trips
+        raise redislib.exceptions.NoScriptError("Lua scripts vanished again right after loading")
+
+    def serving_model(self) -> Any:
+        """The promoted model (reloaded when CURRENT changes), or None for persistence.
+
+        One cheap read of the registry's CURRENT file per call; a version that fails to load keeps the
+        previous model serving (and is logged), retried after :attr:`RETRY_FAILED_S`.
+        """
+        from minutecast.registry import Registry
+
+        registry = Registry(Path(self.conf.models_dir))
+        version = registry.current_version()
+        if version is None:
+            self.model = None
+            return None
+        if self.model is not None and self.model.version == version:
+            return self.model
+        if self.failed and self.failed[0] == version and time.monotonic() - self.failed[1] < self.RETRY_FAILED_S:
+            return self.model
+        try:
+            t0 = time.perf_counter()
+            model = registry.load(version)
+            log.warning("loaded model %s (%s) in %.1f s", version, model.kind, time.perf_counter() - t0)
+            self.model, self.failed = model, None
+        except Exception as exc:  # noqa: BLE001 - any failure keeps the old model serving
+            log.error("model %s failed to load, keeping %s: %s", version,
+                      self.model.version if self.model is not None else PERSISTENCE, exc)
+            self.failed = (version, time.monotonic())
+        return self.model
+
+    def baseline_scale(self) -> tuple[float, float]:
+        """(c80, c90) of the calibrated window-vol baseline (one small file read; (1, 1) before training)."""
+        from minutecast.registry import Registry
+
+        return Registry(Path(self.conf.models_dir)).baseline_scale()
+
+
+_CONTEXTS: dict[tuple[str, str], _Context] = {}
+
+
+def _context(conf: JobConf) -> _Context:
+    ctx = _CONTEXTS.get(conf.cache_key)
+    if ctx is None:
+        ctx = _CONTEXTS[conf.cache_key] = _Context(conf)
+    return ctx
+
+
+def _text(x: bytes | str) -> str:
+    return x.decode() if isinstance(x, bytes) else x
+
+
+def read_partition(ctx: _Context, tickers: list[str], minutes: list[int]) -> tuple[
+        dict[str, list[WindowRow]], dict[str, OnlineScale], dict[str, dict[int, bytes]], int]:
+    """One pipelined round trip: stored rows of ``tickers`` and the market ticker, each ticker's
+    calibration state and its history entries due at its as-of minute. Returns (rows by ticker incl. the
+    market's, states, due history {as-of: JSON} by ticker, round trips)."""
+    market = ctx.conf.market_ticker
+    window_tickers = list(dict.fromkeys([*tickers, market]))
+    read_sha = ctx.scripts[READ_LUA]
+
+    def build(pipe: Any) -> None:
+        for t in window_tickers:
+            pipe.hgetall(ctx.keys.window(t))
+        for t, m in zip(tickers, minutes, strict=True):
+            pipe.evalsha(read_sha, 2, ctx.keys.calibration(t), ctx.keys.forecast_history(t), m, 60 * HORIZON)
+
+    results, trips = ctx.execute(build)
+    # Decoded with the window store's own row format (streams.state.decode_row), sorted by minute.
+    rows = {t: sorted(decode_row(k, v) for k, v in h.items()) for t, h in zip(window_tickers, results, strict=False)}
+    states: dict[str, OnlineScale] = {}
+    due: dict[str, dict[int, bytes]] = {}
+    for t, (st, hist) in zip(tickers, results[len(window_tickers):], strict=True):
+        states[t] = OnlineScale.from_dict({_text(st[i]): _text(st[i + 1]) for i in range(0, len(st), 2)})
+        due[t] = {int(hist[i]): hist[i + 1] for i in range(0, len(hist), 2) if hist[i + 1] is not None}
+    return rows, states, due, trips
+
+
+def infer_partition(conf: JobConf, stats: Any, latencies: Any,
+                    batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    """``mapInPandas`` body: every window-ready event of one partition -> forecast rows (see module doc).
+
+    ``stats``/``latencies`` are accumulators (anything with ``add``): counters of :data:`COUNTS`,
+    :data:`SERVING_COUNTS` and :data:`PHASES`, ``model:<version>`` counts, and ``forecast_at -
+    published_at`` of new forecasts (s).
+    """
+    frames = [b for b in batches if len(b)]
+    if not frames:
+        return
+    events = pd.concat(frames, ignore_index=True)
+    counts: dict[str, float] = defaultdict(float, events=len(events))
+    out_rows: list[tuple[str, str | None, str]] = []
+    ctx = _context(conf)
+
+    good_idx = []
+    for i, row in enumerate(events.itertuples(index=False)):
+        why = reject_reason(row)
+        if why is None:
+            good_idx.append(i)
+        else:
+            out_rows.append(dead_letter_row(conf.deadletter_topic, conf.ready_topic, row, *why))
+            counts["dead_letter"] += 1
+    good = events.iloc[good_idx]
+    # Newest event per ticker (a re-announced minute: the later ready_at); the rest are superseded.
+    good = good.sort_values(["minute", "ready_at", "offset"]).drop_duplicates("ticker", keep="last")
+    counts["superseded_batch"] += len(good_idx) - len(good)
+    events_ = list(good.itertuples(index=False))
+    tickers, minutes = [str(r.ticker) for r in events_], [int(r.minute) for r in events_]
+
+    t0 = time.perf_counter()
+    stored, states, due, trips = read_partition(ctx, tickers, minutes) if events_ else ({}, {}, {}, 0)
+    counts["redis_roundtrips"] += trips
+    t1 = time.perf_counter()
+    built = windows_for([stored.get(t) or [] for t in tickers], minutes, stored.get(conf.market_ticker))
+    kept: list[Any] = []
+    values: list[np.ndarray] = []
+    for row, t, minute, w in zip(events_, tickers, minutes, built, strict=True):
+        series = stored.get(t) or []
+        if w is None:
+            if series and series[-1].minute > minute:
+                counts["superseded_state"] += 1  # the state moved on; a newer event follows
+            else:
+                detail = f"no ready window at {minute} in Redis"
+                out_rows.append(dead_letter_row(conf.deadletter_topic, conf.ready_topic, row, "window_missing", detail))
+                counts["dead_letter"] += 1
+            continue
+        if isinstance(row.checksum, str) and checksum(w) != row.checksum:
+            counts["checksum_mismatch"] += 1  # a late bar changed the window since it was announced
+        counts["outcomes"] += catch_up(states[t], due[t], closes_by_minute(series), minute)
+        kept.append(row)
+        values.append(w)
+    t2 = time.perf_counter()
+
+    if kept:
+        windows = np.stack(values)  # (N, WINDOW, N_COLUMNS) raw windows incl. market context
+        last_close = windows[:, -1, C]
+        model = ctx.serving_model()
+        t_model = time.perf_counter()
+        raw = np.zeros((len(kept), 5))
+        use_model = np.zeros(len(kept), dtype=bool)
+        if model is not None:
+            try:  # one compiled call for the whole partition
+                raw = np.asarray(model.predict_log_quantiles(windows), dtype=np.float64)
+                bad = check_outputs(raw)
+                for name, mask in bad.items():
+                    counts[name] += float(mask.sum())
+                use_model = ~np.logical_or.reduce(list(bad.values()))
+            except Exception as exc:  # noqa: BLE001 - serve the (labelled) baseline rather than nothing
+                log.error("model %s failed on %d windows, serving the baseline: %s", model.version, len(kept), exc)
+                counts["model_error"] += len(kept)
+                raw, use_model = np.zeros((len(kept), 5)), np.zeros(len(kept), dtype=bool)
+        if not use_model.all():
+            raw[~use_model] = baseline_log_quantiles(windows[~use_model], ctx.baseline_scale())
+        states_ = [states[str(row.ticker)] for row in kept]
+        served = np.stack([st.apply(q) for st, q in zip(states_, raw, strict=True)])  # per-ticker calibration
+        prices, sigmas = prices_and_sigma(last_close, served)
+        forecast_at = time.time()
+        forecasts = [
+            make_forecast(ticker=str(row.ticker), as_of=int(row.minute), last_close=float(c), prices=q, sigma=sg,
+                          state=st, model_version=model.version if by_model else PERSISTENCE,
+                          model_kind=model.kind if by_model else PERSISTENCE,
+                          interval_kind="lstm" if by_model else "baseline",
+                          published_at=None if row.published_at != row.published_at else float(row.published_at),
+                          window_ready_at=float(row.ready_at), forecast_at=forecast_at)
+            for row, c, q, sg, st, by_model in zip(kept, last_close, prices, sigmas, states_, use_model, strict=True)]
+        t3 = time.perf_counter()
+        write_sha = ctx.scripts[WRITE_LUA]
+
+        def build(pipe: Any) -> None:
+            for f in forecasts:
+                st = states[f.ticker]
+                pipe.evalsha(write_sha, 3, ctx.keys.forecast(f.ticker), ctx.keys.forecast_history(f.ticker),
+                             ctx.keys.calibration(f.ticker), f.as_of, f.to_json(), conf.history_len, st.through,
+                             repr(st.log_s80), repr(st.log_s90))
+
+        results, trips = ctx.execute(build)
+        counts["redis_roundtrips"] += trips
+        t4 = time.perf_counter()
+        lat: list[float] = []
+        for f, (new, js) in zip(forecasts, results, strict=True):
+            out_rows.append((conf.forecasts_topic, f.ticker, _text(js)))
+            if new:
+                counts["forecasts"] += 1
+                if f.published_at is not None:
+                    lat.append(f.forecast_at - f.published_at)
+            else:
+                counts["replayed"] += 1
+        for f in forecasts:
+            counts[f"model:{f.model_version}"] += 1
+        counts["model_load_ms"] += round((t_model - t2) * 1000, 3)
+        counts["model_ms"] += round((t3 - t_model) * 1000, 3)
+        counts["write_ms"] += round((t4 - t3) * 1000, 3)
+        latencies.add(lat)
+    counts["redis_read_ms"] += round((t1 - t0) * 1000, 3)
+    counts["build_ms"] += round((t2 - t1) * 1000, 3)
+    stats.add(dict(counts))
+    if out_rows:
+        yield pd.DataFrame(out_rows, columns=["topic", "key", "value"])
+
+
+def warm_partition(conf: JobConf, batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    """``mapInPandas`` body of the start-up job: open Redis and load the promoted model in this worker."""
+    for _ in batches:
+        pass
+    ctx = _context(conf)
+    model = ctx.serving_model()
+    yield pd.DataFrame({"version": [model.version if model is not None else PERSISTENCE]})
