@@ -6,7 +6,7 @@
     minutecast bench --quick --readme # also regenerate README.md's Performance section
 
 Each benchmark also runs alone: ``python -m benchmarks.NAME [--quick]`` (NAME = ingest, state, inference,
-e2e, training). Targets are goals measured here, never test assertions: the exit status is 0 when every
+e2e, training, api). Targets are goals measured here, never test assertions: the exit status is 0 when every
 benchmark ran and emitted its JSON, whether or not its targets were met.
 """
 

@@ -58,6 +58,7 @@ BENCHES: tuple[Bench, ...] = (
     # The issue's "no growing backlog at 10k bars/s replay": 90 accelerated minutes at 10k bars/s.
     Bench("e2e_10k", "e2e", 300, 600, full_args=("--bars-per-s", "10000"), full_only=True),
     Bench("training", "training", 300, 900),
+    Bench("api", "api", 150, 300),
 )
 
 # The names each benchmark's JSON must carry (issue 9). ``gpu_epoch_s`` only matters on a GPU.
@@ -69,6 +70,7 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "training": ("samples_per_s_1rank", "samples_per_s_2ranks", "scaling", "gpu_epoch_s"),
 }
 REQUIRED["e2e_10k"] = REQUIRED["e2e"]
+REQUIRED["api"] = ("forecast_one_p99_ms", "forecasts_all_p99_ms", "tickers", "sse_clients", "sse_p99_ms")
 
 RSS_SERVICES = ("producer", "faust_worker", "spark_driver_jvm_python_workers", "redis", "kafka")
 RSS_LABELS = {  # Redis and Kafka are the shared servers: their RSS includes everything else they hold
@@ -122,6 +124,11 @@ FIGURES: tuple[Figure, ...] = (
            "samples/s", "samples_per_s_1rank", "1 rank"),
     Figure("training epoch of 1M samples on GPU (batch 2048)", "training", "gpu_epoch_s", "s",
            seed="149 s at batch 32 on a Tesla M60 (~5 s at batch 2048)", target=("<", 5)),
+    # Issue 15; anchor: Feast's Redis online store reports p99 < 1.5 ms per entity.
+    Figure("API: GET /api/forecasts/{ticker} p99", "api", "forecast_one_p99_ms", "ms", target=("<", 5)),
+    Figure("API: GET /api/forecasts (503 tickers) p99", "api", "forecasts_all_p99_ms", "ms", target=("<", 20)),
+    Figure("API: forecast on the topic -> SSE client p99 (50 clients)", "api", "sse_p99_ms", "ms",
+           target=("<", 100)),
 )
 
 

@@ -2,6 +2,7 @@
 
     minutecast produce --source replay --path ../shared/data/bars-1m --speed 0          # as fast as possible
     minutecast produce --source replay --path ../shared/data/bars-1m --speed 60 --shift-to-now
+    minutecast produce --source replay --path ../shared/data/bars-1m --as-if-live --speed 60   # what `make run` runs
     minutecast produce --source synthetic --tickers-count 5000 --minutes 390 --seed 7 --processes 2
     minutecast produce --source yfinance --backfill-days 7 --live                       # S&P 500
     minutecast produce --source yfinance --tickers AAPL,MSFT --live --processes 2
@@ -35,9 +36,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, help="stop after about this many bars (split across processes)")
     r = p.add_argument_group("replay")
     r.add_argument("--path", type=Path, help="a CSV/.csv.gz/Parquet file or a directory of <TICKER>.csv.gz")
-    r.add_argument("--speed", type=float, default=0.0, help="x real time between minutes; 0 = as fast as possible")
+    r.add_argument("--speed", type=float, default=None,
+                   help="x real time between minutes; 0 = as fast as possible (default; --as-if-live: 60, one "
+                        "market minute per second)")
     r.add_argument("--shift-to-now", action="store_true",
                    help="move all timestamps by whole minutes so the last bar is the last completed minute")
+    r.add_argument("--as-if-live", action="store_true",
+                   help="history fast, then the last --live-sessions at --speed shifted towards now, looping "
+                        "forward in time until stopped (see producers/live.py)")
+    r.add_argument("--live-sessions", type=int, default=1, help="--as-if-live: sessions played at pace (default 1)")
+    r.add_argument("--lead-days", type=float, default=28.0,
+                   help="--as-if-live: the live part starts this many days before now (the budget of a pace "
+                        "above real time; bars are never in the future)")
     r.add_argument("--no-resume", action="store_true",
                    help="replay from scratch instead of skipping minutes at or below each ticker's Redis watermark")
     s = p.add_argument_group("synthetic")
@@ -110,6 +120,13 @@ def _replay(args: argparse.Namespace, pub: Any, tickers: list[str] | None, limit
 
         raise ConfigError("--source replay needs --path (a file or a directory)")
     frame = replay.load(args.path, tickers, limit)
+    if getattr(args, "as_if_live", False):
+        from minutecast.redis import wait_for_redis
+        from producers.live import run_live
+
+        run_live(pub, frame, wait_for_redis(pub.s.redis), sessions=args.live_sessions, speed=args.speed,
+                 lead_days=args.lead_days, resume=not args.no_resume)
+        return
     if args.shift_to_now:
         frame = replay.shift_to_now(frame)
     resume = None
@@ -177,6 +194,8 @@ def run(args: argparse.Namespace) -> int:
     from producers.parallel import run_sharded
     from producers.publisher import Stats
 
+    if args.speed is None:
+        args.speed = 60.0 if getattr(args, "as_if_live", False) else 0.0
     tickers = _universe(args)
     if args.source == "replay" and args.processes > 1 and tickers is None:
         if args.path is None:

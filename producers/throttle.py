@@ -20,11 +20,11 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class RateLimited(Exception):
+class RateLimited(ServiceUnavailable):
     """Yahoo answered "Too Many Requests" (yfinance swallows YFRateLimitError inside yf.download)."""
 
 
-class NetworkError(Exception):
+class NetworkError(ServiceUnavailable):
     """A request failed on the network (timeout, connection refused, DNS...)."""
 
 

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 import numpy as np
 import pandas as pd
 
-from minutecast.errors import ServiceUnavailable
+from minutecast.errors import ConfigError, ServiceUnavailable
 from minutecast.keys import Keys
 from minutecast.window import SESSION_TZ
 from producers.bars import COLUMNS, PRICES, empty_frame, sort_events
@@ -61,7 +61,7 @@ def frame_to_bars(df: pd.DataFrame | None, ticker: str | None = None) -> pd.Data
         long = long.reset_index()
     else:
         if ticker is None:
-            raise ValueError("a single-ticker frame needs its ticker")
+            raise ConfigError("a single-ticker frame needs its ticker")
         long = frame.reset_index()
         long["ticker"] = ticker
     long.columns = [str(c).lower() for c in long.columns]

@@ -1,0 +1,1 @@
+"""``minutecast serve``: the read-only HTTP API (FastAPI) and the live dashboard."""
