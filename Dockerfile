@@ -1,10 +1,11 @@
-# The minutecast image: every minutecast service (producer, Faust worker, Spark job, trainer) and the CLI.
+# The minutecast image: every minutecast service (producer, Faust worker, Spark job, trainer, web) and the CLI.
 #
 #   docker build -t minutecast:0.1.0 .                      # or: docker compose build
 #   docker build -t minutecast:0.1.0-gpu --build-arg TF_PACKAGE='tensorflow[and-cuda]==2.15.1' .
 #   docker run --rm minutecast:0.1.0 --help
 #
-# Stages: `jars` fetches Spark's Kafka connector with Maven (versions from infra/maven/spark-pom.xml);
+# Stages: `jars` fetches Spark's Kafka connector with Maven (versions from infra/maven/spark-pom.xml); `web`
+# vendors the dashboard's chart library with npm (web/package-lock.json);
 # `build` installs the pinned Python packages from pyproject.toml into /opt/venv and builds horovod from
 # source against them (Gloo, TensorFlow; no MPI), then the project itself; the final stage is Python 3.11
 # with Java 17 (Spark), the venv and the jars, running as a non-root user. No compilers in it.
@@ -27,6 +28,15 @@ RUN version=$(sed -n 's:.*<spark.version>\([^<]*\)</spark.version>.*:\1:p' /src/
       dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="/cache/jars/spark-kafka-$version" \
  && ls "/cache/jars/spark-kafka-$version/"spark-sql-kafka-*.jar \
  && rm -rf /root/.m2
+
+# ---- the dashboard's browser libraries (uPlot, swagger-ui), pinned in web/package-lock.json ----------------
+# Debian's npm in a throwaway stage; only the vendored files go on (nothing is loaded from a CDN at run time).
+FROM ${PYTHON_IMAGE} AS web
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends npm \
+ && rm -rf /var/lib/apt/lists/*
+COPY web/package.json web/package-lock.json web/vendor.sh /src/web/
+RUN bash /src/web/vendor.sh && ls /src/web/static/vendor/uPlot.iife.min.js
 
 # ---- Python packages and horovod ---------------------------------------------------------------------
 FROM ${PYTHON_IMAGE} AS build
@@ -58,6 +68,8 @@ COPY producers/ /src/producers/
 COPY streams/ /src/streams/
 COPY training/ /src/training/
 COPY benchmarks/ /src/benchmarks/
+COPY web/ /src/web/
+COPY --from=web /src/web/static/vendor/ /src/web/static/vendor/
 RUN pip install --no-deps /src \
  && find /opt/venv -name '__pycache__' -type d -prune -exec rm -rf {} +
 

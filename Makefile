@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export PYSPARK_PYTHON := $(PY)
 export PYSPARK_DRIVER_PYTHON := $(PY)
 
-.PHONY: help setup run test test-fast lint typecheck bench bench-quick infra-up infra-down infra-status compose-test clean
+.PHONY: help setup run serve test test-fast lint typecheck bench bench-quick infra-up infra-down infra-status compose-test clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -16,8 +16,11 @@ setup: ## install everything missing (apt packages, venv, horovod, Maven jars)
 # Recorded bars to replay when Yahoo does not answer (machines without internet).
 REPLAY_DATA ?= $(or $(MINUTECAST_REPLAY_DATA),$(wildcard $(CURDIR)/../shared/data/bars-1m))
 
-run: setup ## set up, start Kafka + Redis and run the whole pipeline (Ctrl-C stops it)
+run: setup ## set up, start Kafka + Redis, run the whole pipeline and the dashboard (Ctrl-C stops it)
 	@MINUTECAST_REPLAY_DATA="$(REPLAY_DATA)" $(VENV)/bin/minutecast run
+
+serve: ## the dashboard and HTTP API alone, on http://127.0.0.1:8080/ (`make run` starts it too)
+	@$(VENV)/bin/minutecast serve
 
 test: setup ## set up, start the real services and run lint + the whole test suite
 	@$(VENV)/bin/ruff check .

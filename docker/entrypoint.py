@@ -21,7 +21,7 @@ from collections.abc import Sequence
 WAIT_S = 300.0  # a cold KRaft broker on a small machine takes about a minute
 # Subcommands that need the brokers (see minutecast/cli.py SUBCOMMANDS); the rest start at once.
 NEEDS_SERVICES = frozenset(
-    {"produce", "stream", "streams", "infer", "train", "evaluate", "forecast", "watch", "status"}
+    {"produce", "stream", "streams", "infer", "train", "evaluate", "forecast", "watch", "status", "serve"}
 )
 
 log = logging.getLogger("minutecast.entrypoint")

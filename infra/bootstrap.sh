@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything minutecast needs on a fresh Debian machine; idempotent and quick on repeats.
 #   bash infra/bootstrap.sh        (what `make setup` runs)
-# System packages (Java 17, Maven, redis-server, cmake, a C++ compiler) come from apt when missing;
+# System packages (Java 17, Maven, redis-server, cmake, a C++ compiler, npm, chromium) come from apt when missing;
 # Python packages go into a virtualenv under the cache ($MINUTECAST_CACHE, default ~/.cache/minutecast);
 # horovod is built from source against the pinned TensorFlow; Maven jars land in the cache too.
 set -euo pipefail
@@ -16,6 +16,8 @@ command -v mvn >/dev/null || missing+=(maven)
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v cmake >/dev/null || missing+=(cmake)
 command -v g++ >/dev/null || missing+=(g++)
+command -v npm >/dev/null || missing+=(npm)            # vendors the dashboard's chart library (web/vendor.sh)
+command -v chromium >/dev/null || missing+=(chromium)  # headless browser of the dashboard test
 if [ ${#missing[@]} -gt 0 ]; then
   log "installing system packages: ${missing[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -46,6 +48,8 @@ if ! "$VENV/bin/python" -c 'import horovod.tensorflow' 2>/dev/null; then
   HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 HOROVOD_WITHOUT_PYTORCH=1 \
   HOROVOD_WITHOUT_MXNET=1 "$VENV/bin/pip" install -q --no-build-isolation --no-cache-dir "horovod==0.28.1"
 fi
+log "vendoring the dashboard's browser libraries (npm ci, web/package-lock.json) into web/static/vendor"
+bash web/vendor.sh
 log "fetching Maven jars (Kafka broker, Spark Kafka connector) into $CACHE/jars"
 MINUTECAST_CACHE="$CACHE" "$VENV/bin/minutecast" infra fetch >/dev/null
 log "ready: $VENV"

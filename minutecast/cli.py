@@ -15,6 +15,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
+import pydantic
+
 from minutecast.errors import MinutecastError
 
 # name -> (module, one-line help). Modules that are not there yet are left out of --help.
@@ -25,12 +27,13 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "streams": ("streams.admin_cli", "window-state maintenance (rebuild from Kafka)"),
     "infer": ("streams.infer_cli", "run the Spark structured-streaming inference job"),
     "train": ("training.cli", "train, evaluate and promote a model (once or periodically)"),
-    "evaluate": ("training.evaluate_cli", "evaluate a model against persistence on recorded bars"),
+    "evaluate": ("training.evaluate_cli", "evaluate a model's intervals and median against the baselines on bars"),
     "run": ("minutecast.run", "run the whole pipeline locally (services, producer, workers, trainer)"),
     "forecast": ("minutecast.lookup", "print the latest forecast of tickers from Redis"),
     "watch": ("minutecast.watch", "live table of forecasts from the forecasts topic"),
     "status": ("minutecast.status", "services, consumer lag, rates, model version, dead letters"),
     "report": ("minutecast.report", "print the latest evaluation report"),
+    "serve": ("web.cli", "the HTTP API and live dashboard (FastAPI, Server-Sent Events)"),
     "bench": ("benchmarks.cli", "run the benchmark suite and write benchmarks/results"),
 }
 
@@ -46,7 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
             if exc.name and module_name.startswith(exc.name):
                 continue  # component not built (yet)
             raise
-        p = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip())
+        # Raw formatting: a module docstring opens with its exact launch commands, which must stay one per line.
+        p = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip(),
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
     return parser
@@ -64,6 +69,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args._run(args) or 0)
     except MinutecastError as exc:
         print(f"minutecast {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except pydantic.ValidationError as exc:  # a bad MINUTECAST_* value: one line per field, no traceback
+        for err in exc.errors():
+            field = "_".join(str(p) for p in err.get("loc", ()))
+            print(f"minutecast {args.command}: MINUTECAST_{field.upper()}: {err.get('msg')}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

@@ -19,13 +19,18 @@ class InfraError(MinutecastError):
     """Local services could not be set up or started (port taken, Java missing, ...)."""
 
 
-class ValidationError(MinutecastError):
-    """A message failed its schema. ``reason`` is a stable machine-readable code for dead letters."""
+class Rejected(MinutecastError):
+    """A message failed its schema. ``reason`` is a stable machine-readable code for dead letters
+    (one of :data:`minutecast.schemas.REASONS`). Every decoder raises only this (or returns a value)."""
 
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
         self.reason = reason
         self.detail = detail
+
+
+# The old name, kept for existing imports: it shared its name with pydantic's ValidationError (issue 19).
+ValidationError = Rejected
 
 
 class DeliveryError(MinutecastError):

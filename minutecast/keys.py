@@ -6,17 +6,28 @@ Layout (``ns`` = ``MINUTECAST_NAMESPACE``; ``{T}`` = ticker):
 key                            type     content
 =============================  =======  =============================================================
 ``ns:win:{T}``                 hash     field = bar minute (epoch seconds), value = ``"o h l c v p"``
-                                        (open high low close volume published-at); last
-                                        ``window.RETAIN`` minutes; TTL ``window_ttl_s``
+                                        (open high low close volume published-at); the
+                                        newest ``window.RETAIN`` bars (a count: they may span
+                                        an overnight gap or a weekend); TTL ``window_ttl_s``
+                                        (5 days: outlasts a long weekend)
 ``ns:winmeta:{T}``             hash     ``max`` newest minute, ``ready`` last minute announced ready,
                                         ``sum`` its checksum; same TTL as ``ns:win:{T}``
-``ns:fc:{T}``                  hash     the latest forecast (Forecast fields); only moves forward
-``ns:fchist:{T}``              hash     field = as-of minute, value = Forecast JSON; bounded
+``ns:fc:{T}``                  hash     the latest forecast: ``json`` = Forecast JSON, plus copies of its
+                                        ``as_of``, ``predicted_close`` and ``forecast_at`` (the JSON's own
+                                        number text); only moves forward
+``ns:fchist:{T}``              hash     field = as-of minute, value = Forecast JSON (write-once); bounded
+``ns:calib:{T}``               hash     the ticker's online interval calibration
+                                        (``intervals.OnlineScale.to_dict()``: ``log_s80``, ``log_s90``,
+                                        ``through`` = newest target minute applied); only moves forward
 ``ns:stats``                   hash     counters (bars in, late, dead-lettered, ...); the window store
                                         writes ``stream_bars``, ``stream_new``, ``stream_dup``,
                                         ``stream_late``, ``stream_conflict``, ``stream_roundtrips``,
-                                        ``stream_messages`` (a rebuild: the same as ``rebuild_*``)
+                                        ``stream_messages`` (a rebuild: the same as ``rebuild_*``);
+                                        the worker also writes ``stream_stalled_since``,
+                                        ``stream_stall_reason``, ``stream_fatal``
 ``ns:producer:wm:{T}``         string   the newest minute the yfinance producer published
+``ns:producer:replay``         hash     a live replay's timeline: ``base`` shift, ``fingerprint``, ``phase``,
+                                        ``copy``, ``speed``, ``market_minute``, ``updated_at``
 =============================  =======  =============================================================
 """
 
@@ -41,11 +52,17 @@ class Keys:
     def forecast_history(self, ticker: str) -> str:
         return f"{self.namespace}:fchist:{ticker}"
 
+    def calibration(self, ticker: str) -> str:
+        return f"{self.namespace}:calib:{ticker}"
+
     def stats(self) -> str:
         return f"{self.namespace}:stats"
 
     def producer_watermark(self, ticker: str) -> str:
         return f"{self.namespace}:producer:wm:{ticker}"
+
+    def replay_state(self) -> str:
+        return f"{self.namespace}:producer:replay"
 
     def namespace_pattern(self) -> str:
         """Every key of this namespace (tests and clean-up delete exactly these, never FLUSHDB)."""

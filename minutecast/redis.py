@@ -26,6 +26,24 @@ def connect(rs: RedisSettings, **kwargs: object) -> redislib.Redis:
     )
 
 
+def connect_async(rs: RedisSettings, **kwargs: object) -> redislib.asyncio.Redis:
+    """An asyncio client for ``rs`` (the web server's), with the same settings as :func:`connect`."""
+    import redis.asyncio as aioredis
+
+    if rs.password is None:
+        raise ConfigError("Redis password missing: set MINUTECAST_REDIS_PASSWORD or run `minutecast infra up`")
+    return aioredis.Redis(
+        host=rs.host,
+        port=rs.port,
+        db=rs.db,
+        password=rs.password.get_secret_value(),
+        socket_timeout=10,
+        socket_connect_timeout=5,
+        health_check_interval=30,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
 def wait_for_redis(rs: RedisSettings, timeout_s: float = 30.0) -> redislib.Redis:
     """Block until Redis answers PING with our password, or raise :class:`ServiceUnavailable`."""
     deadline = time.monotonic() + timeout_s

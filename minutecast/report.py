@@ -1,4 +1,5 @@
-"""Print (or open) the latest evaluation report: the model beside the persistence baseline.
+"""Print (or open) the latest evaluation report: the served intervals beside the window-vol baselines, the
+median beside persistence (coverage, interval scores, Diebold-Mariano, reliability diagram, fan charts).
 
     minutecast report                 # the Markdown report of the latest training run
     minutecast report --json          # its report.json

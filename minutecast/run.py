@@ -1,80 +1,57 @@
 """Run the whole pipeline on this machine, without Docker: Kafka, Redis, producer, Faust worker,
-Spark inference job and trainer, as supervised processes with one log per service.
+Spark inference job, trainer and the web dashboard, as supervised processes with one log per service.
 
     minutecast run                                   # what `make run` starts
-    minutecast run --source replay --replay-data ../shared/data/bars-1m
+    minutecast run --source replay --replay-data ../shared/data/bars-1m --speed 120
     minutecast run --for 600 --until-forecasts 20    # stop by itself (tests, demos)
 
 Source: live yfinance for the S&P 500 when Yahoo answers; otherwise (it says so in one line) a replay of
 the recorded bars that ``MINUTECAST_REPLAY_DATA`` / ``--replay-data`` points at, else the synthetic
-source. Until a model is promoted the Spark job serves the persistence baseline (labelled so); the
-trainer trains a first model on what is in Kafka once the replay is in, then retrains every hour.
-Ctrl-C stops everything cleanly; a second run resumes (Faust offsets, Spark checkpoint, registry).
-Logs: ``<home>/logs/<service>.log``.
+source. The replay runs *as if live* (``producers/live.py``): the history fast, then the last
+``--live-sessions`` (default 1) at ``--speed`` x real time (default 60: one market minute per second), shifted
+towards now and looping forward in time, so forecasts keep coming; ``--live-sessions 0`` replays the files
+once, unshifted. Until a model is promoted the Spark job serves the persistence baseline (labelled so); the
+trainer trains a first model on what is in Kafka once the history is in, then retrains every hour.
+``minutecast serve`` runs beside them (the dashboard's URL is printed; ``--no-serve`` leaves it out).
+Ctrl-C stops everything cleanly, and no service outlives the run however it ends (``minutecast/supervisor.py``);
+a second run of the same namespace is refused while one runs; a later run resumes (Faust offsets, Spark
+checkpoint, registry, replay timeline). Logs: ``<home>/logs/<service>.log``.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import signal
-import subprocess
-import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-MAX_RESTARTS = 5  # a service that dies this often in a row is given up on (and the run fails)
+from minutecast.supervisor import FAKE_SERVICE, Screen, Service, claim
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--source", choices=["auto", "yfinance", "replay", "synthetic"], default="auto")
     p.add_argument("--replay-data", type=Path, default=os.environ.get("MINUTECAST_REPLAY_DATA"),
                    help="recorded bars for the replay source (default: $MINUTECAST_REPLAY_DATA)")
-    p.add_argument("--speed", type=float, default=0.0, help="replay speed, x real time (0: as fast as possible)")
+    p.add_argument("--speed", type=float, default=None,
+                   help="replay pace, x real time (default 60 as if live; with --live-sessions 0: as fast as possible)")
+    p.add_argument("--live-sessions", type=int, default=1,
+                   help="replay: sessions played at --speed after the history (0: replay the files once, unshifted)")
+    p.add_argument("--lead-days", type=float, default=28.0, help="replay: the live part starts this long before now")
+    p.add_argument("--no-serve", action="store_true", help="do not run the web dashboard (`minutecast serve`)")
     p.add_argument("--tickers", help="comma-separated tickers (default: all of the source)")
     p.add_argument("--no-train", action="store_true", help="do not run the trainer")
-    p.add_argument("--train-preset", default="tiny", help="preset of the first model when none is promoted")
+    p.add_argument("--train-preset", default="first", help="preset of the first model when none is promoted")
     p.add_argument("--retrain-every", default="1h", help="retrain period of the trainer service")
     p.add_argument("--for", dest="duration", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--until-forecasts", type=int, default=None,
                    help="stop once this many tickers have a forecast in Redis")
     p.add_argument("--summary-every", type=float, default=15.0, help="seconds between summary lines")
-
-
-@dataclass
-class Service:
-    name: str
-    argv: list[str]
-    oneshot: bool = False  # exit code 0 means done (a replay that finished), not a crash
-    proc: subprocess.Popen[bytes] | None = None
-    restarts: int = 0
-    done: bool = False
-    log: IO[bytes] | None = field(default=None, repr=False)
-
-    def start(self, logs: Path, run_dir: Path) -> None:
-        logs.mkdir(parents=True, exist_ok=True)
-        self.log = open(logs / f"{self.name}.log", "ab")  # noqa: SIM115 - kept open while it runs
-        self.log.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} start: {' '.join(self.argv)}\n".encode())
-        self.log.flush()
-        # Own session: Ctrl-C reaches only us, and we stop the services in order.
-        self.proc = subprocess.Popen([sys.executable, "-m", "minutecast.cli", *self.argv], stdout=self.log,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        (run_dir / f"svc-{self.name}.pid").write_text(str(self.proc.pid))
-
-    def stop(self, run_dir: Path, timeout_s: float = 30.0) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        (run_dir / f"svc-{self.name}.pid").unlink(missing_ok=True)
-        if self.log is not None:
-            self.log.close()
+    # Test hook: the supervisor alone, its services replaced by FAKE_SERVICE (no Kafka, Redis or producer).
+    p.add_argument("--fake-services", action="store_true", help=argparse.SUPPRESS)
 
 
 def yahoo_reachable(timeout_s: float = 10.0) -> tuple[bool, str]:
@@ -98,7 +75,7 @@ def yahoo_reachable(timeout_s: float = 10.0) -> tuple[bool, str]:
     return True, ""
 
 
-def choose_source(args: argparse.Namespace) -> tuple[str, list[str]]:
+def choose_source(args: argparse.Namespace, say: Any = print) -> tuple[str, list[str]]:
     """The producer's arguments, after saying which source runs and why."""
     source = args.source
     tickers = ["--tickers", args.tickers] if args.tickers else []
@@ -110,7 +87,7 @@ def choose_source(args: argparse.Namespace) -> tuple[str, list[str]]:
             source = "replay" if args.replay_data else "synthetic"
             fallback = (f"replaying recorded bars from {args.replay_data}" if args.replay_data
                         else "running the synthetic source (set MINUTECAST_REPLAY_DATA for recorded bars)")
-            print(f"Yahoo Finance is not reachable from this machine ({why}); {fallback}.", flush=True)
+            say(f"Yahoo Finance is not reachable from this machine ({why}); {fallback}.")
     if source == "yfinance":
         return source, ["produce", "--source", "yfinance", "--backfill-days", "5", "--live", "--no-progress",
                         *tickers]
@@ -119,8 +96,10 @@ def choose_source(args: argparse.Namespace) -> tuple[str, list[str]]:
             from minutecast.errors import ConfigError
 
             raise ConfigError("--source replay needs --replay-data or MINUTECAST_REPLAY_DATA")
-        return source, ["produce", "--source", "replay", "--path", str(args.replay_data), "--speed",
-                        str(args.speed), *tickers]
+        live = ["--as-if-live", "--live-sessions", str(args.live_sessions), "--lead-days", str(args.lead_days)]
+        speed = args.speed if args.speed is not None else (60.0 if args.live_sessions > 0 else 0.0)
+        return source, ["produce", "--source", "replay", "--path", str(args.replay_data), "--speed", str(speed),
+                        *(live if args.live_sessions > 0 else []), *tickers]
     return source, ["produce", "--source", "synthetic", "--tickers-count", "503", "--speed", "1", *tickers]
 
 
@@ -142,83 +121,159 @@ def summary(s: Any) -> dict[str, Any]:
         "tickers_forecast": len(stamps),
         "newest_forecast_age_s": round(time.time() - max(stamps), 1) if stamps else None,
         "model": Registry(s.models_dir).current_version() or "persistence",
+        "replay": client.hgetall(keys.replay_state()),
     }
 
 
-def run(args: argparse.Namespace) -> int:
-    from infra import services as infra
-    from minutecast.settings import InfraSettings
+def replay_text(state: dict[str, str], now: float | None = None) -> str:
+    """`` | replay ...`` for the summary line: the live replay's phase, copy, market time and pace."""
+    if not state:
+        return ""
+    if state.get("phase") != "live":
+        return " | replay: history (warm-up)"
+    from datetime import UTC, datetime
 
-    s = InfraSettings()
+    from minutecast.window import SESSION_TZ
+
+    minute = int(float(state.get("market_minute") or 0))
+    now = time.time() if now is None else now
+    when = datetime.fromtimestamp(minute, UTC).astimezone(SESSION_TZ).strftime("%Y-%m-%d %H:%M %Z")
+    pace = "real time (caught up with the clock)" if now - minute < 300 else f"{float(state.get('speed', 0)):g}x"
+    return f" | replay as if live: loop {state.get('copy')}, market time {when}, {pace}"
+
+
+def port_free(host: str, port: int) -> bool:
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def run(args: argparse.Namespace) -> int:
+    from minutecast.settings import RunSettings
+
+    s = RunSettings()
+    screen = Screen()
+    # First: refuse while this namespace runs already (before Kafka, Redis or a Yahoo probe is touched).
+    with claim(s.home / "run", s.namespace, s.stop_grace_s, screen.say):
+        return supervise(args, s, screen)
+
+
+def plan(args: argparse.Namespace, s: Any, say: Any) -> tuple[list[Service], Service | None, str, str | None]:
+    """The services to start now, the trainer (started later), what they run on, the dashboard's URL."""
+    if args.fake_services:
+        return [Service(n, [], cmd=FAKE_SERVICE) for n in ("stream", "infer", "produce")], None, "fake", None
+    from infra import services as infra
+
     for row in infra.up(s):
-        print(row.line(), flush=True)
-    s = InfraSettings()  # the Redis password exists now
-    run_dir, logs = s.home / "run", s.logs_dir
-    source, produce = choose_source(args)
+        say(row.line())
+    source, produce = choose_source(args, say)
+    live_replay = source == "replay" and args.live_sessions > 0
     services = [Service("stream", ["stream"]), Service("infer", ["infer"]),
-                Service("produce", produce, oneshot=source == "replay")]
-    trainer: Service | None = None
+                Service("produce", produce, oneshot=source == "replay" and not live_replay)]
+    url = None
+    if not args.no_serve:
+        from minutecast.settings import WebSettings
+
+        ws = WebSettings()
+        if port_free(ws.serve_host, ws.serve_port):
+            services.append(Service("web", ["serve"]))
+            url = ws.url()
+        else:
+            say(f"web: {ws.serve_host}:{ws.serve_port} is taken; the dashboard is not started "
+                "(set MINUTECAST_SERVE_PORT)")
+    trainer = None
     if not args.no_train:
         trainer = Service("train", ["train", "--every", args.retrain_every, "--first-preset", args.train_preset])
-    for svc in services:
-        svc.start(logs, run_dir)
-    print(f"running: {', '.join(x.name for x in services)} (source {source}); logs in {logs}; Ctrl-C stops",
-          flush=True)
+    return services, trainer, f"{source}{', as if live' if live_replay else ''}", url
+
+
+def supervise(args: argparse.Namespace, s: Any, screen: Screen) -> int:
+    from infra.procs import RestartBudget
+    from minutecast.settings import RunSettings
+
+    say = screen.say
+    services, trainer, source, url = plan(args, s, say)
+    if not args.fake_services:
+        s = RunSettings()  # the Redis password exists now
+    run_dir, logs = s.home / "run", s.logs_dir
+    for svc in [*services, *([trainer] if trainer else [])]:
+        svc.budget = RestartBudget(s.restart_max, s.restart_healthy_s)
     stopping = False
 
     def _stop(_sig: int, _frame: object) -> None:
         nonlocal stopping
         stopping = True
 
-    signal.signal(signal.SIGINT, _stop)
-    signal.signal(signal.SIGTERM, _stop)
+    # SIGHUP too: a closed terminal stops the run cleanly (its default would kill us without stopping anything).
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _stop)
     t0 = time.monotonic()
-    next_summary = t0 + 5
+    next_summary = math.inf if args.fake_services else t0 + 5
     failed: list[str] = []
     train_after = t0 + 120  # live sources: give the producer two minutes of bars before a first training
+    warmed_up = False  # a live replay has published its history
     try:
-        while not stopping:
+        for svc in services:
+            svc.start(logs, run_dir, s.namespace, s.stop_grace_s)
+        say(f"running: {', '.join(x.name for x in services)} (source {source}); logs in {logs}; Ctrl-C stops")
+        if url:
+            say(f"dashboard: {url}")
+        while not stopping and not screen.gone():
             time.sleep(0.5)
+            now = time.monotonic()
             for svc in services:
-                if svc.done or svc.proc is None or svc.proc.poll() is None:
+                if svc.done or svc.proc is None:
                     continue
-                rc = svc.proc.returncode
+                if svc.restart_at is not None:  # crashed, waiting out its back-off
+                    if now >= svc.restart_at:
+                        svc.start(logs, run_dir, s.namespace, s.stop_grace_s)
+                    continue
+                rc = svc.proc.poll()
+                if rc is None:
+                    continue
+                svc.ended()
                 if svc.oneshot and rc == 0:
                     svc.done = True
-                    print(f"{svc.name}: finished", flush=True)
+                    say(f"{svc.name}: finished")
                     continue
-                svc.restarts += 1
-                if svc.restarts > MAX_RESTARTS:
+                if not svc.budget.crashed():
                     failed.append(svc.name)
-                    print(f"{svc.name}: exited {rc} {svc.restarts} times; giving up (see {logs}/{svc.name}.log)")
+                    say(f"{svc.name}: exited {rc}, crash {svc.budget.restarts} in a row, over its budget of "
+                        f"{svc.budget.max_restarts} restarts; giving up (see {logs}/{svc.name}.log)")
                     stopping = True
                     break
-                print(f"{svc.name}: exited {rc}; restart {svc.restarts}/{MAX_RESTARTS}", flush=True)
-                time.sleep(min(2 ** svc.restarts, 30))
-                svc.start(logs, run_dir)
-            producer_done = services[2].done
+                svc.restart_at = now + svc.budget.backoff_s()
+                say(f"{svc.name}: exited {rc}; restart {svc.budget.restarts}/{svc.budget.max_restarts} in "
+                    f"{svc.budget.backoff_s():g} s")
+            producer_done = services[2].done or warmed_up
             if trainer is not None and trainer.proc is None and (producer_done or time.monotonic() > train_after):
                 services.append(trainer)
-                trainer.start(logs, run_dir)
-                print("train: started (first model on what is in Kafka, then every "
-                      f"{args.retrain_every})", flush=True)
+                trainer.start(logs, run_dir, s.namespace, s.stop_grace_s)
+                say(f"train: started (first model on what is in Kafka, then every {args.retrain_every})")
             now = time.monotonic()
             if now >= next_summary:
                 next_summary = now + args.summary_every
                 with contextlib.suppress(Exception):
                     info = summary(s)
-                    print(f"[{time.strftime('%H:%M:%S')}] bars {info['bars']:,} | windows {info['windows']} | "
-                          f"forecasts {info['tickers_forecast']} tickers (newest "
-                          f"{info['newest_forecast_age_s']} s old) | model {info['model']}", flush=True)
+                    warmed_up = warmed_up or info["replay"].get("phase") == "live"
+                    say(f"[{time.strftime('%H:%M:%S')}] bars {info['bars']:,} | windows {info['windows']} | "
+                        f"forecasts {info['tickers_forecast']} tickers (newest {info['newest_forecast_age_s']} s "
+                        f"old) | model {info['model']}{replay_text(info['replay'])}")
                     if args.until_forecasts and info["tickers_forecast"] >= args.until_forecasts:
-                        print(f"{info['tickers_forecast']} tickers have forecasts; stopping as asked", flush=True)
+                        say(f"{info['tickers_forecast']} tickers have forecasts; stopping as asked")
                         stopping = True
             if args.duration and now - t0 >= args.duration:
                 stopping = True
     finally:
-        print("stopping: " + ", ".join(x.name for x in reversed(services)), flush=True)
-        order = {"produce": 0, "stream": 1, "infer": 2, "train": 3}
+        say("stopping: " + ", ".join(x.name for x in reversed(services)))
+        order = {"produce": 0, "stream": 1, "infer": 2, "train": 3, "web": 4}
         for svc in sorted(services, key=lambda x: order.get(x.name, 9)):
-            svc.stop(run_dir)
-    print("stopped; Kafka and Redis keep running (`minutecast infra down` stops them)", flush=True)
+            svc.stop(run_dir, s.namespace, s.stop_grace_s)
+    say("stopped; Kafka and Redis keep running (`minutecast infra down` stops them)")
     return 1 if failed else 0

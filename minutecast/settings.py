@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from minutecast.topics import Topics, TopicSpec
@@ -79,8 +79,24 @@ class CommonSettings(BaseSettings):
     # Every service creates missing topics with these (whichever starts first), so all read them here.
     bar_partitions: int = 6  # partitions of the bar topic: the unit of Faust/Spark/Horovod parallelism
     bar_retention_days: int = 45  # history kept for training (Yahoo itself keeps 30 days of 1m bars)
+    # The market ticker whose same-minute window is every forecast's market context (serving and training).
+    market_ticker: str = "SPY"
+    # Bars of tickers outside the allowlist are dead-lettered ("unknown_ticker") by the Faust worker and
+    # skipped by rebuild and training (minutecast/universe.py). Off locally (synthetic and benchmark
+    # tickers), on in docker-compose.yml; the file defaults to the packaged S&P 500 list.
+    ticker_allowlist: bool = False
+    ticker_allowlist_file: Path | None = None
     kafka: KafkaSettings = Field(default_factory=KafkaSettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
+
+    @field_validator("market_ticker")
+    @classmethod
+    def _market_ticker_is_a_ticker(cls, v: str) -> str:
+        from minutecast.schemas import TICKER_RE
+
+        if not TICKER_RE.fullmatch(v):
+            raise ValueError(f"MINUTECAST_MARKET_TICKER={v!r} is not a ticker (yfinance spelling, e.g. SPY)")
+        return v
 
     def topic_specs(self) -> list[TopicSpec]:
         """This namespace's topics with their partitions and retention."""
@@ -102,6 +118,14 @@ class InfraSettings(CommonSettings):
     # The broker listens where MINUTECAST_KAFKA_BOOTSTRAP points; its KRaft controller one port above.
     kafka_heap: str = "1G"  # JVM -Xmx of the local broker
     start_timeout_s: float = 90.0
+
+
+class RunSettings(InfraSettings):
+    """`minutecast run`: the local infrastructure plus how its supervisor restarts and stops services."""
+
+    restart_max: int = 5  # crashes in a row before a service is given up on (and the run fails)
+    restart_healthy_s: float = 600.0  # a service up this long has a fresh restart budget at its next crash
+    stop_grace_s: float = 30.0  # SIGTERM -> SIGKILL of a service when the run stops (or its supervisor dies)
 
 
 class ProducerSettings(CommonSettings):
@@ -128,12 +152,15 @@ class StreamSettings(CommonSettings):
     app_id: str = "minutecast-windows"
     take_max: int = 2000  # bars per batch taken from the stream
     take_within_s: float = 0.05  # longest wait to fill a batch
-    window_ttl_s: int = 3 * 24 * 3600  # window keys of delisted tickers vanish after this
+    # Window keys of delisted tickers vanish after this; 5 days outlast a long weekend (Fri 20:00 -> Tue
+    # 04:00 New York is 80 h), so the first window of the week still reaches back into Friday.
+    window_ttl_s: int = 5 * 24 * 3600
     web_port: int = 6066  # Faust's web server (0 disables it)
     metrics_port: int = 9102  # Prometheus /metrics (0 disables it)
     max_poll_records: int = 5000  # records per Kafka poll (aiokafka max_poll_records)
     commit_interval_s: float = 1.0  # how often Faust commits acked offsets
-    retry_s: float = 1.0  # back-off while Redis/Kafka refuse a batch (the batch is retried, never skipped)
+    retry_s: float = 1.0  # first back-off while Redis/Kafka are unavailable (the batch is retried, never skipped)
+    retry_max_s: float = 30.0  # cap of the exponential back-off (with jitter) while they stay unavailable
     startup_rebuild: bool = True  # rebuild windows from the bar topic when Redis has none for the namespace
     rebuild_batch: int = 20_000  # bars per store call during a rebuild
     session_timeout_s: float = 15.0  # a worker silent this long (crashed) loses its partitions to the others
@@ -182,6 +209,51 @@ class TrainingSettings(CommonSettings):
     @property
     def reports(self) -> Path:
         return self.reports_dir or self.home / "reports"
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
+class WebSettings(CommonSettings):
+    """`minutecast serve`: the HTTP API and dashboard (``MINUTECAST_SERVE_*``; ``MINUTECAST_WEB_PORT`` is Faust's)."""
+
+    serve_host: str = "127.0.0.1"  # loopback by default; any other address requires serve_token
+    serve_port: int = 8080
+    # Read-only bearer token for /api, /metrics and /reports; required when serve_host is not loopback.
+    serve_token: SecretStr | None = None
+    serve_history_max: int = 120  # most forecasts one /api/forecasts/{ticker}?history=N returns (Redis keeps 120)
+    serve_tickers_refresh_s: float = 5.0  # how often the set of tickers with a forecast is re-read (SCAN)
+    serve_status_cache_s: float = 3.0  # /api/status is computed at most this often (it samples for bars/s)
+    serve_sse_keepalive_s: float = 15.0  # comment line on idle SSE connections (proxies drop silent ones)
+    serve_sse_queue: int = 2000  # events buffered per SSE client; a client that falls this far behind is dropped
+    reports_dir: Path | None = None  # default: <home>/reports (the trainer's, see TrainingSettings)
+
+    @property
+    def reports(self) -> Path:
+        return self.reports_dir or self.home / "reports"
+
+    @property
+    def loopback(self) -> bool:
+        import ipaddress
+
+        if self.serve_host in LOOPBACK_HOSTS:
+            return True
+        try:
+            return ipaddress.ip_address(self.serve_host).is_loopback
+        except ValueError:
+            return False
+
+    @model_validator(mode="after")
+    def _token_off_loopback(self) -> WebSettings:
+        if not self.loopback and self.serve_token is None:
+            raise ValueError(f"serving on {self.serve_host} (not loopback) needs MINUTECAST_SERVE_TOKEN, a "
+                             "read-only bearer token")
+        return self
+
+    def url(self) -> str:
+        host = self.serve_host if self.loopback else "127.0.0.1" if self.serve_host == "0.0.0.0" else self.serve_host  # noqa: S104
+        host = f"[{host}]" if ":" in host else host
+        return f"http://{host}:{self.serve_port}/"
 
 
 def env_names(cls: type[BaseSettings]) -> set[str]:

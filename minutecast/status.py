@@ -2,6 +2,9 @@
 
     minutecast status
     minutecast status --json      # the same as one JSON object (last line)
+
+:func:`collect` gathers the data (one dict); :func:`render` turns it into the text screen. ``minutecast
+serve`` returns the same dict as ``GET /api/status``.
 """
 
 from __future__ import annotations
@@ -60,23 +63,43 @@ def _spark_lag(checkpoint: Path, ends: dict[int, int], topic: str) -> int | None
     return None
 
 
-def collect(sample_s: float = 1.0) -> dict[str, Any]:
-    from infra.procs import read_pid
+def _reachable(s: Any, name: str) -> bool:
+    """Whether Kafka/Redis answer with these settings (brokers not started by `minutecast infra`: compose)."""
+    from minutecast.errors import MinutecastError
+
+    try:
+        if name == "kafka":
+            from minutecast.kafka import make_admin
+
+            make_admin(s.kafka, log_level=0).list_topics(timeout=2)
+        else:
+            from minutecast.redis import connect
+
+            connect(s.redis).ping()
+    except (MinutecastError, Exception):  # noqa: BLE001 - any failure means: not reachable
+        return False
+    return True
+
+
+def collect(sample_s: float = 1.0, s: Any = None) -> dict[str, Any]:
+    """Everything `minutecast status` shows, as one JSON-ready dict (``s``: settings, default InfraSettings)."""
     from infra.services import status as infra_status
     from minutecast.kafka import make_admin, make_consumer
     from minutecast.keys import Keys
     from minutecast.lookup import forecast_times
     from minutecast.redis import connect
     from minutecast.settings import InferenceSettings, InfraSettings
+    from minutecast.supervisor import service_pids
     from minutecast.topics import Topics
 
-    s = InfraSettings()
+    s = s or InfraSettings()
     topics, keys = Topics(s.namespace), Keys(s.namespace)
     out: dict[str, Any] = {"namespace": s.namespace, "services": {}}
     for row in infra_status(s):
-        out["services"][row.name] = {"up": row.up, "version": row.version, "address": row.address}
-    for pidfile in sorted((s.home / "run").glob("svc-*.pid")):
-        out["services"][pidfile.stem[4:]] = {"up": read_pid(pidfile) is not None}
+        up = row.up or _reachable(s, row.name)
+        out["services"][row.name] = {"up": up, "version": row.version, "address": row.address}
+    for name, pid in service_pids(s.home / "run", s.namespace).items():  # this namespace's `minutecast run`
+        out["services"][name] = {"up": pid is not None}
     if not out["services"]["kafka"]["up"]:
         return out
     consumer = make_consumer(s.kafka, group="minutecast-status")
@@ -101,6 +124,13 @@ def collect(sample_s: float = 1.0) -> dict[str, Any]:
         out["tickers_with_forecast"] = len(stamps)
         out["last_forecast_age_s"] = round(time.time() - max(stamps), 1) if stamps else None
         out["windows"] = sum(1 for _ in client.scan_iter(match=keys.window_pattern(), count=1000))
+        # A Faust worker that retries (Redis/Kafka unavailable) or stopped on a fatal error says so here.
+        since, reason, fatal = client.hmget(keys.stats(), "stream_stalled_since", "stream_stall_reason",
+                                            "stream_fatal")
+        stalled = float(since or 0)
+        out["stream_stalled_s"] = round(time.time() - stalled, 1) if stalled > 0 else None
+        out["stream_stall_reason"] = reason if stalled > 0 else None
+        out["stream_fatal"] = fatal or None
     from minutecast.registry import Registry
 
     out["model_version"] = Registry(s.models_dir).current_version() or "persistence (no model promoted)"
@@ -129,24 +159,39 @@ def _dead_letters(consumer: Any, topic: str, ends: dict[int, int], last: int = 5
     return {"total": total, "by_reason": dict(reasons.most_common())}
 
 
-def run(args: argparse.Namespace) -> int:
-    out = collect(args.sample_s)
-    if args.json:
-        print(json.dumps(out))
-        return 0
-    print(f"namespace {out['namespace']}")
+def render(out: dict[str, Any]) -> str:
+    """The text screen of :func:`collect`'s dict."""
+    lines = [f"namespace {out['namespace']}"]
     for name, svc in out["services"].items():
         extra = f" {svc.get('version', '')} {svc.get('address', '')}".rstrip()
-        print(f"  {name:<10} {'up' if svc['up'] else 'DOWN'}{extra}")
+        lines.append(f"  {name:<10} {'up' if svc['up'] else 'DOWN'}{extra}")
     if "bars_total" in out:
-        print(f"bars in topic   {out['bars_total']:,}  ({out['bars_per_s']:,} bars/s now)")
-        print(f"forecasts       {out['forecasts_total']:,} on the topic")
+        lines.append(f"bars in topic   {out['bars_total']:,}  ({out['bars_per_s']:,} bars/s now)")
+        lines.append(f"forecasts       {out['forecasts_total']:,} on the topic")
         for group, lag in sorted(out["consumer_lag"].items()):
-            print(f"  lag {group:<40} {lag:,}")
+            lines.append(f"  lag {group:<40} {lag:,}")
         dl = out["dead_letters"]
-        print(f"dead letters    {dl['total']:,}  " + ", ".join(f"{k}={v}" for k, v in dl["by_reason"].items()))
+        lines.append(f"dead letters    {dl['total']:,}  " + ", ".join(f"{k}={v}" for k, v in dl["by_reason"].items()))
     if "tickers_with_forecast" in out:
-        print(f"tickers         {out['windows']} windows, {out['tickers_with_forecast']} with a forecast; "
-              f"newest forecast {out['last_forecast_age_s']} s old")
-    print(f"model           {out['model_version']}")
-    return 0 if all(v["up"] for v in out["services"].values()) else 1
+        lines.append(f"tickers         {out['windows']} windows, {out['tickers_with_forecast']} with a forecast; "
+                     f"newest forecast {out['last_forecast_age_s']} s old")
+    if out.get("stream_stalled_s") is not None:
+        lines.append(f"STALLED         Faust worker retrying for {out['stream_stalled_s']} s: "
+                     f"{out['stream_stall_reason']}")
+    if out.get("stream_fatal"):
+        lines.append(f"FATAL           Faust worker stopped: {out['stream_fatal']}")
+    lines.append(f"model           {out['model_version']}")
+    return "\n".join(lines)
+
+
+def healthy(out: dict[str, Any]) -> bool:
+    return all(v["up"] for v in out["services"].values()) and out.get("stream_stalled_s") is None \
+        and not out.get("stream_fatal")
+
+
+def run(args: argparse.Namespace) -> int:
+    out = collect(args.sample_s)
+    print(json.dumps(out) if args.json else render(out))
+    if args.json:
+        return 0
+    return 0 if healthy(out) else 1

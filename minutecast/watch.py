@@ -25,17 +25,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--plain", action="store_true", help="print each forecast as a line instead of a table")
 
 
+def interval(f: Forecast) -> str:
+    """The 80% interval as ``272.80–273.60`` (``-`` for a v1 forecast)."""
+    return f"{f.q10:.2f}–{f.q90:.2f}" if f.q10 is not None and f.q90 is not None else "-"
+
+
 def render(latest: Mapping[str, Forecast], rows: int) -> str:
     from minutecast.schemas import iso_minute
 
     now = time.time()
-    lines = [f"{'ticker':<7} {'forecast':>10} {'last':>10} {'move':>8}  {'target (UTC)':<20} {'latency':>8}  model"]
+    lines = [f"{'ticker':<7} {'forecast':>10} {'last':>10} {'move':>8}  {'80% interval':>17} {'sigma':>6}  "
+             f"{'target (UTC)':<20} {'latency':>8}  model"]
     items = sorted(latest.values(), key=lambda f: (-f.as_of, f.ticker))
     for f in items[:rows]:
         move = (f.predicted_close / f.last_close - 1) * 1e4
         lat = f"{f.forecast_at - f.published_at:.2f}s" if f.published_at else "-"
+        sigma = f"{f.sigma * 1e4:.0f}bp" if f.sigma is not None else "-"
         lines.append(f"{f.ticker:<7} {f.predicted_close:>10.2f} {f.last_close:>10.2f} {move:>+6.1f}bp  "
-                     f"{iso_minute(f.target_minute):<20} {lat:>8}  {f.model_version}")
+                     f"{interval(f):>17} {sigma:>6}  {iso_minute(f.target_minute):<20} {lat:>8}  {f.model_version}")
     lines.append(f"{len(latest)} tickers, updated {time.strftime('%H:%M:%S')} (age of newest "
                  f"{now - max((f.forecast_at for f in latest.values()), default=now):.1f}s)")
     return "\n".join(lines)
@@ -67,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
                     continue
                 if args.plain or not tty:
                     print(f"{f.ticker} as_of={f.as_of} predicted={f.predicted_close:.4f} "
-                          f"last={f.last_close:.4f} model={f.model_version}", flush=True)
+                          f"last={f.last_close:.4f} 80%={interval(f)} model={f.model_version}", flush=True)
                 prev = latest.get(f.ticker)
                 if prev is None or f.as_of >= prev.as_of:
                     latest[f.ticker] = f

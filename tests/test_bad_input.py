@@ -1,12 +1,17 @@
-"""Malformed messages on the bar topic, produced raw (confluent-kafka) between good bars; ONE Faust worker
-and ONE ``minutecast infer --available-now`` run serve every assertion:
+"""Malformed messages on the bar topic (over 60 kinds, issue 17's included: 400-digit numbers, 2,000-deep
+nesting, ``1e999`` / ``1e300`` / negative / 0 ``published_at``, NUL and bidi characters, ``"AAA\n"``, no key,
+a 600 kB key, a ticker outside the allowlist), produced raw (confluent-kafka) between good bars; ONE Faust
+worker (ticker allowlist on), ONE ``minutecast infer --available-now`` run, one rebuild and one training
+read serve every assertion:
 
 * each bad message is on the dead-letter topic exactly once, with its machine-readable reason, and the
-  partition/offset it had on the bar topic;
-* the worker's Prometheus endpoint counts them per reason, and every message (good or bad) is counted
-  as taken;
+  partition/offset it had on the bar topic; dead letters are bounded (payload and key cut);
+* the worker's Prometheus endpoint counts them per reason, every message (good or bad) is counted as
+  taken, the worker never stalled, and its consumer group commits past every record (the 600 kB key too);
 * the good tickers' windows equal a clean application of the good bars, and each gets its forecast;
-* a corrupt model promoted before the run is refused and the job serves the previous version.
+* a corrupt model promoted before the run is refused and the job serves the previous version;
+* ``streams.rebuild`` and training's ``read_topic`` finish over the same topic, skipping and counting every
+  bad record under the reason the worker gave it.
 """
 
 from __future__ import annotations
@@ -17,8 +22,10 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -26,13 +33,16 @@ import pytest
 from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
 
 from minutecast.errors import ModelError
-from minutecast.kafka import make_admin, make_producer
+from minutecast.kafka import end_offsets, make_admin, make_consumer, make_producer
 from minutecast.keys import Keys
 from minutecast.schemas import REASONS, Bar, Forecast
-from minutecast.settings import KafkaSettings, RedisSettings
+from minutecast.settings import KafkaSettings, RedisSettings, StreamSettings
 from minutecast.topics import Topics
+from minutecast.universe import allowlist
+from streams.rebuild import rebuild
 from tests.test_infer_partition import T0, bars_for, tiny_model_version
 from tests.test_streams_worker import free_port, read_topic, reference, snapshot, wait_until
+from training import data as D
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[1]
@@ -88,6 +98,60 @@ def bad_messages() -> list[tuple[str, bytes | None, bytes | None, str]]:
         ("far future", b"AAA", _j(good | {"time": "2100-01-01T00:00:00Z"}), "future_timestamp"),
         ("far past", b"AAA", _j(good | {"time": "1990-01-02T15:00:00Z"}), "too_old"),
         ("1 MiB payload", b"AAA", b'{"v":1,"pad":"' + os.urandom(BIG // 2).hex().encode() + b'"}', "payload_too_large"),
+        *hostile_messages(good),
+    ]
+
+
+def _raw(d: dict[str, Any], name: str, literal: str) -> bytes:
+    """``d`` as JSON with field ``name`` spelled ``literal`` verbatim (numbers json.dumps cannot write)."""
+    return json.dumps(d | {name: "@@"}).replace('"@@"', literal).encode()
+
+
+def hostile_messages(good: dict[str, Any]) -> list[tuple[str, bytes | None, bytes | None, str]]:
+    """Issue 17's cases and their neighbours: numbers, nesting, timestamps, text, keys, versions."""
+    raw = _j(good)
+    now = time.time()
+    return [
+        ("400-digit volume", b"AAA", _raw(good, "volume", "1" * 400), "number_too_long"),
+        ("400-digit price", b"AAA", _raw(good, "high", "9" * 400), "number_too_long"),
+        ("2**60 integer price", b"AAA", _raw(good, "open", str(2**60)), "number_too_long"),
+        ("2000-deep array", b"AAA", b"[" * 2000 + b"]" * 2000, "too_deep"),
+        ("600-deep object", b"AAA", b'{"a":' * 600 + b"1" + b"}" * 600, "too_deep"),
+        ("1e999 open", b"AAA", _raw(good, "open", "1e999"), "non_finite"),
+        ("published_at 1e999", b"AAA", _raw(good, "published_at", "1e999"), "non_finite"),
+        ("published_at NaN", b"AAA", _raw(good, "published_at", "NaN"), "non_finite"),
+        ("published_at 1e300", b"AAA", _j(good | {"published_at": 1e300}), "bad_published_at"),
+        ("published_at negative", b"AAA", _j(good | {"published_at": -1.0}), "bad_published_at"),
+        ("published_at 0", b"AAA", _j(good | {"published_at": 0}), "bad_published_at"),
+        ("published_at tomorrow", b"AAA", _j(good | {"published_at": now + 86_400}), "bad_published_at"),
+        ("published_at as string", b"AAA", _j(good | {"published_at": str(now)}), "wrong_type"),
+        ("NUL in source", b"AAA", _j(good | {"source": "rep\x00lay"}), "bad_source"),
+        ("RTL override in source", b"AAA", _j(good | {"source": "rep\u202elay"}), "bad_source"),
+        ("zero-width space in source", b"AAA", _j(good | {"source": "re\u200bplay"}), "bad_source"),
+        ("newline in source", b"AAA", _j(good | {"source": "replay\n"}), "bad_source"),
+        ("empty source", b"AAA", _j(good | {"source": ""}), "bad_source"),
+        ("100-character source", b"AAA", _j(good | {"source": "s" * 100}), "bad_source"),
+        ("source as number", b"AAA", _j(good | {"source": 5}), "wrong_type"),
+        ('ticker "AAA\\n"', b"AAA\n", _j(good | {"ticker": "AAA\n"}), "bad_ticker"),
+        ("empty ticker", b"AAA", _j(good | {"ticker": ""}), "bad_ticker"),
+        ("bidi ticker", b"AAA", _j(good | {"ticker": "A\u202eA"}), "bad_ticker"),
+        ("lone surrogate ticker", b"AAA", raw.replace(b'"ticker": "AAA"', b'"ticker": "\\ud800"'), "bad_ticker"),
+        ("unknown ticker (allowlist)", b"ZZZ", _j(good | {"ticker": "ZZZ"}), "unknown_ticker"),
+        ("no key at all", None, raw, "bad_key"),
+        ("600 kB key", os.urandom(300_000).hex().encode(), raw, "bad_key"),
+        ("non-UTF-8 key", b"\xffAAA", raw, "bad_key"),
+        ("lowercase key", b"aaa", raw, "bad_key"),
+        ("empty key", b"", raw, "bad_key"),
+        ("key with newline", b"AAA\n", raw, "bad_key"),
+        ("v true", b"AAA", _j(good | {"v": True}), "schema_version"),
+        ('v "1"', b"AAA", _j(good | {"v": "1"}), "schema_version"),
+        ("v 1.0", b"AAA", _j(good | {"v": 1.0}), "schema_version"),
+        ("time null", b"AAA", _j(good | {"time": None}), "wrong_type"),
+        ("time before year 1 in UTC", b"AAA", _j(good | {"time": "0001-01-01T00:00:00+23:59"}), "too_old"),
+        ("100-character time", b"AAA", _j(good | {"time": "2025-10-01T14:05:00Z" + " " * 80}), "bad_timestamp"),
+        ("UTF-8 BOM", b"AAA", b"\xef\xbb\xbf" + raw, "not_json"),
+        ("JSON null", b"AAA", b"null", "not_object"),
+        ("JSON true", b"AAA", b"true", "not_object"),
     ]
 
 
@@ -117,16 +181,17 @@ def test_bad_messages_are_dead_lettered_counted_and_good_bars_still_forecast(
 
     good = [b for i in range(61) for t in GOOD for b in bars_for(t, range(i, i + 1))]
     bad = bad_messages()
-    assert len({k for k, *_ in bad}) >= 20 and {r for *_, r in bad} <= set(REASONS)
+    n_kinds = len({k for k, *_ in bad}) + 1  # + the conflicting duplicate below
+    assert n_kinds >= 60 and {r for *_, r in bad} <= set(REASONS)
     dup = conflicting(good)
-    # A bad message after every few good bars; the conflicting duplicate right after its original.
+    # A bad message after every other good bar; the conflicting duplicate right after its original.
     records: list[tuple[str | None, bytes | None, bytes | None, str | None]] = []
     queue = list(bad)
     for i, b in enumerate(good):
         records.append((None, b.ticker.encode(), b.to_json(), None))
         if b.ticker == "AAA" and b.minute == dup.minute:
             records.append(("conflicting duplicate", b"AAA", dup.to_json(), "conflicting_duplicate"))
-        elif i % 5 == 4 and queue:
+        elif i % 2 == 1 and queue:
             records.append(queue.pop(0))
     assert not queue
     expected: dict[tuple[int, int], tuple[str, str]] = {}  # (partition, offset) -> (kind, reason)
@@ -156,8 +221,11 @@ def test_bad_messages_are_dead_lettered_counted_and_good_bars_still_forecast(
     assert registry.current_version() == v1
 
     assert redis_settings.password is not None
+    allow_file = tmp_path / "universe.csv"
+    allow_file.write_text("ticker\n" + "\n".join(GOOD) + "\n")  # ZZZ is not in it: unknown_ticker
     env = os.environ | {"MINUTECAST_NAMESPACE": namespace, "MINUTECAST_HOME": str(home),
                         "MINUTECAST_REDIS_PASSWORD": redis_settings.password.get_secret_value(),
+                        "MINUTECAST_TICKER_ALLOWLIST": "true", "MINUTECAST_TICKER_ALLOWLIST_FILE": str(allow_file),
                         "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
     port = free_port()
     log = open(tmp_path / "worker.log", "wb")  # noqa: SIM115 - closed below
@@ -173,6 +241,10 @@ def test_bad_messages_are_dead_lettered_counted_and_good_bars_still_forecast(
                            if k.startswith("minutecast_stream_deadletters_total")) >= n_bad, 60,
                    "metrics", [worker])
         metrics = scrape(port)
+        # Offsets commit past every record, the 600 kB key included: the worker did not stall on any.
+        ends = end_offsets(kafka, topics.bars)
+        wait_until(lambda: committed(kafka, f"minutecast-windows-{namespace}", topics.bars, ends) == ends, 60,
+                   "offsets committed to the end", [worker])
     finally:
         worker.send_signal(signal.SIGTERM)
         try:
@@ -192,9 +264,13 @@ def test_bad_messages_are_dead_lettered_counted_and_good_bars_still_forecast(
     assert all(d["source_topic"] == topics.bars and d["v"] == 1 for d in stream_dead)
     big = next(d for d in stream_dead if d["reason"] == "payload_too_large")
     assert big["truncated"] is True and len(big["payload"]) <= 2048
+    huge_key = next(d for po, d in got.items() if expected[po][0] == "600 kB key")
+    assert huge_key["truncated"] is True and len(huge_key["key"]) <= 64
 
     # Metrics: every message taken, every dead letter counted under its reason.
     assert metrics["minutecast_stream_bars_in_total"] == len(records)
+    assert metrics["minutecast_stream_stalled"] == 0 and not any(k.startswith("minutecast_stream_retries_total")
+                                                                 for k in metrics)
     want = Counter(reason for _, reason in expected.values())
     for reason, n in want.items():
         assert metrics[f'minutecast_stream_deadletters_total{{reason="{reason}"}}'] == n, reason
@@ -214,5 +290,195 @@ def test_bad_messages_are_dead_lettered_counted_and_good_bars_still_forecast(
         assert raw is not None, t
         f = Forecast.from_json(raw)
         assert f.as_of == T0 + 60 * 60 and f.model_version == v1 and f.model_kind == "lstm"
-    print(f"bad inputs tried: {n_bad} kinds / messages, dead-lettered: {len(stream_dead)}, "
-          f"good bars: {len(good)}, forecasts: {len(GOOD)}")
+    # A rebuild and training's reader take the same topic: every bad record skipped and counted, never a crash.
+    settings = StreamSettings(namespace=namespace, kafka=kafka, redis=redis_settings, ticker_allowlist=True,
+                              ticker_allowlist_file=allow_file)
+    report = rebuild(settings)
+    invalid = Counter(reason for reason in want.elements() if reason != "conflicting_duplicate")
+    assert report.messages == len(records) and report.conflicts == 1 and Counter(report.rejected) == invalid
+    assert snapshot(redis_client, namespace) == reference(redis_client, namespace, good)
+    bars, krange = D.read_topic(kafka, topics.bars, end_offsets(kafka, topics.bars), allowed=allowlist(settings))
+    # Training has no clock (now = inf): a published_at past *its* reader's clock is no reason to drop a bar
+    # there, so exactly that kind is read (a repeat of a stored minute: training keeps a minute's first bar).
+    assert Counter(krange.rejected) == invalid - Counter(["bad_published_at"]) and sorted(bars) == sorted(GOOD)
+    assert krange.bars == len(good) + 2  # + the conflicting duplicate and the "published_at tomorrow" bar
+    print(f"bad inputs tried: {n_kinds} kinds / {n_bad} messages, dead-lettered: {len(stream_dead)}, "
+          f"good bars: {len(good)}, forecasts: {len(GOOD)}, rebuild skipped {report.invalid}, "
+          f"training skipped {sum(krange.rejected.values())}")
+
+
+def committed(ks: KafkaSettings, group: str, topic: str, ends: dict[int, int]) -> dict[int, int]:
+    """The group's committed offset per partition of ``topic`` (-1001 = none yet)."""
+    from confluent_kafka import TopicPartition
+
+    consumer = make_consumer(ks, group=group)
+    try:
+        return {tp.partition: tp.offset for tp in consumer.committed([TopicPartition(topic, p) for p in ends],
+                                                                     timeout=10)}
+    finally:
+        consumer.close()
+
+
+def test_failures_are_classified_retry_poison_or_fatal() -> None:
+    """Pure logic: which failures the worker retries, isolates, or stops on (streams.failures.kind)."""
+
+    import redis
+    from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError
+
+    from streams.failures import kind
+
+    retry = [redis.ConnectionError("refused"), redis.TimeoutError(), redis.BusyLoadingError("LOADING"),
+             redis.exceptions.ReadOnlyError("You can't write against a read only replica."), KafkaConnectionError(),
+             TimeoutError(), ConnectionResetError()]
+    # As redis-py raises them: the reply's error code stripped and named by the class.
+    fatal = [redis.exceptions.OutOfMemoryError("command not allowed when used memory > 'maxmemory'."),
+             redis.ResponseError("command not allowed when used memory > 'maxmemory'. script: a16e, on "
+                                 "@user_script:93."),
+             redis.ResponseError("MISCONF Redis is configured to save RDB snapshots, but it's currently unable"),
+             redis.AuthenticationError("WRONGPASS"), redis.exceptions.NoPermissionError("no permissions"),
+             redis.ResponseError("unknown command 'FOO'"), MessageSizeTooLargeError(), ValueError("a bug")]
+    poison = [redis.ResponseError("user_script:12: Script attempted to access nonexistent global variable"),
+              redis.ResponseError("Error running script (call to f_1a2b): @user_script:9: bad argument")]
+    assert [kind(e) for e in retry] == ["retry"] * len(retry)
+    assert [kind(e) for e in fatal] == ["fatal"] * len(fatal)
+    assert [kind(e) for e in poison] == ["poison"] * len(poison)
+
+
+class _ScriptFailsOn:
+    """A window store whose script fails on any batch holding ``ticker`` (pure logic of the isolation)."""
+
+    def __init__(self, ticker: str, error: str) -> None:
+        self.ticker, self.error = ticker, error
+        self.applied: list[Bar] = []
+        self.roundtrips = 0
+
+    def apply(self, bars: list[Bar], messages: int = 0) -> tuple[dict[str, Any], list[int], list[int]]:
+        import redis
+
+        self.roundtrips += 1
+        if any(b.ticker == self.ticker for b in bars):
+            raise redis.ResponseError(self.error)
+        self.applied += bars
+        return {}, [], []
+
+
+def test_a_record_the_store_script_fails_on_is_isolated_and_dead_lettered() -> None:
+    import redis
+
+    from streams.faust_app import BatchProcessor, Message
+
+    good = bars_for("AAA", range(0, 8))
+    msgs = [Message(b.ticker.encode(), b.to_json(), "bars", 0, i) for i, b in enumerate(good)]
+    poison = bars_for("BAD", range(3, 4))[0]
+    msgs.insert(5, Message(b"BAD", poison.to_json(), "bars", 0, 99))
+    store = _ScriptFailsOn("BAD", "user_script:1: attempt to compare nil with number")
+    out = BatchProcessor(store).process_isolating(msgs)  # type: ignore[arg-type]
+    assert [(d.reason, d.offset) for d in out.deadletters] == [("store_error", 99)]
+    assert store.applied == good and out.bars == len(good)  # every other record applied, in order
+    # A Redis-wide refusal is not one record's fault: it propagates (the worker stops on it).
+    with pytest.raises(redis.ResponseError, match="maxmemory"):
+        BatchProcessor(_ScriptFailsOn("BAD", "command not allowed when used memory > 'maxmemory'. script: a1, on "
+                                             "@user_script:93.")).process_isolating(msgs)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path, services: Any,
+                  monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, RedisSettings]]:
+    """A redis-server of this test's own (own port, own data) that it may stop and fill."""
+    from pydantic import SecretStr
+
+    from infra.services import LocalRedis
+    from minutecast.settings import InfraSettings
+
+    password = "poison-" + os.urandom(6).hex()
+    monkeypatch.setenv("MINUTECAST_REDIS_PASSWORD", password)  # LocalRedis writes requirepass from it
+    s = InfraSettings(home=tmp_path / "redis-home", redis=RedisSettings(port=free_port(), password=SecretStr(password)),
+                      start_timeout_s=60)
+    server = LocalRedis(s)
+    server.up()
+    try:
+        yield server, s.redis
+    finally:
+        server.down()
+
+
+def test_worker_stalls_while_redis_is_down_then_stops_on_oom_without_committing(
+        topics: Topics, kafka: KafkaSettings, namespace: str, tmp_path: Path,
+        private_redis: tuple[Any, RedisSettings]) -> None:
+    from minutecast.redis import connect
+    from tests.test_streams_worker import committed_all
+
+    server, rs = private_redis
+    assert rs.password is not None
+    client = connect(rs)
+    keys = Keys(namespace)
+    env = os.environ | {"MINUTECAST_NAMESPACE": namespace, "MINUTECAST_REDIS_PORT": str(rs.port),
+                        "MINUTECAST_REDIS_PASSWORD": rs.password.get_secret_value(), "MINUTECAST_RETRY_S": "0.2",
+                        "MINUTECAST_RETRY_MAX_S": "1", "MINUTECAST_COMMIT_INTERVAL_S": "0.5"}
+    bars = bars_for("AAA", range(0, 40))
+    producer = make_producer(kafka, **{"linger.ms": 5})
+
+    def send(part: list[Bar]) -> None:
+        for b in part:
+            producer.produce(topics.bars, b.to_json(), b.ticker.encode())
+        assert producer.flush(30) == 0
+
+    def taken() -> int:
+        try:
+            return int(client.hget(keys.stats(), "stream_messages") or 0)
+        except Exception:  # noqa: BLE001 - Redis is down on purpose part of the time
+            return -1
+
+    def start(name: str, port: int) -> subprocess.Popen[bytes]:
+        log = open(tmp_path / f"{name}.log", "wb")  # noqa: SIM115 - owned by the process
+        return subprocess.Popen([sys.executable, "-m", "minutecast.cli", "stream", "--web-port", "0",
+                                 "--metrics-port", str(port), "--no-rebuild"], cwd=REPO, env=env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+    port = free_port()
+    worker = start("worker", port)
+    try:
+        send(bars[:20])
+        wait_until(lambda: taken() >= 20, 180, "first bars applied", [worker])
+        # 1. Redis goes away: the worker backs off and shows as stalled; nothing is skipped.
+        server.down()
+        send(bars[20:30])
+        wait_until(lambda: scrape(port).get("minutecast_stream_stalled") == 1.0, 60, "stalled gauge", [worker])
+        m = scrape(port)
+        assert sum(v for k, v in m.items() if k.startswith("minutecast_stream_retries_total")) >= 1
+        assert m["minutecast_stream_stalled_seconds"] >= 0
+        server.up()
+        wait_until(lambda: taken() >= 30 and scrape(port).get("minutecast_stream_stalled") == 0.0, 120,
+                   "caught up after the stall", [worker])
+        assert client.hget(keys.stats(), "stream_stalled_since") == b"0"
+        assert int(client.hget(keys.window_meta("AAA"), "max") or 0) == bars[29].minute
+        wait_until(lambda: committed_all(kafka, namespace, topics.bars), 60, "commit", [worker])
+        before = end_offsets(kafka, topics.bars)
+        # 2. Redis refuses every write (maxmemory reached, noeviction): no retry can help. The worker says
+        #    so, exits 3, and commits nothing of that batch.
+        client.config_set("maxmemory", "1")
+        send(bars[30:35])
+        assert worker.wait(120) == 3
+    finally:
+        if worker.poll() is None:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait(30)
+    log_text = (tmp_path / "worker.log").read_text(errors="replace")
+    assert "FATAL in redis write" in log_text and "maxmemory" in log_text, log_text[-3000:]
+    assert "store_error" not in log_text and "dead-lettered" not in log_text  # not mistaken for a poison record
+    used = {p: end for p, end in before.items() if end > 0}  # AAA's partition (the others hold nothing)
+    after = end_offsets(kafka, topics.bars)
+    assert committed(kafka, f"minutecast-windows-{namespace}", topics.bars, used) == used
+    assert sum(after.values()) == sum(before.values()) + 5  # the 5 bars are in the topic, not committed
+    # 3. Once memory is back, a restarted worker applies the batch it had not committed.
+    client.config_set("maxmemory", "0")
+    worker = start("worker2", free_port())
+    try:
+        wait_until(lambda: taken() >= 35, 180, "the uncommitted batch applied after the restart", [worker])
+        assert int(client.hget(keys.window_meta("AAA"), "max") or 0) == bars[34].minute
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)

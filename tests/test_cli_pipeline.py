@@ -10,9 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from minutecast.settings import InfraSettings
+from minutecast.window import regular_hours
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark, pytest.mark.slow]
 
@@ -45,7 +47,9 @@ def test_run_then_lookup_watch_and_status(services: InfraSettings, namespace: st
     monkeypatch.setenv("MINUTECAST_CHECKPOINT_DIR", str(tmp_path / "checkpoint"))
     monkeypatch.setenv("MINUTECAST_METRICS_PORT", "0")  # no clash with a pipeline running beside the tests
     monkeypatch.setenv("MINUTECAST_WEB_PORT", "0")
-    run = cli("run", "--source", "replay", "--replay-data", str(replay_dir), "--no-train",
+    # --live-sessions 0: the files once, unshifted (the as-if-live default is tests/test_web_browser.py's).
+    run = cli("run", "--source", "replay", "--replay-data", str(replay_dir), "--no-train", "--live-sessions", "0",
+              "--no-serve",
               "--until-forecasts", str(len(TICKERS)), "--for", "420", "--summary-every", "3", timeout=600)
     assert "replay" in run.stdout
     assert f"{len(TICKERS)} tickers have forecasts; stopping as asked" in run.stdout, run.stdout[-3000:]
@@ -55,10 +59,16 @@ def test_run_then_lookup_watch_and_status(services: InfraSettings, namespace: st
     forecasts = [json.loads(line) for line in shown.stdout.splitlines()]
     assert {f["ticker"] for f in forecasts} == set(TICKERS)
     for f in forecasts:
-        assert f["as_of_time"].startswith(DAY) and f["horizon_min"] == 5
+        # The replay shifts the recorded day by whole days towards now (producers/live.py): the New York
+        # clock time stays, so the forecast's as-of minute is inside the replayed regular hours.
+        assert regular_hours(np.array([f["as_of"]]))[0] and f["horizon_min"] == 5
         assert f["predicted_close"] > 0 and f["model_version"]
+        # v2: the median and its 80% / 90% intervals (the calibrated baseline until a model is promoted)
+        assert f["v"] == 2 and f["q05"] <= f["q10"] <= f["q50"] == f["predicted_close"] <= f["q90"] <= f["q95"]
+        assert f["interval_kind"] in ("lstm", "baseline") and f["sigma"] >= 0
     table = cli("forecast", "AAPL")
-    assert "AAPL" in table.stdout and "no forecast" not in table.stdout
+    assert table.stdout.startswith("AAPL ") and "no forecast" not in table.stdout
+    assert " ET: " in table.stdout and ", 80% " in table.stdout and ", 90% " in table.stdout
 
     watched = cli("watch", "--from-beginning", "--plain", "--max-seconds", "15")
     assert {line.split()[0] for line in watched.stdout.splitlines()} >= set(TICKERS)

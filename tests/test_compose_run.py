@@ -50,7 +50,7 @@ OVERRIDE = REPO / "docker" / "podman" / "docker-compose.podman.yml"
 # then the `replay` profile's producer once the Faust worker has joined its group, so the worker takes the
 # bars live (a worker that starts after them takes its start-up rebuild path instead).
 # podman-compose 1.0 (Debian) has no --profile: services are named explicitly.
-SERVICES = ("kafka", "redis", "topics", "stream", "infer")
+SERVICES = ("kafka", "redis", "topics", "stream", "infer", "web")
 PRODUCER = "producer-replay"
 TICKERS = ("AAPL", "MSFT", "NVDA")
 DAY, FIRST, MINUTES = "2025-12-30", "09:30", 150  # a regular session's first 150 minutes
@@ -90,7 +90,8 @@ def write_slice(shared: Path, dest: Path) -> dict[str, np.ndarray]:
             f.write("\n".join([header, *day]) + "\n")
         frame = pd.read_csv(dest / f"{ticker}.csv.gz")
         minutes = pd.to_datetime(frame["Datetime"], utc=True).astype("int64").to_numpy() // 10**9
-        expected[ticker] = ready_windows(minutes, frame["Close"].to_numpy(), frame["Volume"].to_numpy()).ends
+        ohlcv = frame[["Open", "High", "Low", "Close", "Volume"]].to_numpy(dtype=np.float64)
+        expected[ticker] = ready_windows(minutes, ohlcv).ends
     return expected
 
 
@@ -244,6 +245,20 @@ def test_kafka_stand_in_starts_like_the_official_image() -> None:
     assert "SASL_" in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"] and env["KAFKA_OPTS"].strip()
 
 
+def _check_web(url: str, token: str, tickers: set[str]) -> None:
+    """The `web` service serves the dashboard, its vendored chart library and the forecasts (token required)."""
+    import httpx
+
+    auth = {"Authorization": f"Bearer {token}"}
+    page = httpx.get(url, timeout=30)
+    assert page.status_code == 200 and "/static/vendor/uPlot.iife.min.js" in page.text
+    assert httpx.get(url + "static/vendor/uPlot.iife.min.js", timeout=30).status_code == 200
+    assert httpx.get(url + "api/forecasts", timeout=30).status_code == 401
+    body = httpx.get(url + "api/forecasts", headers=auth, timeout=30).json()
+    assert {f["ticker"] for f in body["forecasts"]} >= tickers
+    assert httpx.get(url + "api/status", headers=auth, timeout=60).json()["services"]["kafka"]["up"]
+
+
 @pytest.mark.compose
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
@@ -259,13 +274,14 @@ def test_compose_stack_forecasts_replayed_bars(podman_ready: None, shared_data: 
     want = {(t, int(end)) for t, ends in expected.items() for end in ends}  # every ready window
     last = {(t, int(ends.max())) for t, ends in expected.items()}  # each ticker's last one
     namespace = "ct" + uuid.uuid4().hex[:8]
-    kafka_port, redis_port = _free_port(), _free_port()
-    user, kafka_pw, redis_pw = "minutecast", _password(), _password()
+    kafka_port, redis_port, web_port = _free_port(), _free_port(), _free_port()
+    user, kafka_pw, redis_pw, web_token = "minutecast", _password(), _password(), _password()
     project_dir = tmp_path / "project"
     project_dir.mkdir()
     (project_dir / ".env").write_text("\n".join([
         f"MINUTECAST_REDIS_PASSWORD={redis_pw}", f"MINUTECAST_KAFKA_SASL_PASSWORD={kafka_pw}",
         f"MINUTECAST_KAFKA_SASL_USERNAME={user}", f"MINUTECAST_NAMESPACE={namespace}",
+        f"MINUTECAST_SERVE_TOKEN={web_token}", f"WEB_HOST_PORT={web_port}",
         f"KAFKA_HOST_PORT={kafka_port}", f"REDIS_HOST_PORT={redis_port}", f"REPLAY_DATA={tmp_path / 'replay'}",
         "REPLAY_SPEED=0", "",
     ]))
@@ -309,6 +325,7 @@ def test_compose_stack_forecasts_replayed_bars(podman_ready: None, shared_data: 
             assert int(float(stored["as_of"])) == as_of, (ticker, stored)
             assert float(stored["predicted_close"]) == pytest.approx(got[(ticker, as_of)].predicted_close)
         client.close()
+        _check_web(f"http://127.0.0.1:{web_port}/", web_token, {t for t, _ in last})
     except BaseException:
         print(stack.logs(), file=sys.stderr)
         raise

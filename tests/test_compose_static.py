@@ -40,6 +40,7 @@ from minutecast.settings import (
     ProducerSettings,
     StreamSettings,
     TrainingSettings,
+    WebSettings,
     env_names,
 )
 
@@ -49,7 +50,8 @@ DOCKERFILE = REPO / "Dockerfile"
 ENV_EXAMPLE = REPO / ".env.example"
 KAFKA_ENTRYPOINT = REPO / "docker" / "kafka-entrypoint.sh"
 # Values for the secrets .env.example leaves empty (compose must refuse to start without them).
-TEST_SECRETS = {"MINUTECAST_REDIS_PASSWORD": "redis-Test_pw1", "MINUTECAST_KAFKA_SASL_PASSWORD": "kafka-Test_pw1"}
+TEST_SECRETS = {"MINUTECAST_REDIS_PASSWORD": "redis-Test_pw1", "MINUTECAST_KAFKA_SASL_PASSWORD": "kafka-Test_pw1",
+                "MINUTECAST_SERVE_TOKEN": "web-Test_token1"}
 
 # Which Settings class each minutecast service reads. Every service on the minutecast image is listed.
 SERVICE_SETTINGS: dict[str, type[BaseSettings]] = {
@@ -60,6 +62,7 @@ SERVICE_SETTINGS: dict[str, type[BaseSettings]] = {
     "infer": InferenceSettings,
     "train": TrainingSettings,
     "train-gpu": TrainingSettings,
+    "web": WebSettings,
 }
 COMMAND_SERVICES = [s for s in SERVICE_SETTINGS if s != "topics"]  # `topics` runs python -c (see below)
 
@@ -333,6 +336,23 @@ def test_environment_is_the_services_settings(compose: dict[str, Any], settings_
     assert s.home == PurePosixPath("/var/lib/minutecast")
 
 
+@pytest.mark.parametrize("service", ["stream", "train"])
+def test_ticker_allowlist_is_on_by_default_in_compose(compose_defaults: dict[str, Any], monkeypatch: pytest.MonkeyPatch,
+                                                     service: str) -> None:
+    from minutecast.universe import allowlist, sp500
+
+    for key in list(os.environ):
+        if key.startswith("MINUTECAST_"):
+            monkeypatch.delenv(key)
+    for key, value in service_env(compose_defaults, service).items():
+        monkeypatch.setenv(key, value)
+    s = SERVICE_SETTINGS[service]()
+    allowed = allowlist(s)
+    assert s.ticker_allowlist and allowed is not None
+    assert allowed == frozenset([*sp500(), s.market_ticker]) and "AAPL" in allowed and "SPY" in allowed
+    assert "ZZZT" not in allowed  # a synthetic ticker is dead-lettered there (unknown_ticker)
+
+
 def listeners(value: str) -> dict[str, tuple[str, int]]:
     out = {}
     for item in value.split(","):
@@ -454,9 +474,9 @@ def test_ports_are_unique_loopback_and_scaling_is_possible(compose_defaults: dic
             assert ip == "127.0.0.1", f"{name}: publish on loopback only, not {ip}"
             assert int(host) not in seen, f"{name} and {seen.get(int(host))} both bind host port {host}"
             seen[int(host)] = name
-    assert set(seen.values()) == {"kafka", "redis"}
-    # Not the local services' ports (`minutecast infra up`): both stacks can run side by side.
-    assert not {9092, 9093, 6379} & set(seen)
+    assert set(seen.values()) == {"kafka", "redis", "web"}
+    # Not the local services' ports (`minutecast infra up`, `minutecast serve`): both stacks can run side by side.
+    assert not {9092, 9093, 6379, WebSettings.model_fields["serve_port"].default} & set(seen)
 
 
 def named_mounts(svc: dict[str, Any]) -> dict[str, tuple[str, bool]]:
@@ -530,10 +550,25 @@ def test_healthchecks_dependencies_and_restart_policies(compose: dict[str, Any],
         assert f"http://127.0.0.1:{port}/metrics" in " ".join(services[name]["healthcheck"]["test"])
 
 
+def test_web_service_serves_the_dashboard_on_loopback_with_a_token(compose: dict[str, Any], settings_for: Any) -> None:
+    web = compose["services"]["web"]
+    assert web["command"] == ["serve"]
+    s = settings_for("web")
+    assert not s.loopback and s.serve_token.get_secret_value() == TEST_SECRETS["MINUTECAST_SERVE_TOKEN"]
+    assert web["ports"] == [f"127.0.0.1:18080:{s.serve_port}"]
+    assert f"http://127.0.0.1:{s.serve_port}/healthz" in " ".join(web["healthcheck"]["test"])
+    mounts = named_mounts(web)
+    assert all(ro for _, ro in mounts.values()), "the web service only reads"
+    assert mounts[str(PurePosixPath(s.reports))][0] == "reports" and mounts[str(s.models_dir)][0] == "models"
+    # The image vendors the chart library at build time (the page loads nothing from a CDN).
+    text = dockerfile_text()
+    assert "web/vendor.sh" in text and "COPY --from=web /src/web/static/vendor/" in text
+
+
 def test_profiles_replay_and_gpu(compose: dict[str, Any]) -> None:
     services = compose["services"]
     default = {n for n, s in services.items() if not s.get("profiles")}
-    assert default == {"kafka", "redis", "topics", "producer", "stream", "infer", "train"}
+    assert default == {"kafka", "redis", "topics", "producer", "stream", "infer", "train", "web"}
     assert services["producer"]["command"][:3] == ["produce", "--source", "yfinance"]
     assert "--live" in services["producer"]["command"]
 
@@ -594,9 +629,9 @@ def test_dockerfile_versions_match_pyproject_and_poms() -> None:
 def test_dockerfile_final_stage_is_small_nonroot_with_java_and_jars() -> None:
     text = dockerfile_text()
     *builders, final = stages(text)
-    assert [b.split()[2] for b in builders] == ["jars", "build"]
+    assert [b.split()[2] for b in builders] == ["jars", "web", "build"]
     assert "openjdk-17-jre-headless" in final and "--no-install-recommends" in final
-    for tool in ("g++", "cmake", "maven"):
+    for tool in ("g++", "cmake", "maven", "npm"):
         assert not re.search(rf"(?<![\w-]){re.escape(tool)}(?![\w-])", final), f"{tool} in the final image"
     users = re.findall(r"(?m)^USER (\S+)", final)
     assert users and users[-1] not in ("root", "0"), "the final image runs as a non-root user"

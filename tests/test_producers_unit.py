@@ -97,7 +97,7 @@ def test_frame_to_bars_single_ticker_flat_columns() -> None:
                        "Volume": [5, 6]}, index=idx)
     out = frame_to_bars(df, "AAPL")
     assert out["ticker"].tolist() == ["AAPL", "AAPL"] and out["minute"].tolist() == [T0, T0 + 60]
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="needs its ticker"):
         frame_to_bars(df)
     assert frame_to_bars(pd.DataFrame()).empty
 

@@ -8,7 +8,16 @@ import math
 import pytest
 
 from minutecast.errors import ValidationError
-from minutecast.schemas import REASONS, Bar, DeadLetter, Forecast, WindowReady, parse_bar
+from minutecast.schemas import (
+    FORECAST_VERSION,
+    QUANTILE_FIELDS,
+    REASONS,
+    Bar,
+    DeadLetter,
+    Forecast,
+    WindowReady,
+    parse_bar,
+)
 
 NOW = 1_764_000_000.0  # 2025-11-24
 GOOD = Bar("AAPL", 1_759_325_400, 253.38, 253.5, 252.16, 252.52, 3395.0, "replay", 1_759_325_461.5)
@@ -80,12 +89,80 @@ def test_key_must_match_ticker() -> None:
     assert _reason(GOOD.to_json(), key="MSFT") == "key_mismatch"
 
 
+V1 = Forecast("AAPL", GOOD.minute, 5, 253.0, 252.52, "persistence", "persistence", 1.0, 2.0, 3.0)
+V2 = Forecast("AAPL", GOOD.minute, 5, 252.6, 252.52, "20261201T100000Z-0a1b2c3d", "lstm", None, 2.0, 3.0,
+              q05=251.9, q10=252.1, q50=252.6, q90=253.05, q95=253.2, sigma=0.00130, interval_kind="lstm",
+              log_s80=0.05, log_s90=-0.02)
+
+
 def test_forecast_and_ready_round_trip() -> None:
-    f = Forecast("AAPL", GOOD.minute, 5, 253.0, 252.52, "persistence", "persistence", 1.0, 2.0, 3.0)
-    assert Forecast.from_json(f.to_json()) == f
-    assert json.loads(f.to_json())["target_time"] == "2025-10-01T13:35:00Z"
+    assert Forecast.from_json(V1.to_json()) == V1
+    assert json.loads(V1.to_json())["target_time"] == "2025-10-01T13:35:00Z"
     r = WindowReady("AAPL", GOOD.minute, "abcd", 1.0, 2.0)
     assert WindowReady.from_json(r.to_json()) == r
+
+
+def test_forecast_v2_round_trip_and_v1_compatibility() -> None:
+    d = json.loads(V2.to_json())
+    assert d["v"] == FORECAST_VERSION == 2 and Forecast.from_json(V2.to_json()) == V2
+    assert [d[f] for f in QUANTILE_FIELDS] == list(V2.quantiles or ()) and d["predicted_close"] == d["q50"]
+    # v2 is additive: every v1 field keeps its name and meaning, so a v1 reader's fields are all there.
+    v1 = json.loads(V1.to_json())
+    assert v1["v"] == 1 and set(v1) - {"v"} <= set(d) and not set(QUANTILE_FIELDS) & set(v1)
+    # A v1 message (old history, old topic data) decodes with the new fields None.
+    old = Forecast.from_json(V1.to_json())
+    assert old.quantiles is None and old.sigma is None and old.interval_kind is None and old.version == 1
+    # The old latest-hash encoding (every field a string, null as "None") still reads.
+    legacy = {k: ("None" if v is None else str(v)) for k, v in v1.items()}
+    assert Forecast.from_dict(legacy) == V1
+
+
+def _v2_reason(**kw: object) -> str:
+    d = json.loads(V2.to_json())
+    for k, v in kw.items():
+        if v is ...:
+            d.pop(k)
+        else:
+            d[k] = v
+    with pytest.raises(ValidationError) as info:
+        Forecast.from_json(json.dumps(d))
+    assert info.value.reason in REASONS
+    return info.value.reason
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"q90": 252.0}, "quantile_order"),  # q90 < q50
+        ({"q05": 252.2}, "quantile_order"),  # q05 > q10: the 90% interval inside the 80% one
+        ({"sigma": -0.001}, "quantile_order"),
+        ({"q05": -1.0}, "non_positive_price"),
+        ({"q10": 0.0, "q05": 0.0}, "non_positive_price"),
+        ({"q95": float("inf")}, "non_finite"),
+        ({"sigma": float("nan")}, "non_finite"),
+        ({"q50": 252.7}, "median_mismatch"),
+        ({"interval_kind": "magic"}, "unknown_interval_kind"),
+        ({"q10": "252.1"}, "wrong_type"),
+        ({"q10": True}, "wrong_type"),
+        ({"interval_kind": None}, "wrong_type"),
+        ({"as_of": 1.5}, "wrong_type"),
+        ({"q95": ...}, "missing_field"),
+        ({"log_s80": ...}, "missing_field"),
+        ({"v": 3}, "schema_version"),
+    ],
+)
+def test_forecast_v2_validation_reasons(change: dict[str, object], reason: str) -> None:
+    assert _v2_reason(**change) == reason
+
+
+def test_forecast_equal_quantiles_are_allowed_and_non_json_is_refused() -> None:
+    flat = Forecast("AAPL", GOOD.minute, 5, 100.0, 100.0, "persistence", "persistence", None, 2.0, 3.0,
+                    q05=100.0, q10=100.0, q50=100.0, q90=100.0, q95=100.0, sigma=0.0, interval_kind="baseline",
+                    log_s80=0.0, log_s90=0.0)  # a flat window: a zero-width baseline interval
+    assert Forecast.from_json(flat.to_json()) == flat
+    with pytest.raises(ValidationError) as info:
+        Forecast.from_json(b"{nope")
+    assert info.value.reason == "not_json"
 
 
 def test_dead_letter_truncates_and_keeps_reason() -> None:

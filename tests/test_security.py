@@ -6,7 +6,8 @@
   gives, with the password in none of repr/str/JSON/log output (compose uses it: test_compose_static.py);
 * no eval/exec/pickle/marshal/unsafe YAML anywhere in the source;
 * models load with Keras ``safe_mode=True``: a model with a Lambda layer is refused;
-* secrets never logged: CLI commands and a worker at debug level, with known secret values in the env;
+* secrets never logged: CLI commands and a worker at debug level, with known secret values in the env,
+  against a private broker that requires SASL/SCRAM (so the worker's "ready" proves it logged in);
 * ruff's ``S`` (bandit) rules are selected in pyproject and the tree is clean under them.
 """
 
@@ -32,7 +33,7 @@ from minutecast.settings import KafkaSettings, RedisSettings, StreamSettings
 from minutecast.topics import Topics
 
 REPO = Path(__file__).resolve().parents[1]
-SOURCE_DIRS = ("minutecast", "producers", "streams", "training", "infra", "benchmarks", "docker", "tests")
+SOURCE_DIRS = ("minutecast", "producers", "streams", "training", "infra", "benchmarks", "docker", "tests", "web")
 KAFKA_SECRET = "kafka-Secret-7f3a9c-do-not-log"
 # Pattern -> why it is refused. Every hit outside ALLOWED fails the test.
 UNSAFE = {
@@ -144,7 +145,8 @@ def test_models_load_in_keras_safe_mode_and_a_lambda_layer_is_refused(tmp_path: 
     x = tf.keras.layers.LSTM(4)(x)
     model = tf.keras.Model(inputs, tf.keras.layers.Dense(1)(x))
     reg = Registry(tmp_path)
-    version = reg.save(model, Scaler(ret_scale=0.001, logvol_mean=7.0, logvol_std=1.0, target_scale=0.002), {})
+    version = reg.save(model, Scaler(ret_scale=1e-3, gap_scale=5e-3, range_scale=2e-3, logvol_mean=7.0, logvol_std=1.0,
+                                     mkt_ret_scale=1e-3, mkt_range_scale=2e-3, target_scale=2e-3), {})
     with pytest.raises(ModelError, match=r"(?i)lambda|safe_mode|unsafe"):
         reg.load(version)
     with pytest.raises(ModelError):
@@ -158,12 +160,76 @@ def _cli(args: list[str], env: dict[str, str], timeout: float = 180) -> str:
     return res.stdout + res.stderr
 
 
+@pytest.fixture
+def sasl_broker(tmp_path: Path, services: Any) -> Any:
+    """A private KRaft broker whose client listener is SASL_PLAINTEXT / SCRAM-SHA-512 only (user
+    ``minutecast`` with :data:`KAFKA_SECRET`, created at format time as docker/kafka-entrypoint.sh does)."""
+    from infra.services import LocalKafka
+    from minutecast.settings import InfraSettings
+    from tests.test_producers_integration import _free_port_pair
+    from tests.test_streams_worker import free_port
+
+    port, internal = _free_port_pair(), free_port()
+    ks = _sasl().model_copy(update={"bootstrap": f"127.0.0.1:{port}"})
+
+    class SaslKafka(LocalKafka):
+        def _write_config(self) -> None:
+            super()._write_config()
+            text = self.config.read_text()
+            text = text.replace(f"listeners=PLAINTEXT://{self.host}:{self.port}",
+                                f"listeners=CLIENT://{self.host}:{self.port},BROKER://127.0.0.1:{internal}")
+            text = text.replace(f"advertised.listeners=PLAINTEXT://{self.host}:{self.port}",
+                                f"advertised.listeners=CLIENT://{self.host}:{self.port},BROKER://127.0.0.1:{internal}")
+            text = text.replace("inter.broker.listener.name=PLAINTEXT", "inter.broker.listener.name=BROKER")
+            text = text.replace("listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+                                "listener.security.protocol.map=CLIENT:SASL_PLAINTEXT,BROKER:PLAINTEXT,"
+                                "CONTROLLER:PLAINTEXT")
+            text += ("sasl.enabled.mechanisms=SCRAM-SHA-512\n"
+                     "listener.name.client.scram-sha-512.sasl.jaas.config="
+                     "org.apache.kafka.common.security.scram.ScramLoginModule required;\n")
+            self.config.write_text(text)
+
+        def _format(self, java: str) -> None:
+            import base64
+            import uuid
+
+            from infra.services import CONF_DIR
+
+            self.data.mkdir(parents=True, exist_ok=True)
+            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            log4j = f"-Dlog4j2.configurationFile={CONF_DIR / 'log4j2.properties'}"
+            res = subprocess.run([java, "-cp", self._classpath(), log4j,
+                                  "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.config),
+                                  "--add-scram", f"SCRAM-SHA-512=[name=minutecast,password={KAFKA_SECRET}]"],
+                                 capture_output=True, text=True, check=False)
+            assert res.returncode == 0, res.stdout[-1500:] + res.stderr[-1500:]
+
+    broker = SaslKafka(InfraSettings(home=tmp_path / "kafka-home", kafka=ks, kafka_heap="384m", start_timeout_s=120))
+    broker.up()  # waits until a SASL client gets metadata: the credentials work
+    try:
+        yield ks
+    finally:
+        broker.down()
+
+
 @pytest.mark.integration
 def test_secrets_never_logged_by_cli_or_worker_at_debug_level(redis_settings: RedisSettings, namespace: str,
-                                                             topics: Topics, tmp_path: Path) -> None:
+                                                             sasl_broker: KafkaSettings, tmp_path: Path) -> None:
+    from minutecast.errors import ServiceUnavailable
+    from minutecast.kafka import ensure_topics, wait_for_kafka
+
+    # SASL for real: the broker refuses a wrong password and plaintext clients; ours logs in.
+    with pytest.raises(ServiceUnavailable):
+        wait_for_kafka(sasl_broker.model_copy(update={"sasl_password": SecretStr(KAFKA_SECRET + "x")}), 8)
+    with pytest.raises(ServiceUnavailable):
+        wait_for_kafka(KafkaSettings(bootstrap=sasl_broker.bootstrap), 8)
+    ensure_topics(sasl_broker, Topics(namespace).specs(3, 1))
     assert redis_settings.password is not None
     redis_secret = redis_settings.password.get_secret_value()
     env = os.environ | {"MINUTECAST_NAMESPACE": namespace, "MINUTECAST_REDIS_PASSWORD": redis_secret,
+                        "MINUTECAST_KAFKA_BOOTSTRAP": sasl_broker.bootstrap,
+                        "MINUTECAST_KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT",
+                        "MINUTECAST_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
                         "MINUTECAST_KAFKA_SASL_USERNAME": "minutecast", "MINUTECAST_KAFKA_SASL_PASSWORD": KAFKA_SECRET,
                         "MINUTECAST_LOG_LEVEL": "DEBUG"}
     outputs = {
