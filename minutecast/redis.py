@@ -10,38 +10,24 @@ from minutecast.errors import ConfigError, ServiceUnavailable
 from minutecast.settings import RedisSettings
 
 
-def connect(rs: RedisSettings, **kwargs: object) -> redislib.Redis:
-    """A client for ``rs``. Raises :class:`ConfigError` when no password is configured."""
+def _options(rs: RedisSettings) -> dict[str, object]:
+    """Connection options of both clients (one definition). Raises :class:`ConfigError` without a password."""
     if rs.password is None:
         raise ConfigError("Redis password missing: set MINUTECAST_REDIS_PASSWORD or run `minutecast infra up`")
-    return redislib.Redis(
-        host=rs.host,
-        port=rs.port,
-        db=rs.db,
-        password=rs.password.get_secret_value(),
-        socket_timeout=10,
-        socket_connect_timeout=5,
-        health_check_interval=30,
-        **kwargs,  # type: ignore[arg-type]
-    )
+    return {"host": rs.host, "port": rs.port, "db": rs.db, "password": rs.password.get_secret_value(),
+            "socket_timeout": 10, "socket_connect_timeout": 5, "health_check_interval": 30}
+
+
+def connect(rs: RedisSettings, **kwargs: object) -> redislib.Redis:
+    """A client for ``rs``. Raises :class:`ConfigError` when no password is configured."""
+    return redislib.Redis(**(_options(rs) | kwargs))  # type: ignore[arg-type]
 
 
 def connect_async(rs: RedisSettings, **kwargs: object) -> redislib.asyncio.Redis:
     """An asyncio client for ``rs`` (the web server's), with the same settings as :func:`connect`."""
     import redis.asyncio as aioredis
 
-    if rs.password is None:
-        raise ConfigError("Redis password missing: set MINUTECAST_REDIS_PASSWORD or run `minutecast infra up`")
-    return aioredis.Redis(
-        host=rs.host,
-        port=rs.port,
-        db=rs.db,
-        password=rs.password.get_secret_value(),
-        socket_timeout=10,
-        socket_connect_timeout=5,
-        health_check_interval=30,
-        **kwargs,  # type: ignore[arg-type]
-    )
+    return aioredis.Redis(**(_options(rs) | kwargs))  # type: ignore[arg-type]
 
 
 def wait_for_redis(rs: RedisSettings, timeout_s: float = 30.0) -> redislib.Redis:

@@ -31,7 +31,7 @@ def kafka_bars(shared_data: Path, ticker: str, n: int) -> list[Bar]:
     minutes = (pd.to_datetime(df["Datetime"], utc=True).astype("int64") // 10**9).to_numpy()
     out = []
     for m, o, h, lo, c, v in zip(minutes, df["Open"], df["High"], df["Low"], df["Close"], df["Volume"], strict=True):
-        bar = Bar(ticker, int(m), float(o), float(h), float(lo), float(c), float(v), "test", published_at=1.5e9 + m)
+        bar = Bar(ticker, int(m), float(o), float(h), float(lo), float(c), float(v), "test", published_at=m + 61.5)
         out.append(parse_bar(bar.to_json(), ticker))
     return out
 
