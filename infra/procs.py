@@ -90,8 +90,9 @@ def file_lock(path: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def terminate(procs: list[subprocess.Popen[Any]], timeout_s: float = 30.0) -> None:
-    """SIGTERM every process still running, then wait for each; SIGKILL those that outlive ``timeout_s``."""
+def terminate(procs: list[subprocess.Popen[Any]], timeout_s: float = 30.0, *, group: bool = False) -> None:
+    """SIGTERM every process still running, then wait for each; SIGKILL those that outlive ``timeout_s``
+    (``group``: their whole process group, for processes started with ``start_new_session=True``)."""
     for p in procs:
         if p.poll() is None:
             p.send_signal(signal.SIGTERM)
@@ -99,7 +100,10 @@ def terminate(procs: list[subprocess.Popen[Any]], timeout_s: float = 30.0) -> No
         try:
             p.wait(timeout_s)
         except subprocess.TimeoutExpired:
-            p.kill()
+            if group:
+                os.killpg(p.pid, signal.SIGKILL)
+            else:
+                p.kill()
             p.wait(10)
 
 

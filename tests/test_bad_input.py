@@ -32,6 +32,7 @@ from typing import Any
 import pytest
 from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
 
+from infra.procs import terminate
 from minutecast.errors import ModelError
 from minutecast.kafka import end_offsets, make_admin, make_consumer, make_producer
 from minutecast.keys import Keys
@@ -246,11 +247,7 @@ def test_bad_messages_are_dead_lettered_counted_and_good_bars_still_forecast(
         wait_until(lambda: committed(kafka, f"minutecast-windows-{namespace}", topics.bars, ends) == ends, 60,
                    "offsets committed to the end", [worker])
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
+        terminate([worker], 60, group=True)
         log.close()
 
     # Dead letters: one per bad message, at its offset, with its reason.
@@ -477,8 +474,4 @@ def test_worker_stalls_while_redis_is_down_then_stops_on_oom_without_committing(
         wait_until(lambda: taken() >= 35, 180, "the uncommitted batch applied after the restart", [worker])
         assert int(client.hget(keys.window_meta("AAA"), "max") or 0) == bars[34].minute
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(60)
-        except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
+        terminate([worker], 60, group=True)

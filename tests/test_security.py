@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -27,6 +26,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
+from infra.procs import terminate
 from minutecast.errors import ModelError
 from minutecast.kafka import client_config, spark_options
 from minutecast.settings import KafkaSettings, RedisSettings, StreamSettings
@@ -249,11 +249,7 @@ def test_secrets_never_logged_by_cli_or_worker_at_debug_level(redis_settings: Re
                 assert worker.poll() is None, log_path.read_text(errors="replace")[-3000:]
                 time.sleep(0.5)
         finally:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(60)
-            except subprocess.TimeoutExpired:
-                worker.kill()
+            terminate([worker], 60)
     outputs["worker (debug)"] = log_path.read_text(errors="replace")
     assert "Worker ready" in outputs["worker (debug)"]
     assert any(o.strip() for o in outputs.values())
