@@ -63,6 +63,7 @@ RUN HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
  && find /opt/venv -path '*horovod*' -name '*.so' -exec strip --strip-unneeded {} +
 COPY README.md /src/README.md
 COPY minutecast/ /src/minutecast/
+COPY ops/ /src/ops/
 COPY infra/ /src/infra/
 COPY producers/ /src/producers/
 COPY streams/ /src/streams/

@@ -7,7 +7,7 @@ way (one ``model.predict`` per ticker), in the same run, on CPU.
 The model is the serving architecture (``minutecast.model`` preset ``default``: pooled LSTM with the
 5-quantile head), randomly initialised: weights do not change the speed. Windows are built from
 synthetic random-walk bars of 503 tickers and the market ticker through the shared window policy
-(``streams.state.windows_for``, the partition's own call), so each carries the market context.
+(``streams.window_store.windows_for``, the partition's own call), so each carries the market context.
 
 * ``batch_ms_503``: median of ``ServingModel.predict_log_quantiles`` on the 503 windows, the exact call the
   Spark job makes per partition (features via ``minutecast.features`` + one compiled ``tf.function`` call);
@@ -40,7 +40,7 @@ def stored_rows(n: int, seed: int = 0) -> tuple[list[list[Any]], list[Any], list
     """Window-store rows of ``n`` tickers and the market (``window.RETAIN`` bars each, ~3% of minutes
     missing), and each ticker's as-of minute (its newest bar)."""
     from minutecast.window import RETAIN
-    from streams.state import WindowRow
+    from streams.window_store import WindowRow
 
     rng = np.random.default_rng(seed)
 
@@ -68,7 +68,7 @@ def main() -> int:
     from minutecast.model import build_model, get_preset
     from minutecast.registry import ServingModel
     from streams.serving import check_outputs, make_forecast, prices_and_sigma
-    from streams.state import windows_for
+    from streams.window_store import windows_for
 
     model = build_model(get_preset("default"))
     scaler = Scaler(ret_scale=1e-3, gap_scale=5e-3, range_scale=1e-3, logvol_mean=8.0, logvol_std=1.0,

@@ -18,22 +18,17 @@ import os
 import sys
 from collections.abc import Sequence
 
+from minutecast.cli import SUBCOMMANDS, subcommand
+
 WAIT_S = 300.0  # a cold KRaft broker on a small machine takes about a minute
-# Subcommands that need the brokers (see minutecast/cli.py SUBCOMMANDS); the rest start at once.
-NEEDS_SERVICES = frozenset(
-    {"produce", "stream", "streams", "infer", "train", "evaluate", "forecast", "watch", "status", "serve"}
-)
 
 log = logging.getLogger("minutecast.entrypoint")
 
 
-def subcommand(argv: Sequence[str]) -> str | None:
-    """The subcommand in ``minutecast`` arguments: the first one not starting with '-'."""
-    return next((a for a in argv if not a.startswith("-")), None)
-
-
 def needs_services(argv: Sequence[str]) -> bool:
-    return subcommand(argv) in NEEDS_SERVICES and not {"-h", "--help"} & set(argv)
+    """Whether ``minutecast ARGV`` talks to Kafka/Redis (the one list: ``minutecast.cli.SUBCOMMANDS``)."""
+    spec = SUBCOMMANDS.get(subcommand(argv) or "")
+    return spec is not None and spec.needs_services and not {"-h", "--help"} & set(argv)
 
 
 def wait_for_services(timeout_s: float = WAIT_S) -> None:

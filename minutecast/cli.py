@@ -1,10 +1,11 @@
-"""The ``minutecast`` command. Each subcommand lives with its component and is imported lazily.
+"""The ``minutecast`` command. Each subcommand lives with its component; only the one being run is imported.
 
     minutecast --help
     minutecast infra up | down | status
 
-A component exposes ``add_arguments(parser)`` and ``run(args) -> int`` in the module named below;
-those modules import heavy libraries (TensorFlow, pyspark, faust) only inside ``run``.
+A component exposes ``add_arguments(parser)`` and ``run(args) -> int`` in the module named in
+:data:`SUBCOMMANDS`. ``minutecast --help`` imports none of them; ``minutecast COMMAND ...`` imports that one
+(which keeps TensorFlow, pyspark, faust and yfinance inside ``run``: ruff's PLC0415 allows only those lazy).
 """
 
 from __future__ import annotations
@@ -14,43 +15,56 @@ import importlib
 import logging
 import sys
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import pydantic
 
 from minutecast.errors import MinutecastError
 
-# name -> (module, one-line help). Modules that are not there yet are left out of --help.
-SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "infra": ("infra.cli", "start, stop and check the local Kafka broker and Redis server"),
-    "produce": ("producers.cli", "publish 1-minute bars into Kafka (yfinance, replay, synthetic)"),
-    "stream": ("streams.worker_cli", "run the Faust worker keeping 60-minute windows in Redis"),
-    "streams": ("streams.admin_cli", "window-state maintenance (rebuild from Kafka)"),
-    "infer": ("streams.infer_cli", "run the Spark structured-streaming inference job"),
-    "train": ("training.cli", "train, evaluate and promote a model (once or periodically)"),
-    "evaluate": ("training.evaluate_cli", "evaluate a model's intervals and median against the baselines on bars"),
-    "run": ("minutecast.run", "run the whole pipeline locally (services, producer, workers, trainer)"),
-    "forecast": ("minutecast.lookup", "print the latest forecast of tickers from Redis"),
-    "watch": ("minutecast.watch", "live table of forecasts from the forecasts topic"),
-    "status": ("minutecast.status", "services, consumer lag, rates, model version, dead letters"),
-    "report": ("minutecast.report", "print the latest evaluation report"),
-    "serve": ("web.cli", "the HTTP API and live dashboard (FastAPI, Server-Sent Events)"),
-    "bench": ("benchmarks.cli", "run the benchmark suite and write benchmarks/results"),
+
+class Subcommand(NamedTuple):
+    module: str  # exposes add_arguments(parser) and run(args) -> int
+    help: str  # one line for `minutecast --help`
+    needs_services: bool  # talks to Kafka/Redis: the image's entry point waits for them first
+
+
+# The one list of subcommands (the image's entry point, docker/entrypoint.py, reads it too).
+SUBCOMMANDS: dict[str, Subcommand] = {
+    "infra": Subcommand("infra.cli", "start, stop and check the local Kafka broker and Redis server", False),
+    "produce": Subcommand("producers.cli", "publish 1-minute bars into Kafka (yfinance, replay, synthetic)", True),
+    "stream": Subcommand("streams.worker_cli", "run the Faust worker keeping 60-minute windows in Redis", True),
+    "rebuild": Subcommand("streams.rebuild_cli", "rebuild every window in Redis from the bar topic", True),
+    "infer": Subcommand("streams.infer_cli", "run the Spark structured-streaming inference job", True),
+    "train": Subcommand("training.cli", "train, evaluate and promote a model (once or periodically)", True),
+    "evaluate": Subcommand("training.evaluate_cli",
+                           "evaluate a model's intervals and median against the baselines on bars", True),
+    "run": Subcommand("ops.run", "run the whole pipeline locally (services, producer, workers, trainer)", False),
+    "forecast": Subcommand("ops.forecast", "print the latest forecast of tickers from Redis", True),
+    "watch": Subcommand("ops.watch", "live table of forecasts from the forecasts topic", True),
+    "status": Subcommand("ops.status", "services, consumer lag, rates, model version, dead letters", True),
+    "report": Subcommand("ops.report", "print the latest evaluation report", False),
+    "serve": Subcommand("web.cli", "the HTTP API and live dashboard (FastAPI, Server-Sent Events)", True),
+    "bench": Subcommand("benchmarks.cli", "run the benchmark suite and write benchmarks/results", False),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def subcommand(argv: Sequence[str]) -> str | None:
+    """The subcommand in ``minutecast`` arguments: the first one not starting with '-'."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only ``command``'s module is imported (the others are listed by name and help line)."""
     parser = argparse.ArgumentParser(prog="minutecast", description=__doc__.split("\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module_name, help_text) in SUBCOMMANDS.items():
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name and module_name.startswith(exc.name):
-                continue  # component not built (yet)
-            raise
+    for name, spec in SUBCOMMANDS.items():
+        if name != command:
+            sub.add_parser(name, help=spec.help)
+            continue
+        module = importlib.import_module(spec.module)
         # Raw formatting: a module docstring opens with its exact launch commands, which must stay one per line.
-        p = sub.add_parser(name, help=help_text, description=(module.__doc__ or help_text).strip(),
+        p = sub.add_parser(name, help=spec.help, description=(module.__doc__ or spec.help).strip(),
                            formatter_class=argparse.RawDescriptionHelpFormatter)
         module.add_arguments(p)
         p.set_defaults(_run=module.run)
@@ -58,7 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    name = subcommand(argv)
+    parser = build_parser(name if name in SUBCOMMANDS else None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -7,20 +7,20 @@ Per batch (``stream.take_events(take_max, within=take_within_s)``):
 
 1. decode + validate every message in one tight loop (:func:`minutecast.schemas.parse_bar`); invalid
    ones become :class:`~minutecast.schemas.DeadLetter` records with their reason;
-2. one EVALSHA writes the whole batch (:class:`streams.state.WindowStore`: each ticker's newest
+2. one EVALSHA writes the whole batch (:class:`streams.window_store.WindowStore`: each ticker's newest
    ``window.RETAIN`` bars), returning each ticker's newest rows; conflicting duplicates become dead
    letters (``conflicting_duplicate``), late bars are counted;
 3. for each ticker of the batch, the newest ready window under the window policy v2
    (:mod:`minutecast.window`: slots, short gaps filled, longer ones collapsed and marked, so the window
    at a bar reaches back across the overnight gap) is found: the one at the ticker's newest bar as soon
-   as the ticker has ``WINDOW`` slots (:meth:`streams.state.TickerResult.ready_window`). One whose
+   as the ticker has ``WINDOW`` slots (:meth:`streams.window_store.TickerResult.ready_window`). One whose
    (t, checksum) was not announced before is published as a :class:`~minutecast.schemas.WindowReady`
    (key = ticker) *after* the Redis write returned. The checksum covers the ticker's own columns only
    (market context is added by the reader), so an out-of-order bar that changes the window at an
    announced minute re-announces it with the new checksum. Redis runs with ``appendonly yes`` /
    ``appendfsync everysec``: a write is in the AOF on return and fsynced within a second;
    a Redis crash can lose at most that last second, which
-   ``minutecast streams rebuild`` (or the start-up rebuild) restores from Kafka;
+   ``minutecast rebuild`` (or the start-up rebuild) restores from Kafka;
 4. delivery of ready events and dead letters is awaited, the announced (t, checksum) is stored in the
    window meta, and only then does the body return, so Faust acks (and later commits) the batch's offsets.
 
@@ -54,7 +54,7 @@ from minutecast.schemas import Bar, DeadLetter, WindowReady, parse_bar_record
 from minutecast.settings import KafkaSettings, StreamSettings
 from minutecast.topics import Topics
 from streams import failures
-from streams.state import TickerResult, WindowStore
+from streams.window_store import TickerResult, WindowStore
 
 log = logging.getLogger(__name__)
 

@@ -49,7 +49,7 @@ from streams.serving import (
     prices_and_sigma,
     reject_reason,
 )
-from streams.state import WindowRow, decode_row, windows_for
+from streams.window_store import WindowRow, decode_row, windows_for
 
 log = logging.getLogger("minutecast.infer")
 
@@ -241,7 +241,7 @@ def read_partition(ctx: _Context, tickers: list[str], minutes: list[int]) -> tup
             pipe.evalsha(read_sha, 2, ctx.keys.calibration(t), ctx.keys.forecast_history(t), m, 60 * HORIZON)
 
     results, trips = ctx.execute(build)
-    # Decoded with the window store's own row format (streams.state.decode_row), sorted by minute.
+    # Decoded with the window store's own row format (streams.window_store.decode_row), sorted by minute.
     rows = {t: sorted(decode_row(k, v) for k, v in h.items()) for t, h in zip(window_tickers, results, strict=False)}
     states: dict[str, OnlineScale] = {}
     due: dict[str, dict[int, bytes]] = {}

@@ -1,10 +1,10 @@
 """Rebuild every ticker's window in Redis from the bar topic (after a Redis loss or a flush).
 
-    minutecast streams rebuild            # or automatically at ``minutecast stream`` start-up
+    minutecast rebuild            # or automatically at ``minutecast stream`` start-up
 
 Reads every partition of the bar topic from its beginning up to a snapshot of the end offsets taken at
 the start (what was written before the rebuild began; the worker covers the rest) and applies the bars
-with the same :class:`streams.state.WindowStore` code as the Faust app, in batches. The store keeps each
+with the same :class:`streams.window_store.WindowStore` code as the Faust app, in batches. The store keeps each
 ticker's newest ``RETAIN`` bars (a count, so they may span the overnight gap or a weekend), whatever the
 order and duplication of what it is given, so the result equals the worker's state.
 Invalid messages (the same decoder and ticker allowlist as the worker: :func:`parse_bar_record`) are
@@ -29,7 +29,7 @@ from minutecast.schemas import Bar, parse_bar_record
 from minutecast.settings import StreamSettings
 from minutecast.topics import Topics
 from minutecast.universe import allowlist
-from streams.state import WindowStore
+from streams.window_store import WindowStore
 
 log = logging.getLogger(__name__)
 

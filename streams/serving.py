@@ -124,5 +124,5 @@ def make_forecast(*, ticker: str, as_of: int, last_close: float, prices: list[fl
 
 
 def closes_by_minute(rows: Iterable[tuple[int, float, float, float, float, float, float | None]]) -> dict[int, float]:
-    """Stored window rows (``streams.state.WindowRow``) -> {minute: close}."""
+    """Stored window rows (``streams.window_store.WindowRow``) -> {minute: close}."""
     return {int(r[0]): float(r[4]) for r in rows}

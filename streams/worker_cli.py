@@ -34,7 +34,7 @@ def run(args: argparse.Namespace) -> int:
     from minutecast.settings import StreamSettings
     from streams.faust_app import BatchProcessor, Metrics, create_app
     from streams.rebuild import rebuild, topic_has_data
-    from streams.state import WindowStore
+    from streams.window_store import WindowStore
 
     overrides = {k: v for k, v in (("web_port", args.web_port), ("metrics_port", args.metrics_port))
                  if v is not None}

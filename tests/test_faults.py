@@ -3,7 +3,7 @@
 Covered elsewhere (marked ``faults`` there too, not repeated here):
 
 * Faust worker SIGKILL mid-replay + restart, and Redis keys lost + rebuild from Kafka (start-up and
-  ``minutecast streams rebuild``): ``tests/test_streams_worker.py::``
+  ``minutecast rebuild``): ``tests/test_streams_worker.py::``
   ``test_sigkill_mid_replay_then_flush_and_rebuild_give_the_clean_windows``;
 * Spark job SIGKILL mid-stream + restart from its checkpoint:
   ``tests/test_infer_spark.py::test_job_persistence_hot_reload_kill_restart``;
@@ -43,7 +43,7 @@ from minutecast.redis import connect
 from minutecast.schemas import Bar, parse_bar
 from minutecast.settings import InfraSettings, KafkaSettings, RedisSettings
 from minutecast.topics import Topics
-from streams.state import WindowStore
+from streams.window_store import WindowStore
 from tests.test_producers_integration import (
     _free_port_pair,
     consume_all,

@@ -30,7 +30,7 @@ from minutecast.topics import Topics
 from minutecast.window import HORIZON, WINDOW, checksum, window_at
 from streams.partition import JobConf, infer_partition
 from streams.serving import catch_up, check_outputs
-from streams.state import encode_value, read_windows, window_for, windows_for
+from streams.window_store import encode_value, read_windows, window_for, windows_for
 
 integration = pytest.mark.integration
 
@@ -351,7 +351,7 @@ def test_partition_hot_reload_and_failed_load(redis_client: Any, redis_settings:
 
 
 def test_batched_windows_equal_window_for() -> None:
-    from streams.state import WindowRow
+    from streams.window_store import WindowRow
 
     def rows(b: list[Bar]) -> list[WindowRow]:
         return [WindowRow(x.minute, x.open, x.high, x.low, x.close, x.volume, x.published_at) for x in b]

@@ -1,4 +1,4 @@
-"""`minutecast run`'s supervisor (minutecast/supervisor.py, infra/procs.py): no service outlives it, whatever
+"""`minutecast run`'s supervisor (ops/supervisor.py, infra/procs.py): no service outlives it, whatever
 ends it; a second run of a namespace is refused; stale pid files are found; the restart budget resets.
 
 The supervisor is the real one, run as a user runs it (`python -m minutecast.cli run`); only its services are
@@ -20,7 +20,7 @@ import pytest
 from tenacity import retry, retry_if_exception_type, retry_if_result, stop_after_delay, wait_fixed
 
 from infra import procs
-from minutecast.supervisor import service_pidfile, service_pidfiles, service_pids, service_tag
+from ops.supervisor import service_pidfile, service_pidfiles, service_pids, service_tag
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = {"stream", "infer", "produce"}  # the services --fake-services starts
@@ -173,7 +173,7 @@ def test_second_run_of_a_namespace_is_refused_and_pid_files_are_per_namespace(
 
     # `minutecast status` shows this namespace's services (no Kafka or Redis needed for that part).
     from minutecast.settings import InfraSettings
-    from minutecast.status import collect
+    from ops.status import collect
 
     for name, value in {"MINUTECAST_HOME": str(home), "MINUTECAST_NAMESPACE": ns,
                         "MINUTECAST_KAFKA_BOOTSTRAP": "127.0.0.1:1", "MINUTECAST_REDIS_PORT": "1"}.items():

@@ -33,7 +33,7 @@ from minutecast.settings import KafkaSettings, RedisSettings, StreamSettings
 from minutecast.topics import Topics
 
 REPO = Path(__file__).resolve().parents[1]
-SOURCE_DIRS = ("minutecast", "producers", "streams", "training", "infra", "benchmarks", "docker", "tests", "web")
+SOURCE_DIRS = ("minutecast", "ops", "producers", "streams", "training", "infra", "benchmarks", "docker", "tests", "web")
 KAFKA_SECRET = "kafka-Secret-7f3a9c-do-not-log"
 # Pattern -> why it is refused. Every hit outside ALLOWED fails the test.
 UNSAFE = {

@@ -3,7 +3,7 @@ worker is shown and makes the status unhealthy."""
 
 from __future__ import annotations
 
-from minutecast.status import healthy, render
+from ops.status import healthy, render
 
 BASE = {"namespace": "ns", "services": {"kafka": {"up": True}, "redis": {"up": True}}, "model_version": "x"}
 

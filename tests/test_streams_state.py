@@ -37,7 +37,7 @@ from minutecast.window import (
     window_at,
 )
 from streams.faust_app import BatchProcessor, Message, decode, readiness
-from streams.state import WindowRow, WindowStore, encode_value, read_window, read_windows, row_slots, window_for
+from streams.window_store import WindowRow, WindowStore, encode_value, read_window, read_windows, row_slots, window_for
 
 pytestmark = pytest.mark.integration
 

@@ -3,7 +3,7 @@
 * bad messages -> dead letters with their reason while the good bars around them land; duplicates,
   out-of-order and late bars; window-ready events after the write, for ready windows only; metrics;
 * a worker killed with SIGKILL mid-replay and restarted ends with the windows of a clean run;
-  deleting the namespace's keys and rebuilding (at start-up, and ``minutecast streams rebuild``) too;
+  deleting the namespace's keys and rebuilding (at start-up, and ``minutecast rebuild``) too;
 * two workers in one group (one joining mid-stream: a rebalance) give the result of one.
 """
 
@@ -31,7 +31,7 @@ from minutecast.schemas import Bar, WindowReady
 from minutecast.settings import KafkaSettings, StreamSettings
 from minutecast.topics import Topics
 from minutecast.window import GAP, MINUTE, RETAIN
-from streams.state import WindowStore, read_window, window_for
+from streams.window_store import WindowStore, read_window, window_for
 from tests.test_streams_state import OPEN, make_bars
 
 pytestmark = pytest.mark.integration
@@ -277,7 +277,7 @@ def test_sigkill_mid_replay_then_flush_and_rebuild_give_the_clean_windows(
 
     # ... and by hand.
     delete_namespace_keys(redis_client, namespace)
-    out = subprocess.run([sys.executable, "-m", "minutecast.cli", "streams", "rebuild"], cwd=REPO,
+    out = subprocess.run([sys.executable, "-m", "minutecast.cli", "rebuild"], cwd=REPO,
                          capture_output=True, text=True, timeout=180, check=True)
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["bars"] == len(bars) and report["tickers"] == len(TICKERS)

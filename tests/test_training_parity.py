@@ -1,6 +1,6 @@
 """Feature parity: the training sample for a window equals, bit for bit, the serving input built from the same
 bars stored the way the Faust app stores them in Redis (hash ``Keys(ns).window(T)``, field = minute epoch
-seconds, value = :func:`streams.state.encode_value`; the newest ``RETAIN`` bars), market context included
+seconds, value = :func:`streams.window_store.encode_value`; the newest ``RETAIN`` bars), market context included
 (the market ticker's hash, read in the same pipelined round trip as the Spark job does).
 """
 
@@ -15,7 +15,7 @@ from minutecast.features import Scaler, make_inputs
 from minutecast.keys import Keys
 from minutecast.schemas import Bar, parse_bar
 from minutecast.window import GAP, N_COLUMNS, OPEN_MIN, RETAIN, WINDOW, minute_of_day, regular_hours
-from streams.state import encode_value, read_windows, window_for
+from streams.window_store import encode_value, read_windows, window_for
 from training import data as D
 
 pytestmark = pytest.mark.integration

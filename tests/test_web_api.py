@@ -165,7 +165,7 @@ def test_stream_delivers_new_forecasts_from_the_topic_with_a_ticker_filter(env: 
 
 
 def test_status_is_the_status_commands_data(env: dict[str, Any]) -> None:
-    from minutecast import status
+    from ops import status
 
     api = get(env, "/api/status").json()
     cli = status.collect(sample_s=0.1)

@@ -239,8 +239,8 @@ class _Wrap:
 
 def collect_status(s: WebSettings) -> dict[str, Any]:
     """`minutecast status`'s dict plus the link to the served model's report."""
-    from minutecast import status
     from minutecast.settings import InfraSettings
+    from ops import status
 
     out = status.collect(sample_s=0.5, s=InfraSettings(namespace=s.namespace, home=s.home, kafka=s.kafka,
                                                        redis=s.redis))

@@ -13,7 +13,7 @@ towards now and looping forward in time, so forecasts keep coming; ``--live-sess
 once, unshifted. Until a model is promoted the Spark job serves the persistence baseline (labelled so); the
 trainer trains a first model on what is in Kafka once the history is in, then retrains every hour.
 ``minutecast serve`` runs beside them (the dashboard's URL is printed; ``--no-serve`` leaves it out).
-Ctrl-C stops everything cleanly, and no service outlives the run however it ends (``minutecast/supervisor.py``);
+Ctrl-C stops everything cleanly, and no service outlives the run however it ends (``ops/supervisor.py``);
 a second run of the same namespace is refused while one runs; a later run resumes (Faust offsets, Spark
 checkpoint, registry, replay timeline). Logs: ``<home>/logs/<service>.log``.
 """
@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from minutecast.supervisor import FAKE_SERVICE, Screen, Service, claim
+from ops.supervisor import FAKE_SERVICE, Screen, Service, claim
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -107,10 +107,10 @@ def summary(s: Any) -> dict[str, Any]:
     """Bars in Kafka, windows and forecasts in Redis, the served model: for the screen."""
     from minutecast.kafka import end_offsets
     from minutecast.keys import Keys
-    from minutecast.lookup import forecast_times
     from minutecast.redis import connect
     from minutecast.registry import Registry
     from minutecast.topics import Topics
+    from ops.forecast import forecast_times
 
     keys = Keys(s.namespace)
     client = connect(s.redis, decode_responses=True)

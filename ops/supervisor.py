@@ -1,4 +1,4 @@
-"""The supervisor's parts for `minutecast run` (split from minutecast/run.py): each service runs under a guard
+"""The supervisor's parts for `minutecast run` (split from ops/run.py): each service runs under a guard
 (``infra.procs.guard``) in a session of its own, with a pid file per namespace and service, so that
 
 - no service outlives the run, whatever ends it: a clean stop, SIGHUP, SIGTERM, a broken stdout

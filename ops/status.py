@@ -86,11 +86,11 @@ def collect(sample_s: float = 1.0, s: Any = None) -> dict[str, Any]:
     from infra.services import status as infra_status
     from minutecast.kafka import make_admin, make_consumer
     from minutecast.keys import Keys
-    from minutecast.lookup import forecast_times
     from minutecast.redis import connect
     from minutecast.settings import InferenceSettings, InfraSettings
-    from minutecast.supervisor import service_pids
     from minutecast.topics import Topics
+    from ops.forecast import forecast_times
+    from ops.supervisor import service_pids
 
     s = s or InfraSettings()
     topics, keys = Topics(s.namespace), Keys(s.namespace)
