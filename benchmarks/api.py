@@ -27,15 +27,25 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
+from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_fixed
+
+from minutecast.errors import ServiceUnavailable
+from minutecast.kafka import ensure_topics, make_admin, make_producer
+from minutecast.keys import Keys
+from minutecast.redis import connect
+from minutecast.schemas import Forecast
+from minutecast.settings import InfraSettings
+from minutecast.topics import Topics
+from producers.universe import sp500
+from web.server import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def make_forecast(ticker: str, as_of: int, price: float, *, v2: bool = True, now: float | None = None) -> Any:
     """A Forecast like the Spark job's (v2 with quantiles unless ``v2`` is False)."""
-    from minutecast.schemas import Forecast
-
     now = time.time() if now is None else now
     extra: dict[str, Any] = {}
     if v2:
@@ -72,8 +82,6 @@ def percentiles(ms: list[float]) -> dict[str, float]:
 
 
 def time_get(url: str, paths: list[str], warmup: int = 30) -> list[float]:
-    import httpx
-
     out = []
     with httpx.Client(base_url=url, timeout=10) as c:
         for p in paths[:warmup]:
@@ -90,10 +98,6 @@ def time_get(url: str, paths: list[str], warmup: int = 30) -> list[float]:
 async def sse_latency(url: str, ks: Any, topic: str, tickers: list[str], clients: int, rate: float,
                       seconds: float) -> dict[str, Any]:
     """``clients`` SSE connections; forecasts at ``rate``/s for ``seconds``; per-event delivery latency."""
-    import httpx
-
-    from minutecast.kafka import make_producer
-
     sent: dict[str, float] = {}
     lat: list[float] = []
     per_msg: dict[str, list[float]] = {}
@@ -168,14 +172,6 @@ def main(argv: list[str] | None = None) -> int:
     n = args.requests or (300 if args.quick else 2000)
     sse_s = 6.0 if args.quick else 20.0
 
-    from minutecast.kafka import ensure_topics, make_admin
-    from minutecast.keys import Keys
-    from minutecast.redis import connect
-    from minutecast.settings import InfraSettings
-    from minutecast.topics import Topics
-    from producers.universe import sp500
-    from web.server import free_port
-
     s = InfraSettings()
     ns = f"bench{uuid.uuid4().hex[:10]}"
     topics, keys = Topics(ns), Keys(ns)
@@ -212,17 +208,16 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _wait_healthy(url: str) -> None:
-    import httpx
-    from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_fixed
-
-    @retry(wait=wait_fixed(0.3), stop=stop_after_delay(60), retry=retry_if_exception_type(httpx.HTTPError),
+def _wait_healthy(url: str, timeout_s: float = 60.0) -> None:
+    @retry(wait=wait_fixed(0.3), stop=stop_after_delay(timeout_s), retry=retry_if_exception_type(httpx.HTTPError),
            reraise=True)
     def check() -> None:
         httpx.get(url + "healthz", timeout=2).raise_for_status()
 
-    check()
-
+    try:
+        check()
+    except httpx.HTTPError as exc:
+        raise ServiceUnavailable(f"{url}healthz did not answer 200 within {timeout_s:.0f} s: {exc}") from exc
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -41,9 +41,13 @@ from typing import Any
 import numpy as np
 import psutil
 
+from minutecast.errors import InfraError, ModelError, ServiceUnavailable
+from minutecast.features import Scaler
 from minutecast.kafka import ensure_topics, make_admin, make_consumer, make_producer
 from minutecast.keys import Keys
+from minutecast.model import build_model, get_preset
 from minutecast.redis import connect
+from minutecast.registry import Registry
 from minutecast.schemas import Bar, Forecast
 from minutecast.settings import InferenceSettings
 from minutecast.topics import Topics
@@ -98,11 +102,7 @@ class Feed:
 
 def promote_random_model(models_dir: Path) -> str:
     """A randomly initialised default-architecture model, promoted: the model's speed is what counts here."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    from minutecast.features import Scaler
-    from minutecast.model import build_model, get_preset
-    from minutecast.registry import Registry
-
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before build_model imports TensorFlow
     registry = Registry(models_dir)
     version = registry.save(build_model(get_preset("default")), Scaler(
         ret_scale=1e-3, gap_scale=3e-3, range_scale=1.5e-3, logvol_mean=9.0, logvol_std=1.0, mkt_ret_scale=3e-4,
@@ -120,7 +120,7 @@ def promote_in_subprocess(models_dir: Path) -> str:
     res = subprocess.run([sys.executable, "-c", code, str(models_dir)], cwd=REPO, capture_output=True, text=True,
                          env=os.environ | {"TF_CPP_MIN_LOG_LEVEL": "2"}, timeout=300, check=False)
     if res.returncode != 0:
-        raise RuntimeError(f"could not promote a random model: {res.stderr[-2000:]}")
+        raise ModelError(f"could not promote a random model: {res.stderr[-2000:]}")
     return res.stdout.strip().splitlines()[-1]
 
 
@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
                         seen.setdefault((f.ticker, f.as_of), f)
                 for p in procs:
                     if p.poll() is not None:
-                        raise RuntimeError(f"a pipeline process exited ({p.args!r}); logs in {work}")
+                        raise InfraError(f"a pipeline process exited ({p.args!r}); logs in {work}")
                 if left <= 0:
                     return
 
@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         deadline = time.monotonic() + 300
         while sum(1 for (_, a) in seen if a == first) < len(names):
             if time.monotonic() > deadline:
-                raise TimeoutError(f"no complete first minute of forecasts in 300 s; logs in {work}")
+                raise ServiceUnavailable(f"no complete first minute of forecasts in 300 s; logs in {work}")
             drain(time.monotonic() + 0.5)
         result["warmup_s"] = round(time.monotonic() - t_warm, 1)
         print(f"pipeline warm after {result['warmup_s']} s; timing {minutes} minutes at {rate:.0f} bars/s",

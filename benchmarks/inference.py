@@ -31,6 +31,14 @@ from typing import Any
 
 import numpy as np
 
+from minutecast.features import Scaler, make_inputs
+from minutecast.intervals import OnlineScale
+from minutecast.model import build_model, get_preset
+from minutecast.registry import ServingModel
+from minutecast.window import RETAIN
+from streams.serving import check_outputs, make_forecast, prices_and_sigma
+from streams.window_store import WindowRow, windows_for
+
 GOAL_MS = 50.0
 TICKERS = 503
 T0 = 1_759_327_200  # 2025-10-01 10:00 New York: the last bar is mid-session
@@ -39,9 +47,6 @@ T0 = 1_759_327_200  # 2025-10-01 10:00 New York: the last bar is mid-session
 def stored_rows(n: int, seed: int = 0) -> tuple[list[list[Any]], list[Any], list[int]]:
     """Window-store rows of ``n`` tickers and the market (``window.RETAIN`` bars each, ~3% of minutes
     missing), and each ticker's as-of minute (its newest bar)."""
-    from minutecast.window import RETAIN
-    from streams.window_store import WindowRow
-
     rng = np.random.default_rng(seed)
 
     def one() -> list[Any]:
@@ -62,13 +67,6 @@ def main() -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
     import tensorflow as tf
-
-    from minutecast.features import Scaler, make_inputs
-    from minutecast.intervals import OnlineScale
-    from minutecast.model import build_model, get_preset
-    from minutecast.registry import ServingModel
-    from streams.serving import check_outputs, make_forecast, prices_and_sigma
-    from streams.window_store import windows_for
 
     model = build_model(get_preset("default"))
     scaler = Scaler(ret_scale=1e-3, gap_scale=5e-3, range_scale=1e-3, logvol_mean=8.0, logvol_std=1.0,

@@ -22,14 +22,20 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from minutecast.kafka import end_offsets, ensure_topics, make_admin, make_producer
+from minutecast.settings import ProducerSettings
+from minutecast.topics import Topics, TopicSpec
+from producers import replay
+from producers.bars import check, encode, stamp_suffix
+from producers.publisher import Publisher
+from producers.universe import shard
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_PATH = Path(os.environ.get("MINUTECAST_SHARED_DATA", REPO.parent / "shared" / "data" / "bars-1m"))
 
 
 def _publish(settings: Any, topic: str, keys: list[bytes], bodies: list[bytes]) -> tuple[float, float, int, int]:
     """Publish and flush; (start, end, delivered, failed), wall clock."""
-    from producers.publisher import Publisher
-
     pub = Publisher(settings, topic=topic, create_topics=False)
     t0 = time.time()
     pub.publish_encoded(keys, bodies)
@@ -38,8 +44,6 @@ def _publish(settings: Any, topic: str, keys: list[bytes], bodies: list[bytes]) 
 
 
 def _child(settings: Any, topic: str, keys: list[bytes], bodies: list[bytes], barrier: Any, out: Any) -> None:
-    from producers.publisher import Publisher
-
     pub = Publisher(settings, topic=topic, create_topics=False)  # connect before the clock starts
     barrier.wait()
     t0 = time.time()
@@ -50,9 +54,6 @@ def _child(settings: Any, topic: str, keys: list[bytes], bodies: list[bytes], ba
 
 def _baseline(settings: Any, topic: str, keys: list[bytes], bodies: list[bytes]) -> tuple[float, int]:
     """The naive way: produce one message, flush, repeat (same acks=all idempotent producer)."""
-    from minutecast.kafka import make_producer
-    from producers.bars import stamp_suffix
-
     p = make_producer(settings.kafka)
     ok = [0]
 
@@ -77,13 +78,6 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     limit = args.limit if args.limit is not None else (50_000 if args.quick else None)
     n_base = args.baseline if args.baseline is not None else (500 if args.quick else 3000)
-
-    from minutecast.kafka import end_offsets, ensure_topics, make_admin
-    from minutecast.settings import ProducerSettings
-    from minutecast.topics import Topics, TopicSpec
-    from producers import replay
-    from producers.bars import check, encode
-    from producers.universe import shard
 
     t = time.perf_counter()
     frame = replay.load(args.path, limit=limit)

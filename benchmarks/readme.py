@@ -13,9 +13,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from benchmarks.suite import DEFAULT_OUT, REPO, figures, machine_line, status_lines, table
+from benchmarks.report import DEFAULT_OUT, REPO, figures, machine_line, status_lines, table
+from minutecast.errors import ConfigError
 
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+class MarkersMissing(ConfigError, ValueError):
+    """The README lacks the Performance section's markers (a ValueError too, as it was before)."""
 
 
 def section(results: dict[str, Any]) -> str:
@@ -50,7 +55,7 @@ def render(readme_text: str, results: dict[str, Any]) -> str:
     """README text with the section between the markers replaced; raises if the markers are missing."""
     i, j = readme_text.find(START), readme_text.find(END)
     if i < 0 or j < i:
-        raise ValueError(f"README has no {START} ... {END} markers in that order")
+        raise MarkersMissing(f"README has no {START} ... {END} markers in that order")
     return readme_text[:i + len(START)] + "\n" + section(results) + "\n" + readme_text[j:]
 
 

@@ -13,7 +13,6 @@ and keys of the namespace are deleted afterwards. Last stdout line: one JSON obj
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import subprocess
@@ -22,16 +21,21 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterable, Iterator
-from datetime import datetime
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+
 from infra.procs import terminate
+from minutecast.errors import DeliveryError, InfraError, ServiceUnavailable
 from minutecast.kafka import ensure_topics, make_admin, make_producer
 from minutecast.keys import Keys
 from minutecast.redis import connect
 from minutecast.schemas import Bar
 from minutecast.settings import StreamSettings
 from minutecast.topics import Topics
+from minutecast.window import session_ids
+from producers import replay
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MINUTECAST_SHARED_DATA", REPO.parent / "shared" / "data" / "bars-1m"))
@@ -39,31 +43,22 @@ GOAL_BARS_PER_S = 20_000
 
 
 def load_bars(path: Path, days: int | None = None, published_at: float | None = None) -> list[Bar]:
-    """Bars of one yfinance CSV (``Datetime,Open,High,Low,Close,Adj Close,Volume``), first ``days`` NY dates."""
-    ticker = path.name.split(".")[0]
-    out: list[Bar] = []
-    seen_days: list[str] = []
-    with gzip.open(path, "rt") as fh:
-        next(fh)
-        for line in fh:
-            dt, o, h, lo, c, _adj, v = line.rstrip("\n").split(",")
-            if days is not None:
-                day = dt[:10]
-                if not seen_days or seen_days[-1] != day:
-                    seen_days.append(day)
-                if len(seen_days) > days:
-                    break
-            minute = int(datetime.fromisoformat(dt).timestamp())
-            out.append(Bar(ticker, minute, float(o), float(h), float(lo), float(c), float(v or 0), "replay",
-                           published_at))
-    return out
+    """Bars of one recorded file (read by the replay producer's reader), its first ``days`` New York dates."""
+    frame = replay.read_file(path)
+    if days is not None:
+        day = session_ids(frame["minute"].to_numpy(dtype="int64"))
+        frame = frame[np.isin(day, pd.unique(day)[:days])]
+    cols = [frame[c].tolist() for c in ("ticker", "minute", "open", "high", "low", "close")]
+    volume = frame["volume"].fillna(0.0).tolist()  # an empty Volume cell counts as 0
+    return [Bar(t, int(m), o, h, lo, c, v, "replay", published_at)
+            for t, m, o, h, lo, c, v in zip(*cols, volume, strict=True)]
 
 
 def shared_files(tickers: Iterable[str] | None = None) -> list[Path]:
     files = sorted(SHARED.glob("*.csv.gz"))
     if tickers is not None:
         want = set(tickers)
-        files = [f for f in files if f.name.split(".")[0] in want]
+        files = [f for f in files if replay.ticker_of(f) in want]
     return files
 
 
@@ -89,7 +84,7 @@ def publish(bars: Iterable[Bar], topic: str, settings: StreamSettings) -> int:
             producer.poll(0)
     producer.flush(120)
     if failed:
-        raise RuntimeError(f"{len(failed)} bars not delivered: {failed[0]}")
+        raise DeliveryError(f"{len(failed)} bars not delivered: {failed[0]}")
     return n
 
 
@@ -170,9 +165,9 @@ def main(argv: list[str] | None = None) -> int:
             if done >= n:
                 break
             if any(p.poll() is not None for p in procs):
-                raise RuntimeError(f"a worker exited; see {log.name}")
+                raise InfraError(f"a worker exited; see {log.name}")
             if time.monotonic() - t_start > args.timeout:
-                raise TimeoutError(f"only {done}/{n} bars applied after {args.timeout:.0f} s")
+                raise ServiceUnavailable(f"only {done}/{n} bars applied after {args.timeout:.0f} s")
             time.sleep(0.05)
         t_end = time.monotonic()
         cpu1, rcpu1 = sum(_cpu_s(p.pid) for p in procs), _redis_cpu_s(client)

@@ -1,6 +1,6 @@
 """The benchmark suite: every component benchmark in one run, each figure beside its same-run baseline and target.
 
-    minutecast bench [--quick] [--only ingest,e2e] [--out benchmarks/results]
+    minutecast bench [--quick] [--only ingest,e2e] [--out benchmarks/results] [--readme]
     python -m benchmarks.suite [--quick] ...                      # the same thing
 
 Each benchmark runs as a subprocess ``python -m benchmarks.NAME [--quick]`` (from the repository root, with
@@ -9,7 +9,8 @@ and end of each one (the machine is shared: the numbers are only as quiet as the
 required names are there, puts each figure beside its baseline measured in the same run, the seed's number
 where it measures the same thing, and its target with a met/not-met flag, adds a machine description and
 the date, and writes ``<out>/latest.json`` and ``<out>/latest.md`` (each benchmark's full output goes to
-``<out>/logs/NAME.log``).
+``<out>/logs/NAME.log``). The figures and the Markdown are :mod:`benchmarks.report`'s; ``minutecast bench``
+(:mod:`benchmarks.cli`) is :func:`add_arguments` and :func:`run` of this module.
 """
 
 from __future__ import annotations
@@ -23,14 +24,21 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_OUT = REPO / "benchmarks" / "results"
+from benchmarks import readme
+from benchmarks.report import DEFAULT_OUT, REPO, failed, figures, markdown, write
+from infra.jars import kafka_version
+from minutecast.errors import ConfigError
+
+try:
+    import psutil
+except ImportError:  # pragma: no cover - comes with the dependencies; the description then has no memory size
+    psutil = None  # type: ignore[assignment]
 
 
 @dataclass(frozen=True)
@@ -71,105 +79,6 @@ REQUIRED: dict[str, tuple[str, ...]] = {
 }
 REQUIRED["e2e_10k"] = REQUIRED["e2e"]
 REQUIRED["api"] = ("forecast_one_p99_ms", "forecasts_all_p99_ms", "tickers", "sse_clients", "sse_p99_ms")
-
-RSS_SERVICES = ("producer", "faust_worker", "spark_driver_jvm_python_workers", "redis", "kafka")
-RSS_LABELS = {  # Redis and Kafka are the shared servers: their RSS includes everything else they hold
-    "producer": "producer (the benchmark's feed process)", "faust_worker": "Faust worker",
-    "spark_driver_jvm_python_workers": "Spark driver + JVM + Python workers", "redis": "Redis server (shared)",
-    "kafka": "Kafka broker (shared)"}
-
-
-@dataclass(frozen=True)
-class Figure:
-    """One row of the table: ``key`` (dotted path) in benchmark ``bench``'s JSON."""
-
-    label: str
-    bench: str
-    key: str
-    unit: str
-    baseline_key: str | None = None  # same benchmark, same run
-    baseline_note: str = ""
-    seed: str = ""  # the seed project's number, only where it measures the same thing
-    target: tuple[str, float | bool] | None = None  # (op, value), op in >=, <=, <, ==
-    extra: dict[str, str] = field(default_factory=dict)
-
-
-FIGURES: tuple[Figure, ...] = (
-    Figure("ingest, 1 producer process", "ingest", "bars_per_s", "bars/s", "baseline_bars_per_s",
-           "naive produce+flush per bar", target=(">=", 100_000)),
-    Figure("ingest speedup vs naive", "ingest", "speedup", "x", target=(">=", 20)),
-    Figure("ingest, 2 producer processes", "ingest", "bars_per_s_2proc", "bars/s", "baseline_bars_per_s",
-           "naive produce+flush per bar"),
-    Figure("state: one Faust worker into Redis", "state", "bars_per_s", "bars/s", target=(">=", 20_000)),
-    Figure("state: Redis round trips per bar", "state", "redis_roundtrips_per_bar", "", target=("<", 1)),
-    Figure("inference: one batch of 503 windows", "inference", "batch_ms_503", "ms", "per_ticker_loop_ms_503",
-           "one predict per ticker", seed="21,600 ms (500 stocks, one predict each)", target=("<=", 50)),
-    Figure("inference speedup vs per-ticker loop", "inference", "speedup", "x"),
-    Figure("e2e latency p50 (503 tickers)", "e2e", "p50_ms", "ms"),
-    Figure("e2e latency p95", "e2e", "p95_ms", "ms"),
-    Figure("e2e latency p99", "e2e", "p99_ms", "ms", target=("<", 1500)),
-    Figure("e2e bars/s achieved", "e2e", "bars_per_s", "bars/s"),
-    Figure("e2e backlog growing", "e2e", "backlog_growing", "", target=("==", False)),
-    Figure("e2e at 10k bars/s: latency p99", "e2e_10k", "p99_ms", "ms"),
-    Figure("e2e at 10k bars/s: bars/s achieved", "e2e_10k", "bars_per_s", "bars/s"),
-    Figure("e2e at 10k bars/s: backlog growing", "e2e_10k", "backlog_growing", "", target=("==", False)),
-    *(Figure(f"peak RSS during e2e: {RSS_LABELS[svc]}", "e2e", f"rss_peak_mb.{svc}", "MiB")
-      for svc in RSS_SERVICES),
-    Figure("training, 1 rank (CPU, 1 thread)", "training", "samples_per_s_1rank", "samples/s"),
-    Figure("training, 2 Horovod ranks", "training", "samples_per_s_2ranks", "samples/s", "samples_per_s_1rank",
-           "1 rank"),
-    Figure("training scaling 2 ranks / 1 rank", "training", "scaling", "x", target=(">=", 1.7)),
-    # What two cores give at that moment without Horovod: the ceiling the 2-rank run is up against.
-    Figure("training control: 2 independent 1-rank processes", "training", "control_2_independent_1rank",
-           "samples/s", "samples_per_s_1rank", "1 rank"),
-    Figure("training epoch of 1M samples on GPU (batch 2048)", "training", "gpu_epoch_s", "s",
-           seed="149 s at batch 32 on a Tesla M60 (~5 s at batch 2048)", target=("<", 5)),
-    # Issue 15; anchor: Feast's Redis online store reports p99 < 1.5 ms per entity.
-    Figure("API: GET /api/forecasts/{ticker} p99", "api", "forecast_one_p99_ms", "ms", target=("<", 5)),
-    Figure("API: GET /api/forecasts (503 tickers) p99", "api", "forecasts_all_p99_ms", "ms", target=("<", 20)),
-    Figure("API: forecast on the topic -> SSE client p99 (50 clients)", "api", "sse_p99_ms", "ms",
-           target=("<", 100)),
-)
-
-
-def lookup(result: dict[str, Any] | None, key: str) -> Any:
-    """``a.b`` -> result["a"]["b"]; None where anything is missing."""
-    cur: Any = result
-    for part in key.split("."):
-        if not isinstance(cur, dict) or part not in cur:
-            return None
-        cur = cur[part]
-    return cur
-
-
-def met(value: Any, target: tuple[str, float | bool] | None) -> bool | None:
-    """Whether ``value`` meets ``target``; None when there is no target or no value."""
-    if target is None or value is None:
-        return None
-    op, goal = target
-    if op == "==":
-        return bool(value == goal)
-    v, g = float(value), float(goal)
-    return {">=": v >= g, "<=": v <= g, "<": v < g, ">": v > g}[op]
-
-
-def figures(benchmarks: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """The table rows for the benchmarks that ran (rows whose value is missing are left out)."""
-    rows = []
-    for f in FIGURES:
-        res = benchmarks.get(f.bench, {}).get("result")
-        value = lookup(res, f.key)
-        if value is None:
-            continue
-        note = f.baseline_note
-        if f.baseline_key == "per_ticker_loop_ms_503" and lookup(res, "per_ticker_loop_extrapolated"):
-            note += f", timed on {lookup(res, 'per_ticker_loop_timed_tickers')} and extrapolated"
-        rows.append({"figure": f.label, "bench": f.bench, "key": f.key, "unit": f.unit, "value": value,
-                     "baseline": lookup(res, f.baseline_key) if f.baseline_key else None,
-                     "baseline_note": note, "seed": f.seed,
-                     "target": None if f.target is None else {"op": f.target[0], "value": f.target[1]},
-                     "met": met(value, f.target)})
-    return rows
 
 
 def last_json(stdout: str) -> dict[str, Any] | None:
@@ -262,15 +171,8 @@ def machine() -> dict[str, Any]:
                 break
     except OSError:
         pass
+    mem_gib = round(psutil.virtual_memory().total / 2**30, 1) if psutil is not None else None
     try:
-        import psutil
-
-        mem_gib: float | None = round(psutil.virtual_memory().total / 2**30, 1)
-    except ImportError:
-        mem_gib = None
-    try:
-        from infra.jars import kafka_version
-
         kafka: str | None = kafka_version()
     except Exception:  # noqa: BLE001 - a description, not a requirement
         kafka = None
@@ -292,7 +194,7 @@ def run_suite(quick: bool, only: list[str] | None = None, out: Path = DEFAULT_OU
     chosen = [b for b in BENCHES if (only and b.name in only) or (not only and not (quick and b.full_only))]
     unknown = sorted(set(only or ()) - {b.name for b in BENCHES})
     if unknown:
-        raise ValueError(f"unknown benchmark(s) {unknown}; known: {[b.name for b in BENCHES]}")
+        raise ConfigError(f"unknown benchmark(s) {unknown}; known: {[b.name for b in BENCHES]}")
     started = datetime.now(UTC)
     t0 = time.monotonic()
     benchmarks = {b.name: run_one(b, quick, out / "logs") for b in chosen}
@@ -310,88 +212,35 @@ def run_suite(quick: bool, only: list[str] | None = None, out: Path = DEFAULT_OU
     return results
 
 
-def write(results: dict[str, Any], out: Path) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "latest.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
-    (out / "latest.md").write_text(markdown(results) + "\n")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--quick", action="store_true", help="small inputs: the whole suite in under 5 minutes")
+    parser.add_argument("--only", type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
+                        help=f"comma-separated subset of: {', '.join(b.name for b in BENCHES)}")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results directory (default %(default)s)")
+    parser.add_argument("--readme", action="store_true",
+                        help="regenerate README.md's Performance section from the new latest.json")
 
 
-def fmt(value: Any, unit: str = "") -> str:
-    """Numbers with thousands separators and a sensible precision; booleans as yes/no."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int | float):
-        v = float(value)
-        text = f"{v:,.0f}" if abs(v) >= 100 else f"{v:,.1f}" if abs(v) >= 10 else f"{v:,.2f}" if abs(v) >= 0.1 \
-            else f"{v:.4f}"
-        if unit == "x":
-            return f"{text}x"
-        return f"{text} {unit}".strip()
-    return str(value)
-
-
-def _target_text(row: dict[str, Any]) -> str:
-    t = row.get("target")
-    if not t:
-        return ""
-    if t["op"] == "==":
-        return fmt(t["value"])
-    return f"{t['op']} {fmt(t['value'], row['unit'])}".replace(">=", "≥").replace("<=", "≤")
-
-
-def table(results: dict[str, Any]) -> str:
-    """The Markdown table: figure, ours, baseline in the same run, seed, target, met?"""
-    lines = ["| figure | ours | baseline (same run) | seed | target | met? |", "|---|---:|---:|---|---|---|"]
-    for r in results.get("figures", []):
-        base = f"{fmt(r['baseline'], r['unit'])} ({r['baseline_note']})" if r.get("baseline") is not None else ""
-        ok = {True: "yes", False: "**no**", None: ""}[r.get("met")]
-        lines.append(f"| {r['figure']} | {fmt(r['value'], r['unit'])} | {base} | {r.get('seed', '')} | "
-                     f"{_target_text(r)} | {ok} |")
-    return "\n".join(lines)
-
-
-def machine_line(results: dict[str, Any]) -> str:
-    m = results.get("machine", {})
-    gpu = ", ".join(m.get("gpus") or []) or "no GPU"
-    return (f"{m.get('cpus')} cores ({m.get('cpu_model')}), {m.get('memory_gib')} GiB RAM, {gpu}, {m.get('os')}; "
-            f"Python {m.get('python')}, TensorFlow {m.get('tensorflow')}, Spark {m.get('pyspark')}, "
-            f"Kafka {m.get('kafka_broker')}, faust-streaming {m.get('faust')}, Horovod {m.get('horovod')}")
-
-
-def status_lines(results: dict[str, Any]) -> list[str]:
-    """One line per benchmark: status, duration and the load average around it."""
-    out = []
-    for name, b in results.get("benchmarks", {}).items():
-        s, e = b.get("load_avg_start") or [None], b.get("load_avg_end") or [None]
-        extra = f", missing {', '.join(b['missing'])}" if b.get("missing") else ""
-        out.append(f"- `{name}`: {b.get('status')} in {b.get('seconds')} s, load average (1 min) "
-                   f"{s[0]} → {e[0]}{extra} — `{b.get('command')}`")
-    return out
-
-
-def markdown(results: dict[str, Any]) -> str:
-    """latest.md: the table, the machine, the date, per-benchmark status and load."""
-    return "\n".join([
-        f"# Benchmark results ({results.get('mode')} run, {results.get('date')})", "",
-        table(results), "",
-        f"Machine: {machine_line(results)}.", "",
-        f"Command: `{results.get('command')}` (total {results.get('total_s')} s).", "",
-        *status_lines(results),
-    ])
-
-
-def failed(results: dict[str, Any]) -> list[str]:
-    return [n for n, b in results.get("benchmarks", {}).items() if b.get("status") != "ok"]
+def run(args: argparse.Namespace) -> int:
+    argv = ["minutecast", "bench", *sys.argv[2:]] if sys.argv[1:2] == ["bench"] else None
+    results = run_suite(args.quick, args.only, args.out, command=" ".join(argv) if argv else None)
+    print(markdown(results))
+    print(f"\nwrote {args.out / 'latest.json'} and {args.out / 'latest.md'}")
+    if args.readme:
+        path = readme.update(args.out / "latest.json")
+        print(f"updated the Performance section of {path}")
+    bad = failed(results)
+    if bad:
+        print(f"benchmarks that did not complete: {', '.join(bad)} (logs under {args.out / 'logs'})",
+              file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    from benchmarks import cli
-
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    cli.add_arguments(parser)
-    return cli.run(parser.parse_args(argv))
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -29,6 +29,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from minutecast.errors import InfraError
+from minutecast.features import N_FEATURES
+from minutecast.model import build_model, get_preset, make_loss
+from minutecast.registry import Registry
+from minutecast.settings import TrainingSettings
+from training import data as D
+from training import evaluate as E
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MINUTECAST_SHARED_DATA", REPO.parent / "shared" / "data" / "bars-1m"))
 
@@ -41,9 +51,6 @@ def worker(args: argparse.Namespace) -> None:
         tf.config.threading.set_intra_op_parallelism_threads(args.threads)
         tf.config.threading.set_inter_op_parallelism_threads(args.threads)
     import horovod.tensorflow.keras as hvd
-
-    from minutecast.features import N_FEATURES
-    from minutecast.model import build_model, get_preset, make_loss
 
     hvd.init()
     gpus = tf.config.list_physical_devices("GPU")
@@ -94,7 +101,7 @@ def parse(out: str, what: str) -> dict[str, Any]:
             result: dict[str, Any] = json.loads(line.split("BENCH ", 1)[1])
             print(f"  {what}: {result['samples_per_s']:.0f} samples/s", flush=True)
             return result
-    raise RuntimeError(f"benchmark run failed: {out[-3000:]}")
+    raise InfraError(f"benchmark run failed: {out[-3000:]}")
 
 
 def launch(ranks: int, batch: int, steps: int, warmup: int, fp16: bool = False, passes: int = 1,
@@ -120,13 +127,6 @@ def control(batch: int, steps: int, warmup: int) -> float:
 def accuracy_table() -> dict[str, Any] | None:
     """The current model vs persistence and the baselines on the test dates of the shared data (None without a
     model)."""
-    import numpy as np
-
-    from minutecast.registry import Registry
-    from minutecast.settings import TrainingSettings
-    from training import data as D
-    from training import evaluate as E
-
     settings = TrainingSettings()
     registry = Registry(settings.models_dir)
     versions = registry.versions()

@@ -19,6 +19,10 @@ import sys
 from collections.abc import Sequence
 
 from minutecast.cli import SUBCOMMANDS, subcommand
+from minutecast.errors import MinutecastError
+from minutecast.kafka import wait_for_kafka
+from minutecast.redis import wait_for_redis
+from minutecast.settings import CommonSettings
 
 WAIT_S = 300.0  # a cold KRaft broker on a small machine takes about a minute
 
@@ -33,9 +37,6 @@ def needs_services(argv: Sequence[str]) -> bool:
 
 def wait_for_services(timeout_s: float = WAIT_S) -> None:
     """Block until Kafka and Redis answer with this service's settings (raises after ``timeout_s``)."""
-    from minutecast.kafka import wait_for_kafka
-    from minutecast.redis import wait_for_redis
-    from minutecast.settings import CommonSettings
 
     s = CommonSettings()
     log.info("waiting for Kafka at %s and Redis at %s:%s", s.kafka.bootstrap, s.redis.host, s.redis.port)
@@ -46,8 +47,6 @@ def wait_for_services(timeout_s: float = WAIT_S) -> None:
 def main(argv: Sequence[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if needs_services(argv):
-        from minutecast.errors import MinutecastError
-
         try:
             wait_for_services()
         except MinutecastError as exc:

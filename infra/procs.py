@@ -6,7 +6,10 @@ that `minutecast run` starts each service under (a service never outlives its su
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import ctypes
+import ctypes.util
 import fcntl
 import os
 import signal
@@ -19,6 +22,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from tenacity import retry, retry_if_result, stop_after_delay, wait_fixed
 
 
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
@@ -116,9 +121,6 @@ SWEEP_S = 10.0  # SIGTERM -> SIGKILL for what is left of a service's process tre
 
 
 def _prctl(option: int, value: int) -> None:
-    import ctypes
-    import ctypes.util
-
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
     if libc.prctl(option, value, 0, 0, 0) != 0:
         err = ctypes.get_errno()
@@ -180,7 +182,6 @@ def _reap() -> None:
 
 def sweep(root: int, grace_s: float = SWEEP_S) -> None:
     """SIGTERM what is left of ``root``'s tree, SIGKILL what still runs ``grace_s`` later."""
-    from tenacity import retry, retry_if_result, stop_after_delay, wait_fixed
 
     left = tree(root)
     for pid in left:
@@ -280,8 +281,6 @@ class RestartBudget:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
     p = argparse.ArgumentParser(prog="python -m infra.procs", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     g = sub.add_parser("guard", help="run a command under a supervisor's guard (minutecast run does this)")

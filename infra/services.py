@@ -15,12 +15,15 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import SecretStr
+
 from infra import jars
 from infra.procs import file_lock, port_open, read_pid, spawn, stop
 from minutecast.errors import InfraError, MinutecastError
 from minutecast.kafka import ensure_topics, wait_for_kafka
 from minutecast.redis import wait_for_redis
 from minutecast.settings import InfraSettings
+from minutecast.topics import replication
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 
@@ -47,16 +50,25 @@ def _host_port(bootstrap: str) -> tuple[str, int]:
 
 
 class LocalKafka:
-    """A single-node KRaft broker+controller run with the installed Java from Maven jars."""
+    """KRaft broker+controller ``node`` (1-based) of a local cluster of ``nodes``, run with the installed Java
+    from Maven jars. Node i listens on the bootstrap port + 2(i-1), its controller one port above; node 1
+    keeps the single-node file names (``kafka.pid``, ``data/kafka``)."""
 
-    def __init__(self, s: InfraSettings) -> None:
+    def __init__(self, s: InfraSettings, node: int = 1, nodes: int | None = None) -> None:
         self.s = s
-        self.host, self.port = _host_port(s.kafka.bootstrap)
+        self.node, self.nodes = node, nodes or s.kafka_brokers
+        self.host, self.base_port = _host_port(s.kafka.bootstrap)  # the first address is node 1's
+        self.port = self.base_port + 2 * (node - 1)
         self.controller_port = self.port + 1
-        self.data = s.home / "data" / "kafka"
-        self.pidfile = s.home / "run" / "kafka.pid"
-        self.logfile = s.home / "logs" / "kafka.log"
-        self.config = s.home / "run" / "kafka.properties"
+        suffix = "" if node == 1 else f"-{node}"
+        self.name = f"kafka{suffix}"
+        self.data = s.home / "data" / f"kafka{suffix}"
+        self.pidfile = s.home / "run" / f"kafka{suffix}.pid"
+        self.logfile = s.home / "logs" / f"kafka{suffix}.log"
+        self.config = s.home / "run" / f"kafka{suffix}.properties"
+
+    def voters(self) -> str:
+        return ",".join(f"{i}@{self.host}:{self.base_port + 2 * (i - 1) + 1}" for i in range(1, self.nodes + 1))
 
     def _java(self) -> str:
         java = shutil.which("java")
@@ -75,11 +87,12 @@ class LocalKafka:
 
     def _write_config(self) -> None:
         self.config.parent.mkdir(parents=True, exist_ok=True)
+        rf, isr = replication(self.nodes)
         self.config.write_text(
             "\n".join([
                 "process.roles=broker,controller",
-                "node.id=1",
-                f"controller.quorum.voters=1@{self.host}:{self.controller_port}",
+                f"node.id={self.node}",
+                f"controller.quorum.voters={self.voters()}",
                 f"listeners=PLAINTEXT://{self.host}:{self.port},CONTROLLER://{self.host}:{self.controller_port}",
                 f"advertised.listeners=PLAINTEXT://{self.host}:{self.port}",
                 "controller.listener.names=CONTROLLER",
@@ -87,11 +100,16 @@ class LocalKafka:
                 "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
                 f"log.dirs={self.data}",
                 "num.partitions=6",
-                "offsets.topic.replication.factor=1",
-                "transaction.state.log.replication.factor=1",
-                "transaction.state.log.min.isr=1",
-                "share.coordinator.state.topic.replication.factor=1",
-                "share.coordinator.state.topic.min.isr=1",
+                # One broker: nothing to replicate. Three: every topic (ours, the consumer offsets, the
+                # producer's idempotence state) on three brokers with two in sync, no unclean election.
+                f"default.replication.factor={rf}",
+                f"min.insync.replicas={isr}",
+                "unclean.leader.election.enable=false",
+                f"offsets.topic.replication.factor={rf}",
+                f"transaction.state.log.replication.factor={rf}",
+                f"transaction.state.log.min.isr={isr}",
+                f"share.coordinator.state.topic.replication.factor={rf}",
+                f"share.coordinator.state.topic.min.isr={isr}",
                 "group.initial.rebalance.delay.ms=0",
                 # Our topics are created explicitly with partitions and retention (minutecast/topics.py);
                 # auto-creation stays on only as a safety net for Faust's internal topics.
@@ -104,11 +122,19 @@ class LocalKafka:
     def _classpath(self) -> str:
         return str(jars.kafka_libs(self.s.cache) / "*")
 
+    def _cluster_id(self) -> str:
+        """One id for every node of the cluster (KRaft refuses a node formatted with another)."""
+        path = self.s.home / "run" / "kafka-cluster-id"
+        if not path.exists():
+            path.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=") + "\n")
+        return path.read_text().strip()
+
     def _format(self, java: str) -> None:
         if (self.data / "meta.properties").exists():
             return
         self.data.mkdir(parents=True, exist_ok=True)
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = self._cluster_id() if self.nodes > 1 else \
+            base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         proc = subprocess.run(
             [java, "-cp", self._classpath(), f"-Dlog4j2.configurationFile={CONF_DIR / 'log4j2.properties'}",
              "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.config)],
@@ -120,13 +146,12 @@ class LocalKafka:
     def status(self) -> ServiceStatus:
         pid = read_pid(self.pidfile)
         up = pid is not None and port_open(self.host, self.port)
-        return ServiceStatus("kafka", up, jars.kafka_version(), f"{self.host}:{self.port}", pid,
-                             "KRaft single node" if up else "")
+        detail = ("KRaft single node" if self.nodes == 1 else f"KRaft node {self.node} of {self.nodes}") if up else ""
+        return ServiceStatus(self.name, up, jars.kafka_version(), f"{self.host}:{self.port}", pid, detail)
 
-    def up(self) -> bool:
-        """Start the broker unless ours is running. Returns True if it was started now."""
+    def start(self) -> bool:
+        """Start this node unless it runs (no wait: a cluster answers once a quorum of nodes is up)."""
         if read_pid(self.pidfile) is not None:
-            wait_for_kafka(self.s.kafka, self.s.start_timeout_s)
             return False
         for p in (self.port, self.controller_port):
             if port_open(self.host, p):
@@ -139,13 +164,25 @@ class LocalKafka:
                "-Djava.awt.headless=true", f"-Dlog4j2.configurationFile={CONF_DIR / 'log4j2.properties'}",
                "-cp", self._classpath(), "kafka.Kafka", str(self.config)]
         spawn(cmd, self.pidfile, self.logfile)
+        return True
+
+    def wait(self) -> None:
+        """Until this node answers (raises InfraError with its log's tail, having stopped it)."""
         try:
-            wait_for_kafka(self.s.kafka, self.s.start_timeout_s)
+            # This node alone, with the cluster's client settings (SASL where configured).
+            wait_for_kafka(self.s.kafka.model_copy(update={"bootstrap": f"{self.host}:{self.port}"}),
+                           self.s.start_timeout_s)
         except MinutecastError as exc:
             tail = self.logfile.read_text(errors="replace")[-3000:] if self.logfile.exists() else ""
             stop(self.pidfile)
-            raise InfraError(f"Kafka did not start: {exc}\n--- {self.logfile} (tail) ---\n{tail}") from exc
-        return True
+            raise InfraError(f"Kafka node {self.node} did not start: {exc}\n--- {self.logfile} (tail) ---\n"
+                             f"{tail}") from exc
+
+    def up(self) -> bool:
+        """Start the broker unless ours is running and wait until it answers. True if it was started now."""
+        started = self.start()
+        self.wait()
+        return started
 
     def down(self) -> bool:
         return stop(self.pidfile, timeout_s=60)
@@ -186,7 +223,8 @@ class LocalRedis:
             f"dir {self.data}",
             "daemonize no",
             "save 300 100",
-            "maxmemory-policy noeviction",
+            f"maxmemory {self.s.redis_maxmemory}",
+            "maxmemory-policy noeviction",  # a write past maxmemory fails loudly (Faust: fatal, in status)
             "",
         ])
         fd = os.open(self.config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -235,17 +273,29 @@ def _settings_with_password(s: InfraSettings) -> InfraSettings:
     """Make sure the Redis password exists before any client reads settings."""
     pw = LocalRedis(s).password()
     if s.redis.password is None or s.redis.password.get_secret_value() != pw:
-        from pydantic import SecretStr
-
         s.redis.password = SecretStr(pw)
     return s
+
+
+def brokers(s: InfraSettings) -> list[LocalKafka]:
+    """The local cluster's nodes (``MINUTECAST_KAFKA_BROKERS``: 1, or 3 for replication)."""
+    return [LocalKafka(s, i) for i in range(1, s.kafka_brokers + 1)]
+
+
+def bootstrap(s: InfraSettings) -> str:
+    """Every node's address, for clients of a cluster (any live one answers for all)."""
+    return ",".join(f"{k.host}:{k.port}" for k in brokers(s))
 
 
 def up(s: InfraSettings | None = None, create_topics: bool = True) -> list[ServiceStatus]:
     s = _settings_with_password(s or InfraSettings())
     with file_lock(s.home / "run" / "infra.lock"):
         LocalRedis(s).up()
-        LocalKafka(s).up()
+        nodes = brokers(s)
+        for k in nodes:  # all first: a KRaft quorum of three answers only once two of them run
+            k.start()
+        for k in nodes:
+            k.wait()
         if create_topics:
             ensure_topics(s.kafka, s.topic_specs())
     return status(s)
@@ -255,8 +305,9 @@ def down(s: InfraSettings | None = None) -> list[str]:
     s = s or InfraSettings()
     stopped = []
     with file_lock(s.home / "run" / "infra.lock"):
-        if LocalKafka(s).down():
-            stopped.append("kafka")
+        for k in reversed(brokers(s)):
+            if k.down():
+                stopped.append(k.name)
         if LocalRedis(s).down():
             stopped.append("redis")
     return stopped
@@ -264,4 +315,4 @@ def down(s: InfraSettings | None = None) -> list[str]:
 
 def status(s: InfraSettings | None = None) -> list[ServiceStatus]:
     s = _settings_with_password(s or InfraSettings())
-    return [LocalKafka(s).status(), LocalRedis(s).status()]
+    return [*(k.status() for k in brokers(s)), LocalRedis(s).status()]

@@ -12,6 +12,7 @@ import json
 import math
 import re
 import time
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -200,3 +201,15 @@ def stamp(value: Any, name: str) -> float:
     if x < 0 or x > MAX_TIME:
         raise Rejected("bad_timestamp", f"{name} {x!r} is not a time")
     return x
+
+
+def header(d: dict[str, Any], what: str, required: Mapping[int, Sequence[str]]) -> int:
+    """Check a decoded message's schema version (``v``, one of ``required``'s keys) and that the fields the
+    version requires are there; returns the version. Raises only :class:`Rejected`."""
+    v = d.get("v")
+    if type(v) is not int or v not in required:
+        raise Rejected("schema_version", f"{what} v={str(v)[:20]!r}, expected {'/'.join(map(str, required))}")
+    missing = [f for f in required[v] if f not in d]
+    if missing:
+        raise Rejected("missing_field", ",".join(missing))
+    return v

@@ -29,10 +29,6 @@ class Rejected(MinutecastError):
         self.detail = detail
 
 
-# The old name, kept for existing imports: it shared its name with pydantic's ValidationError (issue 19).
-ValidationError = Rejected
-
-
 class DeliveryError(MinutecastError):
     """Kafka reported that some messages were not delivered."""
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from minutecast.errors import ModelError
 from minutecast.window import (
     CLOSE_MIN,
     FILLED,
@@ -98,8 +99,6 @@ class Scaler:
         """Summed :meth:`stats` -> the Scaler (floors keep every scale positive)."""
         s = [float(x) for x in stats]
         if s[0] <= 0 or s[11] <= 0:
-            from minutecast.errors import ModelError
-
             raise ModelError("no training samples to fit the scaler on")
 
         def rms(sq: float, n: float) -> float:

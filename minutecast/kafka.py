@@ -10,12 +10,13 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from minutecast.errors import ServiceUnavailable
 from minutecast.settings import KafkaSettings
-from minutecast.topics import TopicSpec
+from minutecast.topics import TopicSpec, replication
 
 
 def client_config(ks: KafkaSettings) -> dict[str, Any]:
@@ -83,15 +84,13 @@ def wait_for_kafka(ks: KafkaSettings, timeout_s: float = 60.0) -> None:
     """Block until a broker answers a metadata request, or raise :class:`ServiceUnavailable`."""
     deadline = time.monotonic() + timeout_s
     admin = make_admin(ks, log_level=0)  # quiet: "connection refused" is expected while it starts
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            admin.list_topics(timeout=min(5.0, max(0.5, deadline - time.monotonic())))
-            return
-        except KafkaException as exc:
-            last = exc
-            time.sleep(0.5)
-    raise ServiceUnavailable(f"Kafka at {ks.bootstrap} did not answer within {timeout_s:.0f} s ({last})")
+    try:
+        for attempt in Retrying(stop=stop_after_delay(timeout_s), wait=wait_fixed(0.5),
+                                retry=retry_if_exception_type(KafkaException), reraise=True):
+            with attempt:
+                admin.list_topics(timeout=min(5.0, max(0.5, deadline - time.monotonic())))
+    except KafkaException as exc:
+        raise ServiceUnavailable(f"Kafka at {ks.bootstrap} did not answer within {timeout_s:.0f} s ({exc})") from exc
 
 
 def ensure_topics(ks: KafkaSettings, specs: Iterable[TopicSpec], timeout_s: float = 30.0) -> list[str]:
@@ -102,8 +101,12 @@ def ensure_topics(ks: KafkaSettings, specs: Iterable[TopicSpec], timeout_s: floa
     todo = [s for s in specs if s.name not in existing]
     if not todo:
         return []
+    # Replicated as far as the cluster allows (RF 3 with 2 in sync from three brokers, no unclean election).
+    rf, isr = replication(len(admin.list_topics(timeout=timeout_s).brokers))
+    durability = {"min.insync.replicas": str(isr), "unclean.leader.election.enable": "false"}
     futures = admin.create_topics(
-        [NewTopic(s.name, num_partitions=s.partitions, replication_factor=1, config=s.config()) for s in todo],
+        [NewTopic(s.name, num_partitions=s.partitions, replication_factor=rf, config=s.config() | durability)
+         for s in todo],
         operation_timeout=timeout_s,
     )
     created = []
@@ -119,7 +122,6 @@ def ensure_topics(ks: KafkaSettings, specs: Iterable[TopicSpec], timeout_s: floa
 
 def watermarks(consumer: Consumer, topic: str, timeout_s: float = 10.0) -> dict[int, tuple[int, int]]:
     """{partition: (low, high)} watermarks of ``topic`` through an open consumer; {} if it does not exist."""
-    from confluent_kafka import TopicPartition
 
     md = consumer.list_topics(topic, timeout=timeout_s)
     if topic not in md.topics or md.topics[topic].error is not None:

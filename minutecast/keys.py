@@ -14,8 +14,9 @@ key                            type     content
                                         ``sum`` its checksum; same TTL as ``ns:win:{T}``
 ``ns:fc:{T}``                  hash     the latest forecast: ``json`` = Forecast JSON, plus copies of its
                                         ``as_of``, ``predicted_close`` and ``forecast_at`` (the JSON's own
-                                        number text); only moves forward
-``ns:fchist:{T}``              hash     field = as-of minute, value = Forecast JSON (write-once); bounded
+                                        number text); moves forward in as_of, or to a correction of its own as_of
+``ns:fchist:{T}``              hash     field = as-of minute, value = Forecast JSON (the first, or its
+                                        correction from a re-announced window); bounded
 ``ns:calib:{T}``               hash     the ticker's online interval calibration
                                         (``intervals.OnlineScale.to_dict()``: ``log_s80``, ``log_s90``,
                                         ``through`` = newest target minute applied); only moves forward
@@ -25,7 +26,14 @@ key                            type     content
                                         ``stream_messages`` (a rebuild: the same as ``rebuild_*``);
                                         the worker also writes ``stream_stalled_since``,
                                         ``stream_stall_reason``, ``stream_fatal``
-``ns:producer:wm:{T}``         string   the newest minute the yfinance producer published
+``ns:infer:progress``           hash     the Spark job's newest finished micro-batch: ``batch_id``,
+                                        ``at`` (epoch s), ``ready_offsets`` (JSON {partition: next
+                                        offset} of the window-ready topic), ``rows``, ``duration_ms``
+``ns:producer:wm:{T}``         string   the minute up to which every fetched bar was delivered (replay: the
+                                        newest delivered minute); never past a bar whose delivery failed
+``ns:producer:pub:{T}``        zset     minutes the yfinance producer published inside its trailing
+                                        re-fetch window (score = member = epoch s); trimmed to the window,
+                                        expires after 30 days
 ``ns:producer:replay``         hash     a live replay's timeline: ``base`` shift, ``fingerprint``, ``phase``,
                                         ``copy``, ``speed``, ``market_minute``, ``updated_at``
 =============================  =======  =============================================================
@@ -58,8 +66,14 @@ class Keys:
     def stats(self) -> str:
         return f"{self.namespace}:stats"
 
+    def infer_progress(self) -> str:
+        return f"{self.namespace}:infer:progress"
+
     def producer_watermark(self, ticker: str) -> str:
         return f"{self.namespace}:producer:wm:{ticker}"
+
+    def producer_published(self, ticker: str) -> str:
+        return f"{self.namespace}:producer:pub:{ticker}"
 
     def replay_state(self) -> str:
         return f"{self.namespace}:producer:replay"

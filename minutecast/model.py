@@ -25,7 +25,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+import numpy as np
+
+from minutecast.errors import ConfigError
 from minutecast.features import N_FEATURES
+from minutecast.intervals import Z
 from minutecast.schemas import QUANTILES
 from minutecast.window import WINDOW
 
@@ -75,7 +79,6 @@ PRESETS: dict[str, Preset] = {
 
 def get_preset(name: str, **overrides: Any) -> Preset:
     """A preset by name, with non-None overrides applied (e.g. ``epochs=3``)."""
-    from minutecast.errors import ConfigError
 
     if name not in PRESETS:
         raise ConfigError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
@@ -84,7 +87,6 @@ def get_preset(name: str, **overrides: Any) -> Preset:
 
 def build_model(preset: Preset, seed: int = 0) -> Any:
     """A fresh, uncompiled ``tf.keras.Model``: (None, WINDOW, N_FEATURES) float32 -> (None, 5)."""
-    import numpy as np
     import tensorflow as tf
 
     tf.keras.utils.set_random_seed(seed)  # same initial weights on every rank (rank 0's are broadcast anyway)
@@ -115,8 +117,6 @@ def build_model(preset: Preset, seed: int = 0) -> Any:
         q05 = layers.Subtract(name="q05")([q10, step("down90")])
         outputs = layers.Concatenate(name="quantiles")([q05, q10, median, q90, q95])
     elif preset.head == "gaussian":
-        from minutecast.intervals import Z
-
         sigma = layers.Dense(1, activation="exponential", name="sigma")(z)
         # mu + sigma * z for the five levels, as two fixed (non-trainable) linear maps (1 -> 5).
         spread = layers.Dense(len(QUANTILES), use_bias=False, trainable=False, name="z",
@@ -125,8 +125,6 @@ def build_model(preset: Preset, seed: int = 0) -> Any:
                               kernel_initializer=tf.keras.initializers.Constant(np.ones((1, len(QUANTILES)))))(median)
         outputs = layers.Add(name="quantiles")([centre, spread])
     else:
-        from minutecast.errors import ConfigError
-
         raise ConfigError(f"unknown head {preset.head!r} (quantile or gaussian)")
     return tf.keras.Model(inputs, outputs, name=f"minutecast_{preset.name}")
 

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import time
-
 import redis as redislib
+import redis.asyncio as aioredis
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_fixed
 
 from minutecast.errors import ConfigError, ServiceUnavailable
 from minutecast.settings import RedisSettings
@@ -25,23 +25,22 @@ def connect(rs: RedisSettings, **kwargs: object) -> redislib.Redis:
 
 def connect_async(rs: RedisSettings, **kwargs: object) -> redislib.asyncio.Redis:
     """An asyncio client for ``rs`` (the web server's), with the same settings as :func:`connect`."""
-    import redis.asyncio as aioredis
 
     return aioredis.Redis(**(_options(rs) | kwargs))  # type: ignore[arg-type]
 
 
 def wait_for_redis(rs: RedisSettings, timeout_s: float = 30.0) -> redislib.Redis:
     """Block until Redis answers PING with our password, or raise :class:`ServiceUnavailable`."""
-    deadline = time.monotonic() + timeout_s
     client = connect(rs)
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            client.ping()
-            return client
-        except redislib.AuthenticationError as exc:
-            raise ConfigError(f"Redis at {rs.host}:{rs.port} refused our password") from exc
-        except redislib.RedisError as exc:
-            last = exc
-            time.sleep(0.3)
-    raise ServiceUnavailable(f"Redis at {rs.host}:{rs.port} did not answer within {timeout_s:.0f} s ({last})")
+    try:
+        for attempt in Retrying(stop=stop_after_delay(timeout_s), wait=wait_fixed(0.3), reraise=True,
+                                retry=retry_if_exception(lambda e: isinstance(e, redislib.RedisError)
+                                                         and not isinstance(e, redislib.AuthenticationError))):
+            with attempt:
+                client.ping()
+    except redislib.AuthenticationError as exc:
+        raise ConfigError(f"Redis at {rs.host}:{rs.port} refused our password") from exc
+    except redislib.RedisError as exc:
+        raise ServiceUnavailable(f"Redis at {rs.host}:{rs.port} did not answer within {timeout_s:.0f} s ({exc})") \
+            from exc
+    return client

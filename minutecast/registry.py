@@ -16,9 +16,12 @@ layers and initializers that run no user code; no ``Lambda``, no ``TFOpLambda``,
 and only then deserialises those verified bytes (from a private copy, so the file cannot change between
 check and load).
 
-A version directory is written under a hidden temporary name and renamed into place, so a reader
-sees either nothing or a complete version. :meth:`Registry.promote` refuses a version that
-:meth:`Registry.load` refuses; the promotion *gate* (is it better?) lives in training.
+A version directory is written under a hidden temporary name, fsynced (files, then the directory), renamed
+into place and the parent fsynced, so a reader, even after a power loss, sees either nothing or a complete
+version; ``CURRENT`` switches the same way, only to a version already durable. A write that fails (a full
+disk) raises :class:`ModelError` and leaves the serving version as it was. :meth:`Registry.save` keeps the
+newest ``keep`` versions (and always the current one), removing older ones. :meth:`Registry.promote` refuses
+a version that :meth:`Registry.load` refuses; the promotion *gate* (is it better?) lives in training.
 """
 
 from __future__ import annotations
@@ -38,25 +41,36 @@ from typing import Any
 
 import numpy as np
 
+import minutecast
 from minutecast.errors import ModelError
 from minutecast.features import FEATURE_SPEC, N_FEATURES, Scaler, make_inputs, to_log_moves
+from minutecast.intervals import N_BUCKETS, apply_bucket_scales
 from minutecast.modelcheck import MAX_META_BYTES, MAX_MODEL_BYTES, check_archive, parse_meta, read_capped
 from minutecast.schemas import QUANTILES
-from minutecast.window import N_COLUMNS, WINDOW
+from minutecast.window import MINUTE, N_COLUMNS, WINDOW, slots, with_market
 
 PERSISTENCE = "persistence"  # model_version/kind of forecasts made before any model is promoted
 MODEL_FILE = "model.keras"
 META_FILE = "meta.json"
 CURRENT_FILE = "CURRENT"
+KEEP_VERSIONS = 10  # versions kept by save(): the newest ten (about 1 MB each) and always CURRENT
 BASELINE_FILE = "BASELINE.json"  # the window-vol baseline's scale (c80, c90) fitted by the newest training run
 N_OUTPUTS = len(QUANTILES)
 KIND = "lstm"
 _VERSION_RE = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}$")
 
 
+def _fsync(path: Path) -> None:
+    """fsync a file or a directory (a directory's fsync makes its entries, e.g. a rename, durable)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def code_version() -> str:
     """``git describe`` of the checkout this runs from, else the package version."""
-    import minutecast
 
     try:
         out = subprocess.run(["git", "describe", "--always", "--dirty", "--tags"], capture_output=True, text=True,
@@ -101,8 +115,6 @@ class ServingModel:
     def __post_init__(self) -> None:
         import tensorflow as tf
 
-        from minutecast.intervals import N_BUCKETS
-
         scales = self.meta.get("bucket_scales")
         if scales is not None:
             arr = np.asarray(scales, dtype=np.float64)
@@ -124,8 +136,6 @@ class ServingModel:
             raise ModelError(f"windows must have shape (N, {WINDOW}, {N_COLUMNS}), got {w.shape}")
         if w.shape[0] == 0:
             return np.empty((0, N_OUTPUTS), dtype=np.float64)
-        from minutecast.intervals import apply_bucket_scales
-        from minutecast.window import MINUTE
 
         out = np.sort(self._fn(make_inputs(w, self.scaler)).numpy().astype(np.float64), axis=1)
         return apply_bucket_scales(to_log_moves(out, self.scaler), w[:, -1, MINUTE].astype(np.int64),
@@ -134,7 +144,6 @@ class ServingModel:
 
 def probe_window() -> np.ndarray:
     """A plausible raw window (WINDOW, N_COLUMNS): a model must give finite outputs on it to load."""
-    from minutecast.window import slots, with_market
 
     minutes = 1_759_325_400 + 60 * np.arange(WINDOW + 1)  # 2025-10-01 09:30 New York onwards
     close = 100.0 + 0.01 * np.sin(np.arange(WINDOW + 1))
@@ -146,8 +155,9 @@ def probe_window() -> np.ndarray:
 class Registry:
     """Versioned models under ``root``; see the module docstring for the layout."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, keep: int = KEEP_VERSIONS) -> None:
         self.root = Path(root)
+        self.keep = keep  # versions save() keeps (CURRENT always stays)
 
     # -- reading -----------------------------------------------------------------------------------
     def current_version(self) -> str | None:
@@ -271,21 +281,47 @@ class Registry:
                 fh.flush()
                 os.fsync(fh.fileno())
             os.chmod(tmp, 0o755)  # noqa: S103 - mkdtemp makes 0700; serving may run as another user (read only)
+            _fsync(tmp / MODEL_FILE)
+            _fsync(tmp)  # the directory's entries, before the rename makes them visible
             final = self.root / version
             if final.exists():
                 raise ModelError(f"model {version} already exists")
             os.rename(tmp, final)
-            return version
+            _fsync(self.root)  # the rename itself
+        except OSError as exc:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise ModelError(f"could not write a model version under {self.root} ({exc}); "
+                             f"the serving model ({self.current_version() or 'persistence'}) stays") from exc
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        self.prune()
+        return version
+
+    def prune(self) -> list[str]:
+        """Remove all but the newest ``keep`` versions, never CURRENT, and stale temporary directories of
+        writers that died (older than an hour). Returns the versions removed."""
+        current = self.current_version()
+        old = [v for v in self.versions()[:-self.keep or None] if v != current] if self.keep > 0 else []
+        for v in old:
+            shutil.rmtree(self.root / v, ignore_errors=True)
+        for stale in self.root.glob(".tmp-*"):
+            if stale.is_dir() and time.time() - stale.stat().st_mtime > 3600:
+                shutil.rmtree(stale, ignore_errors=True)
+        return old
 
     def promote(self, version: str) -> None:
         """Validate ``version`` with :meth:`load`, then point CURRENT at it atomically."""
         self.load(version)
         tmp = self.root / f".CURRENT.{os.getpid()}.tmp"
-        with open(tmp, "w") as fh:
-            fh.write(version + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, self.root / CURRENT_FILE)
+        try:
+            with open(tmp, "w") as fh:
+                fh.write(version + "\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, self.root / CURRENT_FILE)
+            _fsync(self.root)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise ModelError(f"could not switch CURRENT to {version} ({exc}); "
+                             f"the serving model ({self.current_version() or 'persistence'}) stays") from exc

@@ -7,6 +7,7 @@ Connection blocks (Kafka, Redis) are shared classes with their own prefixes
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -14,6 +15,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from minutecast.schemas import TICKER_RE
 from minutecast.topics import Topics, TopicSpec
 
 
@@ -92,8 +94,6 @@ class CommonSettings(BaseSettings):
     @field_validator("market_ticker")
     @classmethod
     def _market_ticker_is_a_ticker(cls, v: str) -> str:
-        from minutecast.schemas import TICKER_RE
-
         if not TICKER_RE.fullmatch(v):
             raise ValueError(f"MINUTECAST_MARKET_TICKER={v!r} is not a ticker (yfinance spelling, e.g. SPY)")
         return v
@@ -117,6 +117,12 @@ class InfraSettings(CommonSettings):
     cache: Path = Field(default_factory=default_cache)
     # The broker listens where MINUTECAST_KAFKA_BOOTSTRAP points; its KRaft controller one port above.
     kafka_heap: str = "1G"  # JVM -Xmx of the local broker
+    # Local brokers `minutecast infra up` runs: 1, or 3 (every topic on three brokers, two in sync: one may
+    # die without losing an acknowledged bar). Clients of three list them all in MINUTECAST_KAFKA_BOOTSTRAP.
+    kafka_brokers: int = Field(default=1, ge=1, le=9)
+    # Redis refuses writes past this (noeviction: never silently drops state; `status` warns from 80%).
+    # Windows of 503 tickers take ~30 MB; 5,000 tickers ~300 MB.
+    redis_maxmemory: str = "1gb"
     start_timeout_s: float = 90.0
 
 
@@ -142,8 +148,10 @@ class ProducerSettings(CommonSettings):
     yf_min_interval_s: float = 2.0  # least time between two yf.download calls, across all processes
     yf_max_backoff_s: float = 300.0  # cap of the exponential backoff after a rate limit or network error
     yf_max_retries: int = 8  # attempts per batch before giving up on it (the watermark makes it retried later)
-    live_delay_s: float = 5.0  # wait this long after a minute closes before polling (Yahoo's lag)
-    live_lookback_min: int = 30  # each live poll asks for this many recent minutes (overlap is deduplicated)
+    # Wait this long after a minute closes before polling; a minute is published only when it ended at least
+    # this long before the request (Yahoo's lag: never a bar still forming).
+    live_delay_s: float = 5.0
+    live_lookback_min: int = 30  # each poll re-fetches this trailing window and publishes minutes not yet published
 
 
 class StreamSettings(CommonSettings):
@@ -173,6 +181,9 @@ class InferenceSettings(CommonSettings):
     trigger_ms: int = 200  # micro-batch trigger interval
     checkpoint_dir: Path | None = None  # default: <home>/checkpoints/infer
     history_len: int = 120  # forecasts kept per ticker in Redis history
+    # Latest/history/calibration keys of a ticker expire this long after its last forecast (a delisted or
+    # renamed ticker's keys vanish); 5 days outlast a long weekend, like the window keys.
+    forecast_ttl_s: int = 5 * 24 * 3600
     metrics_port: int = 9103  # 0 disables the Prometheus endpoint (tests, benchmarks)
     # Partitions of one micro-batch after the shuffle by ticker: one model call (and one Redis round
     # trip) per partition. Few and large is the point; local[*] on 2 cores wants 2.
@@ -185,6 +196,9 @@ class InferenceSettings(CommonSettings):
     max_offsets_per_trigger: int = 50_000  # window-ready events per micro-batch (catch-up bound)
     spark_ui: bool = False  # the Spark web UI costs memory and a port; on for debugging only
     spark_log_level: str = "WARN"  # log level of Spark's JVM side
+    # Comma-separated jars of Spark's Kafka source/sink (minus those pyspark ships); empty: `minutecast infer`
+    # resolves them from the jar cache (infra/jars.py, fetched from Maven Central by `make setup`).
+    spark_jars: str = ""
 
     @property
     def checkpoint(self) -> Path:
@@ -192,19 +206,38 @@ class InferenceSettings(CommonSettings):
 
 
 class TrainingSettings(CommonSettings):
-    """`minutecast train`."""
+    """`minutecast train`, `minutecast evaluate` and `python -m training.train` (also under horovodrun): the one
+    source of every training hyperparameter and run option. Each entry point builds it once from the
+    environment; a command-line flag given overrides its field (training/config.py: ``--epochs 0`` is a value)."""
 
-    preset: str = "default"
-    every: str | None = None  # e.g. "1h": retrain periodically
-    np: int = 1  # Horovod ranks `minutecast train` starts (horovodrun -np N when N > 1)
-    epochs: int | None = None  # None: the preset's default
-    max_samples: int | None = None  # cap on training samples (all ranks together); None: all
-    val_frac: float = 0.15  # share of trading dates (before the test dates) used for validation
-    test_frac: float = 0.15  # share of trading dates at the end used for the test report and the gate
-    threads_per_rank: int = 0  # TensorFlow intra/inter-op threads per rank (0: TensorFlow decides)
-    keep_checkpoints: int = 2  # per-epoch checkpoints kept per run under <home>/checkpoints/train
+    # -- the run (`minutecast train` reads these; the child `python -m training.train` gets the rest)
+    every: str | None = None  # retrain period (90s, 30m, 1h, 1d): a service that retrains; None: train once
+    np: int = Field(default=1, ge=1)  # Horovod ranks `minutecast train` starts here (horovodrun -np N when N > 1)
+    # Preset used while no model is promoted yet (e.g. "first": a short run gives serving a model fast).
+    first_preset: str | None = None
+    bars: Path | None = None  # recorded bar files (directory or file) to train on instead of the Kafka bar topic
+    tickers: str | None = None  # comma-separated subset of tickers to train on (with `bars` only); None: all
+    promote: bool = True  # run the promotion gate and promote a model that passes; False: evaluate and save only
+    # -- model and optimisation; None: the preset's value (minutecast.model.PRESETS)
+    preset: str = "default"  # architecture and training defaults: default, gaussian, first, tiny
+    epochs: int | None = Field(default=None, ge=0)  # passes over the training samples; 0 keeps the untrained model
+    batch_size: int | None = Field(default=None, ge=1)  # samples per step PER RANK (global: x ranks)
+    # Adam learning rate of ONE rank; training multiplies it by the ranks (the same step size per sample).
+    learning_rate: float | None = Field(default=None, gt=0)
+    # Cap on training (and, per rank, validation) samples, all ranks together: a random subset, time order kept.
+    max_samples: int | None = Field(default=None, ge=1)
+    seed: int = 0  # initial weights and shuffling (rank 0's weights are broadcast anyway)
+    # -- the split by New York trading date (train < validation < test dates)
+    val_frac: float = Field(default=0.15, gt=0, lt=1)  # share of dates just before the test dates: validation
+    test_frac: float = Field(default=0.15, gt=0, lt=1)  # share of dates at the end: test report and promotion gate
+    # -- Horovod and TensorFlow
+    threads_per_rank: int = Field(default=0, ge=0)  # TensorFlow intra/inter-op threads per rank (0: TF decides)
+    fp16_allreduce: bool = False  # compress gradients to float16 for the allreduce (halves the bytes exchanged)
+    backward_passes: int = Field(default=1, ge=1)  # local gradient accumulation steps per allreduce (fewer rounds)
+    # -- outputs
+    keep_checkpoints: int = 2  # per-epoch checkpoints kept per run under <home>/checkpoints/train (at least 1)
     reports_dir: Path | None = None  # default: <home>/reports
-    metrics_port: int = 9104
+    metrics_port: int = 9104  # Prometheus /metrics of the periodic trainer (`every`); 0 disables it
 
     @property
     def reports(self) -> Path:
@@ -234,8 +267,6 @@ class WebSettings(CommonSettings):
 
     @property
     def loopback(self) -> bool:
-        import ipaddress
-
         if self.serve_host in LOOPBACK_HOSTS:
             return True
         try:

@@ -3,8 +3,9 @@
     from minutecast.spark import build_session
     spark = build_session(InferenceSettings(), app_name="minutecast-infer")
 
-``local[*]`` by default (``MINUTECAST_MASTER`` or ``--master`` for a cluster). pyspark is imported inside
-:func:`build_session` so importing this module stays cheap.
+``local[*]`` by default (``MINUTECAST_MASTER`` or ``--master`` for a cluster). The Kafka connector's jars come
+in through ``settings.spark_jars`` (``minutecast infer`` fills it from the jar cache, ``infra/jars.py``).
+pyspark is imported inside :func:`build_session` so importing this module stays cheap.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import os
 import sys
 from typing import TYPE_CHECKING
 
-from minutecast.settings import InferenceSettings, InfraSettings
+from minutecast.errors import ConfigError
+from minutecast.settings import InferenceSettings
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -21,14 +23,15 @@ if TYPE_CHECKING:
 
 def session_conf(settings: InferenceSettings, master: str | None = None) -> dict[str, str]:
     """The Spark configuration minutecast runs with (pure: no JVM started)."""
-    from infra.jars import spark_kafka_jars
-
+    if not settings.spark_jars:
+        raise ConfigError("no Kafka connector jars for Spark: set MINUTECAST_SPARK_JARS (comma-separated paths) "
+                          "or start the job with `minutecast infer`, which takes them from the jar cache")
     master = master or settings.master
     spark_home = settings.home / "spark"
     conf = {
         "spark.master": master,
         # Spark's Kafka source/sink and its dependencies (minus jars pyspark already ships).
-        "spark.jars": ",".join(str(j) for j in spark_kafka_jars(InfraSettings().cache)),
+        "spark.jars": settings.spark_jars,
         "spark.ui.enabled": "true" if settings.spark_ui else "false",
         # One shuffle per micro-batch (by ticker) into a few large partitions: one model call each.
         "spark.sql.shuffle.partitions": str(settings.partitions),
@@ -57,7 +60,6 @@ def build_session(settings: InferenceSettings | None = None, *, app_name: str = 
     if (master or settings.master).startswith("local"):
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")  # else Spark probes the hostname and warns
     (settings.home / "spark" / "local").mkdir(parents=True, exist_ok=True)
-
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder.appName(app_name)

@@ -7,6 +7,13 @@ from dataclasses import dataclass
 DAY_MS = 24 * 3600 * 1000
 
 
+def replication(brokers: int) -> tuple[int, int]:
+    """(replication factor, min.insync.replicas) for a cluster of ``brokers``: RF 3 with 2 in sync from three
+    brokers (an acknowledged bar is on two machines, so one broker may die), else RF = brokers, 1 in sync."""
+    rf = min(3, brokers)
+    return rf, 2 if rf >= 3 else 1
+
+
 @dataclass(frozen=True)
 class TopicSpec:
     name: str

@@ -19,7 +19,10 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from minutecast.keys import Keys
+from minutecast.redis import connect
 from minutecast.schemas import Forecast
+from minutecast.settings import CommonSettings
 from minutecast.window import SESSION_TZ
 
 
@@ -30,9 +33,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def fetch(tickers: list[str]) -> dict[str, object]:
     """Latest forecast per ticker (``Forecast`` or None), one pipelined round trip."""
-    from minutecast.keys import Keys
-    from minutecast.redis import connect
-    from minutecast.settings import CommonSettings
 
     s = CommonSettings()
     keys = Keys(s.namespace)

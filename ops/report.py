@@ -14,6 +14,8 @@ import shutil
 import subprocess
 import sys
 
+from minutecast.settings import TrainingSettings
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--version", help="a model version (default: the latest report)")
@@ -22,8 +24,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from minutecast.settings import TrainingSettings
-
     s = TrainingSettings()
     folder = s.reports / (args.version or "latest")
     path = folder / ("report.json" if args.json else "report.md")

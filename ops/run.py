@@ -22,14 +22,28 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import math
 import os
 import signal
+import socket
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ops.supervisor import FAKE_SERVICE, Screen, Service, claim
+from infra import services as infra
+from infra.procs import RestartBudget
+from minutecast.errors import ConfigError
+from minutecast.kafka import end_offsets
+from minutecast.keys import Keys
+from minutecast.redis import connect
+from minutecast.registry import Registry
+from minutecast.settings import RunSettings, WebSettings
+from minutecast.topics import Topics
+from minutecast.window import SESSION_TZ
+from ops.forecast import forecast_times
+from ops.supervisor import FAKE_SERVICE, Screen, Service, claim, mark_done
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -57,7 +71,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def yahoo_reachable(timeout_s: float = 10.0) -> tuple[bool, str]:
     """Whether Yahoo Finance answers a one-ticker request for 1-minute bars (yfinance's own logging is
     silenced meanwhile: the caller says it in one line)."""
-    import logging
 
     yf_log = logging.getLogger("yfinance")
     level = yf_log.level
@@ -93,8 +106,6 @@ def choose_source(args: argparse.Namespace, say: Any = print) -> tuple[str, list
                         *tickers]
     if source == "replay":
         if not args.replay_data:
-            from minutecast.errors import ConfigError
-
             raise ConfigError("--source replay needs --replay-data or MINUTECAST_REPLAY_DATA")
         live = ["--as-if-live", "--live-sessions", str(args.live_sessions), "--lead-days", str(args.lead_days)]
         speed = args.speed if args.speed is not None else (60.0 if args.live_sessions > 0 else 0.0)
@@ -105,12 +116,6 @@ def choose_source(args: argparse.Namespace, say: Any = print) -> tuple[str, list
 
 def summary(s: Any) -> dict[str, Any]:
     """Bars in Kafka, windows and forecasts in Redis, the served model: for the screen."""
-    from minutecast.kafka import end_offsets
-    from minutecast.keys import Keys
-    from minutecast.redis import connect
-    from minutecast.registry import Registry
-    from minutecast.topics import Topics
-    from ops.forecast import forecast_times
 
     keys = Keys(s.namespace)
     client = connect(s.redis, decode_responses=True)
@@ -131,9 +136,6 @@ def replay_text(state: dict[str, str], now: float | None = None) -> str:
         return ""
     if state.get("phase") != "live":
         return " | replay: history (warm-up)"
-    from datetime import UTC, datetime
-
-    from minutecast.window import SESSION_TZ
 
     minute = int(float(state.get("market_minute") or 0))
     now = time.time() if now is None else now
@@ -143,8 +145,6 @@ def replay_text(state: dict[str, str], now: float | None = None) -> str:
 
 
 def port_free(host: str, port: int) -> bool:
-    import socket
-
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -155,8 +155,6 @@ def port_free(host: str, port: int) -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    from minutecast.settings import RunSettings
-
     s = RunSettings()
     screen = Screen()
     # First: refuse while this namespace runs already (before Kafka, Redis or a Yahoo probe is touched).
@@ -168,7 +166,6 @@ def plan(args: argparse.Namespace, s: Any, say: Any) -> tuple[list[Service], Ser
     """The services to start now, the trainer (started later), what they run on, the dashboard's URL."""
     if args.fake_services:
         return [Service(n, [], cmd=FAKE_SERVICE) for n in ("stream", "infer", "produce")], None, "fake", None
-    from infra import services as infra
 
     for row in infra.up(s):
         say(row.line())
@@ -178,8 +175,6 @@ def plan(args: argparse.Namespace, s: Any, say: Any) -> tuple[list[Service], Ser
                 Service("produce", produce, oneshot=source == "replay" and not live_replay)]
     url = None
     if not args.no_serve:
-        from minutecast.settings import WebSettings
-
         ws = WebSettings()
         if port_free(ws.serve_host, ws.serve_port):
             services.append(Service("web", ["serve"]))
@@ -194,9 +189,6 @@ def plan(args: argparse.Namespace, s: Any, say: Any) -> tuple[list[Service], Ser
 
 
 def supervise(args: argparse.Namespace, s: Any, screen: Screen) -> int:
-    from infra.procs import RestartBudget
-    from minutecast.settings import RunSettings
-
     say = screen.say
     services, trainer, source, url = plan(args, s, say)
     if not args.fake_services:
@@ -240,6 +232,7 @@ def supervise(args: argparse.Namespace, s: Any, screen: Screen) -> int:
                 svc.ended()
                 if svc.oneshot and rc == 0:
                     svc.done = True
+                    mark_done(run_dir, s.namespace, svc.name)
                     say(f"{svc.name}: finished")
                     continue
                 if not svc.budget.crashed():

@@ -10,11 +10,27 @@ serve`` returns the same dict as ``GET /api/status``.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any
+
+from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+from rich.console import Console, Group
+from rich.table import Table
+from rich.text import Text
+
+from infra.services import status as infra_status
+from minutecast.errors import MinutecastError
+from minutecast.kafka import make_admin, make_consumer, watermarks
+from minutecast.keys import Keys
+from minutecast.redis import connect
+from minutecast.registry import Registry
+from minutecast.settings import InfraSettings
+from minutecast.topics import Topics
+from ops.forecast import forecast_times
+from ops.supervisor import service_states
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -23,14 +39,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _topic_end(consumer: Any, topic: str) -> dict[int, int]:
-    from minutecast.kafka import watermarks
-
     return {p: high for p, (_, high) in watermarks(consumer, topic).items()}
 
 
 def _group_lag(admin: Any, ends: dict[str, dict[int, int]]) -> dict[str, int]:
     """Lag (messages) of every consumer group that reads one of our topics."""
-    from confluent_kafka import ConsumerGroupTopicPartitions
 
     lags: dict[str, int] = {}
     groups = admin.list_consumer_groups(request_timeout=10).result().valid
@@ -50,31 +63,40 @@ def _group_lag(admin: Any, ends: dict[str, dict[int, int]]) -> dict[str, int]:
     return lags
 
 
-def _spark_lag(checkpoint: Path, ends: dict[int, int], topic: str) -> int | None:
-    """Lag of the Spark job from its checkpoint's newest offsets file (Spark commits no group offsets)."""
-    offsets = checkpoint / "offsets"
-    files = sorted((f for f in offsets.glob("[0-9]*") if f.name.isdigit()), key=lambda f: int(f.name))
-    if not files:
+def _spark(client: Any, keys: Keys, ends: dict[int, int]) -> dict[str, Any] | None:
+    """The Spark job's own progress record (``Keys.infer_progress``): its lag behind the window-ready topic's
+    end, the age of its newest finished micro-batch, and that batch's id (Spark commits no group offsets)."""
+    rec = client.hgetall(keys.infer_progress())
+    if not rec:
         return None
-    for line in reversed(files[-1].read_text().splitlines()):
-        if line.startswith("{") and topic in line:
-            done = json.loads(line).get(topic, {})
-            return sum(max(0, e - int(done.get(str(p), 0))) for p, e in ends.items())
-    return None
+    try:
+        done = {int(p): int(o) for p, o in json.loads(rec.get("ready_offsets") or "{}").items()}
+        at, batch_id = float(rec["at"]), int(rec["batch_id"])
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return {"unreadable": True}
+    return {"lag": sum(max(0, e - done.get(p, 0)) for p, e in ends.items()), "age_s": round(time.time() - at, 1),
+            "batch_id": batch_id}
+
+
+MEMORY_ALERT = 0.8  # share of Redis's maxmemory from which `status` warns (past maxmemory, writes fail)
+
+
+def redis_memory(client: Any) -> dict[str, Any]:
+    """Redis's used memory against its ``maxmemory`` (0: no limit) and whether it is past the alert level."""
+    info = client.info("memory")
+    used, limit = int(info.get("used_memory", 0)), int(info.get("maxmemory", 0))
+    share = used / limit if limit else None
+    return {"used_bytes": used, "max_bytes": limit, "share": None if share is None else round(share, 4),
+            "policy": info.get("maxmemory_policy"), "alert": share is not None and share >= MEMORY_ALERT}
 
 
 def _reachable(s: Any, name: str) -> bool:
     """Whether Kafka/Redis answer with these settings (brokers not started by `minutecast infra`: compose)."""
-    from minutecast.errors import MinutecastError
 
     try:
         if name == "kafka":
-            from minutecast.kafka import make_admin
-
             make_admin(s.kafka, log_level=0).list_topics(timeout=2)
         else:
-            from minutecast.redis import connect
-
             connect(s.redis).ping()
     except (MinutecastError, Exception):  # noqa: BLE001 - any failure means: not reachable
         return False
@@ -83,14 +105,6 @@ def _reachable(s: Any, name: str) -> bool:
 
 def collect(sample_s: float = 1.0, s: Any = None) -> dict[str, Any]:
     """Everything `minutecast status` shows, as one JSON-ready dict (``s``: settings, default InfraSettings)."""
-    from infra.services import status as infra_status
-    from minutecast.kafka import make_admin, make_consumer
-    from minutecast.keys import Keys
-    from minutecast.redis import connect
-    from minutecast.settings import InferenceSettings, InfraSettings
-    from minutecast.topics import Topics
-    from ops.forecast import forecast_times
-    from ops.supervisor import service_pids
 
     s = s or InfraSettings()
     topics, keys = Topics(s.namespace), Keys(s.namespace)
@@ -98,8 +112,9 @@ def collect(sample_s: float = 1.0, s: Any = None) -> dict[str, Any]:
     for row in infra_status(s):
         up = row.up or _reachable(s, row.name)
         out["services"][row.name] = {"up": up, "version": row.version, "address": row.address}
-    for name, pid in service_pids(s.home / "run", s.namespace).items():  # this namespace's `minutecast run`
-        out["services"][name] = {"up": pid is not None}
+    # This namespace's `minutecast run` services; "done": a one-shot replay that finished (not DOWN).
+    for name, state in service_states(s.home / "run", s.namespace).items():
+        out["services"][name] = {"up": state != "down"} | ({"state": state} if state == "done" else {})
     if not out["services"]["kafka"]["up"]:
         return out
     consumer = make_consumer(s.kafka, group="minutecast-status")
@@ -108,13 +123,11 @@ def collect(sample_s: float = 1.0, s: Any = None) -> dict[str, Any]:
         first = {t: _topic_end(consumer, t) for t in names}
         time.sleep(sample_s)
         ends = {t: _topic_end(consumer, t) for t in names}
+        ready_ends = ends[topics.ready]
         out["bars_total"] = sum(ends[topics.bars].values())
         out["bars_per_s"] = round((out["bars_total"] - sum(first[topics.bars].values())) / sample_s, 1)
         out["forecasts_total"] = sum(ends[topics.forecasts].values())
         out["consumer_lag"] = _group_lag(make_admin(s.kafka), ends)
-        spark = _spark_lag(InferenceSettings().checkpoint, ends[topics.ready], topics.ready)
-        if spark is not None:
-            out["consumer_lag"]["spark-infer (checkpoint)"] = spark
         out["dead_letters"] = _dead_letters(consumer, topics.deadletter, ends[topics.deadletter])
     finally:
         consumer.close()
@@ -131,7 +144,11 @@ def collect(sample_s: float = 1.0, s: Any = None) -> dict[str, Any]:
         out["stream_stalled_s"] = round(time.time() - stalled, 1) if stalled > 0 else None
         out["stream_stall_reason"] = reason if stalled > 0 else None
         out["stream_fatal"] = fatal or None
-    from minutecast.registry import Registry
+        out["redis_memory"] = redis_memory(client)
+        if "consumer_lag" in out:
+            out["spark"] = _spark(client, keys, ready_ends)
+            if out["spark"] and "lag" in out["spark"]:
+                out["consumer_lag"]["spark-infer"] = out["spark"]["lag"]
 
     out["model_version"] = Registry(s.models_dir).current_version() or "persistence (no model promoted)"
     return out
@@ -139,7 +156,6 @@ def collect(sample_s: float = 1.0, s: Any = None) -> dict[str, Any]:
 
 def _dead_letters(consumer: Any, topic: str, ends: dict[int, int], last: int = 5000) -> dict[str, Any]:
     """Total dead letters and the reasons of the newest ``last`` of them."""
-    from confluent_kafka import TopicPartition
 
     total = sum(ends.values())
     reasons: Counter[str] = Counter()
@@ -159,39 +175,64 @@ def _dead_letters(consumer: Any, topic: str, ends: dict[int, int], last: int = 5
     return {"total": total, "by_reason": dict(reasons.most_common())}
 
 
-def render(out: dict[str, Any]) -> str:
-    """The text screen of :func:`collect`'s dict."""
-    lines = [f"namespace {out['namespace']}"]
+def screen(out: dict[str, Any]) -> Group:
+    """:func:`collect`'s dict as a rich renderable: a services table, then the pipeline's numbers."""
+    services = Table(title=f"minutecast status: namespace {out['namespace']}", title_justify="left")
+    for col in ("service", "state", "version", "address"):
+        services.add_column(col)
     for name, svc in out["services"].items():
-        extra = f" {svc.get('version', '')} {svc.get('address', '')}".rstrip()
-        lines.append(f"  {name:<10} {'up' if svc['up'] else 'DOWN'}{extra}")
+        state = svc.get("state") or ("up" if svc["up"] else "DOWN")
+        services.add_row(name, Text(state if state != "down" else "DOWN", style="green" if svc["up"] else "bold red"),
+                         str(svc.get("version", "")), str(svc.get("address", "")))
+    facts = Table.grid(padding=(0, 2))
+    facts.add_column(style="bold")
+    facts.add_column()
     if "bars_total" in out:
-        lines.append(f"bars in topic   {out['bars_total']:,}  ({out['bars_per_s']:,} bars/s now)")
-        lines.append(f"forecasts       {out['forecasts_total']:,} on the topic")
+        facts.add_row("bars in topic", f"{out['bars_total']:,}  ({out['bars_per_s']:,} bars/s now)")
+        facts.add_row("forecasts", f"{out['forecasts_total']:,} on the topic")
         for group, lag in sorted(out["consumer_lag"].items()):
-            lines.append(f"  lag {group:<40} {lag:,}")
+            facts.add_row(f"  lag {group}", f"{lag:,}")
         dl = out["dead_letters"]
-        lines.append(f"dead letters    {dl['total']:,}  " + ", ".join(f"{k}={v}" for k, v in dl["by_reason"].items()))
+        facts.add_row("dead letters", f"{dl['total']:,}  " + ", ".join(f"{k}={v}" for k, v in dl["by_reason"].items()))
+    spark = out.get("spark")
+    if spark:
+        facts.add_row("spark job", "progress record unreadable" if spark.get("unreadable") else
+                      f"batch {spark['batch_id']} finished {spark['age_s']} s ago, {spark['lag']:,} events behind")
     if "tickers_with_forecast" in out:
-        lines.append(f"tickers         {out['windows']} windows, {out['tickers_with_forecast']} with a forecast; "
-                     f"newest forecast {out['last_forecast_age_s']} s old")
+        facts.add_row("tickers", f"{out['windows']} windows, {out['tickers_with_forecast']} with a forecast; "
+                      f"newest forecast {out['last_forecast_age_s']} s old")
     if out.get("stream_stalled_s") is not None:
-        lines.append(f"STALLED         Faust worker retrying for {out['stream_stalled_s']} s: "
-                     f"{out['stream_stall_reason']}")
+        facts.add_row(Text("STALLED", style="bold red"),
+                      f"Faust worker retrying for {out['stream_stalled_s']} s: {out['stream_stall_reason']}")
     if out.get("stream_fatal"):
-        lines.append(f"FATAL           Faust worker stopped: {out['stream_fatal']}")
-    lines.append(f"model           {out['model_version']}")
-    return "\n".join(lines)
+        facts.add_row(Text("FATAL", style="bold red"), f"Faust worker stopped: {out['stream_fatal']}")
+    mem = out.get("redis_memory")
+    if mem:
+        limit = f"{mem['max_bytes'] / 2**20:,.0f} MiB" if mem["max_bytes"] else "no limit"
+        facts.add_row(Text("MEMORY", style="bold red") if mem["alert"] else "redis memory",
+                      f"{mem['used_bytes'] / 2**20:,.1f} MiB of {limit} ({mem['policy']})")
+    facts.add_row("model", str(out["model_version"]))
+    return Group(services, facts)
+
+
+def render(out: dict[str, Any], width: int = 120) -> str:
+    """The screen as plain text (what `minutecast status` prints where stdout is not a terminal)."""
+    console = Console(width=width, record=True, file=io.StringIO(), color_system=None)
+    console.print(screen(out))
+    return "\n".join(line.rstrip() for line in console.export_text().splitlines())
 
 
 def healthy(out: dict[str, Any]) -> bool:
     return all(v["up"] for v in out["services"].values()) and out.get("stream_stalled_s") is None \
-        and not out.get("stream_fatal")
+        and not out.get("stream_fatal") and not (out.get("redis_memory") or {}).get("alert")
 
 
 def run(args: argparse.Namespace) -> int:
     out = collect(args.sample_s)
-    print(json.dumps(out) if args.json else render(out))
+    if args.json:
+        print(json.dumps(out))
+    else:
+        Console().print(screen(out))
     if args.json:
         return 0
     return 0 if healthy(out) else 1

@@ -26,6 +26,7 @@ from typing import IO, Any
 
 from infra import procs
 from minutecast.errors import MinutecastError
+from minutecast.settings import RunSettings
 
 # `--fake-services` (a test hook, hidden from --help): every service runs this instead, through the same guard,
 # pid files and restarts. A shell that leaves its two sleeps behind when it is killed, so a test sees that the
@@ -59,6 +60,26 @@ def service_pids(run_dir: Path, namespace: str) -> dict[str, int | None]:
             for name, p in service_pidfiles(run_dir, namespace).items()}
 
 
+DONE = "done"  # a one-shot service's pid file after it finished (exit 0): not a crash, not running
+
+
+def mark_done(run_dir: Path, namespace: str, name: str) -> None:
+    """Record that a one-shot service (a replay) finished, so `minutecast status` does not call it DOWN."""
+    service_pidfile(run_dir, namespace, name).write_text(f"{DONE}\n")
+
+
+def service_states(run_dir: Path, namespace: str) -> dict[str, str]:
+    """Each recorded service of the namespace: ``up`` (its guard runs), ``done`` (finished) or ``down``."""
+    states = {}
+    for name, path in service_pidfiles(run_dir, namespace).items():
+        with contextlib.suppress(OSError):
+            if path.read_text().strip() == DONE:
+                states[name] = DONE
+                continue
+        states[name] = "up" if procs.read_tagged_pid(path, service_tag(namespace, name))[0] else "down"
+    return states
+
+
 @contextlib.contextmanager
 def claim(run_dir: Path, namespace: str, grace_s: float, say: Any = print) -> Any:
     """Hold the namespace for this run: refuse (:class:`AlreadyRunning`) while another supervisor of the
@@ -77,8 +98,10 @@ def claim(run_dir: Path, namespace: str, grace_s: float, say: Any = print) -> An
         for name, path in service_pidfiles(run_dir, namespace).items():
             pid, why = procs.read_tagged_pid(path, service_tag(namespace, name))
             if pid is None:
+                finished = why == "unreadable" and path.read_text().strip() == DONE
                 path.unlink(missing_ok=True)
-                say(f"removed a stale pid file {path} ({why})")
+                if not finished:  # a one-shot service's record of the last run, not a stale file
+                    say(f"removed a stale pid file {path} ({why})")
             else:
                 live[name] = pid
         if live:
@@ -155,8 +178,6 @@ class Screen:
 
 
 def _default_budget() -> procs.RestartBudget:
-    from minutecast.settings import RunSettings
-
     fields = RunSettings.model_fields
     return procs.RestartBudget(fields["restart_max"].default, fields["restart_healthy_s"].default)
 

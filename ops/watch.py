@@ -1,20 +1,29 @@
 """Live table of forecasts, as a subscriber sees them on the forecasts topic.
 
-    minutecast watch                  # all tickers, redraws every second, Ctrl-C quits
+    minutecast watch                  # all tickers, a live table (rich) redrawn every 0.5 s, Ctrl-C quits
     minutecast watch AAPL MSFT --from-beginning --max-seconds 30
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
+import contextlib
 import time
 import uuid
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from datetime import UTC, datetime
 
-if TYPE_CHECKING:
-    from minutecast.schemas import Forecast
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from minutecast.errors import Rejected
+from minutecast.kafka import make_consumer, wait_for_kafka
+from minutecast.schemas import Forecast
+from minutecast.settings import CommonSettings
+from minutecast.topics import Topics
+from minutecast.window import SESSION_TZ
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -30,58 +39,66 @@ def interval(f: Forecast) -> str:
     return f"{f.q10:.2f}–{f.q90:.2f}" if f.q10 is not None and f.q90 is not None else "-"
 
 
-def render(latest: Mapping[str, Forecast], rows: int) -> str:
-    from minutecast.schemas import iso_minute
+def _ny(epoch: int) -> str:
+    return datetime.fromtimestamp(epoch, UTC).astimezone(SESSION_TZ).strftime("%H:%M")
 
+
+def table(latest: Mapping[str, Forecast], rows: int) -> Table:
+    """The newest ``rows`` forecasts (newest as-of first), target minutes in New York time."""
     now = time.time()
-    lines = [f"{'ticker':<7} {'forecast':>10} {'last':>10} {'move':>8}  {'80% interval':>17} {'sigma':>6}  "
-             f"{'target (UTC)':<20} {'latency':>8}  model"]
-    items = sorted(latest.values(), key=lambda f: (-f.as_of, f.ticker))
-    for f in items[:rows]:
+    newest = max((f.forecast_at for f in latest.values()), default=now)
+    t = Table(title=f"minutecast forecasts: {len(latest)} tickers, newest {now - newest:.1f}s old",
+              caption=time.strftime("updated %H:%M:%S"), expand=False)
+    for name, justify in (("ticker", "left"), ("forecast", "right"), ("last", "right"), ("move", "right"),
+                          ("80% interval", "right"), ("sigma", "right"), ("target ET", "left"),
+                          ("latency", "right"), ("model", "left")):
+        t.add_column(name, justify=justify)  # type: ignore[arg-type]
+    for f in sorted(latest.values(), key=lambda f: (-f.as_of, f.ticker))[:rows]:
         move = (f.predicted_close / f.last_close - 1) * 1e4
-        lat = f"{f.forecast_at - f.published_at:.2f}s" if f.published_at else "-"
-        sigma = f"{f.sigma * 1e4:.0f}bp" if f.sigma is not None else "-"
-        lines.append(f"{f.ticker:<7} {f.predicted_close:>10.2f} {f.last_close:>10.2f} {move:>+6.1f}bp  "
-                     f"{interval(f):>17} {sigma:>6}  {iso_minute(f.target_minute):<20} {lat:>8}  {f.model_version}")
-    lines.append(f"{len(latest)} tickers, updated {time.strftime('%H:%M:%S')} (age of newest "
-                 f"{now - max((f.forecast_at for f in latest.values()), default=now):.1f}s)")
-    return "\n".join(lines)
+        t.add_row(f.ticker, f"{f.predicted_close:.2f}", f"{f.last_close:.2f}",
+                  Text(f"{move:+.1f}bp", style="green" if move > 0 else "red" if move < 0 else ""),
+                  interval(f), f"{f.sigma * 1e4:.0f}bp" if f.sigma is not None else "-", _ny(f.target_minute),
+                  f"{f.forecast_at - f.published_at:.2f}s" if f.published_at else "-", f.model_version)
+    return t
+
+
+def plain(f: Forecast) -> str:
+    return (f"{f.ticker} as_of={f.as_of} predicted={f.predicted_close:.4f} last={f.last_close:.4f} "
+            f"80%={interval(f)} model={f.model_version}")
 
 
 def run(args: argparse.Namespace) -> int:
-    from minutecast.kafka import make_consumer, wait_for_kafka
-    from minutecast.schemas import Forecast  # noqa: F811 - runtime import of the TYPE_CHECKING name
-    from minutecast.settings import CommonSettings
-    from minutecast.topics import Topics
-
     s = CommonSettings()
     wait_for_kafka(s.kafka, 30)
     wanted = {t.upper() for t in args.tickers}
-    consumer = make_consumer(s.kafka, group=f"minutecast-watch-{uuid.uuid4().hex[:8]}",
+    # log_level 3: librdkafka's notices at close (e.g. BGQUEUE "purging unserved events") are not news here.
+    consumer = make_consumer(s.kafka, group=f"minutecast-watch-{uuid.uuid4().hex[:8]}", log_level=3,
                              **{"auto.offset.reset": "earliest" if args.from_beginning else "latest"})
     consumer.subscribe([Topics(s.namespace).forecasts])
     latest: dict[str, Forecast] = {}
     deadline = time.monotonic() + args.max_seconds if args.max_seconds else float("inf")
-    last_draw = 0.0
-    tty = sys.stdout.isatty() and not args.plain
+    console = Console()
+    live_table = console.is_terminal and not args.plain
+    live = Live(console=console, auto_refresh=False, screen=False) if live_table else None
     try:
-        while time.monotonic() < deadline:
-            for msg in consumer.consume(1000, timeout=0.5):
-                if msg.error() is not None or msg.value() is None:
-                    continue
-                f = Forecast.from_json(msg.value() or b"")
-                if wanted and f.ticker not in wanted:
-                    continue
-                if args.plain or not tty:
-                    print(f"{f.ticker} as_of={f.as_of} predicted={f.predicted_close:.4f} "
-                          f"last={f.last_close:.4f} 80%={interval(f)} model={f.model_version}", flush=True)
-                prev = latest.get(f.ticker)
-                if prev is None or f.as_of >= prev.as_of:
-                    latest[f.ticker] = f
-            if tty and time.monotonic() - last_draw >= 1.0 and latest:
-                sys.stdout.write("\x1b[H\x1b[2J" + render(latest, args.rows) + "\n")
-                sys.stdout.flush()
-                last_draw = time.monotonic()
+        with live or contextlib.nullcontext():
+            while time.monotonic() < deadline:
+                for msg in consumer.consume(1000, timeout=0.5):
+                    if msg.error() is not None or msg.value() is None:
+                        continue
+                    try:
+                        f = Forecast.from_json(msg.value() or b"")
+                    except Rejected:
+                        continue  # the Spark job never publishes one; a foreign record is not ours to show
+                    if wanted and f.ticker not in wanted:
+                        continue
+                    if live is None:
+                        print(plain(f), flush=True)
+                    prev = latest.get(f.ticker)
+                    if prev is None or f.as_of >= prev.as_of:
+                        latest[f.ticker] = f
+                if live is not None and latest:
+                    live.update(table(latest, args.rows), refresh=True)
     except KeyboardInterrupt:
         pass
     finally:

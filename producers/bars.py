@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from minutecast.errors import ValidationError
+from minutecast.errors import Rejected
 from minutecast.schemas import BAR_VERSION, Bar
 
 COLUMNS = ["ticker", "minute", "open", "high", "low", "close", "volume"]
@@ -30,10 +30,10 @@ def empty_frame() -> pd.DataFrame:
 
 
 @dataclass
-class Rejected:
+class RejectedRow:
     """A row that failed validation: the error, its payload (JSON of the raw row) and its key."""
 
-    error: ValidationError
+    error: Rejected
     payload: bytes
     key: str
 
@@ -41,7 +41,7 @@ class Rejected:
 @dataclass
 class Checked:
     valid: pd.DataFrame  # rows that passed Bar.validate, in input order
-    rejected: list[Rejected] = field(default_factory=list)
+    rejected: list[RejectedRow] = field(default_factory=list)
     nan_rows: int = 0  # rows whose prices were all NaN (yfinance's filler for minutes without trades)
     duplicates: int = 0  # exact repeats of an earlier (ticker, minute) row, dropped
 
@@ -73,15 +73,15 @@ def check(frame: pd.DataFrame, source: str, now: float | None = None) -> Checked
     for i, (t, m, o, h, lo, c, v) in enumerate(zip(*cols, strict=True)):
         try:
             Bar(t, int(m), o, h, lo, c, v, source).validate(now)
-        except ValidationError as err:
+        except Rejected as err:
             bad[i] = True
             row = {"ticker": t, "minute": int(m), "open": o, "high": h, "low": lo, "close": c, "volume": v,
                    "source": source}
-            out.rejected.append(Rejected(err, _raw_payload(row), str(t)))
+            out.rejected.append(RejectedRow(err, _raw_payload(row), str(t)))
         except (TypeError, ValueError) as exc:  # a non-string ticker or a non-numeric cell
             bad[i] = True
             row = {"ticker": str(t), "minute": str(m), "source": source}
-            out.rejected.append(Rejected(ValidationError("wrong_type", str(exc)[:80]), _raw_payload(row), str(t)))
+            out.rejected.append(RejectedRow(Rejected("wrong_type", str(exc)[:80]), _raw_payload(row), str(t)))
 
     dup = frame.duplicated(["ticker", "minute"], keep="first").to_numpy() & ~bad
     if dup.any():
@@ -90,7 +90,7 @@ def check(frame: pd.DataFrame, source: str, now: float | None = None) -> Checked
         for i in np.flatnonzero(dup & ~exact):
             r = frame.iloc[int(i)]
             row = {c: (r[c] if c == "ticker" else float(r[c])) for c in COLUMNS} | {"source": source}
-            out.rejected.append(Rejected(ValidationError("conflicting_duplicate",
+            out.rejected.append(RejectedRow(Rejected("conflicting_duplicate",
                                                          f"{r['ticker']} minute {int(r['minute'])} seen twice"),
                                          _raw_payload(row), str(r["ticker"])))
     drop = bad | dup

@@ -24,7 +24,7 @@ forecast appears about every second. Copies after the first are published with s
 
 State (base shift, phase, copy, newest market minute) lives in Redis (:meth:`minutecast.keys.Keys.replay_state`)
 so a restarted replay continues on the same timeline after its per-ticker watermarks
-(:class:`producers.replay.Resume`), and ``minutecast run`` shows the phase on its summary line.
+(:class:`producers.watermark.Watermarks`), and ``minutecast run`` shows the phase on its summary line.
 """
 
 from __future__ import annotations
@@ -40,7 +40,11 @@ import numpy as np
 import pandas as pd
 
 from minutecast.errors import ConfigError
+from minutecast.keys import Keys
 from minutecast.window import HORIZON, session_ids
+from producers.delivery import DeliveryFailed, deliver
+from producers.replay import StopFlag
+from producers.watermark import Watermarks
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +124,7 @@ def first_copy(p: LivePlan, base: int, now: float, lead_days: float, watermark: 
 
 
 def pieces(frame: pd.DataFrame, spans: tuple[tuple[int, int], ...], shift: int, speed: float,
-           stop: Any = None, clock: Callable[[], float] = time.monotonic,
+           stop: StopFlag | None = None, clock: Callable[[], float] = time.monotonic,
            wall: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep,
            chunk: int = FAST_CHUNK) -> Iterator[pd.DataFrame]:
     """One copy of the live part, shifted by ``shift`` seconds, as pieces to publish in order.
@@ -180,8 +184,6 @@ class LiveState:
     data, ``phase`` (warm-up / live), ``copy``, ``speed``, newest ``market_minute``, ``updated_at``."""
 
     def __init__(self, redis: Any, namespace: str) -> None:
-        from minutecast.keys import Keys
-
         self.redis, self.key = redis, Keys(namespace).replay_state()
 
     def read(self) -> dict[str, str]:
@@ -196,8 +198,6 @@ class LiveState:
 def run_live(pub: Any, frame: pd.DataFrame, redis: Any, *, sessions: int = 1, speed: float = 60.0,
              lead_days: float = 28.0, resume: bool = True, now: float | None = None) -> None:
     """Warm-up, then copies of the live part until ``pub.stop_requested`` (see the module doc)."""
-    from producers.replay import Resume
-
     p = plan(frame, sessions)
     state = LiveState(redis, pub.s.namespace)
     now = time.time() if now is None else now
@@ -205,29 +205,28 @@ def run_live(pub: Any, frame: pd.DataFrame, redis: Any, *, sessions: int = 1, sp
     base = int(old["base"]) if old.get("fingerprint") == p.fingerprint and "base" in old else base_shift(p, now,
                                                                                                            lead_days)
     tickers = frame["ticker"].unique().tolist()
-    res = Resume(redis, pub.s.namespace, tickers) if resume else None
+    res = Watermarks(redis, pub.s.namespace, tickers, label="replay") if resume else None
     state.write(base=base, fingerprint=p.fingerprint, phase="warm-up", copy=-1, speed=speed,
                 sessions=sessions, market_minute=old.get("market_minute", 0))
 
     def send(piece: pd.DataFrame, source: str) -> None:
-        failed_before = set(pub.failed_keys)
-        pub.publish_frame(piece, source)
+        # Failed bars are re-sent before a watermark passes them; still failing -> DeliveryFailed (exit 1).
         if res is not None:
-            res.commit(pub, piece, failed_before)
-        else:
-            pub.flush()
+            res.send(pub, piece, source)
+        elif not deliver(pub, piece, source).failed.empty:
+            raise DeliveryFailed("bars still undelivered after every re-send")
 
     warm = p.warm.copy()
     warm["minute"] = warm["minute"].to_numpy(dtype="int64") + base
     if res is not None:
-        warm = res.skip(warm)
+        warm = res.above(warm)
     log.info("live replay: warm-up %d bars (%d sessions kept live, %d paced spans), base shift %.1f days",
              len(warm), sessions, len(p.paced), base / DAY)
     for a in range(0, len(warm), FAST_CHUNK):
         if pub.stop_requested.is_set():
             return
         send(warm.iloc[a:a + FAST_CHUNK], "replay")
-    watermark = max(res.watermarks.values()) if res is not None and res.watermarks else None
+    watermark = res.newest() if res is not None else None
     k = first_copy(p, base, time.time(), lead_days, watermark)
     while not pub.stop_requested.is_set():
         shift = copy_shift(p, base, k)
@@ -237,7 +236,7 @@ def run_live(pub: Any, frame: pd.DataFrame, redis: Any, *, sessions: int = 1, sp
         source = "replay" if k == 0 else LOOP_SOURCE
         for piece in pieces(p.live, p.paced, shift, speed, pub.stop_requested):
             if res is not None:
-                piece = res.skip(piece)
+                piece = res.above(piece)
                 if piece.empty:
                     continue
             send(piece, source)

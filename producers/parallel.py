@@ -14,19 +14,18 @@ import multiprocessing as mp
 import os
 import queue
 import signal
+from dataclasses import asdict
 from typing import Any
 
+from minutecast.errors import MinutecastError
 from producers.publisher import Stats
+from producers.runner import run_shard
+from producers.throttle import Throttle
 from producers.universe import shard
 
 
 def _child(args: argparse.Namespace, tickers: list[str], indices: list[int], limit: int | None,
            throttle_state: tuple[Any, Any], out: Any) -> None:
-    from dataclasses import asdict
-
-    from minutecast.errors import MinutecastError
-    from producers.cli import run_shard
-
     try:
         stats = run_shard(args, tickers, indices, limit, throttle_state)
         out.put((os.getpid(), asdict(stats), None))
@@ -37,8 +36,6 @@ def _child(args: argparse.Namespace, tickers: list[str], indices: list[int], lim
 
 
 def run_sharded(args: argparse.Namespace, tickers: list[str], n: int) -> tuple[Stats, list[str]]:
-    from producers.throttle import Throttle
-
     ctx = mp.get_context("fork")  # children inherit the shared throttle values and loaded modules
     out = ctx.Queue()
     throttle_state = Throttle().shared()

@@ -2,7 +2,9 @@
 
 * key = ticker (so a ticker's bars stay in one partition, in order), value = Bar JSON.
 * Every delivery report is counted (``delivered`` / ``failed``); :meth:`Publisher.close` flushes and
-  counts what is still undelivered as failed, so the caller's exit code can say so.
+  counts what is still undelivered as failed, so the caller's exit code can say so. A failed report also
+  records its (ticker, minute) in :attr:`Publisher.failures`, so :mod:`producers.delivery` can re-send
+  exactly those bars (``resent``; ``recovered`` counts the failures a re-send made good).
 * Invalid bars go to the dead-letter topic as :class:`minutecast.schemas.DeadLetter` records.
 * SIGINT/SIGTERM (after :meth:`Publisher.install_signal_handlers`) only set a stop flag: sources
   finish the message they are on, then the CLI flushes and prints the counts.
@@ -10,12 +12,16 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
+from datetime import datetime
+from functools import partial
 from typing import Any
 
 import pandas as pd
@@ -28,6 +34,7 @@ from minutecast.topics import Topics
 from producers.bars import check, encode, stamp_suffix
 
 log = logging.getLogger(__name__)
+MAX_FAILURES = 1_000_000  # failure records kept until taken (bounded memory for sources that never take them)
 
 
 @dataclass
@@ -38,6 +45,8 @@ class Stats:
     dead_letters: int = 0  # invalid bars sent to the dead-letter topic
     nan_dropped: int = 0  # NaN rows (no trades that minute) counted and dropped
     duplicates_dropped: int = 0  # exact repeats of a (ticker, minute), dropped
+    resent: int = 0  # bars published again after a failed delivery (counted in ``sent`` too)
+    recovered: int = 0  # failed deliveries whose re-send the broker acknowledged
 
     def add(self, other: Stats | dict[str, int]) -> Stats:
         d = other if isinstance(other, dict) else asdict(other)
@@ -47,11 +56,14 @@ class Stats:
 
     def line(self) -> str:
         return ("sent={sent} delivered={delivered} failed={failed} dead_letters={dead_letters} "
-                "nan_dropped={nan_dropped} duplicates_dropped={duplicates_dropped}").format(**asdict(self))
+                "nan_dropped={nan_dropped} duplicates_dropped={duplicates_dropped} resent={resent} "
+                "recovered={recovered}").format(**asdict(self))
 
     @property
     def ok(self) -> bool:
-        return self.failed == 0 and self.delivered == self.sent
+        """Every bar reached the broker: each failed delivery was made good by a re-send, and every bar sent has
+        its report (``failed`` also counts dead letters, which ``sent`` does not)."""
+        return self.failed == self.recovered and self.delivered + self.failed >= self.sent
 
 
 class Publisher:
@@ -72,7 +84,11 @@ class Publisher:
                 "compression.type": self.s.compression} | overrides
         self.producer = make_producer(ks, **conf)
         self.stats = Stats()
-        self.failed_keys: set[bytes] = set()  # tickers with a failed delivery (the yfinance watermark skips them)
+        # (ticker, minute) of each failed delivery report not yet taken (:meth:`take_failures`), at most
+        # MAX_FAILURES of them (a source that never takes them keeps only the counts).
+        self.failures: list[tuple[str, int]] = []
+        # Failure reports per (ticker, minute) until a later delivery of that bar is acknowledged (:meth:`heal`).
+        self.unhealed: Counter[tuple[str, int]] = Counter()
         self._errors_logged = 0
         self.stop_requested = threading.Event()
         self.last_complete = True  # False when the last publish call stopped early (stop requested)
@@ -82,17 +98,21 @@ class Publisher:
         if err is None:
             self.stats.delivered += 1
             return
-        self._failed(err, msg)
+        self._failed(err, msg, _bar_minute(msg.value()))
 
-    def _on_dead_letter(self, err: KafkaError | None, msg: Message) -> None:
+    def _on_dead_letter(self, minute: int | None, err: KafkaError | None, msg: Message) -> None:
         if err is not None:
-            self._failed(err, msg)
+            self._failed(err, msg, minute)
 
-    def _failed(self, err: KafkaError, msg: Message) -> None:
+    def _failed(self, err: KafkaError, msg: Message, minute: int | None) -> None:
         self.stats.failed += 1
         key = msg.key()
-        if key is not None:
-            self.failed_keys.add(key)
+        if key is not None and minute is not None:
+            bar = (key.decode(errors="replace"), minute)
+            if len(self.failures) < MAX_FAILURES:
+                self.failures.append(bar)
+            if len(self.unhealed) < MAX_FAILURES or bar in self.unhealed:
+                self.unhealed[bar] += 1
         if self._errors_logged < 10:
             self._errors_logged += 1
             log.error("delivery failed (%s): %s", msg.topic(), err)
@@ -133,20 +153,37 @@ class Publisher:
         self.stats.nan_dropped += checked.nan_rows
         self.stats.duplicates_dropped += checked.duplicates
         for r in checked.rejected:
-            self.dead_letter(DeadLetter.of(r.error, r.payload, "producer", topic=self.topic, key=r.key))
+            self.dead_letter(DeadLetter.of(r.error, r.payload, "producer", topic=self.topic, key=r.key),
+                             minute=_row_minute(r.payload))
         keys, bodies = encode(checked.valid, source)
         return self.publish_encoded(keys, bodies)
 
-    def dead_letter(self, dl: DeadLetter) -> None:
+    def dead_letter(self, dl: DeadLetter, minute: int | None = None) -> None:
+        """Send one dead letter; ``minute`` (of the rejected row) lets a failed delivery be re-sent."""
         value = dl.to_json()
         key = dl.key.encode() if dl.key else None
+        cb = partial(self._on_dead_letter, minute)
         while True:
             try:
-                self.producer.produce(self.topics.deadletter, value, key, on_delivery=self._on_dead_letter)
+                self.producer.produce(self.topics.deadletter, value, key, on_delivery=cb)
                 break
             except BufferError:
                 self.producer.poll(0.05)
         self.stats.dead_letters += 1
+
+    def take_failures(self) -> list[tuple[str, int]]:
+        """The (ticker, minute) of the failed deliveries reported since the last call (served reports only)."""
+        taken, self.failures = self.failures, []
+        return taken
+
+    def note_resent(self, n: int) -> None:
+        """``n`` bars were published again after a failed delivery (already counted in ``sent``)."""
+        self.stats.resent += n
+
+    def heal(self, bars: Iterable[tuple[str, int]]) -> None:
+        """These bars were delivered after all: their earlier failure reports count as ``recovered``."""
+        for bar in bars:
+            self.stats.recovered += self.unhealed.pop(bar, 0)
 
     def flush(self, timeout_s: float | None = None) -> int:
         """Wait for outstanding deliveries; returns how many are still in flight."""
@@ -167,3 +204,19 @@ class Publisher:
         """SIGINT/SIGTERM -> stop producing, then the caller flushes and reports."""
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self.request_stop)
+
+
+def _bar_minute(value: bytes | None) -> int | None:
+    """The minute of an encoded bar (its ``time``), None when it cannot be read."""
+    try:
+        return int(datetime.fromisoformat(json.loads(value or b"")["time"]).timestamp())
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def _row_minute(payload: bytes) -> int | None:
+    """The minute of a rejected row's payload (see :func:`producers.bars.check`), None when not a number."""
+    try:
+        return int(json.loads(payload)["minute"])
+    except (ValueError, KeyError, TypeError):
+        return None

@@ -8,16 +8,19 @@ Layouts read:
   ``minute`` (epoch s) for time.
 
 All tickers are merged into one frame sorted by (minute, ticker); pacing at ``speed`` x real time
-groups the bars of one minute together.
+groups the bars of one minute together. A replay resumes after the per-ticker watermarks of
+:mod:`producers.watermark` (the yfinance source's too). :func:`load` is the one reader of recorded bars
+(training and the benchmarks read with it as well).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -147,8 +150,14 @@ def shift_to_now(frame: pd.DataFrame, now: float | None = None) -> pd.DataFrame:
     return out
 
 
-def paced(frame: pd.DataFrame, speed: float, stop: object | None = None,
-          sleep: object = time.sleep, clock: object = time.monotonic,
+class StopFlag(Protocol):
+    """What a paced source polls to stop early (:attr:`Publisher.stop_requested`, a ``threading.Event``)."""
+
+    def is_set(self) -> bool: ...
+
+
+def paced(frame: pd.DataFrame, speed: float, stop: StopFlag | None = None,
+          sleep: Callable[[float], None] = time.sleep, clock: Callable[[], float] = time.monotonic,
           chunk: int = 100_000, origin: tuple[float, int] | None = None) -> Iterator[pd.DataFrame]:
     """Yield the frame in slices: ``chunk`` rows at a time when ``speed`` is 0, else one minute at a time, each
     released ``(minute - first_minute) / speed`` seconds after the start."""
@@ -156,7 +165,7 @@ def paced(frame: pd.DataFrame, speed: float, stop: object | None = None,
         return
     if speed <= 0:
         for a in range(0, len(frame), chunk):  # chunks keep memory flat and SIGINT responsive
-            if stop is not None and stop.is_set():  # type: ignore[attr-defined]
+            if stop is not None and stop.is_set():
                 return
             yield frame.iloc[a:a + chunk]
         return
@@ -165,64 +174,14 @@ def paced(frame: pd.DataFrame, speed: float, stop: object | None = None,
     starts = np.concatenate([[0], cuts])
     ends = np.concatenate([cuts, [len(frame)]])
     # origin = (clock at start, first minute): lets consecutive frames share one schedule.
-    t0, m0 = origin if origin is not None else (clock(), int(minutes[0]))  # type: ignore[operator]
+    t0, m0 = origin if origin is not None else (clock(), int(minutes[0]))
     for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
         due = t0 + (int(minutes[a]) - m0) / speed
         while True:
-            if stop is not None and stop.is_set():  # type: ignore[attr-defined]
+            if stop is not None and stop.is_set():
                 return
-            wait = due - clock()  # type: ignore[operator]
+            wait = due - clock()
             if wait <= 0:
                 break
-            sleep(min(wait, 0.5))  # type: ignore[operator]
+            sleep(min(wait, 0.5))
         yield frame.iloc[a:b]
-
-
-class Resume:
-    """Per-ticker replay watermark in Redis (:meth:`minutecast.keys.Keys.producer_watermark`, the key the
-    yfinance source uses too): the newest minute of the ticker whose bars the broker acknowledged.
-
-    A restarted replay skips every bar at or below its ticker's watermark (``--no-resume`` replays from
-    scratch). The watermark moves only after a piece was fully handed over and :meth:`Publisher.flush`
-    returned with nothing outstanding, and never for a ticker with a failed delivery, so a crash can
-    re-send at most the piece in flight (at-least-once; the window store drops the repeats), never skip
-    a bar. With ``--shift-to-now`` the shift is recomputed on restart, so resume is only exact when the
-    restart happens within the same wall-clock minute's shift.
-    """
-
-    def __init__(self, redis: object, namespace: str, tickers: Iterable[str]) -> None:
-        from minutecast.keys import Keys
-
-        self.redis = redis
-        self.keys = Keys(namespace)
-        names = sorted(set(tickers))
-        values = self.redis.mget([self.keys.producer_watermark(t) for t in names]) if names else []  # type: ignore[attr-defined]
-        self.watermarks: dict[str, int] = {t: int(v) for t, v in zip(names, values, strict=True) if v is not None}
-
-    def skip(self, frame: pd.DataFrame) -> pd.DataFrame:
-        """The bars of ``frame`` above their ticker's watermark."""
-        if frame.empty or not self.watermarks:
-            return frame
-        wm = frame["ticker"].map(self.watermarks).fillna(-1).to_numpy(dtype="int64")
-        return frame[frame["minute"].to_numpy(dtype="int64") > wm]
-
-    def commit(self, pub: object, piece: pd.DataFrame, failed_before: set[bytes]) -> bool:
-        """After ``piece`` was published: wait for its acks, then move the watermarks. False when not moved."""
-        if piece.empty:
-            return True
-        if pub.flush() > 0:  # type: ignore[attr-defined]
-            log.error("deliveries outstanding after flush; replay watermarks not moved")
-            return False
-        if not pub.last_complete:  # type: ignore[attr-defined]
-            return False  # stopped mid-piece: do not claim minutes that were not sent
-        failed = {k.decode() for k in pub.failed_keys - failed_before}  # type: ignore[attr-defined]
-        newest = piece.groupby("ticker")["minute"].max()
-        updates = {str(t): int(m) for t, m in newest.items()
-                   if t not in failed and int(m) > self.watermarks.get(str(t), -1)}
-        if updates:
-            pipe = self.redis.pipeline(transaction=False)  # type: ignore[attr-defined]
-            for t, m in updates.items():
-                pipe.set(self.keys.producer_watermark(t), m)
-            pipe.execute()
-            self.watermarks.update(updates)
-        return not failed

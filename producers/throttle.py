@@ -2,7 +2,8 @@
 
 State lives in two ``multiprocessing`` shared doubles (created before the worker processes fork), so
 ``--processes 4`` still sends Yahoo at most one request per ``min_interval_s`` and a rate limit seen
-by one process slows down all of them.
+by one process slows down all of them. The state is ours; waiting for the next slot and retrying a failed
+call are tenacity's (:class:`tenacity.Retrying` with the injected ``sleep``).
 """
 
 from __future__ import annotations
@@ -12,12 +13,15 @@ import multiprocessing as mp
 import random
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
+
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, retry_if_result, stop_after_attempt, stop_never
 
 from minutecast.errors import ServiceUnavailable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+POLL_S = 1.0  # longest single sleep while waiting for the next slot (another process may move it)
 
 
 class RateLimited(ServiceUnavailable):
@@ -29,19 +33,15 @@ class NetworkError(ServiceUnavailable):
 
 
 def retryable_errors() -> tuple[type[BaseException], ...]:
-    """Exceptions that mean "back off and try again": rate limits and network failures."""
+    """Exceptions that mean "back off and try again": rate limits and network failures.
+
+    yfinance's transport errors (curl_cffi's ``RequestException``) are ``OSError`` subclasses."""
     errs: list[type[BaseException]] = [RateLimited, NetworkError, ConnectionError, TimeoutError, OSError]
     try:
         from yfinance.exceptions import YFRateLimitError
 
         errs.append(YFRateLimitError)
     except ImportError:  # pragma: no cover - yfinance is a dependency
-        pass
-    try:
-        from curl_cffi.requests.exceptions import RequestException
-
-        errs.append(RequestException)
-    except ImportError:  # pragma: no cover
         pass
     return tuple(errs)
 
@@ -65,15 +65,23 @@ class Throttle:
     def shared(self) -> tuple[Any, Any]:
         return self.next_at, self.gap
 
+    def _claim(self) -> float:
+        """Take the next slot when it is due (0.0); else the seconds until it is."""
+        with self.next_at.get_lock():
+            now = self.clock()
+            if now >= self.next_at.value:
+                self.next_at.value = now + self.gap.value
+                return 0.0
+            return float(self.next_at.value - now)
+
     def _acquire(self) -> None:
-        while True:
-            with self.next_at.get_lock():
-                now = self.clock()
-                if now >= self.next_at.value:
-                    self.next_at.value = now + self.gap.value
-                    return
-                wait = self.next_at.value - now
-            self.sleep(min(wait, 1.0))
+        """Wait until this process holds the next slot (polling: another process may move it)."""
+
+        def poll_wait(rs: RetryCallState) -> float:
+            return min(_result(rs), POLL_S)
+
+        Retrying(retry=retry_if_result(lambda wait: wait > 0), wait=poll_wait, stop=stop_never,
+                 sleep=self.sleep)(self._claim)
 
     def _backoff(self) -> float:
         with self.gap.get_lock():
@@ -88,18 +96,33 @@ class Throttle:
             self.gap.value = max(self.min_interval_s, self.gap.value / 2)
 
     def call(self, fn: Callable[[], T], what: str = "request") -> T:
-        """Run ``fn`` under the throttle, retrying retryable errors with backoff."""
-        errors = retryable_errors()
-        for attempt in range(1, self.max_retries + 1):
+        """Run ``fn`` under the throttle, retrying retryable errors with backoff (at most ``max_retries`` calls)."""
+
+        def attempt() -> T:
             self._acquire()
-            try:
-                result = fn()
-            except errors as exc:
-                gap = self._backoff()
-                log.warning("%s failed (%s: %s); attempt %d/%d, backing off %.0f s", what, type(exc).__name__,
-                            str(exc)[:120], attempt, self.max_retries, gap)
-                continue
-            self._relax()
-            return result
-        raise ServiceUnavailable(f"{what}: still failing after {self.max_retries} attempts (Yahoo rate limit "
-                                 "or network); the watermark makes the next run fetch these minutes again")
+            return fn()
+
+        def backed_off(rs: RetryCallState) -> None:  # after every failed attempt, the last one too
+            gap = self._backoff()
+            exc = rs.outcome.exception() if rs.outcome is not None else None
+            log.warning("%s failed (%s: %s); attempt %d/%d, backing off %.0f s", what, type(exc).__name__,
+                        str(exc)[:120], rs.attempt_number, self.max_retries, gap)
+
+        def gave_up(rs: RetryCallState) -> NoReturn:
+            exc = rs.outcome.exception() if rs.outcome is not None else None
+            raise ServiceUnavailable(f"{what}: still failing after {self.max_retries} attempts (Yahoo rate limit "
+                                     "or network); the watermark makes the next run fetch these minutes "
+                                     "again") from exc
+
+        # No wait of tenacity's own between attempts: the backoff moved the shared next slot, which
+        # _acquire waits for (in every process).
+        result = Retrying(retry=retry_if_exception_type(retryable_errors()), stop=stop_after_attempt(self.max_retries),
+                          after=backed_off, retry_error_callback=gave_up, sleep=self.sleep)(attempt)
+        self._relax()
+        return result
+
+
+def _result(rs: RetryCallState) -> float:
+    if rs.outcome is None:  # pragma: no cover - tenacity sets it before asking for the wait
+        return 0.0
+    return float(rs.outcome.result())

@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
 import redis as redislib
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_random_exponential
 
 log = logging.getLogger(__name__)
@@ -59,10 +60,6 @@ def kind(exc: BaseException) -> Kind:
         if "script" in msg:  # "user_script:12: ...", "Error running script": the script failed on this input
             return "poison"
         return "fatal"
-    try:
-        from aiokafka.errors import KafkaError, KafkaTimeoutError
-    except ImportError:  # pragma: no cover - aiokafka comes with faust
-        KafkaError = KafkaTimeoutError = ()  # type: ignore[assignment,misc]  # noqa: N806
     if isinstance(exc, KafkaTimeoutError | asyncio.TimeoutError):
         return "retry"
     if isinstance(exc, KafkaError):
@@ -81,7 +78,7 @@ class Stall:
         self.stats_key = stats_key
         self.since: float | None = None
 
-    def _write(self, mapping: dict[str, Any]) -> None:
+    def _write(self, mapping: dict[Any, Any]) -> None:  # redis-py types keys as bytes | str | int | float
         if self.client is None:
             return
         try:
@@ -136,7 +133,7 @@ async def retrying(what: str, fn: Callable[..., Awaitable[Any]], *args: Any, sta
                             wait=wait_random_exponential(multiplier=first_s, max=max_s),
                             before_sleep=before_sleep, reraise=True)
     try:
-        result = await retryer(fn, *args)
+        result: Any = await retryer(fn, *args)
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # noqa: BLE001 - classified: only non-retryable failures get here

@@ -34,6 +34,9 @@ batch is acked. The body never raises, because Faust's ``take`` acks a batch who
 (SIGTERM) mid-batch lets the batch finish first (unless it is stalled: then the process exits without
 committing). Dead letters are bounded (key and payload cut, :class:`~minutecast.schemas.DeadLetter`),
 so they always fit the producer's request limit.
+
+Test-only: ``MINUTECAST_TEST_DROP_BAR`` (with ``MINUTECAST_TEST_SWITCHES=1``) makes the worker lose one named
+bar (:func:`drop_switch`); the fault tests use it to show that their checks catch a single lost bar.
 """
 
 from __future__ import annotations
@@ -41,18 +44,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis as redislib
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from minutecast.errors import Rejected
+from minutecast.errors import ConfigError, Rejected
 from minutecast.schemas import Bar, DeadLetter, WindowReady, parse_bar_record
 from minutecast.settings import KafkaSettings, StreamSettings
 from minutecast.topics import Topics
+from minutecast.universe import allowlist
 from streams import failures
 from streams.window_store import TickerResult, WindowStore
 
@@ -153,14 +158,41 @@ def readiness(results: dict[str, TickerResult],
     return events, announced
 
 
+# Test-only switch (never set it in a deployment): the worker silently loses the one bar named here, every
+# copy of it, as if it had never arrived. The fault tests run a variant with it on to show that their checks
+# fail when a single bar is lost. It takes effect only together with DROP_SWITCH_GUARD=1.
+DROP_SWITCH = "MINUTECAST_TEST_DROP_BAR"  # "TICKER:MINUTE", MINUTE = the bar's epoch seconds (Bar.minute)
+DROP_SWITCH_GUARD = "MINUTECAST_TEST_SWITCHES"
+
+
+def drop_switch(environ: Mapping[str, str] | None = None) -> tuple[str, int] | None:
+    """The (ticker, minute) ``MINUTECAST_TEST_DROP_BAR`` names, or None. Test-only (see :data:`DROP_SWITCH`):
+    without ``MINUTECAST_TEST_SWITCHES=1`` as well the switch is refused (an error is logged, nothing is
+    dropped); a malformed value with the guard set raises ConfigError."""
+    env = os.environ if environ is None else environ
+    raw = env.get(DROP_SWITCH, "").strip()
+    if not raw:
+        return None
+    if env.get(DROP_SWITCH_GUARD, "").strip() != "1":
+        log.error("%s is set but %s is not 1: the test-only switch is refused, no bar is dropped",
+                  DROP_SWITCH, DROP_SWITCH_GUARD)
+        return None
+    ticker, _, minute = raw.rpartition(":")
+    if not ticker or not minute.isdigit():
+        raise ConfigError(f"{DROP_SWITCH} must be TICKER:EPOCH_SECONDS, got {raw[:60]!r}")
+    log.warning("TEST SWITCH %s: the bar %s at %s will be dropped (every copy)", DROP_SWITCH, ticker, minute)
+    return ticker, int(minute)
+
+
 class BatchProcessor:
     """Decode -> store -> readiness for one batch; publishing is the caller's (Faust or a test)."""
 
     def __init__(self, store: WindowStore, metrics: Metrics | None = None,
-                 allowed: frozenset[str] | None = None) -> None:
+                 allowed: frozenset[str] | None = None, drop: tuple[str, int] | None = None) -> None:
         self.store = store
         self.metrics = metrics or Metrics()
         self.allowed = allowed  # ticker allowlist (None: any ticker); create_app sets it from the settings
+        self.drop = drop  # test-only: the (ticker, minute) to lose (:func:`drop_switch`; create_app sets it)
 
     def process_isolating(self, messages: Sequence[Message]) -> Outcome:
         """:meth:`process`, but a batch the store's script fails on (a poison record, see
@@ -188,6 +220,9 @@ class BatchProcessor:
     def process(self, messages: Sequence[Message]) -> Outcome:
         m = self.metrics
         bars, origin, dead = decode(messages, allowed=self.allowed)
+        if self.drop is not None:  # test-only switch: lose this bar without a trace
+            keep = [i for i, b in enumerate(bars) if (b.ticker, b.minute) != self.drop]
+            bars, origin = [bars[i] for i in keep], [origin[i] for i in keep]
         rt0 = self.store.roundtrips
         results, late, conflicts = self.store.apply(bars, messages=len(messages))
         m.bars_in.inc(len(messages))  # after the write: a retried or split batch is counted once
@@ -224,8 +259,6 @@ def broker_credentials(ks: KafkaSettings) -> Any:
     """Faust SASL credentials when SASL is configured, else None."""
     if not ks.security_protocol.startswith("SASL"):
         return None
-    import ssl
-
     import faust
 
     assert ks.sasl_password is not None  # checked by KafkaSettings
@@ -289,15 +322,17 @@ def create_app(settings: StreamSettings, processor: BatchProcessor) -> Any:
     topics = Topics(settings.namespace)
     import faust
 
-    from minutecast.universe import allowlist
-
     processor.allowed = allowlist(settings)
+    processor.drop = drop_switch()
 
+    (settings.home / "faust").mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
     app = faust.App(
         f"{settings.app_id}-{settings.namespace}",
         broker=broker_url(settings.kafka),
         broker_credentials=broker_credentials(settings.kafka),
         autodiscover=False,
+        # Faust's table directory (we keep no tables: state is in Redis) under our home, not the cwd.
+        datadir=str(settings.home / "faust" / f"{settings.app_id}-{settings.namespace}"),
         key_serializer="raw",
         value_serializer="raw",
         topic_disable_leader=True,  # no on_leader timers: skip the leader-election topic

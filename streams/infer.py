@@ -38,9 +38,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from pyspark.accumulators import AccumulatorParam
+from pyspark.sql import functions as F
+from pyspark.sql.streaming import StreamingQueryListener
 
+from minutecast.kafka import spark_options
+from minutecast.keys import Keys
+from minutecast.metrics import serve
+from minutecast.redis import connect
 from minutecast.settings import InferenceSettings
+from minutecast.topics import Topics
 from streams.partition import COUNTS, PHASES, SERVING_COUNTS, JobConf, infer_partition, warm_partition
 
 __all__ = ["COUNTS", "EVENT_SCHEMA", "OUT_SCHEMA", "PHASES", "SERVING_COUNTS", "BatchStats", "InferenceJob",
@@ -104,10 +112,6 @@ class _Metrics:
     """Prometheus metrics of the driver (own registry: several jobs may live in one test process)."""
 
     def __init__(self, host: str, port: int) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
-        from minutecast.metrics import serve
-
         self.registry = CollectorRegistry()
         r = self.registry
         self.batch = Histogram("minutecast_infer_batch_seconds", "micro-batch duration", registry=r,
@@ -152,13 +156,12 @@ class InferenceJob:
 
     def __init__(self, spark: Any, settings: InferenceSettings, *, stats_path: Path | None = None,
                  on_batch: Callable[[BatchStats], None] | None = None) -> None:
-        from minutecast.topics import Topics
-
         self.spark = spark
         self.settings = settings
         self.topics = Topics(settings.namespace)
         self.conf = JobConf(namespace=settings.namespace, models_dir=str(settings.models_dir),
-                            history_len=settings.history_len, redis=settings.redis,
+                            history_len=settings.history_len, forecast_ttl_s=settings.forecast_ttl_s,
+                            redis=settings.redis,
                             forecasts_topic=self.topics.forecasts, deadletter_topic=self.topics.deadletter,
                             ready_topic=self.topics.ready, market_ticker=settings.market_ticker)
         sc = spark.sparkContext
@@ -167,12 +170,10 @@ class InferenceJob:
         self.metrics = _Metrics(settings.metrics_host, settings.metrics_port)
         self.stats_path = stats_path
         self.on_batch = on_batch
+        self.progress_client = connect(settings.redis)  # the driver's own (progress records)
 
     def events(self) -> Any:
         """The window-ready stream, parsed (columns: key, value, partition, offset + EVENT_SCHEMA's)."""
-        from pyspark.sql import functions as F  # noqa: N812
-
-        from minutecast.kafka import spark_options
 
         raw = (self.spark.readStream.format("kafka")
                .options(**spark_options(self.settings.kafka))
@@ -190,8 +191,6 @@ class InferenceJob:
 
     def process(self, batch: Any, batch_id: int) -> None:
         """``foreachBatch``: one Spark job writing forecasts to Redis (in the tasks) and Kafka."""
-        from minutecast.kafka import spark_options
-
         started_at, t0 = time.time(), time.perf_counter()
         self.stats.value = {}
         self.latencies.value = []
@@ -207,10 +206,11 @@ class InferenceJob:
         self.metrics.observe(s)
         c = s.counts
         if c.get("events"):
-            log.info("batch %d: %d events -> %d forecasts (+%d replayed; superseded %d in batch, %d by state; "
+            log.info("batch %d: %d events -> %d forecasts (+%d corrections, +%d replayed; superseded %d in batch, "
+                     "%d by state; "
                      "%d dead; %d calibration outcomes) in %.0f ms: redis read %.0f, windows %.0f, model load %.0f, "
                      "model %.0f, writes %.0f ms (summed over partitions) %s", batch_id, c.get("events", 0),
-                     c.get("forecasts", 0), c.get("replayed", 0), c.get("superseded_batch", 0),
+                     c.get("forecasts", 0), c.get("corrections", 0), c.get("replayed", 0), c.get("superseded_batch", 0),
                      c.get("superseded_state", 0), c.get("dead_letter", 0), c.get("outcomes", 0), s.duration_ms,
                      c.get("redis_read_ms", 0), c.get("build_ms", 0),
                      c.get("model_load_ms", 0), c.get("model_ms", 0), c.get("write_ms", 0),
@@ -220,6 +220,18 @@ class InferenceJob:
                 fh.write(s.to_json() + "\n")
         if self.on_batch is not None:
             self.on_batch(s)
+
+    def publish_progress(self, batch_id: int, end_offsets: str | None, rows: int, duration_ms: int) -> None:
+        """The job's own progress record (``Keys.infer_progress``) for ``minutecast status``: the newest
+        finished micro-batch and how far into the window-ready topic it got (Spark commits no group offsets).
+        ``end_offsets``: the Kafka source's ``endOffset`` JSON ({topic: {partition: next offset}})."""
+        ready = (json.loads(end_offsets) if end_offsets else {}).get(self.topics.ready, {})
+        try:
+            self.progress_client.hset(Keys(self.settings.namespace).infer_progress(), mapping={
+                "batch_id": batch_id, "at": time.time(), "ready_offsets": json.dumps(ready), "rows": rows,
+                "duration_ms": duration_ms})
+        except Exception as exc:  # noqa: BLE001 - progress is advisory: Redis down shows as a stale record
+            log.warning("could not publish progress of batch %d: %s", batch_id, exc)
 
     def on_progress(self, batch_id: int, duration_ms: dict[str, int]) -> None:
         """Spark's own split of a finished micro-batch (``addBatch`` is our foreachBatch; the rest is the
@@ -232,8 +244,6 @@ class InferenceJob:
                 fh.write(json.dumps({"progress_batch_id": batch_id, "engine_ms": duration_ms}) + "\n")
 
     def _listen(self) -> None:
-        from pyspark.sql.streaming import StreamingQueryListener
-
         job = self
 
         class _Listener(StreamingQueryListener):
@@ -244,6 +254,9 @@ class InferenceJob:
                 p = event.progress
                 if p.name == job.query_name:
                     job.on_progress(p.batchId, dict(p.durationMs))
+                    source = p.sources[0] if p.sources else None
+                    job.publish_progress(p.batchId, source.endOffset if source else None, p.numInputRows,
+                                         int(p.durationMs.get("triggerExecution", 0)))
 
             def onQueryIdle(self, event: Any) -> None:  # noqa: N802
                 pass

@@ -17,6 +17,12 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+from infra.jars import spark_kafka_jars
+from minutecast.kafka import ensure_topics, wait_for_kafka
+from minutecast.redis import wait_for_redis
+from minutecast.settings import InferenceSettings, default_cache
+from minutecast.spark import build_session
+
 log = logging.getLogger("minutecast.infer")
 
 
@@ -32,19 +38,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from minutecast.kafka import ensure_topics, wait_for_kafka
-    from minutecast.redis import wait_for_redis
-    from minutecast.settings import InferenceSettings
-    from minutecast.spark import build_session
-    from streams.infer import InferenceJob
-
     overrides = {k: v for k, v in {
         "master": args.master, "trigger_ms": args.trigger_ms, "checkpoint_dir": args.checkpoint,
         "partitions": args.partitions, "metrics_port": args.metrics_port}.items() if v is not None}
     settings = InferenceSettings(**overrides)
+    if not settings.spark_jars:  # the connector's jars from the cache (fetched once from Maven Central)
+        jars = ",".join(str(j) for j in spark_kafka_jars(default_cache()))
+        settings = settings.model_copy(update={"spark_jars": jars})
     wait_for_kafka(settings.kafka)
     wait_for_redis(settings.redis).close()
     ensure_topics(settings.kafka, settings.topic_specs())
+
+    from streams.infer import InferenceJob  # the pyspark driver
 
     spark = build_session(settings, app_name="minutecast-infer")
     job = InferenceJob(spark, settings, stats_path=args.stats_jsonl)

@@ -15,10 +15,17 @@ per worker and reloaded only after a ``NOSCRIPT``):
    (no promoted model: the calibrated window-vol baseline, labelled ``persistence`` / ``baseline``; a
    non-finite, crossing or absurd model row falls back to the baseline too, counted), and serve
    ``state.apply(raw)``;
-5. **write** (one pipelined round trip, :data:`WRITE_LUA`): history write-once (HSETNX), the latest hash
-   forward only, the calibration state forward only (in ``through``), bounded history; the Kafka rows are
-   the values Redis kept, so a replayed batch republishes byte-identical forecasts and applies no outcome
-   twice.
+5. **write** (one pipelined round trip, :data:`WRITE_LUA`): history one forecast per as-of minute, the
+   first one unless a *correction* replaces it, the latest hash forward only, the calibration state forward
+   only (in ``through``), bounded history; the Kafka rows are the values Redis kept, so a replayed batch
+   republishes byte-identical forecasts and applies no outcome twice.
+
+Corrections: a late bar that changes an announced window makes Faust re-announce the minute with the new
+checksum (and a later ``ready_at``). Each forecast carries the checksum of the window it was made from
+(``window_checksum``, computed here from what Redis holds); the stored forecast of an as-of is replaced
+only by one from a newer announcement (``window_ready_at``) whose checksum differs. A replayed batch
+carries the same ``ready_at`` and an older, re-sent event an earlier one: both get the stored forecast
+back, so a correction is never undone and a replay stays byte-identical.
 """
 
 from __future__ import annotations
@@ -35,17 +42,18 @@ import numpy as np
 import pandas as pd
 import redis as redislib
 
-from minutecast.intervals import OnlineScale, baseline_log_quantiles
+from minutecast.intervals import OnlineScale
 from minutecast.keys import Keys
-from minutecast.registry import PERSISTENCE
+from minutecast.redis import connect
+from minutecast.registry import PERSISTENCE, Registry
 from minutecast.settings import RedisSettings
 from minutecast.window import HORIZON, C, checksum
 from streams.serving import (
     catch_up,
-    check_outputs,
     closes_by_minute,
     dead_letter_row,
     make_forecast,
+    model_or_baseline,
     prices_and_sigma,
     reject_reason,
 )
@@ -76,21 +84,34 @@ return {st, out}
 
 # KEYS[1] latest hash, KEYS[2] history hash, KEYS[3] calibration hash.
 # ARGV[1] as-of minute, ARGV[2] Forecast JSON, ARGV[3] history length, ARGV[4] the state's `through`,
-# ARGV[5] log_s80, ARGV[6] log_s90 (Python repr: exact). History is write-once per as-of (HSETNX): a replay
-# keeps the first value and gets it back. The latest hash only moves forward in as_of and holds the stored
-# JSON plus copies of three of its numbers *as the JSON spells them* (one encoder: json.dumps; whether
-# written now or restored from history after the hash was lost). The calibration state only moves forward
-# in `through`. Returns {1 if written now else 0, the stored JSON}.
+# ARGV[5] log_s80, ARGV[6] log_s90 (Python repr: exact). History holds one forecast per as-of (HSETNX): a
+# replay keeps the stored value and gets it back. ARGV[8] (optional: absent or '' = no checksum, plain
+# HSETNX) is the new forecast's window checksum, ARGV[9] its window_ready_at (repr): a stored forecast is
+# replaced (a correction) only when its window checksum differs (or it has none) and its window_ready_at is
+# older, so a replay (same ready_at) or an older event never undoes a correction. The latest hash moves
+# forward in as_of, or to a correction of its own as_of, and holds the stored JSON plus copies of three of
+# its numbers *as the JSON spells them* (one encoder: json.dumps; whether written now or restored from
+# history after the hash was lost). The calibration state only moves forward in `through`. ARGV[7]: TTL
+# (s) of all three keys, renewed by every write (a delisted ticker's keys expire).
+# Returns {1 written now / 2 corrected now / 0 kept, the stored JSON}.
 WRITE_LUA = r"""
 local asof = tonumber(ARGV[1])
 local new = redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2])
 local stored = ARGV[2]
-if new == 0 then stored = redis.call('HGET', KEYS[2], ARGV[1]) end
-local cur = tonumber(redis.call('HGET', KEYS[1], 'as_of') or '-1')
-if asof > cur then
-  local function num(name)
-    return string.match(stored, '"' .. name .. '":(%-?%d[%d%.eE%+%-]*)') or ''
+local function num(name)
+  return string.match(stored, '"' .. name .. '":(%-?%d[%d%.eE%+%-]*)') or ''
+end
+if new == 0 then
+  stored = redis.call('HGET', KEYS[2], ARGV[1])
+  local sum, ready = ARGV[8] or '', tonumber(ARGV[9] or '')
+  local was = tonumber(num('window_ready_at'))
+  if sum ~= '' and ready and was and ready > was and string.match(stored, '"window_checksum":"(%x+)"') ~= sum then
+    redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+    stored, new = ARGV[2], 2
   end
+end
+local cur = tonumber(redis.call('HGET', KEYS[1], 'as_of') or '-1')
+if asof > cur or (new == 2 and asof == cur) then
   redis.call('DEL', KEYS[1])
   redis.call('HSET', KEYS[1], 'json', stored, 'as_of', num('as_of'), 'predicted_close', num('predicted_close'),
              'forecast_at', num('forecast_at'))
@@ -104,12 +125,18 @@ if redis.call('HLEN', KEYS[2]) > n then
   table.sort(fields, function(a, b) return tonumber(a) < tonumber(b) end)
   for i = 1, #fields - n do redis.call('HDEL', KEYS[2], fields[i]) end
 end
+local ttl = tonumber(ARGV[7])
+for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ttl) end
 return {new, stored}
 """
 
 # Counters infer_partition reports (names of the stats accumulator's keys), per window-ready event.
-COUNTS = ("events", "superseded_batch", "superseded_state", "dead_letter", "forecasts", "replayed",
-          "checksum_mismatch", "model_error", "non_finite", "crossing", "out_of_range")
+# "forecasts": new as-of minutes; "corrections": stored forecasts replaced by one from a re-announced
+# window; "replayed": the stored forecast republished (a replay, a re-sent older event, or a re-announcement
+# whose window the stored forecast was already made from).
+COUNTS = ("events", "superseded_batch", "superseded_state", "dead_letter", "forecasts", "corrections",
+          "replayed", "checksum_mismatch", "model_error", "non_finite", "crossing", "out_of_range")
+WRITTEN = {1: "forecasts", 2: "corrections", 0: "replayed"}  # WRITE_LUA's first return value -> counter
 # Other counters: calibration outcomes applied and Redis round trips made (2 per partition unless a
 # script had to be reloaded).
 SERVING_COUNTS = ("outcomes", "redis_roundtrips")
@@ -131,6 +158,7 @@ class JobConf:
     deadletter_topic: str
     ready_topic: str
     market_ticker: str  # settings.market_ticker: whose rows are every window's market context
+    forecast_ttl_s: int = 5 * 24 * 3600  # settings.forecast_ttl_s: a vanished ticker's forecast keys expire
 
     @property
     def cache_key(self) -> tuple[str, str]:
@@ -143,8 +171,6 @@ class _Context:
     RETRY_FAILED_S = 60.0  # a model version that failed to load is retried after this long
 
     def __init__(self, conf: JobConf) -> None:
-        from minutecast.redis import connect
-
         self.conf = conf
         self.keys = Keys(conf.namespace)
         self.redis = connect(conf.redis)
@@ -182,7 +208,6 @@ class _Context:
         One cheap read of the registry's CURRENT file per call; a version that fails to load keeps the
         previous model serving (and is logged), retried after :attr:`RETRY_FAILED_S`.
         """
-        from minutecast.registry import Registry
 
         registry = Registry(Path(self.conf.models_dir))
         version = registry.current_version()
@@ -206,7 +231,6 @@ class _Context:
 
     def baseline_scale(self) -> tuple[float, float]:
         """(c80, c90) of the calibrated window-vol baseline (one small file read; (1, 1) before training)."""
-        from minutecast.registry import Registry
 
         return Registry(Path(self.conf.models_dir)).baseline_scale()
 
@@ -289,6 +313,7 @@ def infer_partition(conf: JobConf, stats: Any, latencies: Any,
     built = windows_for([stored.get(t) or [] for t in tickers], minutes, stored.get(conf.market_ticker))
     kept: list[Any] = []
     values: list[np.ndarray] = []
+    sums: list[str] = []  # checksum of the window each forecast is made from (what Redis holds now)
     for row, t, minute, w in zip(events_, tickers, minutes, built, strict=True):
         series = stored.get(t) or []
         if w is None:
@@ -299,7 +324,8 @@ def infer_partition(conf: JobConf, stats: Any, latencies: Any,
                 out_rows.append(dead_letter_row(conf.deadletter_topic, conf.ready_topic, row, "window_missing", detail))
                 counts["dead_letter"] += 1
             continue
-        if isinstance(row.checksum, str) and checksum(w) != row.checksum:
+        sums.append(checksum(w))
+        if isinstance(row.checksum, str) and sums[-1] != row.checksum:
             counts["checksum_mismatch"] += 1  # a late bar changed the window since it was announced
         counts["outcomes"] += catch_up(states[t], due[t], closes_by_minute(series), minute)
         kept.append(row)
@@ -311,21 +337,7 @@ def infer_partition(conf: JobConf, stats: Any, latencies: Any,
         last_close = windows[:, -1, C]
         model = ctx.serving_model()
         t_model = time.perf_counter()
-        raw = np.zeros((len(kept), 5))
-        use_model = np.zeros(len(kept), dtype=bool)
-        if model is not None:
-            try:  # one compiled call for the whole partition
-                raw = np.asarray(model.predict_log_quantiles(windows), dtype=np.float64)
-                bad = check_outputs(raw)
-                for name, mask in bad.items():
-                    counts[name] += float(mask.sum())
-                use_model = ~np.logical_or.reduce(list(bad.values()))
-            except Exception as exc:  # noqa: BLE001 - serve the (labelled) baseline rather than nothing
-                log.error("model %s failed on %d windows, serving the baseline: %s", model.version, len(kept), exc)
-                counts["model_error"] += len(kept)
-                raw, use_model = np.zeros((len(kept), 5)), np.zeros(len(kept), dtype=bool)
-        if not use_model.all():
-            raw[~use_model] = baseline_log_quantiles(windows[~use_model], ctx.baseline_scale())
+        raw, use_model = model_or_baseline(model, windows, ctx.baseline_scale, counts)
         states_ = [states[str(row.ticker)] for row in kept]
         served = np.stack([st.apply(q) for st, q in zip(states_, raw, strict=True)])  # per-ticker calibration
         prices, sigmas = prices_and_sigma(last_close, served)
@@ -336,8 +348,9 @@ def infer_partition(conf: JobConf, stats: Any, latencies: Any,
                           model_kind=model.kind if by_model else PERSISTENCE,
                           interval_kind="lstm" if by_model else "baseline",
                           published_at=None if row.published_at != row.published_at else float(row.published_at),
-                          window_ready_at=float(row.ready_at), forecast_at=forecast_at)
-            for row, c, q, sg, st, by_model in zip(kept, last_close, prices, sigmas, states_, use_model, strict=True)]
+                          window_ready_at=float(row.ready_at), forecast_at=forecast_at, window_checksum=cs)
+            for row, c, q, sg, st, by_model, cs in zip(kept, last_close, prices, sigmas, states_, use_model, sums,
+                                                       strict=True)]
         t3 = time.perf_counter()
         write_sha = ctx.scripts[WRITE_LUA]
 
@@ -346,7 +359,8 @@ def infer_partition(conf: JobConf, stats: Any, latencies: Any,
                 st = states[f.ticker]
                 pipe.evalsha(write_sha, 3, ctx.keys.forecast(f.ticker), ctx.keys.forecast_history(f.ticker),
                              ctx.keys.calibration(f.ticker), f.as_of, f.to_json(), conf.history_len, st.through,
-                             repr(st.log_s80), repr(st.log_s90))
+                             repr(st.log_s80), repr(st.log_s90), conf.forecast_ttl_s, f.window_checksum or "",
+                             repr(f.window_ready_at))
 
         results, trips = ctx.execute(build)
         counts["redis_roundtrips"] += trips
@@ -354,12 +368,9 @@ def infer_partition(conf: JobConf, stats: Any, latencies: Any,
         lat: list[float] = []
         for f, (new, js) in zip(forecasts, results, strict=True):
             out_rows.append((conf.forecasts_topic, f.ticker, _text(js)))
-            if new:
-                counts["forecasts"] += 1
-                if f.published_at is not None:
-                    lat.append(f.forecast_at - f.published_at)
-            else:
-                counts["replayed"] += 1
+            counts[WRITTEN[new]] += 1
+            if new == 1 and f.published_at is not None:  # a correction's delay is the late bar's, not ours
+                lat.append(f.forecast_at - f.published_at)
         for f in forecasts:
             counts[f"model:{f.model_version}"] += 1
         counts["model_load_ms"] += round((t_model - t2) * 1000, 3)

@@ -1,7 +1,7 @@
 """What one forecast is made of, as pure functions (numpy + the shared contracts; no Redis, no Spark):
-vetting window-ready events, building a partition's windows with market context, checking a model's
-raw quantiles, catching a ticker's online calibration up with the outcomes it can
-see, and turning served log quantiles into a v2 :class:`~minutecast.schemas.Forecast`.
+vetting window-ready events, building a partition's windows with market context, calling the model and
+checking its raw quantiles (the baseline where they fail), catching a ticker's online calibration up with
+the outcomes it can see, and turning served log quantiles into a v2 :class:`~minutecast.schemas.Forecast`.
 
 The calibration follows :func:`minutecast.intervals.calibrate_in_time_order` exactly (the evaluation
 replays it the same way): before the forecast at ``t`` is served, every stored forecast of the ticker
@@ -14,14 +14,15 @@ the window store has no bar there). :meth:`OnlineScale.update` ignores a target 
 from __future__ import annotations
 
 import json
+import logging
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from typing import Any
 
 import numpy as np
 
-from minutecast.errors import ValidationError
-from minutecast.intervals import OnlineScale, Z, to_prices
+from minutecast.errors import Rejected
+from minutecast.intervals import OnlineScale, Z, baseline_log_quantiles, to_prices
 from minutecast.schemas import READY_VERSION, TICKER_RE, DeadLetter, Forecast, WindowReady
 from minutecast.window import HORIZON
 
@@ -29,12 +30,14 @@ from minutecast.window import HORIZON
 # malfunction, served as the baseline interval rather than published.
 MAX_LOG_MOVE = 1.0
 
+log = logging.getLogger("minutecast.infer")
+
 
 def dead_letter_row(deadletter_topic: str, ready_topic: str, row: Any, reason: str,
                     detail: str) -> tuple[str, str | None, str]:
     """The dead-letter topic's row (topic, key, value) for a window-ready event that cannot be served."""
     key = row.key if isinstance(row.key, str) else None
-    dl = DeadLetter.of(ValidationError(reason, detail), row.value if isinstance(row.value, str) else None, "infer",
+    dl = DeadLetter.of(Rejected(reason, detail), row.value if isinstance(row.value, str) else None, "infer",
                        topic=ready_topic, partition=int(row.partition), offset=int(row.offset), key=key)
     return (deadletter_topic, key, dl.to_json().decode())
 
@@ -48,7 +51,7 @@ def reject_reason(row: Any) -> tuple[str, str] | None:
         return None
     try:  # Spark's parser said no: ask the schema's own parser for a precise reason code
         WindowReady.from_json(row.value or "")
-    except ValidationError as exc:
+    except Rejected as exc:
         return exc.reason, exc.detail
     except json.JSONDecodeError as exc:
         return "not_json", str(exc)[:80]
@@ -71,6 +74,30 @@ def check_outputs(raw: np.ndarray) -> dict[str, np.ndarray]:
     return {"non_finite": non_finite, "crossing": crossing, "out_of_range": out_of_range}
 
 
+def model_or_baseline(model: Any, windows: np.ndarray, baseline_scale: Callable[[], tuple[float, float]],
+                      counts: MutableMapping[str, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Raw log quantiles (N, 5) of ``windows`` and which rows are the model's (N,): one compiled call of
+    ``model`` (a ``ServingModel``, or None before any is promoted) on all of them; a row it got wrong
+    (:func:`check_outputs`, counted per kind in ``counts``), or every row when it raised (``model_error``),
+    gets the calibrated window-vol baseline (``baseline_scale()`` is read only then)."""
+    n = len(windows)
+    raw, use_model = np.zeros((n, 5)), np.zeros(n, dtype=bool)
+    if model is not None:
+        try:
+            raw = np.asarray(model.predict_log_quantiles(windows), dtype=np.float64)
+            bad = check_outputs(raw)
+            for name, mask in bad.items():
+                counts[name] += float(mask.sum())
+            use_model = ~np.logical_or.reduce(list(bad.values()))
+        except Exception as exc:  # noqa: BLE001 - serve the (labelled) baseline rather than nothing
+            log.error("model %s failed on %d windows, serving the baseline: %s", model.version, n, exc)
+            counts["model_error"] += n
+            raw, use_model = np.zeros((n, 5)), np.zeros(n, dtype=bool)
+    if not use_model.all():
+        raw[~use_model] = baseline_log_quantiles(windows[~use_model], baseline_scale())
+    return raw, use_model
+
+
 def catch_up(state: OnlineScale, history: Mapping[int, bytes | str], closes: Mapping[int, float], t: int) -> int:
     """Apply to ``state`` (in place) the outcomes visible at ``t``; returns how many were applied.
 
@@ -85,7 +112,7 @@ def catch_up(state: OnlineScale, history: Mapping[int, bytes | str], closes: Map
             continue
         try:
             f = Forecast.from_json(raw)
-        except (ValidationError, KeyError, TypeError, ValueError):
+        except (Rejected, KeyError, TypeError, ValueError):
             continue  # not ours to judge here: an unreadable entry has no served interval to score
         q = f.quantiles
         if q is None or f.target_minute != target:
@@ -112,15 +139,17 @@ def prices_and_sigma(last_close: np.ndarray, served_log_q: np.ndarray) -> tuple[
 
 def make_forecast(*, ticker: str, as_of: int, last_close: float, prices: list[float], sigma: float,
                   state: OnlineScale, model_version: str, model_kind: str, interval_kind: str,
-                  published_at: float | None, window_ready_at: float, forecast_at: float) -> Forecast:
+                  published_at: float | None, window_ready_at: float, forecast_at: float,
+                  window_checksum: str | None = None) -> Forecast:
     """A v2 forecast from its price quantiles (5,) and sigma (:func:`prices_and_sigma`); ``state`` is the
-    online calibration that was applied to them."""
+    online calibration that was applied to them, ``window_checksum`` the checksum of the window it was made
+    from (what decides whether it corrects a stored forecast of the same minute)."""
     q05, q10, q50, q90, q95 = prices
     return Forecast(ticker=ticker, as_of=as_of, horizon_min=HORIZON, predicted_close=q50, last_close=last_close,
                     model_version=model_version, model_kind=model_kind, published_at=published_at,
                     window_ready_at=window_ready_at, forecast_at=forecast_at, q05=q05, q10=q10, q50=q50,
                     q90=q90, q95=q95, sigma=sigma, interval_kind=interval_kind, log_s80=state.log_s80,
-                    log_s90=state.log_s90)
+                    log_s90=state.log_s90, window_checksum=window_checksum)
 
 
 def closes_by_minute(rows: Iterable[tuple[int, float, float, float, float, float, float | None]]) -> dict[int, float]:

@@ -13,6 +13,15 @@ from __future__ import annotations
 import argparse
 import logging
 
+from minutecast.kafka import ensure_topics, wait_for_kafka
+from minutecast.keys import Keys
+from minutecast.metrics import serve
+from minutecast.redis import wait_for_redis
+from minutecast.settings import StreamSettings
+from streams.faust_app import BatchProcessor, Metrics, create_app
+from streams.rebuild import rebuild, topic_has_data
+from streams.window_store import WindowStore
+
 log = logging.getLogger(__name__)
 
 
@@ -26,15 +35,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import faust
-
-    from minutecast.kafka import ensure_topics, wait_for_kafka
-    from minutecast.keys import Keys
-    from minutecast.metrics import serve
-    from minutecast.redis import wait_for_redis
-    from minutecast.settings import StreamSettings
-    from streams.faust_app import BatchProcessor, Metrics, create_app
-    from streams.rebuild import rebuild, topic_has_data
-    from streams.window_store import WindowStore
 
     overrides = {k: v for k, v in (("web_port", args.web_port), ("metrics_port", args.metrics_port))
                  if v is not None}

@@ -2,6 +2,13 @@
 namespace per test (uuid topic names and Redis key prefix), and the shared real market data.
 
 Under CI (``CI=true``) a service that cannot be started fails the test; elsewhere it skips.
+
+Markers (pyproject.toml lists them; ``tensorflow`` is registered here): a test that talks to a service is
+``integration``. ``compose``, ``spark``, ``horovod`` and ``tensorflow`` (builds or loads a Keras model) imply
+``integration``, so ``make test-fast`` (``-m "not integration"``) runs none of them; ``-m compose`` (``make
+compose-test``) and a run without ``-m`` (``make test``) select them as before. Helpers shared by several
+test modules live in ``tests/support/`` (no test module imports another one); the compose file's fixtures
+come from ``tests/support/compose.py``, loaded as a plugin below.
 """
 
 from __future__ import annotations
@@ -14,21 +21,34 @@ from pathlib import Path
 
 import pytest
 
+from infra import services as infra_services
+from minutecast.errors import MinutecastError
+from minutecast.kafka import ensure_topics, make_admin
+from minutecast.redis import connect
 from minutecast.settings import InfraSettings, KafkaSettings, RedisSettings
 from minutecast.topics import Topics
+from tests.support.services import unavailable
 
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+pytest_plugins = ["tests.support.compose"]
+
 REPO = Path(__file__).resolve().parents[1]
+# Markers that imply `integration`: what they start or load is too slow or needs services.
+IMPLIES_INTEGRATION = ("compose", "spark", "horovod", "tensorflow")
 # Python workers of Spark (and horovodrun's ranks) must use this interpreter, not python3 on PATH.
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
 os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 
 
-def unavailable(msg: str) -> None:
-    """A missing service: a failure under CI, a skip on a developer's machine."""
-    if IN_CI:
-        pytest.fail(msg)
-    pytest.skip(msg)
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "tensorflow: builds or loads a Keras model (imports TensorFlow)")
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects anything
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("integration") is None and any(
+                item.get_closest_marker(name) is not None for name in IMPLIES_INTEGRATION):
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session")
@@ -43,9 +63,6 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def services() -> InfraSettings:
     """Start (or reuse) the real local Kafka broker and Redis server for the whole session."""
-    from infra import services as infra_services
-    from minutecast.errors import MinutecastError
-
     s = InfraSettings()
     try:
         rows = infra_services.up(s, create_topics=False)
@@ -77,8 +94,6 @@ def redis_settings(services: InfraSettings) -> RedisSettings:
 @pytest.fixture
 def topics(services: InfraSettings, namespace: str) -> Iterator[Topics]:
     """This test's topics, created with 3 partitions; deleted afterwards."""
-    from minutecast.kafka import ensure_topics, make_admin
-
     t = Topics(namespace)
     specs = t.specs(bar_partitions=3)
     ensure_topics(services.kafka, specs)
@@ -95,8 +110,6 @@ def topics(services: InfraSettings, namespace: str) -> Iterator[Topics]:
 @pytest.fixture
 def redis_client(services: InfraSettings, namespace: str) -> Iterator[object]:
     """A client on the real Redis; this namespace's keys are deleted afterwards."""
-    from minutecast.redis import connect
-
     client = connect(services.redis)
     yield client
     keys = list(client.scan_iter(match=f"{namespace}:*", count=1000))

@@ -30,19 +30,29 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
+from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError
 from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
+from pydantic import SecretStr
 
 from infra.procs import terminate
+from infra.services import LocalRedis
 from minutecast.errors import ModelError
-from minutecast.kafka import end_offsets, make_admin, make_consumer, make_producer
+from minutecast.kafka import end_offsets, make_admin, make_producer
 from minutecast.keys import Keys
+from minutecast.redis import connect
+from minutecast.registry import Registry
 from minutecast.schemas import REASONS, Bar, Forecast
-from minutecast.settings import KafkaSettings, RedisSettings, StreamSettings
+from minutecast.settings import InfraSettings, KafkaSettings, RedisSettings, StreamSettings
 from minutecast.topics import Topics
 from minutecast.universe import allowlist
+from streams.failures import kind as failure_kind
+from streams.faust_app import BatchProcessor, Message
 from streams.rebuild import rebuild
-from tests.test_infer_partition import T0, bars_for, tiny_model_version
-from tests.test_streams_worker import free_port, read_topic, reference, snapshot, wait_until
+from tests.support.inference import T0, bars_for, tiny_model_version
+from tests.support.kafka import committed, committed_all, read_topic
+from tests.support.services import free_port, wait_until
+from tests.support.windows import reference, snapshot
 from training import data as D
 
 pytestmark = pytest.mark.integration
@@ -168,11 +178,10 @@ def scrape(port: int) -> dict[str, float]:
             if line and not line.startswith("#")}
 
 
+@pytest.mark.tensorflow  # saves two tiny models, serves one
 def test_bad_messages_are_dead_lettered_counted_and_good_bars_still_forecast(
         topics: Topics, kafka: KafkaSettings, redis_client: Any, redis_settings: RedisSettings, namespace: str,
         tmp_path: Path) -> None:
-    from minutecast.registry import Registry
-
     # The bar topic accepts the 1 MiB payload (the default limit is ~1 MB); the producer may send it.
     admin = make_admin(kafka)
     res = ConfigResource(ConfigResource.Type.TOPIC, topics.bars, incremental_configs=[
@@ -304,26 +313,8 @@ def test_bad_messages_are_dead_lettered_counted_and_good_bars_still_forecast(
           f"training skipped {sum(krange.rejected.values())}")
 
 
-def committed(ks: KafkaSettings, group: str, topic: str, ends: dict[int, int]) -> dict[int, int]:
-    """The group's committed offset per partition of ``topic`` (-1001 = none yet)."""
-    from confluent_kafka import TopicPartition
-
-    consumer = make_consumer(ks, group=group)
-    try:
-        return {tp.partition: tp.offset for tp in consumer.committed([TopicPartition(topic, p) for p in ends],
-                                                                     timeout=10)}
-    finally:
-        consumer.close()
-
-
 def test_failures_are_classified_retry_poison_or_fatal() -> None:
     """Pure logic: which failures the worker retries, isolates, or stops on (streams.failures.kind)."""
-
-    import redis
-    from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError
-
-    from streams.failures import kind
-
     retry = [redis.ConnectionError("refused"), redis.TimeoutError(), redis.BusyLoadingError("LOADING"),
              redis.exceptions.ReadOnlyError("You can't write against a read only replica."), KafkaConnectionError(),
              TimeoutError(), ConnectionResetError()]
@@ -336,9 +327,9 @@ def test_failures_are_classified_retry_poison_or_fatal() -> None:
              redis.ResponseError("unknown command 'FOO'"), MessageSizeTooLargeError(), ValueError("a bug")]
     poison = [redis.ResponseError("user_script:12: Script attempted to access nonexistent global variable"),
               redis.ResponseError("Error running script (call to f_1a2b): @user_script:9: bad argument")]
-    assert [kind(e) for e in retry] == ["retry"] * len(retry)
-    assert [kind(e) for e in fatal] == ["fatal"] * len(fatal)
-    assert [kind(e) for e in poison] == ["poison"] * len(poison)
+    assert [failure_kind(e) for e in retry] == ["retry"] * len(retry)
+    assert [failure_kind(e) for e in fatal] == ["fatal"] * len(fatal)
+    assert [failure_kind(e) for e in poison] == ["poison"] * len(poison)
 
 
 class _ScriptFailsOn:
@@ -350,8 +341,6 @@ class _ScriptFailsOn:
         self.roundtrips = 0
 
     def apply(self, bars: list[Bar], messages: int = 0) -> tuple[dict[str, Any], list[int], list[int]]:
-        import redis
-
         self.roundtrips += 1
         if any(b.ticker == self.ticker for b in bars):
             raise redis.ResponseError(self.error)
@@ -360,10 +349,6 @@ class _ScriptFailsOn:
 
 
 def test_a_record_the_store_script_fails_on_is_isolated_and_dead_lettered() -> None:
-    import redis
-
-    from streams.faust_app import BatchProcessor, Message
-
     good = bars_for("AAA", range(0, 8))
     msgs = [Message(b.ticker.encode(), b.to_json(), "bars", 0, i) for i, b in enumerate(good)]
     poison = bars_for("BAD", range(3, 4))[0]
@@ -382,11 +367,6 @@ def test_a_record_the_store_script_fails_on_is_isolated_and_dead_lettered() -> N
 def private_redis(tmp_path: Path, services: Any,
                   monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, RedisSettings]]:
     """A redis-server of this test's own (own port, own data) that it may stop and fill."""
-    from pydantic import SecretStr
-
-    from infra.services import LocalRedis
-    from minutecast.settings import InfraSettings
-
     password = "poison-" + os.urandom(6).hex()
     monkeypatch.setenv("MINUTECAST_REDIS_PASSWORD", password)  # LocalRedis writes requirepass from it
     s = InfraSettings(home=tmp_path / "redis-home", redis=RedisSettings(port=free_port(), password=SecretStr(password)),
@@ -402,9 +382,6 @@ def private_redis(tmp_path: Path, services: Any,
 def test_worker_stalls_while_redis_is_down_then_stops_on_oom_without_committing(
         topics: Topics, kafka: KafkaSettings, namespace: str, tmp_path: Path,
         private_redis: tuple[Any, RedisSettings]) -> None:
-    from minutecast.redis import connect
-    from tests.test_streams_worker import committed_all
-
     server, rs = private_redis
     assert rs.password is not None
     client = connect(rs)

@@ -10,6 +10,7 @@ required names are checked against that test's assertions, not re-run.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks import readme, suite
+from benchmarks import readme, report, suite
 from minutecast.cli import main as minutecast_main
 from minutecast.settings import InfraSettings
 
@@ -32,7 +33,7 @@ def canned() -> dict[str, Any]:
         "inference": {"batch_ms_503": 30.0, "per_ticker_loop_ms_503": 23_300.0, "speedup": 776.7},
         "e2e": {"p50_ms": 3660.0, "p95_ms": 5380.0, "p99_ms": 5980.0, "tickers": 503, "bars_per_s": 503,
                 "backlog_growing": False,
-                "rss_peak_mb": {s: 100.0 for s in suite.RSS_SERVICES}},
+                "rss_peak_mb": {s: 100.0 for s in report.RSS_SERVICES}},
         "training": {"samples_per_s_1rank": 12_000.0, "samples_per_s_2ranks": 17_200.0, "scaling": 1.43,
                      "gpu_epoch_s": None},
     }
@@ -41,7 +42,7 @@ def canned() -> dict[str, Any]:
                   for n, r in results.items()}
     return {"date": "2026-11-22T03:00:00+00:00", "mode": "quick", "command": "minutecast bench --quick",
             "total_s": 5.0, "machine": {"cpus": 2, "cpu_model": "test cpu", "gpus": []},
-            "benchmarks": benchmarks, "figures": suite.figures(benchmarks)}
+            "benchmarks": benchmarks, "figures": report.figures(benchmarks)}
 
 
 # --- suite and report logic on canned JSON (no services) -------------------------------------------------------
@@ -56,8 +57,8 @@ def test_last_json_takes_the_last_nonempty_line_only() -> None:
 def test_missing_names_and_lookup() -> None:
     assert suite.missing_names("state", {"bars_per_s": 1}) == ["redis_roundtrips_per_bar"]
     assert suite.missing_names("inference", None) == list(suite.REQUIRED["inference"])
-    assert suite.lookup({"a": {"b": 3}}, "a.b") == 3
-    assert suite.lookup({"a": 1}, "a.b") is None
+    assert report.lookup({"a": {"b": 3}}, "a.b") == 3
+    assert report.lookup({"a": 1}, "a.b") is None
 
 
 @pytest.mark.parametrize(("value", "target", "expected"), [
@@ -66,7 +67,7 @@ def test_missing_names_and_lookup() -> None:
     (1.0, None, None), (None, ("<", 1), None),
 ])
 def test_met(value: Any, target: Any, expected: bool | None) -> None:
-    assert suite.met(value, target) is expected
+    assert report.met(value, target) is expected
 
 
 def test_figures_put_baseline_seed_and_target_beside_ours() -> None:
@@ -78,13 +79,13 @@ def test_figures_put_baseline_seed_and_target_beside_ours() -> None:
     assert rows["e2e latency p99"]["met"] is False and rows["e2e backlog growing"]["met"] is True
     assert rows["training, 2 Horovod ranks"]["baseline"] == 12_000.0
     assert rows["training scaling 2 ranks / 1 rank"]["met"] is False
-    assert all(f"peak RSS during e2e: {suite.RSS_LABELS[s]}" in rows for s in suite.RSS_SERVICES)
+    assert all(f"peak RSS during e2e: {report.RSS_LABELS[s]}" in rows for s in report.RSS_SERVICES)
     # no GPU value -> no GPU row; a benchmark that did not run (e2e_10k) -> no row
     assert not any("GPU" in f or "10k" in f for f in rows)
 
 
 def test_markdown_table_and_status_lines() -> None:
-    md = suite.markdown(canned())
+    md = report.markdown(canned())
     assert "| figure | ours | baseline (same run) | seed | target | met? |" in md
     assert "| inference: one batch of 503 windows | 30.0 ms | 23,300 ms (one predict per ticker) |" in md
     assert "**no**" in md and "| yes |" in md
@@ -118,7 +119,7 @@ def test_run_one_records_status_load_and_a_non_json_output(tmp_path: Path) -> No
 
 
 def test_write_and_unknown_benchmark(tmp_path: Path) -> None:
-    suite.write(canned(), tmp_path)
+    report.write(canned(), tmp_path)
     assert json.loads((tmp_path / "latest.json").read_text())["mode"] == "quick"
     assert (tmp_path / "latest.md").read_text().startswith("# Benchmark results (quick run")
     assert minutecast_main(["bench", "--only", "nope", "--out", str(tmp_path / "x")]) == 1  # ConfigError
@@ -155,8 +156,6 @@ def bench_json(args: list[str], timeout: int, env: dict[str, str] | None = None)
 
 @pytest.mark.integration
 def test_state_benchmark_quick(services: InfraSettings, shared_data: Path) -> None:
-    import os
-
     r = bench_json(["benchmarks.state", "--quick", "--timeout", "240"], 300,
                    os.environ | {"MINUTECAST_SHARED_DATA": str(shared_data)})
     assert not suite.missing_names("state", r)
@@ -176,7 +175,7 @@ def test_e2e_benchmark_tiny_reports_latency_and_memory(services: InfraSettings) 
     assert not suite.missing_names("e2e", r)
     assert r["tickers"] == 10 and r["forecasts"] > 0 and r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"]
     assert isinstance(r["backlog_growing"], bool)
-    assert set(r["rss_peak_mb"]) == set(suite.RSS_SERVICES) and all(v > 0 for v in r["rss_peak_mb"].values())
+    assert set(r["rss_peak_mb"]) == set(report.RSS_SERVICES) and all(v > 0 for v in r["rss_peak_mb"].values())
 
 
 @pytest.mark.horovod

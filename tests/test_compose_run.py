@@ -32,10 +32,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
+import pandas as pd
 import pytest
+import redis as redis_lib
+import yaml
+from confluent_kafka import ConsumerGroupState
 
-from minutecast.kafka import end_offsets
+from infra import jars
+from minutecast.kafka import end_offsets, make_admin, make_consumer
 from minutecast.keys import Keys
 from minutecast.schemas import Forecast
 from minutecast.settings import KafkaSettings, RedisSettings, StreamSettings
@@ -77,7 +83,6 @@ def _password() -> str:
 
 def write_slice(shared: Path, dest: Path) -> dict[str, np.ndarray]:
     """Copy the slice's bars to ``dest/<T>.csv.gz``; return each ticker's ready window ends (epoch s)."""
-    import pandas as pd
 
     dest.mkdir(parents=True)
     expected: dict[str, np.ndarray] = {}
@@ -158,7 +163,6 @@ def podman_ready() -> None:
 
 
 def _wait_for_topic(ks: KafkaSettings, topic: str, deadline: float) -> None:
-    from minutecast.kafka import make_admin
 
     admin = make_admin(ks, log_level=2)  # quiet: "connection refused" until the broker is up
     while time.monotonic() < deadline:
@@ -173,9 +177,6 @@ def _wait_for_topic(ks: KafkaSettings, topic: str, deadline: float) -> None:
 
 def _wait_for_group(ks: KafkaSettings, group: str, deadline: float) -> None:
     """Until the consumer group has a member and is stable (the Faust worker is consuming)."""
-    from confluent_kafka import ConsumerGroupState
-
-    from minutecast.kafka import make_admin
 
     admin = make_admin(ks, log_level=2)  # quiet: "connection refused" until the broker is up
     while time.monotonic() < deadline:
@@ -192,7 +193,6 @@ def _wait_for_group(ks: KafkaSettings, group: str, deadline: float) -> None:
 def _forecasts(ks: KafkaSettings, topic: str, group: str, want: set[tuple[str, int]],
                deadline: float) -> Iterator[Forecast]:
     """Forecasts read from ``topic`` until every (ticker, as_of) in ``want`` was seen or the deadline."""
-    from minutecast.kafka import make_consumer
 
     consumer = make_consumer(ks, group)
     consumer.subscribe([topic])
@@ -210,14 +210,12 @@ def _forecasts(ks: KafkaSettings, topic: str, group: str, want: set[tuple[str, i
 
 
 def _yaml(path: Path) -> dict[str, Any]:
-    import yaml
 
     return dict(yaml.safe_load(path.read_text()))
 
 
 def test_podman_override_only_swaps_the_official_images_for_the_same_versions() -> None:
     """What runs under podman is docker-compose.yml itself, except the two images no registry serves here."""
-    from infra import jars
 
     base, override = _yaml(REPO / "docker-compose.yml")["services"], _yaml(OVERRIDE)
     assert set(override) == {"services"} and set(override["services"]) == {"kafka", "redis"}
@@ -247,7 +245,6 @@ def test_kafka_stand_in_starts_like_the_official_image() -> None:
 
 def _check_web(url: str, token: str, tickers: set[str]) -> None:
     """The `web` service serves the dashboard, its vendored chart library and the forecasts (token required)."""
-    import httpx
 
     auth = {"Authorization": f"Bearer {token}"}
     page = httpx.get(url, timeout=30)
@@ -315,8 +312,6 @@ def test_compose_stack_forecasts_replayed_bars(podman_ready: None, shared_data: 
         for f in got.values():
             assert f.horizon_min == 5 and np.isfinite(f.predicted_close) and f.forecast_at >= f.window_ready_at
         assert sum(end_offsets(ks, topics.deadletter).values()) == 0, "dead letters from clean recorded bars"
-
-        import redis as redis_lib
 
         client = redis_lib.Redis(host=rs.host, port=rs.port, password=redis_pw, decode_responses=True)
         for ticker, as_of in sorted(last):

@@ -11,6 +11,7 @@ NUL / bidi-override characters, ``"AAPL\\n"``). Pure logic: no services.
 from __future__ import annotations
 
 import functools
+import hashlib
 import io
 import json
 import math
@@ -22,6 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from minutecast.errors import ModelError, Rejected
+from minutecast.features import FEATURE_SPEC, Scaler
+from minutecast.modelcheck import ALLOWED_CLASSES, _classes, check_archive, parse_meta
 from minutecast.schemas import REASONS, Bar, DeadLetter, Forecast, WindowReady, parse_bar_record
 
 N = 10_000
@@ -115,8 +118,6 @@ def test_every_message_decoder_gives_a_value_or_a_reason(key: bytes | None, valu
 
 @functools.cache
 def _meta() -> dict[str, Any]:
-    from minutecast.features import FEATURE_SPEC, Scaler
-
     scaler = Scaler(ret_scale=1e-3, gap_scale=5e-3, range_scale=2e-3, logvol_mean=7.0, logvol_std=1.0,
                     mkt_ret_scale=1e-3, mkt_range_scale=2e-3, target_scale=2e-3)
     return {"feature_spec": FEATURE_SPEC, "scaler": scaler.to_dict(), "model_sha256": "0" * 64, "kind": "lstm"}
@@ -130,8 +131,6 @@ def _scaler_mutated(c: tuple[str, Any]) -> bytes:
 @given(raw=st.one_of(mutated(_meta()), st.binary(max_size=100), deep.map(str.encode),
                      st.tuples(st.sampled_from(sorted(_meta()["scaler"])), values).map(_scaler_mutated)))
 def test_registry_meta_gives_meta_or_a_model_error(raw: bytes) -> None:
-    from minutecast.modelcheck import parse_meta
-
     try:
         meta, scaler = parse_meta("v", raw)
     except ModelError as exc:
@@ -161,17 +160,11 @@ configs = st.one_of(values.map(lambda v: json.dumps(v, allow_nan=True).encode())
     st.lists(st.sampled_from(["config.json", "metadata.json", "model.weights.h5", "x.py"]), max_size=4).map(
         lambda names: _zip(dict.fromkeys(names, b"{}")))))
 def test_model_archive_check_gives_pass_or_a_model_error(data: bytes) -> None:
-    import hashlib
-
-    from minutecast.modelcheck import ALLOWED_CLASSES, check_archive
-
     try:
         check_archive("v", data, hashlib.sha256(data).hexdigest())
     except ModelError as exc:
         assert str(exc).startswith("model v")
         return
-    from minutecast.modelcheck import _classes
-
     found: list[Any] = []
     _classes(json.loads(zipfile.ZipFile(io.BytesIO(data)).read("config.json")), found)
     assert found and all(c in ALLOWED_CLASSES for c, *_ in found)  # passed: only allowlisted classes

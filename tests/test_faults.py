@@ -1,10 +1,20 @@
 """Fault injection against real services (marker ``faults``): what the other suites do not already cover.
 
+Every fault test follows one pattern (helpers in ``tests/support/bars.py``): a *scenario* runs a small input
+(a few tickers, 150 minutes) through the fault, injected early and again inside the last ``RETAIN`` (90)
+minutes the window store keeps; a *check* (``check_run``) counts every unique bar sent against the bars the
+window store applied (``<ns>:stats`` ``stream_new``), and compares the window-ready events (deduplicated
+by (ticker, minute, checksum)) and the windows with a no-fault reference run of the same input (the worker's
+batch code, one batch per minute: it announces a window at every minute, so every event of a correct run is
+one of its events and the newest per ticker is its newest); a *drop variant*, in which a test-only switch
+loses exactly one bar, must fail that check.
+
 Covered elsewhere (marked ``faults`` there too, not repeated here):
 
 * Faust worker SIGKILL mid-replay + restart, and Redis keys lost + rebuild from Kafka (start-up and
   ``minutecast rebuild``): ``tests/test_streams_worker.py::``
-  ``test_sigkill_mid_replay_then_flush_and_rebuild_give_the_clean_windows``;
+  ``test_sigkill_mid_replay_then_flush_and_rebuild_give_the_clean_windows`` (drop variant:
+  ``test_sigkill_and_rebuild_checks_fail_when_one_bar_is_dropped``);
 * Spark job SIGKILL mid-stream + restart from its checkpoint:
   ``tests/test_infer_spark.py::test_job_persistence_hot_reload_kill_restart``;
 * a corrupt model promoted (refused with ModelError, current version kept):
@@ -14,10 +24,13 @@ Covered elsewhere (marked ``faults`` there too, not repeated here):
 
 Here:
 
-* a replay producer SIGKILLed mid-replay and restarted resumes from its Redis watermark: no gap, at most
-  the piece in flight sent twice (and the windows equal a clean application of the input);
-* a private broker SIGKILLed and restarted, then a private Redis (AOF) SIGKILLed and restarted, while a
-  replay produces and a Faust worker consumes: every bar once in the topic, windows equal the reference.
+* a replay producer SIGKILLed early, resumed, SIGKILLed again inside the last ``RETAIN`` minutes and resumed
+  to the end: no gap, at most the piece in flight at each kill sent twice, and the topic applied by the
+  worker's batch code passes the check (the drop variant: the same topic with the switch on fails it);
+* a private broker SIGKILLed early, a private Redis (AOF) SIGKILLed inside the last ``RETAIN`` minutes and the
+  broker again near the end, while replays produce and Faust workers consume: every bar once in the topic,
+  and the check passes; a second worker with the drop switch on, consuming a copy of the input through the
+  same faults, fails it.
 """
 
 from __future__ import annotations
@@ -28,64 +41,85 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 from pydantic import SecretStr
 
-from infra.procs import terminate
+from infra.procs import read_pid, terminate
+from infra.services import LocalKafka, LocalRedis
 from minutecast.kafka import ensure_topics
 from minutecast.keys import Keys
 from minutecast.redis import connect
 from minutecast.schemas import Bar, parse_bar
 from minutecast.settings import InfraSettings, KafkaSettings, RedisSettings
 from minutecast.topics import Topics
-from streams.window_store import WindowStore
-from tests.test_producers_integration import (
-    _free_port_pair,
-    consume_all,
-    small_replay_dir,
-    topic_has_messages,
+from minutecast.window import RETAIN
+from tests.support.bars import (
+    Run,
+    applied,
+    apply_in_process,
+    check_run,
+    drop_env,
+    frame_bars,
+    interleaved,
+    observe,
+    pick,
+    replay_dir,
 )
-from tests.test_streams_worker import free_port, snapshot, wait_until
+from tests.support.kafka import committed_all, read_topic
+from tests.support.services import free_port, free_port_pair, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 REPO = Path(__file__).resolve().parents[1]
+TICKERS = ("AAPL", "MSFT", "NVDA")
+MINUTES = 150
+LATE = MINUTES - RETAIN + 20  # a minute index inside every ticker's last RETAIN minutes (80 of 150)
 
 
 def replay_cmd(d: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "minutecast.cli", "produce", "--source", "replay", "--path", str(d), *extra]
 
 
-def input_minutes(d: Path) -> dict[str, list[int]]:
-    from producers import replay
-
-    frame = replay.load(d)
-    return {str(t): sorted(g["minute"].astype(int).tolist()) for t, g in frame.groupby("ticker")}
+def topic_bars(ks: KafkaSettings, topic: str) -> list[Bar]:
+    """Every bar on ``topic`` now, in per-partition order (read once the producers are done)."""
+    return [parse_bar(v, k) for k, v in read_topic(ks, topic, timeout=60)]
 
 
-def topic_bars(ks: KafkaSettings, topic: str, expect: int) -> list[Bar]:
-    return [parse_bar(v, k) for k, v, _ in consume_all(ks, topic, expect, timeout_s=120, settle_s=3)]
+def per_ticker(bars: list[Bar]) -> dict[str, list[int]]:
+    got: dict[str, list[int]] = {}
+    for b in bars:
+        got.setdefault(b.ticker, []).append(b.minute)
+    return got
 
 
-def reference_windows(client: Any, scratch_ns: str, bars: list[Bar]) -> dict[str, Any]:
-    """The windows a clean application of the topic's bars (in topic order) gives, in a scratch namespace."""
+def pace(sent: list[Bar], seconds: float) -> tuple[str, str]:
+    """``--speed`` for a replay of ``sent`` lasting ``seconds`` of wall time."""
+    return "--speed", f"{(sent[-1].minute - sent[0].minute) / seconds:.1f}"
+
+
+@pytest.fixture(scope="module")
+def replay_input(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Bar]]:
+    """The input of both tests: 3 tickers x 150 minutes as a replay directory, and the bars it sends."""
+    d = replay_dir(tmp_path_factory.mktemp("input") / "bars", interleaved(TICKERS, MINUTES))
+    return d, frame_bars(d)
+
+
+@pytest.fixture(scope="module")
+def clean_reference(services: InfraSettings, replay_input: tuple[Path, list[Bar]]) -> Run:
+    """The no-fault reference run of the input (one batch per minute)."""
+    client = connect(services.redis)
     try:
-        WindowStore(client, Keys(scratch_ns), 3600).apply(bars)
-        return snapshot(client, scratch_ns)
+        return apply_in_process(client, replay_input[1])
     finally:
-        keys = list(client.scan_iter(match=Keys(scratch_ns).namespace_pattern()))
-        if keys:
-            client.delete(*keys)
+        client.close()
 
 
 def kill_pidfile(pidfile: Path) -> None:
     """SIGKILL a service started by infra.services (our child) and wait until its pidfile is stale."""
-    from infra.procs import read_pid
-
     pid = read_pid(pidfile)
     assert pid is not None
     os.kill(pid, signal.SIGKILL)
@@ -96,53 +130,59 @@ def kill_pidfile(pidfile: Path) -> None:
         time.sleep(0.1)
 
 
-def test_producer_sigkill_mid_replay_resumes_without_gap(shared_data: Path, tmp_path: Path, kafka: KafkaSettings,
-                                                         topics: Topics, redis_client: Any, namespace: str) -> None:
-    from producers import replay
-
-    tickers = ("AAPL", "MSFT", "NVDA")
-    d = small_replay_dir(shared_data, tmp_path, tickers, 240, bad=False)
-    want = input_minutes(d)
-    total = sum(len(v) for v in want.values())
-    span_s = float(np.ptp(replay.load(d)["minute"].to_numpy()))
+def test_producer_sigkill_early_and_late_resumes_without_gap(
+        replay_input: tuple[Path, list[Bar]], clean_reference: Run, kafka: KafkaSettings, topics: Topics,
+        redis_client: Any, namespace: str) -> None:
+    d, sent = replay_input
+    total = len(sent)
     keys = Keys(namespace)
-    # ~20 s of wall time paced minute by minute; killed once some watermarks moved.
-    proc = subprocess.Popen(replay_cmd(d, "--speed", f"{span_s / 20.0:.1f}"), cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_until(lambda: redis_client.get(keys.producer_watermark("AAPL")) is not None, 120, "first watermark")
-    time.sleep(1.0)
-    assert proc.poll() is None, "replay finished before it was killed"
-    proc.kill()  # SIGKILL: no flush, no clean-up
-    proc.wait(30)
-    killed_at = {t: int(redis_client.get(keys.producer_watermark(t)) or 0) for t in tickers}
-    assert any(killed_at[t] < want[t][-1] for t in tickers), "killed too late to matter"
+
+    def watermark(t: str) -> int:
+        return int(redis_client.get(keys.producer_watermark(t)) or 0)
+
+    first = sent[0].minute
+    # Paced runs (~20 s for the whole input): killed once past minute 5, then (resumed) once every ticker's
+    # watermark is inside its last RETAIN minutes.
+    for what, minute in (("early", first + 60 * 5), ("inside the last RETAIN minutes", first + 60 * LATE)):
+        proc = subprocess.Popen(replay_cmd(d, *pace(sent, 20.0)), cwd=REPO, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        try:
+            wait_until(lambda m=minute: min(watermark(t) for t in TICKERS) >= m, 120, f"replay {what}", [proc])
+        finally:
+            proc.kill()  # SIGKILL: no flush, no clean-up
+            proc.wait(30)
+        killed_at = {t: watermark(t) for t in TICKERS}
+        assert all(killed_at[t] < sent[-1].minute - 60 * 5 for t in TICKERS), f"killed too late to matter ({what})"
+        print(f"replay SIGKILLed {what}: watermarks at minute {(min(killed_at.values()) - first) // 60}")
 
     res = subprocess.run(replay_cmd(d), cwd=REPO, capture_output=True, text=True, timeout=240)
     assert res.returncode == 0, res.stderr[-2000:]
     resent = int(res.stdout.split("sent=")[1].split()[0])
-    assert 0 < resent < total
+    assert 0 < resent < total - len(TICKERS) * LATE
 
-    bars = topic_bars(kafka, topics.bars, total)
-    got: dict[str, list[int]] = {}
-    for b in bars:
-        got.setdefault(b.ticker, []).append(b.minute)
-    for t in tickers:
+    bars = topic_bars(kafka, topics.bars)
+    got, want = per_ticker(bars), per_ticker(sent)
+    for t in TICKERS:
         assert sorted(set(got[t])) == want[t], f"{t}: a minute is missing"  # no gap
         assert got[t] == sorted(got[t]), f"{t}: out of order"
     dups = len(bars) - total
-    # At-least-once: only the piece in flight at the kill (one minute of bars here) can be sent twice.
-    assert 0 <= dups <= len(tickers), dups
+    # At-least-once: only the piece in flight at each kill (one minute of bars here) can be sent twice.
+    assert 0 <= dups <= 2 * len(TICKERS), dups
 
     # A third run (resume on) sends nothing; every watermark is the last input minute.
     res = subprocess.run(replay_cmd(d), cwd=REPO, capture_output=True, text=True, timeout=240)
     assert res.returncode == 0 and "sent=0 delivered=0 failed=0" in res.stdout, res.stdout + res.stderr[-2000:]
-    assert {t: int(redis_client.get(keys.producer_watermark(t))) for t in tickers} == {t: want[t][-1] for t in tickers}
+    assert {t: watermark(t) for t in TICKERS} == {t: want[t][-1] for t in TICKERS}
 
-    # The duplicates are harmless downstream: applying the topic as it is equals applying the input once.
-    once = {(b.ticker, b.minute): b for b in reversed(bars)}  # first copy of each minute
-    ref = reference_windows(redis_client, f"{namespace}once", sorted(once.values(), key=lambda b: (b.ticker, b.minute)))
-    assert reference_windows(redis_client, f"{namespace}topic", bars) == ref
-    print(f"producer SIGKILL mid-replay: resent={resent} duplicates={dups} lost=0")
+    # The topic as it is (duplicates included), applied by the worker's batch code 50 records at a time:
+    # every unique bar applied once, the no-fault run's window-ready events and windows.
+    check_run(apply_in_process(redis_client, bars, batch=50), clean_reference, total)
+    # Drop variant: the same topic with the switch losing one early bar (trimmed from the windows long before
+    # the end: only the count and the events can tell) fails the check.
+    victim = pick(sent, "MSFT", 12)
+    with pytest.raises(AssertionError) as caught:
+        check_run(apply_in_process(redis_client, bars, batch=50, drop=victim), clean_reference, total)
+    print(f"producer SIGKILL x2: resent={resent} duplicates={dups} lost=0; losing one bar: {caught.value}")
 
     # --no-resume replays from scratch regardless of the watermarks.
     res = subprocess.run(replay_cmd(d, "--no-resume", "--limit", "30"), cwd=REPO, capture_output=True, text=True,
@@ -150,100 +190,130 @@ def test_producer_sigkill_mid_replay_resumes_without_gap(shared_data: Path, tmp_
     assert res.returncode == 0 and "sent=30 delivered=30 failed=0" in res.stdout, res.stdout + res.stderr[-2000:]
 
 
-@pytest.fixture
-def private_services(tmp_path: Path, services: InfraSettings) -> Iterator[tuple[Any, Any, InfraSettings]]:
-    """A private broker and a private redis-server (own home, own ports) that this test may kill."""
-    from infra.services import LocalKafka, LocalRedis
+BrokerRedisRun = tuple[Run, list[Bar], str]  # what the worker left, the bar topic's bars, the worker's log
 
-    port = _free_port_pair()
-    password = "faults-" + os.urandom(6).hex()
-    s = InfraSettings(home=tmp_path / "home", kafka=KafkaSettings(bootstrap=f"127.0.0.1:{port}"),
+
+@pytest.fixture(scope="module")
+def broker_redis_runs(tmp_path_factory: pytest.TempPathFactory, services: InfraSettings,
+                      replay_input: tuple[Path, list[Bar]]) -> Iterator[dict[str, BrokerRedisRun]]:
+    """A private broker and a private redis-server (own home, own ports) that this scenario kills; two
+    namespaces go through the same faults at the same time: ``clean``, and ``drop`` whose worker loses one bar
+    inside the last RETAIN minutes (the test-only switch)."""
+    tmp = tmp_path_factory.mktemp("broker-redis")
+    home = tmp / "home"
+    password = LocalRedis(InfraSettings(home=home)).password()  # generated in the private home (0600)
+    s = InfraSettings(home=home, kafka=KafkaSettings(bootstrap=f"127.0.0.1:{free_port_pair()}"),
                       redis=RedisSettings(port=free_port(), password=SecretStr(password)),
                       kafka_heap="384m", start_timeout_s=120)
-    old = os.environ.get("MINUTECAST_REDIS_PASSWORD")
-    os.environ["MINUTECAST_REDIS_PASSWORD"] = password  # LocalRedis writes requirepass from it
     broker, redis_server = LocalKafka(s), LocalRedis(s)
     try:
         redis_server.up()
         broker.up()
-        yield broker, redis_server, s
+        yield broker_redis_scenario(tmp, s, broker, redis_server, *replay_input)
     finally:
         with contextlib.suppress(Exception):
             broker.down()
         with contextlib.suppress(Exception):
             redis_server.down()
-        if old is None:
-            os.environ.pop("MINUTECAST_REDIS_PASSWORD", None)
-        else:
-            os.environ["MINUTECAST_REDIS_PASSWORD"] = old
 
 
-def test_broker_and_redis_killed_while_producing_and_consuming(
-        shared_data: Path, tmp_path: Path, namespace: str, private_services: tuple[Any, Any, InfraSettings]) -> None:
-    from producers import replay
-
-    broker, redis_server, s = private_services
+def broker_redis_scenario(tmp: Path, s: InfraSettings, broker: LocalKafka, redis_server: LocalRedis, d: Path,
+                          sent: list[Bar]) -> dict[str, BrokerRedisRun]:
     assert s.redis.password is not None
-    env = os.environ | {"MINUTECAST_NAMESPACE": namespace, "MINUTECAST_KAFKA_BOOTSTRAP": s.kafka.bootstrap,
-                        "MINUTECAST_REDIS_PORT": str(s.redis.port),
+    variants = {"clean": {}, "drop": drop_env(pick(sent, "NVDA", -30))}
+    nss = {v: f"t{uuid.uuid4().hex[:12]}" for v in variants}
+    total = len(sent)
+    env = os.environ | {"MINUTECAST_KAFKA_BOOTSTRAP": s.kafka.bootstrap, "MINUTECAST_REDIS_PORT": str(s.redis.port),
                         "MINUTECAST_REDIS_PASSWORD": s.redis.password.get_secret_value(),
                         "MINUTECAST_FLUSH_TIMEOUT_S": "120", "MINUTECAST_COMMIT_INTERVAL_S": "0.5",
                         "MINUTECAST_RETRY_S": "0.5"}
     client = connect(s.redis)
-    keys = Keys(namespace)
-    topic = Topics(namespace).bars
-    tickers = ("AAPL", "MSFT")
-    d = small_replay_dir(shared_data, tmp_path, tickers, 240, bad=False)
-    want = input_minutes(d)
-    total = sum(len(v) for v in want.values())
-    span_s = float(np.ptp(replay.load(d)["minute"].to_numpy()))
+    for ns in nss.values():
+        ensure_topics(s.kafka, Topics(ns).specs(3, 1))
+    logs = {f"{n}-{v}": tmp / f"{n}-{v}.log" for n in ("replay", "worker") for v in variants}
+    procs: list[subprocess.Popen[bytes]] = []
 
-    ensure_topics(s.kafka, Topics(namespace).specs(3, 1))
-    logs = {n: open(tmp_path / f"{n}.log", "wb") for n in ("replay", "worker")}  # noqa: SIM115
-    producer = subprocess.Popen(replay_cmd(d, "--speed", f"{span_s / 30.0:.1f}"), cwd=REPO, env=env,
-                                stdout=logs["replay"], stderr=subprocess.STDOUT)
-    worker = subprocess.Popen([sys.executable, "-m", "minutecast.cli", "stream", "--web-port", "0",
-                               "--metrics-port", "0", "--no-rebuild"], cwd=REPO, env=env,
-                              stdout=logs["worker"], stderr=subprocess.STDOUT)
+    def start(name: str, v: str, cmd: list[str], extra: dict[str, str]) -> subprocess.Popen[bytes]:
+        with open(logs[f"{name}-{v}"], "wb") as log:
+            p = subprocess.Popen(cmd, cwd=REPO, env=env | {"MINUTECAST_NAMESPACE": nss[v]} | extra, stdout=log,
+                                 stderr=subprocess.STDOUT)
+        procs.append(p)
+        return p
 
-    def applied() -> int:
+    def progress(v: str = "clean") -> int:
         try:
-            return int(client.hget(keys.stats(), "stream_messages") or 0)
+            return applied(client, nss[v])
         except Exception:  # noqa: BLE001 - Redis is down on purpose part of the time
             return 0
 
     def tail(name: str) -> str:
-        return (tmp_path / f"{name}.log").read_text(errors="replace")[-3000:]
+        return logs[name].read_text(errors="replace")[-3000:]
 
     try:
-        wait_until(lambda: applied() > 20, 180, "worker consuming", [worker])
-        # 1. the broker crashes while both clients are connected; back after a few seconds.
+        workers = {v: start("worker", v, [sys.executable, "-m", "minutecast.cli", "stream", "--web-port", "0",
+                                          "--metrics-port", "0", "--no-rebuild", "--loglevel", "info"], extra)
+                   for v, extra in variants.items()}
+        wait_until(lambda: all("Worker ready" in tail(f"worker-{v}") for v in variants), 180, "workers ready",
+                   list(workers.values()))
+        producers = {v: start("replay", v, replay_cmd(d, *pace(sent, 36.0)), {}) for v in variants}
+        # 1. early: the broker crashes while all clients are connected; back after a few seconds.
+        wait_until(lambda: progress() > 5 * len(TICKERS), 120, "workers consuming", list(workers.values()))
         kill_pidfile(broker.pidfile)
-        assert producer.poll() is None, "replay finished before the broker went down"
+        assert all(p.poll() is None for p in producers.values()), "replay finished before the broker went down"
+        print(f"broker SIGKILLed early: {progress()} of {total} bars applied")
         time.sleep(3)
         broker.up()
-        wait_until(lambda: applied() > 0 and topic_has_messages(s.kafka, topic), 120, "broker back")
-        # 2. Redis crashes (SIGKILL: the AOF has every acknowledged write; fsync is everysec) and comes back.
+        # 2. inside the last RETAIN minutes: Redis crashes (SIGKILL: the AOF has every acknowledged write;
+        # fsync is everysec) and comes back.
+        wait_until(lambda: progress() > len(TICKERS) * LATE, 180, "workers inside the last RETAIN minutes",
+                   list(workers.values()))
+        at = progress()
         kill_pidfile(redis_server.pidfile)
+        print(f"Redis SIGKILLed inside the last RETAIN minutes: {at} of {total} bars applied")
         time.sleep(2)
         redis_server.up()
-        assert worker.poll() is None, tail("worker")
-        rc = producer.wait(300)
-        assert rc == 0, tail("replay")
-        out = (tmp_path / "replay.log").read_text()
-        assert f"sent={total} delivered={total} failed=0" in out, out[-2000:]
-        wait_until(lambda: applied() >= total, 240, "worker caught up", [worker])
-        time.sleep(2)  # a few more seconds for anything re-delivered after the crash
+        # 3. near the end: the broker again.
+        wait_until(lambda: progress() > total - len(TICKERS) * 25, 180, "workers near the end",
+                   list(workers.values()))
+        at = progress()
+        assert at < total - len(TICKERS) * 5, "the replay was over before the second broker crash"
+        kill_pidfile(broker.pidfile)
+        print(f"broker SIGKILLed near the end: {at} of {total} bars applied")
+        time.sleep(3)
+        broker.up()
+        for v, p in producers.items():
+            assert p.wait(300) == 0, tail(f"replay-{v}")
+            assert f"sent={total} delivered={total} failed=0" in tail(f"replay-{v}"), tail(f"replay-{v}")
+        for v, w in workers.items():
+            assert w.poll() is None, tail(f"worker-{v}")
+            wait_until(lambda ns=nss[v]: committed_all(s.kafka, ns, Topics(ns).bars), 240, f"{v} worker caught up",
+                       [w])
     finally:
-        terminate([producer, worker])
-        for fh in logs.values():
-            fh.close()
+        terminate(procs)
+    out = {v: (observe(client, ns, read_topic(s.kafka, Topics(ns).ready)),
+               topic_bars(s.kafka, Topics(ns).bars), logs[f"worker-{v}"].read_text(errors="replace"))
+           for v, ns in nss.items()}
+    client.close()
+    return out
 
-    bars = topic_bars(s.kafka, topic, total)
-    assert len(bars) == total, "a bar was lost or duplicated in the topic"
-    got: dict[str, list[int]] = {}
-    for b in bars:
-        got.setdefault(b.ticker, []).append(b.minute)
-    assert got == want
-    assert snapshot(client, namespace) == reference_windows(client, f"{namespace}ref", bars), tail("worker")
 
+def test_broker_and_redis_killed_while_producing_and_consuming(
+        broker_redis_runs: dict[str, BrokerRedisRun], replay_input: tuple[Path, list[Bar]],
+        clean_reference: Run) -> None:
+    _, sent = replay_input
+    run, bars, log = broker_redis_runs["clean"]
+    assert len(bars) == len(sent), "a bar was lost or duplicated in the topic"
+    assert per_ticker(bars) == per_ticker(sent)  # every bar once, in order
+    check_run(run, clean_reference, len(sent))
+
+
+def test_broker_and_redis_kill_check_fails_when_one_bar_is_dropped(
+        broker_redis_runs: dict[str, BrokerRedisRun], replay_input: tuple[Path, list[Bar]],
+        clean_reference: Run) -> None:
+    _, sent = replay_input
+    run, bars, log = broker_redis_runs["drop"]
+    assert per_ticker(bars) == per_ticker(sent)  # the topic is whole: the worker lost the bar
+    assert "TEST SWITCH" in log
+    with pytest.raises(AssertionError) as caught:
+        check_run(run, clean_reference, len(sent))
+    print(f"worker losing one bar through the broker and Redis crashes: {caught.value}")

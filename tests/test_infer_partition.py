@@ -6,8 +6,8 @@ replays, the baseline fallback for a broken model output, hot reload of a promot
 the old one when a new one fails. Pure pieces (output checks, the catch-up's skipping rules) are unit
 tests without services.
 
-The helpers here (window data in the Faust app's storage format, window-ready events, tiny models) are
-shared with ``test_infer_spark.py``.
+The helpers shared with ``test_infer_spark.py`` and ``test_bad_input.py`` (window data in the Faust app's
+storage format, window-ready events, tiny models) live in ``tests/support/inference.py``.
 """
 
 from __future__ import annotations
@@ -18,127 +18,34 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pytest
+import redis.connection
 
-from minutecast.features import N_FEATURES, Scaler
+from minutecast.features import N_FEATURES
 from minutecast.intervals import OnlineScale, baseline_log_quantiles, calibrate_in_time_order
 from minutecast.keys import Keys
+from minutecast.registry import Registry
 from minutecast.schemas import Bar, Forecast, WindowReady
-from minutecast.settings import CommonSettings, RedisSettings
+from minutecast.settings import RedisSettings
 from minutecast.topics import Topics
-from minutecast.window import HORIZON, WINDOW, checksum, window_at
-from streams.partition import JobConf, infer_partition
+from minutecast.window import HORIZON, WINDOW
 from streams.serving import catch_up, check_outputs
-from streams.window_store import encode_value, read_windows, window_for, windows_for
+from streams.window_store import WindowRow, read_windows, window_for, windows_for
+from tests.support.inference import MARKET, SCALER, T0, bars_for, ready_event, store_bars, tiny_model_version
+from tests.support.partition import forecasts_of, job_conf, run_partition
 
 integration = pytest.mark.integration
-
-T0 = 1_759_327_200  # 2025-10-01 14:00 UTC = 10:00 New York: one session, no date change for hours
-MARKET = CommonSettings.model_fields["market_ticker"].default  # the market ticker the job reads (SPY)
-# Fixed input scales of the test models (the values of a plausible large-cap minute series).
-SCALER = Scaler(ret_scale=1e-3, gap_scale=5e-3, range_scale=2e-3, logvol_mean=7.0, logvol_std=1.0,
-                mkt_ret_scale=1e-3, mkt_range_scale=2e-3, target_scale=2e-3)
-
-
-def bars_for(ticker: str, minutes: range, seed: int = 0, published_at: float | None = None) -> list[Bar]:
-    """Deterministic bars of ``ticker`` at T0 + 60*i for i in ``minutes``."""
-    rng = np.random.default_rng([seed, *ticker.encode()])
-    out = []
-    for i in minutes:
-        c = 100.0 + 10 * np.sin(i / 7 + len(ticker)) + rng.normal(0, 0.1)
-        out.append(Bar(ticker, T0 + 60 * i, c, c + 0.2, c - 0.2, c, float(1000 + 10 * i), "test",
-                       published_at=published_at if published_at is not None else time.time()))
-    return out
-
-
-def store_bars(client: Any, ns: str, bars: list[Bar]) -> None:
-    """Write bars straight into the window hashes (the Faust app's storage format)."""
-    keys = Keys(ns)
-    pipe = client.pipeline(transaction=False)
-    for b in bars:
-        pipe.hset(keys.window(b.ticker), str(b.minute), encode_value(b))
-    pipe.execute()
-
-
-def ready_event(bars: list[Bar], ticker: str, i: int) -> WindowReady:
-    """The window-ready event the Faust app would publish for ``ticker``'s window ending at T0+60*i."""
-    mine = [b for b in bars if b.ticker == ticker]
-    minutes = np.array([b.minute for b in mine])
-    ohlcv = np.array([[b.open, b.high, b.low, b.close, b.volume] for b in mine])
-    t = T0 + 60 * i
-    w = window_at(minutes, ohlcv, t)
-    assert w is not None, f"no ready window at {i}"
-    pub = next(b.published_at for b in mine if b.minute == t)
-    return WindowReady(ticker, t, checksum(w), pub, time.time())
-
-
-def events_frame(items: list[WindowReady | bytes]) -> pd.DataFrame:
-    """Window-ready events as the Spark job hands them to the partition function."""
-    recs = []
-    for off, item in enumerate(items):
-        raw = item if isinstance(item, bytes) else item.to_json()
-        try:
-            d = json.loads(raw)
-        except ValueError:
-            d = {}
-        recs.append({"key": d.get("ticker"), "value": raw.decode(errors="replace"), "partition": 0, "offset": off,
-                     "v": d.get("v"), "minute": d.get("minute"), "checksum": d.get("checksum"),
-                     "published_at": d.get("published_at"), "ready_at": d.get("ready_at"), "ticker": d.get("ticker")})
-    return pd.DataFrame(recs)
-
-
-class Tally:
-    """Stands in for Spark accumulators (same ``add`` interface)."""
-
-    def __init__(self, zero: Any) -> None:
-        self.value = zero
-
-    def add(self, x: Any) -> None:
-        if isinstance(self.value, dict):
-            for k, v in x.items():
-                self.value[k] = self.value.get(k, 0) + v
-        else:
-            self.value.extend(x)
-
-
-def run_partition(conf: JobConf, items: list[WindowReady | bytes]) -> tuple[list[tuple[str, str, str]], dict]:
-    stats, lat = Tally({}), Tally([])
-    out = list(infer_partition(conf, stats, lat, iter([events_frame(items)])))
-    rows = [tuple(r) for df in out for r in df.itertuples(index=False)]
-    return rows, stats.value
-
-
-def tiny_model_version(models_dir: Path, seed: int) -> str:
-    """Save (not promote) the "tiny" preset's network, randomly initialised, with a fixed scaler."""
-    from minutecast.model import build_model, get_preset
-    from minutecast.registry import Registry
-
-    model = build_model(get_preset("tiny"), seed=seed)
-    return Registry(models_dir).save(model, SCALER, {"test": True, "seed": seed})
+tensorflow = pytest.mark.tensorflow  # builds or loads a Keras model
 
 
 def constant_model_version(models_dir: Path, outputs: list[float]) -> str:
     """Save a network whose output is always ``outputs`` (target units): zero kernel, that bias."""
     import tensorflow as tf
 
-    from minutecast.registry import Registry
-
     model = tf.keras.Sequential([tf.keras.Input((WINDOW, N_FEATURES)), tf.keras.layers.GlobalAveragePooling1D(),
                                  tf.keras.layers.Dense(len(outputs), kernel_initializer="zeros",
                                                        bias_initializer=tf.keras.initializers.Constant(outputs))])
     return Registry(models_dir).save(model, SCALER, {"test": True, "constant": outputs})
-
-
-def job_conf(ns: str, rs: RedisSettings, models_dir: Path, history_len: int = 120) -> JobConf:
-    t = Topics(ns)
-    return JobConf(namespace=ns, models_dir=str(models_dir), history_len=history_len, redis=rs,
-                   forecasts_topic=t.forecasts, deadletter_topic=t.deadletter, ready_topic=t.ready,
-                   market_ticker=MARKET)
-
-
-def forecasts_of(rows: list[tuple[str, str, str]], topics: Topics) -> dict[str, Forecast]:
-    return {r[1]: Forecast.from_json(r[2]) for r in rows if r[0] == topics.forecasts}
 
 
 def prices(f: Forecast) -> np.ndarray:
@@ -209,8 +116,6 @@ def test_partition_accounting_idempotence_history(redis_client: Any, redis_setti
 @integration
 def test_calibration_applied_once_per_outcome_as_evaluation_replays_it(
         redis_client: Any, redis_settings: RedisSettings, namespace: str, tmp_path: Path) -> None:
-    from minutecast.registry import Registry
-
     keys, topics = Keys(namespace), Topics(namespace)
     bars = bars_for("AAA", range(90)) + bars_for(MARKET, range(90), seed=5)
     store_bars(redis_client, namespace, bars)
@@ -255,13 +160,10 @@ def test_calibration_applied_once_per_outcome_as_evaluation_replays_it(
 
 
 @integration
+@tensorflow
 def test_model_with_market_context_in_one_round_trip(redis_client: Any, redis_settings: RedisSettings,
                                                      namespace: str, tmp_path: Path,
                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    import redis.connection
-
-    from minutecast.registry import Registry
-
     keys, topics = Keys(namespace), Topics(namespace)
     models = tmp_path / "models"
     bars = bars_for("AAA", range(75)) + bars_for("BBB", range(75)) + bars_for(MARKET, range(75), seed=9)
@@ -300,10 +202,9 @@ def test_model_with_market_context_in_one_round_trip(redis_client: Any, redis_se
 
 
 @integration
+@tensorflow
 def test_broken_model_output_falls_back_to_baseline(redis_client: Any, redis_settings: RedisSettings,
                                                     namespace: str, tmp_path: Path) -> None:
-    from minutecast.registry import Registry
-
     topics = Topics(namespace)
     models = tmp_path / "models"
     bars = bars_for("AAA", range(70))
@@ -318,10 +219,9 @@ def test_broken_model_output_falls_back_to_baseline(redis_client: Any, redis_set
 
 
 @integration
+@tensorflow
 def test_partition_hot_reload_and_failed_load(redis_client: Any, redis_settings: RedisSettings, namespace: str,
                                               tmp_path: Path) -> None:
-    from minutecast.registry import Registry
-
     models = tmp_path / "models"
     bars = bars_for("AAA", range(75)) + bars_for("BBB", range(75))
     store_bars(redis_client, namespace, bars)
@@ -351,8 +251,6 @@ def test_partition_hot_reload_and_failed_load(redis_client: Any, redis_settings:
 
 
 def test_batched_windows_equal_window_for() -> None:
-    from streams.window_store import WindowRow
-
     def rows(b: list[Bar]) -> list[WindowRow]:
         return [WindowRow(x.minute, x.open, x.high, x.low, x.close, x.volume, x.published_at) for x in b]
 

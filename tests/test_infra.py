@@ -10,7 +10,7 @@ import uuid
 import pytest
 import redis as redislib
 
-from minutecast.kafka import make_consumer, make_producer
+from minutecast.kafka import make_admin, make_consumer, make_producer
 from minutecast.settings import InfraSettings, KafkaSettings, RedisSettings
 from minutecast.topics import Topics
 
@@ -58,8 +58,6 @@ def test_infra_cli_status_and_idempotent_up(services: InfraSettings) -> None:
 
 
 def test_infra_topics_creates_missing_topics_once(services: InfraSettings, namespace: str) -> None:
-    from minutecast.kafka import make_admin
-
     cmd = [sys.executable, "-m", "minutecast.cli", "infra", "topics"]
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=True).stdout
     t = Topics(namespace)

@@ -17,7 +17,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from confluent_kafka import TopicPartition
 
+from minutecast.kafka import make_consumer
+from minutecast.keys import Keys
 from minutecast.settings import InfraSettings
 from minutecast.topics import Topics
 from producers import live
@@ -121,8 +124,6 @@ def test_pieces_never_release_a_minute_before_it_has_closed() -> None:
 def test_live_replay_loops_forward_stops_at_the_clock_and_resumes(services: InfraSettings, namespace: str,
                                                                   topics: Topics, redis_client: object,
                                                                   tmp_path: Path) -> None:
-    from minutecast.keys import Keys
-
     data = tmp_path / "bars.csv"
     f = frame(days=2)
     f.assign(Datetime=pd.to_datetime(f["minute"], unit="s", utc=True).map(lambda x: x.isoformat())).rename(
@@ -164,10 +165,6 @@ def test_live_replay_loops_forward_stops_at_the_clock_and_resumes(services: Infr
 
 def read_bars(services: InfraSettings, topics: Topics, namespace: str) -> pd.DataFrame:
     """Every bar on the test's bar topic, with its minute."""
-    from confluent_kafka import TopicPartition
-
-    from minutecast.kafka import make_consumer
-
     consumer = make_consumer(services.kafka, group=f"{namespace}-check")
     ends = {p: consumer.get_watermark_offsets(TopicPartition(topics.bars, p), timeout=10)[1] for p in range(3)}
     consumer.assign([TopicPartition(topics.bars, p, 0) for p in range(3)])

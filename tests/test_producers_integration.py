@@ -23,15 +23,19 @@ import pandas as pd
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
-from minutecast.kafka import make_consumer
+from infra.procs import read_pid
+from infra.services import LocalKafka
+from minutecast.kafka import end_offsets, make_consumer
 from minutecast.keys import Keys
 from minutecast.schemas import parse_bar
 from minutecast.settings import InfraSettings, KafkaSettings, ProducerSettings
 from minutecast.topics import Topics
-from minutecast.window import SESSION_TZ
+from minutecast.window import RETAIN, SESSION_TZ
+from producers import replay
 from producers.publisher import Publisher
 from producers.throttle import Throttle
 from producers.yfinance_source import YFinanceSource
+from tests.support.bars import apply_in_process, check_run, frame_bars, interleaved, pick, replay_dir
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[1]
@@ -96,8 +100,6 @@ def small_replay_dir(shared: Path, tmp: Path, tickers: tuple[str, ...], rows: in
 
 def test_replay_publishes_exactly_the_valid_bars(shared_data: Path, tmp_path: Path, kafka: KafkaSettings,
                                                  topics: Topics) -> None:
-    from producers import replay
-
     d = small_replay_dir(shared_data, tmp_path, ("AAPL", "MSFT", "NVDA"), 400)
     expected = replay.load(d)
     expected = expected[expected["high"] >= expected["low"]]
@@ -250,8 +252,6 @@ def test_sigterm_flushes_and_reports(shared_data: Path, kafka: KafkaSettings, to
 
 
 def topic_has_messages(ks: KafkaSettings, topic: str) -> bool:
-    from minutecast.kafka import end_offsets
-
     try:
         return sum(end_offsets(ks, topic, timeout_s=5).values()) > 0
     except Exception:  # noqa: BLE001 - topic metadata not there yet
@@ -275,10 +275,8 @@ def _free_port_pair() -> int:
 
 
 @pytest.fixture
-def private_kafka(tmp_path: Path, services: InfraSettings) -> Iterator[tuple[object, KafkaSettings]]:
+def private_kafka(tmp_path: Path, services: InfraSettings) -> Iterator[tuple[LocalKafka, KafkaSettings]]:
     """A second, private single-node broker (own home, own ports) that this test may stop and start."""
-    from infra.services import LocalKafka
-
     port = _free_port_pair()
     ks = KafkaSettings(bootstrap=f"127.0.0.1:{port}")
     s = InfraSettings(home=tmp_path / "home", kafka=ks, kafka_heap="384m", start_timeout_s=120)
@@ -290,46 +288,70 @@ def private_kafka(tmp_path: Path, services: InfraSettings) -> Iterator[tuple[obj
         broker.down()
 
 
+def _crash(broker: LocalKafka) -> None:
+    """SIGKILL the private broker (our child) and wait until it is gone: in-flight produce requests may be
+    written without their acks."""
+    pid = read_pid(broker.pidfile)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):  # reap it (our child), so `up` sees it gone
+        os.waitpid(pid, 0)
+    while read_pid(broker.pidfile) is not None:
+        time.sleep(0.1)
+
+
 @pytest.mark.faults
 def test_broker_restart_mid_replay_loses_and_duplicates_nothing(
-        shared_data: Path, tmp_path: Path, namespace: str, private_kafka: tuple[object, KafkaSettings]) -> None:
+        tmp_path: Path, namespace: str, redis_client: object, private_kafka: tuple[LocalKafka, KafkaSettings]) -> None:
+    """The broker SIGKILLed early and again inside the last RETAIN minutes of a paced replay (2 tickers x 150
+    minutes): every bar once in the topic, in order; the topic applied by the worker's batch code passes
+    ``check_run`` against the no-fault run; the same topic with the test-only switch losing one bar fails it."""
     broker, ks = private_kafka
-    from producers import replay
-
-    d = small_replay_dir(shared_data, tmp_path, ("AAPL", "MSFT"), 240, bad=False)  # 480 bars, sparse pre-market
-    # Pace the replay to last ~20 s of wall time; the broker goes away for a few seconds in the middle.
-    span_s = float(np.ptp(replay.load(d)["minute"].to_numpy()))
-    speed = span_s / 20.0
+    d = replay_dir(tmp_path / "bars", interleaved(("AAPL", "MSFT"), 150))
+    sent = frame_bars(d)
+    total, first = len(sent), sent[0].minute
+    late = 150 - RETAIN + 20  # minute 80 of 150: inside every ticker's last RETAIN minutes
+    # Paced to last ~36 s of wall time; the broker goes away twice for a few seconds.
+    speed = (sent[-1].minute - first) / 36.0
     proc = subprocess.Popen([sys.executable, "-m", "minutecast.cli", "produce", "--source", "replay", "--path",
                              str(d), "--speed", f"{speed:.1f}"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                             text=True,
                             cwd=REPO, env={**os.environ, "MINUTECAST_KAFKA_BOOTSTRAP": ks.bootstrap,
                                            "MINUTECAST_FLUSH_TIMEOUT_S": "120"})
     topic = Topics(namespace).bars
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not topic_has_messages(ks, topic):
-        time.sleep(0.3)
-    # A crash, not a clean shutdown: in-flight produce requests may be written without their acks.
-    from infra.procs import read_pid
 
-    pid = read_pid(broker.pidfile)  # type: ignore[attr-defined]
-    assert pid is not None
-    os.kill(pid, signal.SIGKILL)
-    with contextlib.suppress(ChildProcessError):  # reap it (our child), so `up` sees it gone
-        os.waitpid(pid, 0)
-    while read_pid(broker.pidfile) is not None:  # type: ignore[attr-defined]
-        time.sleep(0.1)
-    assert proc.poll() is None, "replay finished before the broker went down"
-    time.sleep(3)
-    broker.up()  # type: ignore[attr-defined]
+    def in_topic() -> int:
+        try:
+            return sum(end_offsets(ks, topic, timeout_s=5).values())
+        except Exception:  # noqa: BLE001 - topic metadata not there yet
+            return 0
+
+    for what, reached in (("early", 1), ("inside the last RETAIN minutes", 2 * late)):
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and in_topic() < reached:
+            time.sleep(0.3)
+        at = in_topic()
+        _crash(broker)
+        assert proc.poll() is None, f"replay finished before the broker went down ({what})"
+        print(f"broker SIGKILLed {what}: {at} of {total} bars in the topic")
+        time.sleep(3)
+        broker.up()
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out[-3000:]
-    assert "sent=480 delivered=480 failed=0" in out
-    msgs = consume_all(ks, topic, 480, timeout_s=120, settle_s=3)
-    assert len(msgs) == 480
+    assert f"sent={total} delivered={total} failed=0" in out
+    msgs = consume_all(ks, topic, total, timeout_s=120, settle_s=3)
+    assert len(msgs) == total
     got = per_ticker(msgs)
     for t in ("AAPL", "MSFT"):
-        assert len(got[t]) == 240 and got[t] == sorted(set(got[t]))  # no loss, no duplicate, in order
+        assert got[t] == [b.minute for b in sent if b.ticker == t]  # no loss, no duplicate, in order
+    bars = [parse_bar(v, k) for k, v, _ in msgs]
+    reference = apply_in_process(redis_client, sent)  # the no-fault run: one batch per minute
+    check_run(apply_in_process(redis_client, bars, batch=50), reference, total)
+    # Drop variant: the same topic, with the switch losing one bar inside the last RETAIN minutes.
+    victim = pick(sent, "AAPL", -20)
+    with pytest.raises(AssertionError) as caught:
+        check_run(apply_in_process(redis_client, bars, batch=50, drop=victim), reference, total)
+    print(f"losing {victim.ticker} {victim.minute}: {caught.value}")
 
 
 def test_ingest_benchmark_emits_json_on_tiny_input(shared_data: Path, services: InfraSettings) -> None:

@@ -1,5 +1,5 @@
 """Pure logic of the producers: encoding, validation split, yfinance frames, replay files, synthetic
-bars, the throttle and the ticker universe. No services."""
+bars, the throttle, the ticker universe, watermark holds and the published-minute window. No services."""
 
 from __future__ import annotations
 
@@ -15,10 +15,12 @@ import pytest
 from minutecast.errors import ConfigError, ServiceUnavailable
 from minutecast.schemas import TICKER_RE, Bar, parse_bar
 from minutecast.window import SESSION_TZ
-from producers import bars, replay, universe
+from producers import bars, cli, replay, universe
+from producers.publisher import Stats, _bar_minute
 from producers.synthetic import Synthetic, regular_minutes, synthetic_tickers
 from producers.throttle import RateLimited, Throttle
-from producers.yfinance_source import frame_to_bars
+from producers.watermark import Published, Watermarks
+from producers.yfinance_source import chunks, frame_to_bars
 
 T0 = int(datetime(2025, 10, 1, 13, 30, tzinfo=UTC).timestamp())  # 09:30 New York
 
@@ -226,8 +228,6 @@ def test_universe() -> None:
 
 
 def test_cli_arguments() -> None:
-    from producers import cli
-
     p = argparse.ArgumentParser()
     cli.add_arguments(p)
     a = p.parse_args(["--source", "replay", "--path", "x", "--speed", "60", "--shift-to-now", "--processes", "2"])
@@ -235,3 +235,92 @@ def test_cli_arguments() -> None:
     a = p.parse_args(["--source", "yfinance", "--backfill-days", "7", "--live", "--tickers", "AAPL"])
     assert a.live and a.backfill_days == 7 and cli._universe(a) == ["AAPL"]
     assert len(cli._universe(p.parse_args(["--source", "yfinance"])) or []) >= 495
+
+
+class _FakeRedis:
+    """The part of redis.Redis the watermarks use, in memory (strings and sorted sets)."""
+
+    def __init__(self) -> None:
+        self.kv: dict[str, int] = {}
+        self.zsets: dict[str, dict[str, int]] = {}
+        self.ops: list[tuple[object, ...]] = []
+
+    def mget(self, keys: list[str]) -> list[object]:
+        return [self.kv.get(k) for k in keys]
+
+    def pipeline(self, transaction: bool = True) -> _FakeRedis:
+        return self
+
+    def set(self, name: str, value: int) -> None:
+        self.ops.append(("set", name, value))
+
+    def zadd(self, name: str, mapping: dict[str, int]) -> None:
+        self.ops.append(("zadd", name, mapping))
+
+    def zremrangebyscore(self, name: str, lo: object, hi: object) -> None:
+        self.ops.append(("zrem", name, lo, hi))
+
+    def zrange(self, name: str, start: int, end: int) -> None:
+        self.ops.append(("zrange", name))
+
+    def expire(self, name: str, seconds: int) -> None:
+        self.ops.append(("expire", name))
+
+    def execute(self) -> list[object]:
+        out: list[object] = []
+        for op in self.ops:
+            if op[0] == "set":
+                self.kv[str(op[1])] = int(op[2])  # type: ignore[call-overload]
+            elif op[0] == "zadd":
+                self.zsets.setdefault(str(op[1]), {}).update(op[2])  # type: ignore[arg-type]
+            elif op[0] == "zrem":
+                hi = int(str(op[3]).lstrip("("))
+                self.zsets[str(op[1])] = {k: v for k, v in self.zsets.get(str(op[1]), {}).items() if v >= hi}
+            elif op[0] == "zrange":
+                out.append(sorted(self.zsets.get(str(op[1]), {}), key=int))
+        self.ops = []
+        return out
+
+
+def test_a_watermark_never_passes_a_held_minute_until_it_is_delivered() -> None:
+    r = _FakeRedis()
+    marks = Watermarks(r, "ns", ["AAPL", "MSFT"])
+    piece = _frame([(t, T0 + 60 * i, 1, 1, 1, 1, 1) for i in range(5) for t in ("AAPL", "MSFT")])
+    failed = piece[(piece["ticker"] == "AAPL") & (piece["minute"] == T0 + 120)]
+    assert not marks.commit(piece, failed)  # replay: AAPL stops below its failed minute
+    assert marks.watermarks == {"AAPL": T0 + 60, "MSFT": T0 + 240} and marks.held == {"AAPL": {T0 + 120}}
+    later = _frame([("AAPL", T0 + 300, 1, 1, 1, 1, 1)])
+    marks.commit(later, later.iloc[:0])  # a later piece that went through moves nothing past it
+    assert marks.watermarks["AAPL"] == T0 + 60
+    assert marks.commit(failed, failed.iloc[:0])  # delivered at last: released
+    assert marks.commit(later, later.iloc[:0]) and marks.watermarks["AAPL"] == T0 + 300
+    assert r.kv == {"ns:producer:wm:AAPL": T0 + 300, "ns:producer:wm:MSFT": T0 + 240}
+    # yfinance: a fetch covered everything up to ``through``; a held minute no longer served is let go
+    marks.commit(failed, failed, through=T0 + 600, tickers=["MSFT"])
+    assert marks.watermarks == {"AAPL": T0 + 300, "MSFT": T0 + 600}
+    empty = piece.iloc[:0]
+    marks.commit(empty, empty, through=T0 + 900, covered_from=T0, tickers=["AAPL"])
+    assert marks.watermarks["AAPL"] == T0 + 900 and not marks.held
+
+
+def test_published_minutes_stay_bounded_to_the_window_and_read_back() -> None:
+    r = _FakeRedis()
+    pub = Published(r, "ns", ["AAPL"])
+    rows = _frame([("AAPL", T0 + 60 * i, 1, 1, 1, 1, 1) for i in range(90)])
+    for i in range(0, 90, 10):
+        pub.add(rows.iloc[i:i + 10], {"AAPL": T0 + 60 * (i - 20)})
+    assert min(pub.minutes["AAPL"]) == T0 + 60 * 60 and len(r.zsets["ns:producer:pub:AAPL"]) == 30
+    again = Published(r, "ns", ["AAPL", "MSFT"])
+    assert again.minutes == pub.minutes
+    assert again.seen(rows).tolist() == [False] * 60 + [True] * 30
+
+
+def test_failed_deliveries_are_recorded_and_healed_in_the_counts() -> None:
+    s = Stats()
+    s.sent, s.delivered, s.failed = 11, 10, 1
+    assert not s.ok
+    s.recovered = 1
+    assert s.ok and "resent=0 recovered=1" in s.line()
+    assert _bar_minute(Bar("AAPL", T0, 1, 1, 1, 1, 1, "replay", 1.0).to_json()) == T0
+    assert _bar_minute(b"not json") is None
+    assert [(a, b - a) for a, b in chunks(T0, T0 + 10 * 86400)] == [(T0, 7 * 86400), (T0 + 7 * 86400, 3 * 86400)]

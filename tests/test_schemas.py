@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from minutecast.errors import ValidationError
+from minutecast.errors import Rejected
 from minutecast.schemas import (
     FORECAST_VERSION,
     QUANTILE_FIELDS,
@@ -34,7 +34,7 @@ def test_time_with_offset_is_utc() -> None:
 
 
 def _reason(payload: bytes | str, key: str | None = None) -> str:
-    with pytest.raises(ValidationError) as info:
+    with pytest.raises(Rejected) as info:
         parse_bar(payload, key=key, now=NOW)
     assert info.value.reason in REASONS
     return info.value.reason
@@ -124,7 +124,7 @@ def _v2_reason(**kw: object) -> str:
             d.pop(k)
         else:
             d[k] = v
-    with pytest.raises(ValidationError) as info:
+    with pytest.raises(Rejected) as info:
         Forecast.from_json(json.dumps(d))
     assert info.value.reason in REASONS
     return info.value.reason
@@ -160,13 +160,13 @@ def test_forecast_equal_quantiles_are_allowed_and_non_json_is_refused() -> None:
                     q05=100.0, q10=100.0, q50=100.0, q90=100.0, q95=100.0, sigma=0.0, interval_kind="baseline",
                     log_s80=0.0, log_s90=0.0)  # a flat window: a zero-width baseline interval
     assert Forecast.from_json(flat.to_json()) == flat
-    with pytest.raises(ValidationError) as info:
+    with pytest.raises(Rejected) as info:
         Forecast.from_json(b"{nope")
     assert info.value.reason == "not_json"
 
 
 def test_dead_letter_truncates_and_keeps_reason() -> None:
-    err = ValidationError("payload_too_large", "x")
+    err = Rejected("payload_too_large", "x")
     dl = json.loads(DeadLetter.of(err, b"a" * 10_000, "stream", topic="t", partition=0, offset=5).to_json())
     assert dl["reason"] == "payload_too_large" and dl["truncated"] and len(dl["payload"]) == 2048
     assert dl["offset"] == 5 and not math.isnan(dl["at"])

@@ -2,49 +2,64 @@
 
 * bad messages -> dead letters with their reason while the good bars around them land; duplicates,
   out-of-order and late bars; window-ready events after the write, for ready windows only; metrics;
-* a worker killed with SIGKILL mid-replay and restarted ends with the windows of a clean run;
-  deleting the namespace's keys and rebuilding (at start-up, and ``minutecast rebuild``) too;
+* a worker SIGKILLed mid-replay, early and again inside the last ``RETAIN`` minutes, and restarted, and
+  then the namespace's keys deleted and rebuilt (at start-up, and ``minutecast rebuild``): every unique bar
+  applied once, every window-ready event one of a no-fault run's, the windows of a no-fault run
+  (``tests/support/bars.py`` ``check_run``); the same scenario with the worker's test-only switch losing one
+  bar (and a rebuild losing it) fails that check;
 * two workers in one group (one joining mid-stream: a rebalance) give the result of one.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import TopicPartition
 
+import streams.rebuild
 from infra.procs import terminate
-from minutecast.kafka import make_consumer, make_producer
+from minutecast.errors import ConfigError
+from minutecast.kafka import make_producer
 from minutecast.keys import Keys
+from minutecast.redis import connect
 from minutecast.schemas import Bar, WindowReady
-from minutecast.settings import KafkaSettings, StreamSettings
+from minutecast.settings import InfraSettings, KafkaSettings, StreamSettings
 from minutecast.topics import Topics
-from minutecast.window import GAP, MINUTE, RETAIN
+from minutecast.window import GAP, MINUTE, RETAIN, checksum
+from streams.faust_app import DROP_SWITCH, DROP_SWITCH_GUARD, drop_switch
+from streams.rebuild import rebuild
 from streams.window_store import WindowStore, read_window, window_for
-from tests.test_streams_state import OPEN, make_bars
+from tests.support.bars import (
+    OPEN,
+    Run,
+    applied,
+    apply_in_process,
+    check_run,
+    drop_env,
+    make_bars,
+    observe,
+    pick,
+    unique,
+)
+from tests.support.kafka import committed_all, read_topic
+from tests.support.services import free_port, wait_until
+from tests.support.windows import reference, snapshot
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[1]
 # Keys land by CRC32 (librdkafka's default partitioner): these five cover all 3 test partitions.
 TICKERS = ("AAPL", "MSFT", "NVDA", "TSLA", "INTC")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -78,78 +93,6 @@ def produce(kafka: KafkaSettings, topic: str, records: list[tuple[bytes | None, 
 
 def bar_records(bars: list[Bar]) -> list[tuple[bytes | None, bytes | None]]:
     return [(b.ticker.encode(), b.to_json()) for b in bars]
-
-
-def wait_until(cond: Callable[[], bool], timeout: float, what: str,
-               procs: list[subprocess.Popen[bytes]] | None = None, poll: float = 0.2) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        for p in procs or []:
-            assert p.poll() is None, f"worker exited with {p.returncode} while waiting for {what}"
-        time.sleep(poll)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
-def committed_all(kafka: KafkaSettings, namespace: str, topic: str) -> bool:
-    """True when the worker group's committed offsets reached the end of every partition."""
-    group = f"{StreamSettings().app_id}-{namespace}"
-    c = make_consumer(kafka, group=group)
-    try:
-        parts = sorted(c.list_topics(topic, timeout=10).topics[topic].partitions)
-        tps = [TopicPartition(topic, p) for p in parts]
-        committed = c.committed(tps, timeout=10)
-        for tp in committed:
-            low, high = c.get_watermark_offsets(tp, timeout=10)
-            if high > low and tp.offset < high:  # an empty partition has nothing to commit
-                return False
-        return True
-    finally:
-        c.close()
-
-
-def read_topic(kafka: KafkaSettings, topic: str, timeout: float = 10.0) -> list[tuple[bytes | None, bytes]]:
-    """Every record of ``topic`` (up to the end offsets seen now)."""
-    c = make_consumer(kafka, group=f"reader-{time.time_ns()}")
-    try:
-        md = c.list_topics(topic, timeout=10).topics[topic]
-        ends = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in md.partitions}
-        todo = {p for p, e in ends.items() if e > 0}
-        c.assign([TopicPartition(topic, p, 0) for p in todo])
-        out: list[tuple[bytes | None, bytes]] = []
-        deadline = time.monotonic() + timeout
-        while todo and time.monotonic() < deadline:
-            for m in c.consume(500, timeout=0.5):
-                if m.error() is None:
-                    out.append((m.key(), m.value()))
-                    if m.offset() >= ends[m.partition()] - 1:
-                        todo.discard(m.partition())
-        return out
-    finally:
-        c.close()
-
-
-def snapshot(client: Any, namespace: str) -> dict[str, tuple[dict[bytes, bytes], bytes | None]]:
-    """Every ticker's window hash and newest minute in the namespace."""
-    keys = Keys(namespace)
-    out = {}
-    for k in client.scan_iter(match=keys.window_pattern(), count=1000):
-        ticker = k.decode().rsplit(":", 1)[1]
-        out[ticker] = (client.hgetall(k), client.hget(keys.window_meta(ticker), "max"))
-    return out
-
-
-def reference(client: Any, namespace: str, bars: list[Bar]) -> dict[str, tuple[dict[bytes, bytes], bytes | None]]:
-    """The windows a clean in-order application of ``bars`` gives (computed in a scratch namespace)."""
-    ns = f"{namespace}ref"
-    try:
-        WindowStore(client, Keys(ns), 3600).apply(sorted(bars, key=lambda b: (b.ticker, b.minute)))
-        return snapshot(client, ns)
-    finally:
-        keys = list(client.scan_iter(match=Keys(ns).namespace_pattern()))
-        if keys:
-            client.delete(*keys)
 
 
 def delete_namespace_keys(client: Any, namespace: str) -> None:
@@ -228,7 +171,6 @@ def test_worker_windows_deadletters_ready_events_and_metrics(topics: Topics, kaf
         rows = read_window(redis_client, keys, t)
         win = window_for(rows, last)
         assert win is not None
-        from minutecast.window import checksum
         assert ready[t].checksum == checksum(win)
         assert ready[t].published_at == rows[-1].published_at and ready[t].ready_at > 0
     # TSLA's 10-minute gap is inside its last window: collapsed, the bar after it marked, still announced
@@ -243,37 +185,59 @@ def test_worker_windows_deadletters_ready_events_and_metrics(topics: Topics, kaf
     assert "minutecast_stream_late_dropped_total" in body and "minutecast_stream_consumer_lag" in body
 
 
+@pytest.fixture(scope="module")
+def clean_reference(services: InfraSettings) -> Run:
+    """The no-fault run of :func:`dataset` (150 minutes): the worker's batch code, one batch per minute."""
+    client = connect(services.redis)
+    try:
+        return apply_in_process(client, dataset(150))
+    finally:
+        client.close()
+
+
+def sigkill_scenario(kafka: KafkaSettings, topics: Topics, client: Any, namespace: str,
+                     workers: Callable[..., Any], env: dict[str, str] | None = None) -> tuple[Run, list[Bar]]:
+    """:func:`dataset` (150 minutes) on the bar topic; a worker SIGKILLed early (minute ~8), a restarted one
+    SIGKILLed inside the last RETAIN minutes (minute ~80 of 150), a third one finishing. ``env``: extra worker
+    environment (the drop switch). Returns what the workers left and the bars sent."""
+    bars = dataset(150)
+    produce(kafka, topics.bars, bar_records(bars))
+    total = unique(bars)
+    # Small batches so the replay takes a while; kill -9 once part of it is applied.
+    slow = {"MINUTECAST_TAKE_MAX": "4", "MINUTECAST_TAKE_WITHIN_S": "0.01"} | (env or {})
+    late = total - len(TICKERS) * (RETAIN - 20)  # bars applied at minute ~80: inside every ticker's last RETAIN
+    for start, what in ((40, "early"), (late, "inside the last RETAIN minutes")):
+        w = workers("--no-rebuild", env=slow)
+        wait_until(lambda s=start: applied(client, namespace) > s, 120, f"replay {what}", [w], poll=0.01)
+        os.kill(w.pid, signal.SIGKILL)
+        w.wait(10)
+        done = applied(client, namespace)
+        assert done < total - 2 * len(TICKERS), f"killed too late to matter ({what})"
+        print(f"worker SIGKILLed {what}: {done} of {total} bars applied")
+    w = workers("--no-rebuild", env=slow)
+    wait_until(lambda: committed_all(kafka, namespace, topics.bars), 180, "restarted worker caught up", [w])
+    w.send_signal(signal.SIGTERM)
+    w.wait(30)
+    return observe(client, namespace, read_topic(kafka, topics.ready)), bars
+
+
 @pytest.mark.faults
 def test_sigkill_mid_replay_then_flush_and_rebuild_give_the_clean_windows(
         topics: Topics, kafka: KafkaSettings, redis_client: Any, namespace: str,
-        workers: Callable[..., Any]) -> None:
-    bars = dataset(400)
-    produce(kafka, topics.bars, bar_records(bars))
-    expected = reference(redis_client, namespace, bars)
-    keys = Keys(namespace)
-
-    # Small batches so the replay takes a while; kill -9 once part of it is applied.
-    slow = {"MINUTECAST_TAKE_MAX": "4", "MINUTECAST_TAKE_WITHIN_S": "0.01"}
-    w = workers("--no-rebuild", env=slow)
-    wait_until(lambda: int(redis_client.hget(keys.stats(), "stream_messages") or 0) > 40, 120, "replay started", [w],
-               poll=0.01)
-    os.kill(w.pid, signal.SIGKILL)
-    w.wait(10)
-    assert int(redis_client.hget(keys.stats(), "stream_messages") or 0) < len(bars), "killed too late to matter"
-
-    w2 = workers(env=slow)
-    wait_until(lambda: committed_all(kafka, namespace, topics.bars), 180, "restarted worker caught up", [w2])
+        workers: Callable[..., Any], clean_reference: Run) -> None:
+    run, bars = sigkill_scenario(kafka, topics, redis_client, namespace, workers)
+    sent = unique(bars)
+    check_run(run, clean_reference, sent)
+    expected = reference(redis_client, namespace, bars)  # the windows including published_at, byte for byte
     assert snapshot(redis_client, namespace) == expected
-    w2.send_signal(signal.SIGTERM)
-    w2.wait(30)
 
     # Redis lost the namespace: the next worker rebuilds at start-up (before consuming anything new).
     delete_namespace_keys(redis_client, namespace)
-    w3 = workers()
-    wait_until(lambda: len(snapshot(redis_client, namespace)) == len(TICKERS), 120, "start-up rebuild", [w3])
-    wait_until(lambda: snapshot(redis_client, namespace) == expected, 60, "rebuilt windows", [w3])
-    w3.send_signal(signal.SIGTERM)
-    w3.wait(30)
+    w = workers()
+    wait_until(lambda: snapshot(redis_client, namespace) == expected, 120, "start-up rebuild", [w])
+    w.send_signal(signal.SIGTERM)
+    w.wait(30)
+    check_run(observe(redis_client, namespace, [], "rebuild_"), clean_reference, sent, events=False)
 
     # ... and by hand.
     delete_namespace_keys(redis_client, namespace)
@@ -282,6 +246,52 @@ def test_sigkill_mid_replay_then_flush_and_rebuild_give_the_clean_windows(
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["bars"] == len(bars) and report["tickers"] == len(TICKERS)
     assert snapshot(redis_client, namespace) == expected
+    check_run(observe(redis_client, namespace, [], "rebuild_"), clean_reference, sent, events=False)
+
+
+@pytest.mark.faults
+def test_sigkill_and_rebuild_checks_fail_when_one_bar_is_dropped(
+        topics: Topics, kafka: KafkaSettings, redis_client: Any, namespace: str,
+        workers: Callable[..., Any], clean_reference: Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same scenario with the worker's test-only switch losing one early bar (trimmed from Redis long
+    before the end, so only the applied count and the window-ready events can tell): the check fails.
+    So does the rebuild's, when the rebuild loses that bar."""
+    victim = pick(dataset(150), "AAPL", 10)
+    run, bars = sigkill_scenario(kafka, topics, redis_client, namespace, workers, drop_env(victim))
+    assert run.windows == clean_reference.windows  # the lost bar is out of the retained minutes ...
+    with pytest.raises(AssertionError) as caught:  # ... yet the check sees it
+        check_run(run, clean_reference, unique(bars))
+    print(f"worker losing {victim.ticker} {victim.minute}: {caught.value}")
+
+    delete_namespace_keys(redis_client, namespace)
+    monkeypatch.setattr(streams.rebuild, "WindowStore", losing(victim))
+    report = rebuild(StreamSettings())  # in process, with the store losing the victim
+    assert report.bars == len(bars)
+    with pytest.raises(AssertionError) as caught:
+        check_run(observe(redis_client, namespace, [], "rebuild_"), clean_reference, unique(bars), events=False)
+    print(f"rebuild losing {victim.ticker} {victim.minute}: {caught.value}")
+
+
+def losing(victim: Bar) -> type[WindowStore]:
+    """A WindowStore that loses ``victim`` (the rebuild's counterpart of the worker's drop switch)."""
+
+    class Losing(WindowStore):
+        def apply(self, bars: Sequence[Bar], messages: int = 0) -> Any:
+            return super().apply([b for b in bars if (b.ticker, b.minute) != (victim.ticker, victim.minute)],
+                                 messages)
+
+    return Losing
+
+
+def test_drop_switch_is_test_only_and_refused_without_its_guard(caplog: pytest.LogCaptureFixture) -> None:
+    assert drop_switch({}) is None
+    with caplog.at_level(logging.ERROR, logger="streams.faust_app"):
+        assert drop_switch({DROP_SWITCH: "AAPL:1759325400"}) is None
+    assert "refused" in caplog.text
+    assert drop_switch({DROP_SWITCH: "AAPL:1759325400", DROP_SWITCH_GUARD: "1"}) == ("AAPL", 1759325400)
+    assert drop_switch({DROP_SWITCH: "BRK-B:60", DROP_SWITCH_GUARD: "1"}) == ("BRK-B", 60)
+    with pytest.raises(ConfigError):
+        drop_switch({DROP_SWITCH: "AAPL", DROP_SWITCH_GUARD: "1"})
 
 
 def test_two_workers_give_the_result_of_one(topics: Topics, kafka: KafkaSettings, redis_client: Any,

@@ -9,10 +9,11 @@ from pathlib import Path
 import pytest
 
 from minutecast.errors import ConfigError
-from tests.test_training_evaluate import FakeModel, synthetic
+from tests.support.evaluation import FakeModel, synthetic
 from training import evaluate as E
 from training import readme as R
 from training import scoring as S
+from training.report import targets
 
 README = "# minutecast\n\nintro\n\n## Model quality\n\nold numbers\n\n## Versions\n\n| a | b |\n"
 
@@ -48,8 +49,6 @@ def test_no_section_is_an_error() -> None:
 
 
 def test_targets_are_judged_from_the_report(report_dir: Path) -> None:
-    from training.report import targets
-
     report = json.loads((report_dir / "report.json").read_text())
     rows = {what: (x, met) for what, _, x, met in targets(report)}
     cov = rows["80% coverage - 0.80"]

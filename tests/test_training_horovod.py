@@ -17,10 +17,12 @@ import pandas as pd
 import pytest
 
 from minutecast.kafka import make_producer
+from minutecast.registry import Registry
 from minutecast.schemas import Bar
 from minutecast.settings import KafkaSettings
 from minutecast.topics import Topics
 from minutecast.window import session_ids
+from training.gate import gate
 
 pytestmark = [pytest.mark.integration, pytest.mark.horovod]
 
@@ -66,8 +68,6 @@ def test_two_rank_run_produces_model_report_and_registry_entry(
 
     # Both ranks ran (Horovod size 2) and rank 0 alone wrote the outputs.
     assert "2 rank(s)" in proc.stdout + proc.stderr
-    from minutecast.registry import Registry
-
     registry = Registry(home / "models")
     version = result["version"]
     assert registry.versions() == [version]
@@ -88,8 +88,6 @@ def test_two_rank_run_produces_model_report_and_registry_entry(
     # The calibrated baseline's scale was fitted on the training dates and saved for serving.
     assert registry.baseline_scale() == tuple(meta["baseline_scale"]) != (1.0, 1.0)
     # The gate decided, and CURRENT follows its decision.
-    from training.gate import gate
-
     assert result["gate"]["passed"] == gate(report)[0]
     assert (registry.current_version() == version) == result["promoted"]
     # A checkpoint of every kept epoch holds the resolved config.

@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from minutecast.features import Scaler, make_inputs
@@ -25,8 +26,6 @@ TICKER, MARKET = "CRM", "SPY"  # CRM: a less liquid name with sparse extended ho
 
 def kafka_bars(shared_data: Path, ticker: str, n: int) -> list[Bar]:
     """The first ``n`` recorded bars of ``ticker``, passed through the Kafka message format (JSON and back)."""
-    import pandas as pd
-
     df = pd.read_csv(shared_data / f"{ticker}.csv.gz").dropna().iloc[:n]
     minutes = (pd.to_datetime(df["Datetime"], utc=True).astype("int64") // 10**9).to_numpy()
     out = []

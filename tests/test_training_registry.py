@@ -4,20 +4,25 @@ promotion gate's decisions are tested in tests/test_gate.py."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from minutecast.errors import ModelError
-from minutecast.features import FEATURE_SPEC, Scaler
+from minutecast.features import FEATURE_SPEC, N_FEATURES, Scaler
+from minutecast.model import build_model, get_preset
 from minutecast.registry import Registry
 from minutecast.window import N_COLUMNS, WINDOW, C
 from training import data as D
+
+pytestmark = pytest.mark.tensorflow  # builds, saves and loads Keras models
 
 FILES = ("AAPL.csv.gz", "SPY.csv.gz")
 
@@ -40,8 +45,6 @@ def scaler(samples: D.Samples) -> Scaler:
 
 def tiny_model(move_bias: float = 0.0):
     """The tiny preset; its median starts at 0 (persistence); ``move_bias`` shifts every quantile's move."""
-    from minutecast.model import build_model, get_preset
-
     model = build_model(get_preset("tiny"))
     model.get_layer("median").bias.assign([move_bias])
     return model
@@ -57,7 +60,7 @@ def test_scaler_from_allreduced_stats_matches_fit(samples: D.Samples) -> None:
 
 
 def test_split_is_by_date_and_keeps_order(samples: D.Samples) -> None:
-    cuts = D.split_days(samples.days.tolist())
+    cuts = D.split_days(samples.days.tolist(), 0.15, 0.15)
     val_start, test_start = cuts
     days = samples.days
     n = [(days < val_start).sum(), ((days >= val_start) & (days < test_start)).sum(), (days >= test_start).sum()]
@@ -125,8 +128,6 @@ def test_corrupt_model_is_refused_and_current_kept(tmp_path: Path, scaler: Scale
 def rehash(d: Path) -> None:
     """Record the version's current model.keras in its meta.json (what an attacker with write access to
     the models volume would also do), so the check under test is not the sha256 one."""
-    import hashlib
-
     meta = json.loads((d / "meta.json").read_text())
     meta["model_sha256"] = hashlib.sha256((d / "model.keras").read_bytes()).hexdigest()
     (d / "meta.json").write_text(json.dumps(meta))
@@ -136,10 +137,8 @@ def _evil_model(marker: Path):
     """A model with a Lambda layer whose code creates ``marker`` when it runs."""
     import tensorflow as tf
 
-    from minutecast.features import N_FEATURES
-
     def evil(t, path=str(marker)):  # noqa: ANN001, ANN202 - Keras marshals this function's code and defaults
-        import pathlib
+        import pathlib  # noqa: PLC0415 - the marshalled code runs without this module's globals
 
         pathlib.Path(path).touch()
         return t
@@ -191,11 +190,7 @@ def test_tampered_archive_is_refused_by_its_sha256(tmp_path: Path, scaler: Scale
 @pytest.mark.parametrize("what", ["lambda", "tf_op", "extra_member"])
 def test_zip_archive_naming_a_class_outside_the_allowlist_is_refused(tmp_path: Path, scaler: Scaler,
                                                                     what: str) -> None:
-    import zipfile
-
     import tensorflow as tf
-
-    from minutecast.features import N_FEATURES
 
     reg = Registry(tmp_path)
     version = reg.save(tiny_model(), scaler, {})

@@ -17,11 +17,16 @@ from typing import Any
 
 import httpx
 import pytest
+from pydantic import ValidationError
 
 from benchmarks.api import make_forecast, store_forecast
+from minutecast.cli import main
+from minutecast.kafka import ensure_topics, make_admin, make_producer
 from minutecast.keys import Keys
+from minutecast.redis import connect
 from minutecast.settings import InfraSettings, WebSettings
 from minutecast.topics import Topics
+from ops import status
 from web.server import BackgroundServer, free_port
 
 pytestmark = pytest.mark.integration
@@ -33,9 +38,6 @@ HISTORY = 30
 @pytest.fixture(scope="module")
 def env(services: InfraSettings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A namespace with topics and forecasts (AAPL v2 with quantiles, the others v1), reports, a server."""
-    from minutecast.kafka import ensure_topics, make_admin
-    from minutecast.redis import connect
-
     ns = f"t{uuid.uuid4().hex[:12]}"
     topics, keys = Topics(ns), Keys(ns)
     ensure_topics(services.kafka, topics.specs(bar_partitions=3))
@@ -129,8 +131,6 @@ def test_read_only(env: dict[str, Any]) -> None:
 
 
 def test_stream_delivers_new_forecasts_from_the_topic_with_a_ticker_filter(env: dict[str, Any]) -> None:
-    from minutecast.kafka import make_producer
-
     got: list[dict[str, Any]] = []
     connected = threading.Event()
 
@@ -165,8 +165,6 @@ def test_stream_delivers_new_forecasts_from_the_topic_with_a_ticker_filter(env: 
 
 
 def test_status_is_the_status_commands_data(env: dict[str, Any]) -> None:
-    from ops import status
-
     api = get(env, "/api/status").json()
     cli = status.collect(sample_s=0.1)
     assert api["namespace"] == cli["namespace"] == env["ns"]
@@ -200,8 +198,6 @@ def test_reports_health_metrics_and_docs(env: dict[str, Any]) -> None:
 
 
 def test_token_required_off_loopback(env: dict[str, Any]) -> None:
-    from pydantic import ValidationError
-
     with pytest.raises(ValidationError, match="MINUTECAST_SERVE_TOKEN"):
         WebSettings(namespace=env["ns"], serve_host="0.0.0.0")
     assert WebSettings(namespace=env["ns"], serve_host="::1").loopback
@@ -220,7 +216,5 @@ def test_token_required_off_loopback(env: dict[str, Any]) -> None:
 
 
 def test_serve_cli_refuses_an_open_bind_without_token(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from minutecast.cli import main
-
     monkeypatch.delenv("MINUTECAST_SERVE_TOKEN", raising=False)
     assert main(["serve", "--host", "0.0.0.0", "--port", str(free_port())]) == 1

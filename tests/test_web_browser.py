@@ -25,10 +25,11 @@ from typing import Any
 
 import httpx
 import pytest
+from playwright.sync_api import sync_playwright
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from minutecast.settings import InfraSettings
-from tests.conftest import unavailable
+from tests.support.services import unavailable
 from web.server import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark, pytest.mark.slow]
@@ -106,7 +107,6 @@ def wait_for_forecasts(url: str, n: int) -> dict[str, Any]:
 def test_dashboard_shows_live_forecasts_and_a_chart(pipeline: dict[str, Any]) -> None:
     if not Path(CHROMIUM).exists():
         unavailable(f"{CHROMIUM} not installed (apt package chromium; `make setup` installs it)")
-    from playwright.sync_api import sync_playwright
 
     url = pipeline["url"]
     try:

@@ -1,7 +1,8 @@
 """Keras callbacks and steps of training/train.py that every Horovod rank runs in lockstep.
 
 Every decision (best epoch, early stop, the median's shrink factor) is taken on numbers allreduced over
-all ranks, so all ranks decide the same.
+all ranks, so all ranks decide the same. TensorFlow is imported at the top (the callback classes derive
+from Keras'), so training/train.py imports this module inside ``main``, after its TensorFlow set-up.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from minutecast.intervals import bucket_index, bucket_scales, interval_scores
 from minutecast.schemas import QUANTILES
+from training.scoring import diebold_mariano
 
 _LEVELS = np.asarray(QUANTILES, dtype=np.float64)
 PREDICT_BATCH = 8192  # windows per predict call on validation samples
@@ -28,10 +31,17 @@ def pinball_sum(pred: np.ndarray, y: np.ndarray) -> float:
     return float(np.maximum(_LEVELS * err, (_LEVELS - 1.0) * err).sum())
 
 
-def _predict(model: Any, x: np.ndarray) -> np.ndarray:
+def predict(model: Any, x: np.ndarray) -> np.ndarray:
+    """The model's outputs (N, 5) float64 on ``x`` (normalised windows), in batches."""
     if not len(x):
         return np.zeros((0, len(QUANTILES)))
     return np.asarray(model.predict(x, batch_size=PREDICT_BATCH, verbose=0), dtype=np.float64)
+
+
+def allreduce_sum(hvd_tf: Any, values: Any) -> np.ndarray:
+    """Element-wise float64 sum of ``values`` over all ranks."""
+    total = hvd_tf.allreduce(tf.constant(np.asarray(values, dtype=np.float64)), op=hvd_tf.Sum)
+    return np.asarray(total.numpy(), dtype=np.float64)
 
 
 class GlobalValidation(tf.keras.callbacks.Callback):
@@ -43,15 +53,17 @@ class GlobalValidation(tf.keras.callbacks.Callback):
         self.hvd, self.x, self.y, self.patience, self.log = hvd_tf, x_val, y_val, patience, log
         self.best, self.best_epoch, self.best_weights = math.inf, 0, None
         self.history: list[dict[str, Any]] = []
-        self.n = float(hvd_tf.allreduce(tf.constant([float(len(y_val))], tf.float64), op=hvd_tf.Sum).numpy()[0])
+        self.n = float(allreduce_sum(hvd_tf, [len(y_val)])[0])
 
-    def val_pinball(self) -> float:
-        total = pinball_sum(_predict(self.model, self.x), self.y)
-        return float(self.hvd.allreduce(tf.constant([total], tf.float64), op=self.hvd.Sum).numpy()[0] / self.n)
+    def val_pinball(self, pred: np.ndarray | None = None) -> float:
+        """Mean pinball loss of ``pred`` (this rank's validation predictions; default: the model's now) over
+        every rank's validation samples. An allreduce: every rank calls it."""
+        total = pinball_sum(predict(self.model, self.x) if pred is None else pred, self.y)
+        return float(allreduce_sum(self.hvd, [total])[0] / self.n)
 
     def track(self, epoch: int, logs: dict[str, Any]) -> None:
         loss = self.val_pinball()
-        logs["val_pinball"] = loss
+        logs["val_pinball"] = loss  # the same dict reaches the callbacks after this one (the chief's log line)
         self.history.append({"epoch": epoch, **{k: float(v) for k, v in logs.items()}})
         if loss < self.best:
             self.best, self.best_epoch, self.best_weights = loss, epoch, self.model.get_weights()
@@ -94,18 +106,16 @@ class ChiefLogAndCheckpoint(tf.keras.callbacks.Callback):
             shutil.rmtree(old, ignore_errors=True)
 
 
-def shrink_median(model: Any, hvd_tf: Any, x_val: np.ndarray, y_val: np.ndarray, val_last: np.ndarray,
-                  val_ends: np.ndarray, alpha: float = 0.01) -> tuple[float, dict[str, Any]]:
+def shrink_median(model: Any, hvd_tf: Any, pred: np.ndarray, y_val: np.ndarray, val_last: np.ndarray,
+                  val_ends: np.ndarray, alpha: float = 0.01) -> tuple[float, dict[str, Any], np.ndarray]:
     """Scale the median layer's weights (so every quantile's shift) by a in [0, 1]: the least-squares factor
     between the median's move and the realised move on ALL validation samples, kept only when the shrunk
     median's squared error in price units (~ last close^2 x error^2) beats persistence's on the validation
     dates significantly (Diebold-Mariano, one-sided, ``alpha``); else a = 0 and the point forecast is the last
-    close. Returns (a, the validation test's figures)."""
-    from training.scoring import diebold_mariano
-
-    med = _predict(model, x_val)[:, 2] if len(y_val) else np.zeros(0)
-    yp, pp = hvd_tf.allreduce(tf.constant([np.sum(y_val * med), np.sum(med * med)], tf.float64),
-                              op=hvd_tf.Sum).numpy()
+    close. ``pred``: the model's validation predictions (:func:`predict`) before. Returns (a, the validation
+    test's figures, the shrunk model's validation predictions: every quantile moved by (a - 1) x median)."""
+    med = pred[:, 2] if len(y_val) else np.zeros(0)
+    yp, pp = allreduce_sum(hvd_tf, [np.sum(y_val * med), np.sum(med * med)])
     a = float(np.clip(yp / pp, 0.0, 1.0)) if pp > 0 else 0.0
     w = np.square(np.asarray(val_last, dtype=np.float64))
     y = np.asarray(y_val, dtype=np.float64)
@@ -118,16 +128,15 @@ def shrink_median(model: Any, hvd_tf: Any, x_val: np.ndarray, y_val: np.ndarray,
         a = 0.0
     layer = model.get_layer("median")  # linear: scaling its weights scales the median's move
     layer.set_weights([wt * a for wt in layer.get_weights()])
-    return a, test
+    # Both heads add the median to every quantile (minutecast.model), so the outputs move by (a - 1) x median.
+    return a, test, pred + (a - 1.0) * pred[:, 2:3]
 
 
-def fit_bucket_scales(model: Any, hvd_tf: Any, x_val: np.ndarray, y_val: np.ndarray, val_ends: np.ndarray,
+def fit_bucket_scales(hvd_tf: Any, pred: np.ndarray, y_val: np.ndarray, val_ends: np.ndarray,
                       target_scale: float) -> np.ndarray:
-    """Time-of-day interval scales (N_BUCKETS, 2) from ALL ranks' validation samples (split conformal:
-    :func:`minutecast.intervals.bucket_scales`), the same on every rank."""
-    from minutecast.intervals import bucket_index, bucket_scales, interval_scores
-
-    log_q = np.sort(_predict(model, x_val), axis=1) * target_scale
+    """Time-of-day interval scales (N_BUCKETS, 2) from ALL ranks' validation predictions ``pred`` (split
+    conformal: :func:`minutecast.intervals.bucket_scales`), the same on every rank."""
+    log_q = np.sort(pred, axis=1) * target_scale
     scores = interval_scores(log_q, np.asarray(y_val, dtype=np.float64) * target_scale)
     parts = hvd_tf.allgather_object((scores, bucket_index(np.asarray(val_ends))))
     return bucket_scales(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))

@@ -9,6 +9,10 @@ Each run records the end offsets of the bar topic first (``<home>/runs/<id>/offs
 rank reads up to exactly those, so a run's data is fixed while producers keep writing. Training runs in
 a child process (``python -m training.train``, or ``horovodrun -np N -H localhost:N ...``) so a long-lived
 ``--every`` service returns all memory to the system between runs.
+
+Every option is a field of ``TrainingSettings`` (``MINUTECAST_EPOCHS``, ``MINUTECAST_NP``, ...; a flag given
+overrides its variable, ``--epochs 0`` included): built once here and handed to the child as flags (with the
+environment), so every rank resolves the same configuration (:mod:`training.config`).
 """
 
 from __future__ import annotations
@@ -26,14 +30,22 @@ import time
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from minutecast.errors import ConfigError, MinutecastError
+from minutecast.kafka import end_offsets, wait_for_kafka
+from minutecast.metrics import serve
+from minutecast.registry import Registry
+from minutecast.settings import TrainingSettings
+from minutecast.topics import Topics
+from training import config
+
 log = logging.getLogger("minutecast.train")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 def parse_every(text: str) -> float:
     """``90s``, ``30m``, ``1h``, ``1d`` -> seconds."""
-    from minutecast.errors import ConfigError
-
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", text)
     if not m or float(m.group(1)) <= 0:
         raise ConfigError(f"--every {text!r}: expected a duration like 90s, 30m, 1h or 1d")
@@ -41,66 +53,30 @@ def parse_every(text: str) -> float:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--preset", default=None, help="model preset: default, gaussian, first, tiny (MINUTECAST_PRESET)")
-    p.add_argument("--epochs", type=int, default=None, help="epochs (default: the preset's)")
-    p.add_argument("--np", type=int, default=None, help="Horovod ranks on this host (default 1: no horovodrun)")
-    p.add_argument("--max-samples", type=int, default=None, help="cap on training samples (all ranks)")
-    p.add_argument("--batch-size", type=int, default=None, help="samples per step per rank")
-    p.add_argument("--threads", type=int, default=None, help="TensorFlow threads per rank")
-    p.add_argument("--fp16-allreduce", action="store_true", help="compress gradients to fp16 for the allreduce")
-    p.add_argument("--every", default=None, help="retrain periodically, e.g. 1h (MINUTECAST_EVERY)")
-    p.add_argument("--bars", type=Path, default=None, help="train from recorded bar files instead of Kafka")
-    p.add_argument("--no-promote", action="store_true", help="evaluate and save, but never promote")
-    p.add_argument("--first-preset", default=None,
-                   help="preset to use while no model is promoted yet (a short one gives a first model fast)")
+    """A flag per training option (TrainingSettings; a flag given overrides its MINUTECAST_* variable)."""
+    config.add_flags(p, config.CLI_FIELDS + config.RUN_FIELDS)
 
 
-def _given(*values: Any) -> Any:
-    """The first value that was set (None = not set; 0 is a value: ``--epochs 0`` is not dropped)."""
-    return next((v for v in values if v is not None), None)
-
-
-def train_command(args: argparse.Namespace, settings: Any, run_dir: Path, offsets: Path | None) -> list[str]:
-    """The child command line: python -m training.train ... (under horovodrun when np > 1)."""
-    n = _given(args.np, settings.np)
-    preset = _given(args.preset, settings.preset)
-    if getattr(args, "first_preset", None):
-        from minutecast.registry import Registry
-
-        if Registry(settings.models_dir).current_version() is None:
-            preset = args.first_preset
-    cmd = [sys.executable, "-m", "training.train", "--preset", preset,
-           "--val-frac", str(settings.val_frac), "--test-frac", str(settings.test_frac),
-           "--keep-checkpoints", str(settings.keep_checkpoints), "--out", str(run_dir)]
-    for flag, value in (("--epochs", _given(args.epochs, settings.epochs)), ("--batch-size", args.batch_size),
-                        ("--max-samples", _given(args.max_samples, settings.max_samples)),
-                        ("--threads", _given(args.threads, settings.threads_per_rank)),
-                        ("--bars", args.bars), ("--offsets", offsets)):
-        if value is not None:
-            cmd += [flag, str(value)]
-    if args.fp16_allreduce:
-        cmd.append("--fp16-allreduce")
-    if not args.no_promote:
-        cmd.append("--promote")
-    if n > 1:
+def train_command(settings: TrainingSettings, run_dir: Path, offsets: Path | None) -> list[str]:
+    """The child command line: python -m training.train ... (under horovodrun when np > 1). It carries every
+    resolved run option as a flag (and inherits the environment), so each rank resolves the same config."""
+    if settings.first_preset and Registry(settings.models_dir).current_version() is None:
+        settings = settings.model_copy(update={"preset": settings.first_preset})
+    cmd = [sys.executable, "-m", "training.train", *config.as_flags(settings), "--out", str(run_dir)]
+    if offsets is not None:
+        cmd += ["--offsets", str(offsets)]
+    if settings.np > 1:
         hvdrun = shutil.which("horovodrun") or str(Path(sys.executable).parent / "horovodrun")
-        cmd = [hvdrun, "-np", str(n), "-H", f"localhost:{n}", *cmd]
+        cmd = [hvdrun, "-np", str(settings.np), "-H", f"localhost:{settings.np}", *cmd]
     return cmd
 
 
-def run_once(args: argparse.Namespace) -> dict[str, Any]:
+def run_once(settings: TrainingSettings) -> dict[str, Any]:
     """One training run; returns train.py's result.json. Raises MinutecastError on failure."""
-    from minutecast.errors import MinutecastError
-    from minutecast.settings import TrainingSettings
-
-    settings = TrainingSettings()
     run_dir = settings.home / "runs" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     run_dir.mkdir(parents=True, exist_ok=True)
     offsets_file = None
-    if args.bars is None:
-        from minutecast.kafka import end_offsets, wait_for_kafka
-        from minutecast.topics import Topics
-
+    if settings.bars is None:
         wait_for_kafka(settings.kafka)
         topic = Topics(settings.namespace).bars
         snapshot = end_offsets(settings.kafka, topic)
@@ -109,7 +85,7 @@ def run_once(args: argparse.Namespace) -> dict[str, Any]:
         offsets_file = run_dir / "offsets.json"
         offsets_file.write_text(json.dumps({"topic": topic, "end_offsets": snapshot}) + "\n")
         log.info("training on %s up to offsets %s", topic, snapshot)
-    cmd = train_command(args, settings, run_dir, offsets_file)
+    cmd = train_command(settings, run_dir, offsets_file)
     log.info("running %s", " ".join(cmd))
     rc = subprocess.run(cmd, env=os.environ.copy(), check=False).returncode
     result_file = run_dir / "result.json"
@@ -120,22 +96,19 @@ def run_once(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from minutecast.errors import MinutecastError
-    from minutecast.settings import TrainingSettings
-
-    every_text = args.every or TrainingSettings().every
+    settings = config.from_args(args)  # built once: the environment, the flags given over it
     # Compose stops a service with SIGTERM: leave like Ctrl-C (subprocess.run then kills the child run).
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    if not every_text:
-        result = run_once(args)
+    if not settings.every:
+        result = run_once(settings)
         print(json.dumps(result))
         return 0
-    period = parse_every(every_text)
-    metrics = _service_metrics()
+    period = parse_every(settings.every)
+    metrics = _service_metrics(settings)
     while True:
         started = time.monotonic()
         try:
-            result = run_once(args)
+            result = run_once(settings)
             log.info("run done: %s promoted=%s model RMSE %s persistence %s", result["version"],
                      result["promoted"], result["model_rmse"], result["persistence_rmse"])
             print(json.dumps(result), flush=True)
@@ -150,8 +123,6 @@ class _TrainerMetrics:
     """Prometheus metrics of the periodic trainer (served on TrainingSettings.metrics_port)."""
 
     def __init__(self) -> None:
-        from prometheus_client import CollectorRegistry, Counter, Gauge
-
         r = self.registry = CollectorRegistry()
         self.runs = Counter("minutecast_train_runs", "finished training runs by outcome", ["outcome"], registry=r)
         self.failures = Counter("minutecast_train_failures", "training runs that failed", registry=r)
@@ -172,11 +143,7 @@ class _TrainerMetrics:
             self.current.labels(str(result["version"])).set(1)
 
 
-def _service_metrics() -> _TrainerMetrics:
-    from minutecast.metrics import serve
-    from minutecast.settings import TrainingSettings
-
-    s = TrainingSettings()
+def _service_metrics(settings: TrainingSettings) -> _TrainerMetrics:
     m = _TrainerMetrics()
-    serve(s.metrics_host, s.metrics_port, m.registry)
+    serve(settings.metrics_host, settings.metrics_port, m.registry)
     return m

@@ -24,10 +24,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
-from minutecast.errors import ConfigError, MinutecastError, ServiceUnavailable, ValidationError
+from minutecast.errors import ConfigError, MinutecastError, Rejected, ServiceUnavailable
+from minutecast.kafka import make_consumer
+from minutecast.schemas import parse_bar_record
 from minutecast.settings import KafkaSettings
 from minutecast.window import N_COLUMNS, WINDOW, C, Slots, regular_hours, session_ids, slots, with_market
+from producers.bars import check
+from producers.live import LOOP_SOURCE
+from producers.replay import list_files, load
 
 log = logging.getLogger(__name__)
 MATERIALISE_CHUNK = 50_000  # windows built per step (bounds the float64 temporaries)
@@ -68,12 +74,6 @@ def read_topic(ks: KafkaSettings, topic: str, end_offsets: dict[int, int], *, ra
     ``allowed`` = the ticker allowlist, :func:`minutecast.universe.allowlist`); a bad one is skipped and
     counted under its reason in ``KafkaRange.rejected``, so no record can stop a training run.
     """
-    from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
-
-    from minutecast.kafka import make_consumer
-    from minutecast.schemas import parse_bar_record
-    from producers.live import LOOP_SOURCE
-
     mine = [p for p in shard(list(end_offsets), rank, size) if end_offsets[p] > 0]
     cols: dict[str, tuple[list[int], list[tuple[float, float, float, float, float]]]] = {}
     rejected: dict[str, int] = {}
@@ -105,7 +105,7 @@ def read_topic(ks: KafkaSettings, topic: str, end_offsets: dict[int, int], *, ra
                         del todo[p]
                     try:
                         bar = parse_bar_record(msg.key(), msg.value(), math.inf, allowed)
-                    except ValidationError as exc:
+                    except Rejected as exc:
                         rejected[exc.reason] = rejected.get(exc.reason, 0) + 1
                         continue
                     except Exception:  # noqa: BLE001 - decoders only reject (fuzzed); a bug must not stop training
@@ -137,16 +137,11 @@ def read_topic(ks: KafkaSettings, topic: str, end_offsets: dict[int, int], *, ra
 
 def bar_files(root: Path | str) -> list[Path]:
     """Recorded bar files under ``root`` (the replay producer's layouts), sorted; or one file."""
-    from producers.replay import list_files
-
     return list_files(Path(root))
 
 
 def load_bars(path: Path | str, tickers: Iterable[str] | None = None) -> BarSet:
     """Recorded bars (file or directory; CSV, ``.gz`` or Parquet) -> per-ticker series of valid bars."""
-    from producers.bars import check
-    from producers.replay import load
-
     if not Path(path).exists():
         raise ConfigError(f"--bars {path}: no such file or directory")
     checked = check(load(Path(path), tickers), "files", now=math.inf)
@@ -252,8 +247,9 @@ def regular(c: Catalog) -> Catalog:
     return c.take(np.flatnonzero(regular_hours(c.ends)))
 
 
-def split_days(days: Iterable[int], val_frac: float = 0.15, test_frac: float = 0.15) -> tuple[int, int]:
+def split_days(days: Iterable[int], val_frac: float, test_frac: float) -> tuple[int, int]:
     """Cut points by date: train = day < val_start, val = val_start <= day < test_start, test = the rest.
+    ``val_frac`` / ``test_frac``: shares of the dates (TrainingSettings, the same in training and evaluation).
 
     Needs at least 3 distinct dates (one each); rounding gives val and test at least one date.
     """

@@ -20,15 +20,23 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from datetime import date, timedelta
 from pathlib import Path
+
+import numpy as np
+
+from minutecast import intervals as I  # noqa: N812
+from minutecast.errors import ConfigError
+from minutecast.registry import BASELINE_FILE, PERSISTENCE, Registry
+from minutecast.settings import TrainingSettings
+from training import data as D
+from training import evaluate as E
 
 FIT_SAMPLES = 50_000  # training-date windows (drawn at random) the baseline scale is fitted on here
 
 
 def _iso_day(day: int) -> str:
     """New York day number (days since 1970-01-01) -> YYYY-MM-DD."""
-    from datetime import date, timedelta
-
     return (date(1970, 1, 1) + timedelta(days=int(day))).isoformat()
 
 
@@ -45,16 +53,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from minutecast import intervals as I
-    from minutecast.errors import ConfigError
-    from minutecast.registry import BASELINE_FILE, PERSISTENCE, Registry
-    from minutecast.settings import TrainingSettings
-    from training import data as D
-    from training import evaluate as E
-
-    settings = TrainingSettings()
+    settings = TrainingSettings()  # the same split fractions as training (MINUTECAST_VAL_FRAC, _TEST_FRAC)
     registry = Registry(settings.models_dir)
     version = args.model or registry.current_version()
     model = registry.load(version) if version else None

@@ -13,7 +13,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import matplotlib.dates as mdates
 import numpy as np
+from matplotlib.figure import Figure
 
 from minutecast.intervals import LEVELS, PAIRS
 from minutecast.schemas import QUANTILE_FIELDS, QUANTILES
@@ -202,19 +204,10 @@ def markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _pyplot() -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_reliability(report: dict[str, Any], out: Path) -> str:
     """Nominal level vs empirical coverage: the 5 quantiles (share below) and both central intervals."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
+    fig = Figure(figsize=(10, 4.5))  # no pyplot: no global figure state, no GUI backend (PNG via Agg)
+    axes = fig.subplots(1, 2)
     names = [n for n in ("model", "model_raw", "naive", "baseline", "baseline_online") if n in report["intervals"]]
     for n in names:
         d = report["intervals"][n]
@@ -230,16 +223,12 @@ def plot_reliability(report: dict[str, Any], out: Path) -> str:
         ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(out / RELIABILITY_PNG, dpi=90)
-    plt.close(fig)
     return RELIABILITY_PNG
 
 
 def plot_fans(report: dict[str, Any], test: Samples, preds: dict[str, np.ndarray], out: Path) -> list[str]:
     """Fan charts (actual close, median, 80/90% bands of the served forecaster) on each of the
     :data:`PLOT_TICKERS` largest tickers' last test date, regular hours, x in New York time."""
-    plt = _pyplot()
-    import matplotlib.dates as mdates
-
     q = preds[report.get("served", "model")]
     reg = regular_hours(test.ends)
     names, counts = np.unique(test.tickers[reg], return_counts=True)
@@ -250,7 +239,8 @@ def plot_fans(report: dict[str, Any], test: Samples, preds: dict[str, np.ndarray
         idx = np.flatnonzero(m & (days == days[m].max()))
         idx = idx[np.argsort(test.ends[idx], kind="stable")]
         x = (local_minutes(test.ends[idx] + 60 * HORIZON)).astype("datetime64[s]")  # the target minute, NY
-        fig, ax = plt.subplots(figsize=(10, 4))
+        fig = Figure(figsize=(10, 4))
+        ax = fig.subplots()
         for level, alpha in ((0.9, 0.18), (0.8, 0.3)):
             lo, hi = PAIRS[level]
             ax.fill_between(x, q[idx, lo], q[idx, hi], color="tab:blue", alpha=alpha, linewidth=0,
@@ -267,7 +257,6 @@ def plot_fans(report: dict[str, Any], test: Samples, preds: dict[str, np.ndarray
         fig.tight_layout()
         name = f"fan_{t}.png"
         fig.savefig(out / name, dpi=90)
-        plt.close(fig)
         files.append(name)
     return files
 

@@ -1,16 +1,21 @@
 """Train the forecasting LSTM with Horovod + TensorFlow; rank 0 evaluates, saves and (optionally) promotes.
 
     horovodrun -np 2 -H localhost:2 python -m training.train --preset tiny --epochs 1      # Gloo on CPU
-    python -m training.train --preset default --bars ../shared/data/bars-1m                # one process
+    horovodrun -np 2 -H host1:1,host2:1 python -m training.train --preset default          # two hosts
+    python -m training.train --preset default --bars ../shared/data/bars-1m --no-promote   # one process
+    python -m training.train --print-config                                                # what a run resolves
     minutecast train --np 2                                                                 # the same, via the CLI
 
+Configuration: ``TrainingSettings`` (minutecast/settings.py), read from the ``MINUTECAST_*`` environment of
+each rank, with every flag given overriding its field (``--epochs 0`` included; :mod:`training.config`);
+``--promote`` (gate and promote) is on unless ``--no-promote`` / ``MINUTECAST_PROMOTE=false``.
 Reads the bar topic of ``MINUTECAST_NAMESPACE`` from the beginning up to a snapshot of its end offsets
 (``--offsets FILE`` from the CLI, else rank 0 takes one and broadcasts it); each rank reads only its
 share of the partitions. ``--bars DIR`` trains from recorded files instead (each rank its share of files).
 Splits by date, fits the scaler on training samples (allreduced sufficient statistics), trains with
-hvd.DistributedOptimizer (LR x size), keeps the weights with the best global validation MSE (epoch 0 =
-the untrained model), and on rank 0: evaluates model vs persistence vs the current model on all test
-samples (gathered from every rank), saves a registry version, writes the report and ``result.json``.
+hvd.DistributedOptimizer (LR x size), keeps the weights with the best global validation pinball loss
+(epoch 0 = the untrained model), and on rank 0: evaluates model vs persistence vs the current model on all
+test samples (gathered from every rank), saves a registry version, writes the report and ``result.json``.
 """
 
 from __future__ import annotations
@@ -26,56 +31,61 @@ from typing import Any
 
 import numpy as np
 
-# -- hyperparameters and run options (defaults; every one is a command-line flag) ------------------------
-preset = "default"  # model architecture + training defaults from minutecast.model.PRESETS
-epochs = None  # passes over the training samples; None: the preset's
-batch_size = None  # samples per step PER RANK; None: the preset's
-learning_rate = None  # Adam LR for ONE rank; multiplied by hvd.size() (same effective LR per sample)
-max_samples = None  # cap on training samples, all ranks together (random subset, time order kept)
-val_frac = 0.15  # share of trading dates for validation (the dates just before the test dates)
-test_frac = 0.15  # share of trading dates at the end for the test report and the promotion gate
-seed = 0  # initial weights and shuffling (weights are broadcast from rank 0 anyway)
-threads = 0  # TensorFlow intra- and inter-op threads per rank; 0: TensorFlow's default
-fp16_allreduce = False  # compress gradients to float16 for the allreduce (halves the bytes exchanged)
-backward_passes = 1  # local gradient accumulation steps between two allreduces (hvd backward_passes_per_step)
-keep_checkpoints = 2  # per-epoch checkpoints kept (rank 0)
-promote = False  # run the promotion gate and promote a model that passes it
+from minutecast import intervals as I  # noqa: N812
+from minutecast.errors import MinutecastError
+from minutecast.features import Scaler, make_inputs, make_targets
+from minutecast.kafka import end_offsets
+from minutecast.model import Preset, build_model, get_preset, make_loss
+from minutecast.registry import Registry, ServingModel, code_version
+from minutecast.settings import TrainingSettings
+from minutecast.topics import Topics
+from minutecast.universe import allowlist
+from minutecast.window import regular_hours
+from training import data as D
+from training import evaluate as E
+from training.config import RUN_FIELDS, add_flags, from_args, options
+
+# Headline figures of every run: result.json, the model's meta and the README's Model quality table.
+SUMMARY_KEYS = ("coverage_80", "coverage_90", "interval_score_80", "baseline_interval_score_80",
+                "interval_score_gain_80", "model_rmse", "persistence_rmse", "dm_stat", "dm_pvalue",
+                "model_directional_accuracy", "ready_share_regular_hours")
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_config(argv: list[str] | None = None) -> tuple[TrainingSettings, Preset, argparse.Namespace]:
+    """The run's configuration, without TensorFlow: TrainingSettings from the MINUTECAST_* environment with
+    the flags given over it, the preset with its overrides applied, and this run's paths (``--offsets``,
+    ``--out``: what ``minutecast train`` hands its child; not configuration)."""
     p = argparse.ArgumentParser(description="Horovod + TensorFlow training of the minutecast LSTM")
-    p.add_argument("--preset", default=preset)
-    p.add_argument("--epochs", type=int, default=epochs)
-    p.add_argument("--batch-size", type=int, default=batch_size)
-    p.add_argument("--learning-rate", type=float, default=learning_rate)
-    p.add_argument("--max-samples", type=int, default=max_samples)
-    p.add_argument("--val-frac", type=float, default=val_frac)
-    p.add_argument("--test-frac", type=float, default=test_frac)
-    p.add_argument("--seed", type=int, default=seed)
-    p.add_argument("--threads", type=int, default=threads)
-    p.add_argument("--fp16-allreduce", action="store_true", default=fp16_allreduce)
-    p.add_argument("--backward-passes", type=int, default=backward_passes)
-    p.add_argument("--keep-checkpoints", type=int, default=keep_checkpoints)
-    p.add_argument("--promote", action="store_true", default=promote)
-    p.add_argument("--bars", type=Path, default=None, help="train from recorded bar files instead of Kafka")
-    p.add_argument("--tickers", default=None, help="comma-separated subset of tickers (files only)")
+    add_flags(p, RUN_FIELDS)
     p.add_argument("--offsets", type=Path, default=None, help="JSON {topic, end_offsets} snapshot to read up to")
     p.add_argument("--out", type=Path, default=None, help="directory for result.json (default <home>/runs/<id>)")
-    return p.parse_args(argv)
+    p.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
+    args = p.parse_args(argv)
+    settings = from_args(args)
+    preset = get_preset(settings.preset, epochs=settings.epochs, batch_size=settings.batch_size,
+                        learning_rate=settings.learning_rate, max_samples=settings.max_samples)
+    return settings, preset, args
 
 
 def main(argv: list[str] | None = None) -> int:  # noqa: C901 - one straight script, read top to bottom
-    args = parse_args(argv)
+    settings, cfg_preset, args = parse_config(argv)
+    if args.print_config:
+        print(json.dumps({"namespace": settings.namespace, "home": str(settings.home), **options(settings),
+                          "resolved_preset": cfg_preset.to_dict()}))
+        return 0
     t_start = time.time()
 
     # -- Horovod and TensorFlow setup ---------------------------------------------------------------------
     import tensorflow as tf
 
-    if args.threads > 0:  # must happen before TensorFlow creates its thread pools
-        tf.config.threading.set_intra_op_parallelism_threads(args.threads)
-        tf.config.threading.set_inter_op_parallelism_threads(args.threads)
+    threads = settings.threads_per_rank
+    if threads > 0:  # must happen before TensorFlow creates its thread pools
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
     import horovod.tensorflow as hvd_tf
     import horovod.tensorflow.keras as hvd
+
+    from training.callbacks import ChiefLogAndCheckpoint, GlobalValidation, fit_bucket_scales, predict, shrink_median
 
     hvd.init()
     rank, size = hvd.rank(), hvd.size()
@@ -89,64 +99,39 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - one straight scr
                         format=f"%(asctime)s [rank {rank}] %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("training.train")
 
-    from minutecast import intervals as I  # noqa: N812
-    from minutecast.errors import MinutecastError
-    from minutecast.features import Scaler, make_inputs, make_targets
-    from minutecast.model import build_model, get_preset, make_loss
-    from minutecast.registry import Registry, ServingModel, code_version
-    from minutecast.settings import TrainingSettings
-    from minutecast.topics import Topics
-    from minutecast.window import regular_hours
-    from training import data as D
-    from training import evaluate as E
-    from training.callbacks import ChiefLogAndCheckpoint, GlobalValidation, fit_bucket_scales, shrink_median
-
-    # Headline figures of every run: result.json, the model's meta and the README's Model quality table.
-    SUMMARY_KEYS = ("coverage_80", "coverage_90", "interval_score_80", "baseline_interval_score_80",  # noqa: N806
-                    "interval_score_gain_80", "model_rmse", "persistence_rmse", "dm_stat", "dm_pvalue",
-                    "model_directional_accuracy", "ready_share_regular_hours")
-
-    settings = TrainingSettings()
-    cfg_preset = get_preset(args.preset, epochs=args.epochs, batch_size=args.batch_size,
-                            learning_rate=args.learning_rate)
-    if args.max_samples is None:
-        args.max_samples = cfg_preset.max_samples
     run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(t_start))
     run_id = hvd_tf.broadcast_object(run_id, root_rank=0)
     config: dict[str, Any] = {  # the resolved configuration, saved in every checkpoint and the model meta
         "preset": cfg_preset.to_dict(), "ranks": size, "lr_scaled": cfg_preset.learning_rate * size,
-        "global_batch": cfg_preset.batch_size * size, "max_samples": args.max_samples,
-        "val_frac": args.val_frac, "test_frac": args.test_frac, "seed": args.seed, "threads": args.threads,
-        "fp16_allreduce": args.fp16_allreduce, "backward_passes": args.backward_passes,
+        "global_batch": cfg_preset.batch_size * size, "max_samples": cfg_preset.max_samples,
+        "val_frac": settings.val_frac, "test_frac": settings.test_frac, "seed": settings.seed, "threads": threads,
+        "fp16_allreduce": settings.fp16_allreduce, "backward_passes": settings.backward_passes,
+        "keep_checkpoints": settings.keep_checkpoints, "promote": settings.promote,
         "gpu": bool(gpus), "tensorflow": tf.__version__, "run_id": run_id,
-        "source": "files" if args.bars else "kafka",
+        "source": "files" if settings.bars else "kafka",
     }
     if is_chief:
         log.info("run %s: %d rank(s), preset %s, config %s", run_id, size, cfg_preset.name, json.dumps(config))
 
     # -- data: this rank's share of the source ------------------------------------------------------------
     source: dict[str, Any]
-    if args.bars is not None:
-        files = D.bar_files(args.bars)
+    bars: D.BarSet = {}
+    if settings.bars is not None:
+        files = D.bar_files(settings.bars)
         mine = [files[i] for i in D.shard(list(range(len(files))), rank, size)]
-        tickers = args.tickers.split(",") if args.tickers else None
-        bars = {}
+        tickers = settings.tickers.split(",") if settings.tickers else None
         for f in mine:
             bars |= D.load_bars(f, tickers)
-        source = {"bars_dir": str(args.bars.resolve()), "files": [f.name for f in files]}
+        source = {"bars_dir": str(settings.bars.resolve()), "files": [f.name for f in files]}
     else:
         topic = Topics(settings.namespace).bars
         snapshot = None
         if args.offsets is not None:
             snapshot = json.loads(args.offsets.read_text())
         elif is_chief:
-            from minutecast.kafka import end_offsets
-
             snapshot = {"topic": topic, "end_offsets": end_offsets(settings.kafka, topic)}
         snapshot = hvd_tf.broadcast_object(snapshot, root_rank=0)
         offsets = {int(p): int(o) for p, o in snapshot["end_offsets"].items()}
-        from minutecast.universe import allowlist
-
         bars, krange = D.read_topic(settings.kafka, snapshot["topic"], offsets, rank=rank, size=size,
                                     allowed=allowlist(settings))  # the same records the Faust worker accepts
         source = {"topic": snapshot["topic"], "end_offsets": offsets}
@@ -161,11 +146,11 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - one straight scr
 
     # -- split by date (the same cut dates on every rank), subsample, build windows -----------------------
     all_days = sorted(set().union(*hvd_tf.allgather_object(set(np.unique(catalog.days).tolist()))))
-    cuts = D.split_days(all_days, args.val_frac, args.test_frac)
+    cuts = D.split_days(all_days, settings.val_frac, settings.test_frac)
     parts = D.split(catalog, cuts)
-    per_rank_cap = None if args.max_samples is None else math.ceil(args.max_samples / size)
-    train = D.subsample(parts["train"], per_rank_cap, seed=args.seed + rank).samples()
-    val = D.subsample(parts["val"], per_rank_cap, seed=args.seed + rank).samples()
+    per_rank_cap = None if cfg_preset.max_samples is None else math.ceil(cfg_preset.max_samples / size)
+    train = D.subsample(parts["train"], per_rank_cap, seed=settings.seed + rank).samples()
+    val = D.subsample(parts["val"], per_rank_cap, seed=settings.seed + rank).samples()
     test = D.regular(parts["test"]).samples()  # reports and the gate score regular hours
     counts = hvd_tf.allgather_object({"train": len(train), "val": len(val), "test": len(test)})
     totals = {k: sum(c[k] for c in counts) for k in ("train", "val", "test")}
@@ -189,18 +174,18 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - one straight scr
                  totals["train"], totals["val"], totals["test"], scaler.to_dict(), *baseline_scale)
 
     # -- model, distributed optimizer ---------------------------------------------------------------------
-    model = build_model(cfg_preset, seed=args.seed)
+    model = build_model(cfg_preset, seed=settings.seed)
     opt = tf.keras.optimizers.Adam(learning_rate=cfg_preset.learning_rate * size)  # LR scaled with ranks
     opt = hvd.DistributedOptimizer(
-        opt, compression=hvd.Compression.fp16 if args.fp16_allreduce else hvd.Compression.none,
-        backward_passes_per_step=args.backward_passes)
+        opt, compression=hvd.Compression.fp16 if settings.fp16_allreduce else hvd.Compression.none,
+        backward_passes_per_step=settings.backward_passes)
     model.compile(optimizer=opt, loss=make_loss(cfg_preset))
     hvd_tf.broadcast_variables(model.variables, root_rank=0)  # identical start before epoch-0 validation
 
     # Every rank takes the same number of steps (ranks with fewer samples cycle through theirs).
     steps = max(1, math.ceil(totals["train"] / cfg_preset.batch_size / size))
     ds = (tf.data.Dataset.from_tensor_slices((x_train, y_train))
-          .shuffle(min(len(y_train), 200_000), seed=args.seed + rank, reshuffle_each_iteration=True)
+          .shuffle(min(len(y_train), 200_000), seed=settings.seed + rank, reshuffle_each_iteration=True)
           .repeat().batch(cfg_preset.batch_size, drop_remainder=False).prefetch(tf.data.AUTOTUNE))
     validation = GlobalValidation(hvd_tf, x_val, y_val, cfg_preset.patience, log if is_chief else None)
     callbacks: list[Any] = [
@@ -211,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - one straight scr
     if is_chief:
         callbacks.append(ChiefLogAndCheckpoint(settings.home / "checkpoints" / "train" / run_id, config, scaler,
                                                cfg_preset.epochs, steps * cfg_preset.batch_size * size,
-                                               args.keep_checkpoints, log))
+                                               settings.keep_checkpoints, log))
 
     # -- train ----------------------------------------------------------------------------------------------
     t_fit = time.time()
@@ -223,11 +208,14 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - one straight scr
 
     # -- the median: its move x a (least squares on ALL validation samples), kept only if it beats persistence
     # significantly on the validation dates, else 0 (the point forecast is then the last close) -------------
-    shrink, shrink_test = shrink_median(model, hvd_tf, x_val, y_val, val_last, val_ends) \
-        if cfg_preset.calibrate else (1.0, {})
-    val_pinball = validation.val_pinball()  # an allreduce: every rank calls it
+    val_pred = predict(model, x_val)  # the one prediction of the validation samples after training
+    shrink: float = 1.0
+    shrink_test: dict[str, Any] = {}
+    if cfg_preset.calibrate:
+        shrink, shrink_test, val_pred = shrink_median(model, hvd_tf, val_pred, y_val, val_last, val_ends)
+    val_pinball = validation.val_pinball(val_pred)  # an allreduce: every rank calls it
     # -- time-of-day interval scales, fitted on the validation dates (split conformal by bucket) ------------
-    bucket_scales = fit_bucket_scales(model, hvd_tf, x_val, y_val, val_ends, scaler.target_scale)
+    bucket_scales = fit_bucket_scales(hvd_tf, val_pred, y_val, val_ends, scaler.target_scale)
     if is_chief:
         log.info("median moves x %.3f (%s); validation pinball %.5f; time-of-day scales (80%%, 90%%) %s", shrink,
                  shrink_test, val_pinball, np.round(bucket_scales, 3).tolist())
@@ -260,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - one straight scr
     version = registry.save(model, scaler, meta)
     registry.save_baseline_scale(baseline_scale, {"run_id": run_id, "version": version, "samples": len(ratios)})
     report |= {"version": version, "data": data_range, "config": config, "best_epoch": validation.best_epoch}
-    decision = E.apply_gate(registry, version, report) if args.promote else None
+    decision = E.apply_gate(registry, version, report) if settings.promote else None
     report_dir = E.write_report(report, test_all, preds, settings.reports / version, settings.reports / "latest")
     result = {
         "version": version, "promoted": bool(decision and decision["promoted"]), "gate": decision,

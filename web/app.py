@@ -11,6 +11,7 @@ Everything is read-only (GET). When bound off loopback every data route needs th
 """
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
@@ -25,11 +26,14 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.staticfiles import StaticFiles
+from redis.exceptions import RedisError
 
-from minutecast.errors import ValidationError
+from minutecast.errors import Rejected
 from minutecast.keys import Keys
-from minutecast.settings import WebSettings
+from minutecast.redis import connect_async
+from minutecast.settings import InfraSettings, WebSettings
 from minutecast.topics import Topics
+from ops import status
 from web import data, models
 from web.metrics import Metrics
 from web.stream import Broadcaster, events
@@ -43,8 +47,6 @@ class State:
     """What the routes share: settings, the async Redis client, the SSE fan-out, caches."""
 
     def __init__(self, s: WebSettings) -> None:
-        from minutecast.redis import connect_async
-
         self.s, self.keys = s, Keys(s.namespace)
         self.redis = connect_async(s.redis)
         self.metrics = Metrics()
@@ -101,8 +103,8 @@ def create_app(s: WebSettings | None = None) -> FastAPI:
 
     app.add_middleware(_Wrap, wrap=st.metrics.middleware)
 
-    @app.exception_handler(ValidationError)
-    async def _bad_input(_request: Request, exc: ValidationError) -> JSONResponse:
+    @app.exception_handler(Rejected)
+    async def _bad_input(_request: Request, exc: Rejected) -> JSONResponse:
         return JSONResponse({"detail": str(exc), "reason": exc.reason}, status_code=422)
 
     @app.exception_handler(data.UnknownTicker)
@@ -203,6 +205,10 @@ def create_app(s: WebSettings | None = None) -> FastAPI:
     async def metrics() -> Response:
         st.metrics.sse_delivered.set(st.broadcaster.delivered)
         st.metrics.sse_dropped.set(st.broadcaster.dropped_clients)
+        with contextlib.suppress(RedisError):  # Redis down: the memory gauges keep their last value
+            mem = await st.redis.info("memory")
+            st.metrics.redis_used.set(int(mem.get("used_memory", 0)))
+            st.metrics.redis_max.set(int(mem.get("maxmemory", 0)))
         body, ctype = st.metrics.render()
         return Response(body, media_type=ctype)
 
@@ -239,8 +245,6 @@ class _Wrap:
 
 def collect_status(s: WebSettings) -> dict[str, Any]:
     """`minutecast status`'s dict plus the link to the served model's report."""
-    from minutecast.settings import InfraSettings
-    from ops import status
 
     out = status.collect(sample_s=0.5, s=InfraSettings(namespace=s.namespace, home=s.home, kafka=s.kafka,
                                                        redis=s.redis))

@@ -12,7 +12,12 @@ from __future__ import annotations
 
 import argparse
 
+import uvicorn
+from pydantic import ValidationError
+
+from minutecast.errors import ConfigError
 from minutecast.settings import WebSettings
+from web.app import create_app
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -23,9 +28,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def settings(args: argparse.Namespace) -> WebSettings:
     """WebSettings from the environment with --host/--port applied; a bad combination is a ConfigError."""
-    from pydantic import ValidationError
-
-    from minutecast.errors import ConfigError
 
     overrides = {k: v for k, v in (("serve_host", args.host), ("serve_port", args.port)) if v is not None}
     try:
@@ -35,10 +37,6 @@ def settings(args: argparse.Namespace) -> WebSettings:
 
 
 def run(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from web.app import create_app
-
     s = settings(args)
     app = create_app(s)
     print(f"minutecast serve: dashboard on {s.url()} (API docs {s.url()}docs)", flush=True)

@@ -12,7 +12,7 @@ import json
 import time
 from typing import Any
 
-from minutecast.errors import MinutecastError, ValidationError
+from minutecast.errors import MinutecastError, Rejected
 from minutecast.keys import Keys
 from minutecast.schemas import TICKER_RE, Forecast
 
@@ -24,10 +24,10 @@ class UnknownTicker(MinutecastError):
 
 
 def check_ticker(ticker: str) -> str:
-    """``ticker`` upper-cased if it is a valid ticker, else :class:`ValidationError` (``bad_ticker``)."""
+    """``ticker`` upper-cased if it is a valid ticker, else :class:`Rejected` (``bad_ticker``)."""
     t = ticker.strip().upper()
     if not TICKER_RE.match(t):
-        raise ValidationError("bad_ticker", f"{ticker[:20]!r} is not a ticker (e.g. AAPL, BRK-B)")
+        raise Rejected("bad_ticker", f"{ticker[:20]!r} is not a ticker (e.g. AAPL, BRK-B)")
     return t
 
 

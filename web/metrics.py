@@ -30,6 +30,10 @@ class Metrics:
                                  registry=self.registry)
         self.sse_delivered = Gauge("minutecast_web_sse_events", "forecasts queued to SSE clients since start",
                                    registry=self.registry)
+        # Redis refuses writes past maxmemory (noeviction): alert on used / max (`status` warns from 80%).
+        self.redis_used = Gauge("minutecast_redis_used_memory_bytes", "Redis used_memory", registry=self.registry)
+        self.redis_max = Gauge("minutecast_redis_maxmemory_bytes", "Redis maxmemory (0: no limit)",
+                               registry=self.registry)
         self.sse_dropped = Gauge("minutecast_web_sse_dropped_clients", "SSE clients dropped for reading too slowly",
                                  registry=self.registry)
 

@@ -16,6 +16,7 @@ from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_fixe
 
 from minutecast.errors import ServiceUnavailable
 from minutecast.settings import WebSettings
+from web.app import create_app
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -29,8 +30,6 @@ class BackgroundServer:
     Entering waits until ``/healthz`` answers 200 (Redis up, SSE consumer assigned)."""
 
     def __init__(self, settings: WebSettings, timeout_s: float = 60.0) -> None:
-        from web.app import create_app
-
         self.settings, self.timeout_s = settings, timeout_s
         self.app = create_app(settings)
         self.url = f"http://127.0.0.1:{settings.serve_port}/"

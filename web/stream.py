@@ -18,9 +18,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from confluent_kafka import TopicPartition
 from tenacity import retry, retry_if_exception_type, stop_never, wait_fixed
 
 from minutecast.errors import ServiceUnavailable
+from minutecast.kafka import make_consumer, watermarks
 
 log = logging.getLogger(__name__)
 
@@ -69,9 +71,6 @@ class Broadcaster:
     # ---- the consumer thread ------------------------------------------------------------------------
     def _assign(self, consumer: Any) -> None:
         """Assign every partition of the topic at its current end (retried until the topic exists)."""
-        from confluent_kafka import TopicPartition
-
-        from minutecast.kafka import watermarks
 
         @retry(wait=wait_fixed(1.0), stop=stop_never, retry=retry_if_exception_type(ServiceUnavailable),
                reraise=True)
@@ -89,8 +88,6 @@ class Broadcaster:
         log.info("SSE: reading %s from its end (%d partitions)", self.topic, len(marks))
 
     def _run(self) -> None:
-        from minutecast.kafka import make_consumer
-
         consumer = make_consumer(self.kafka, group=f"minutecast-web-{uuid.uuid4().hex[:8]}",
                                  **{"auto.offset.reset": "latest", "fetch.wait.max.ms": 20,
                                     "fetch.error.backoff.ms": 100})

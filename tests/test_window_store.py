@@ -38,32 +38,14 @@ from minutecast.window import (
 )
 from streams.faust_app import BatchProcessor, Message, decode, readiness
 from streams.window_store import WindowRow, WindowStore, encode_value, read_window, read_windows, row_slots, window_for
+from tests.support.bars import OPEN, make_bars  # OPEN: 2025-10-01 09:30 New York, the regular session's open
 
 pytestmark = pytest.mark.integration
 
-# 2025-10-01 09:30 New York (13:30 UTC): the regular session's open.
-OPEN = int(datetime(2025, 10, 1, 13, 30, tzinfo=UTC).timestamp())
 # Friday 2025-10-03 15:30 and Monday 2025-10-06 09:30 New York: a weekend between two sessions.
 FRIDAY = int(datetime(2025, 10, 3, 19, 30, tzinfo=UTC).timestamp())
 MONDAY = int(datetime(2025, 10, 6, 13, 30, tzinfo=UTC).timestamp())
 TTL = 3600
-
-
-def make_bars(ticker: str, start: int, n: int, skip: set[int] | frozenset[int] = frozenset(),
-              seed: int = 0, published_at: float | None = 1.75e9) -> list[Bar]:
-    """``n`` consecutive 1-minute bars from ``start`` (epoch s), minus the offsets in ``skip``.
-    Prices are awkward floats on purpose (repr round-trip)."""
-    rng = random.Random(f"{ticker}{seed}")
-    out = []
-    price = 100.0 + rng.random() * 50
-    for i in range(n):
-        price *= 1 + (rng.random() - 0.5) / 500
-        if i in skip:
-            continue
-        o, c = price, price * (1 + (rng.random() - 0.5) / 1000)
-        out.append(Bar(ticker, start + 60 * i, o, max(o, c) * 1.0001, min(o, c) * 0.9999, c,
-                       float(rng.randint(100, 90_000)), "test", published_at))
-    return out
 
 
 def window_hash(client: object, keys: Keys, ticker: str) -> dict[bytes, bytes]:

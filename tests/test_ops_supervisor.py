@@ -20,6 +20,8 @@ import pytest
 from tenacity import retry, retry_if_exception_type, retry_if_result, stop_after_delay, wait_fixed
 
 from infra import procs
+from minutecast.settings import InfraSettings
+from ops.status import collect
 from ops.supervisor import service_pidfile, service_pidfiles, service_pids, service_tag
 
 REPO = Path(__file__).resolve().parents[1]
@@ -172,9 +174,6 @@ def test_second_run_of_a_namespace_is_refused_and_pid_files_are_per_namespace(
     assert alive(pids) == pids
 
     # `minutecast status` shows this namespace's services (no Kafka or Redis needed for that part).
-    from minutecast.settings import InfraSettings
-    from ops.status import collect
-
     for name, value in {"MINUTECAST_HOME": str(home), "MINUTECAST_NAMESPACE": ns,
                         "MINUTECAST_KAFKA_BOOTSTRAP": "127.0.0.1:1", "MINUTECAST_REDIS_PORT": "1"}.items():
         monkeypatch.setenv(name, value)

@@ -1,0 +1,58 @@
+"""Helpers for tests around the real services and subprocesses: skip-or-fail when a service is missing,
+free loopback ports, polling for a condition."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+
+import pytest
+
+IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def unavailable(msg: str) -> None:
+    """A missing service: a failure under CI, a skip on a developer's machine."""
+    if IN_CI:
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def free_port_pair() -> int:
+    """A port ``p`` with ``p`` and ``p + 1`` both free on 127.0.0.1 (a broker's client and controller ports)."""
+    for _ in range(50):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            p = int(s.getsockname()[1])
+        if p < 65000:
+            with socket.socket() as a, socket.socket() as b:
+                try:
+                    a.bind(("127.0.0.1", p))
+                    b.bind(("127.0.0.1", p + 1))
+                    return p
+                except OSError:
+                    continue
+    raise RuntimeError("no two adjacent free ports")
+
+
+def wait_until(cond: Callable[[], bool], timeout: float, what: str,
+               procs: list[subprocess.Popen[bytes]] | None = None, poll: float = 0.2) -> None:
+    """Poll ``cond`` until it holds; fail on timeout or when one of ``procs`` exits meanwhile."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        for p in procs or []:
+            assert p.poll() is None, f"worker exited with {p.returncode} while waiting for {what}"
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
