@@ -10,7 +10,7 @@
   written when Redis answers).
 * **poison** (``"poison"``): the window store's Lua script failed on this batch (a Redis script error):
   the batch is split in halves until the one record that fails is found, which is dead-lettered with
-  reason ``store_error`` (:meth:`streams.faust_app.BatchProcessor.process_isolating`).
+  reason ``store_error`` (:meth:`streams.batch.BatchProcessor.process_isolating`).
 * **fatal** (``"fatal"``): anything else, e.g. Redis ``OOM`` (maxmemory reached, noeviction; also when
   raised from inside our script) or
   ``MISCONF`` (cannot persist), a wrong password, a record too large for the producer, a bug. Retrying

@@ -1,7 +1,8 @@
 """The Faust app: bar topic -> per-ticker windows in Redis -> window-ready events.
 
-Started by ``minutecast stream`` (see :mod:`streams.worker_cli`); this module imports faust only inside
-:func:`create_app` so the batch logic (:class:`BatchProcessor`) is usable and testable without it.
+Started by ``minutecast stream`` (see :mod:`streams.worker_cli`); this module is the Faust glue (the app,
+its topic, the agent, stalls and lag) and imports faust only inside :func:`create_app`. The batch logic
+(:class:`streams.batch.BatchProcessor`) lives apart, usable and testable without Faust.
 
 Per batch (``stream.take_events(take_max, within=take_within_s)``):
 
@@ -46,208 +47,16 @@ import logging
 import os
 import ssl
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from typing import Any
 
-import redis as redislib
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-
-from minutecast.errors import ConfigError, Rejected
-from minutecast.schemas import Bar, DeadLetter, WindowReady, parse_bar_record
 from minutecast.settings import KafkaSettings, StreamSettings
 from minutecast.topics import Topics
 from minutecast.universe import allowlist
 from streams import failures
-from streams.window_store import TickerResult, WindowStore
+from streams.batch import BatchProcessor, Message, Metrics, Outcome, drop_switch
 
 log = logging.getLogger(__name__)
-
-
-class Metrics:
-    """Prometheus metrics of one worker, in their own registry (served on ``metrics_port``)."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        r = self.registry
-        self.bars_in = Counter("minutecast_stream_bars_in", "messages taken from the bar topic", registry=r)
-        self.bars_written = Counter("minutecast_stream_bars_written", "valid bars applied to Redis", registry=r)
-        self.windows_ready = Counter("minutecast_stream_windows_ready", "window-ready events published",
-                                     registry=r)
-        self.late = Counter("minutecast_stream_late_dropped", "bars older than the oldest of the retained bars",
-                            registry=r)
-        self.conflicts = Counter("minutecast_stream_conflicting_duplicates",
-                                 "bars for a stored minute with different values (first kept)", registry=r)
-        self.deadletters = Counter("minutecast_stream_deadletters", "messages sent to the dead-letter topic",
-                                   ["reason"], registry=r)
-        self.roundtrips = Counter("minutecast_stream_redis_roundtrips", "Redis round trips", registry=r)
-        self.lag = Gauge("minutecast_stream_consumer_lag", "messages behind the high watermark",
-                         ["partition"], registry=r)
-        self.batch_seconds = Histogram("minutecast_stream_batch_seconds", "time to process one batch",
-                                       registry=r, buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5))
-        self.stalled = Gauge("minutecast_stream_stalled", "1 while a batch waits for Redis/Kafka to come back",
-                             registry=r)
-        self.stalled_seconds = Gauge("minutecast_stream_stalled_seconds", "how long the current stall has lasted",
-                                     registry=r)
-        self.retries = Counter("minutecast_stream_retries", "retries of a batch step while Redis/Kafka were "
-                               "unavailable", ["what"], registry=r)
-        self.batch_size = Histogram("minutecast_stream_batch_size", "messages per batch", registry=r,
-                                    buckets=(1, 10, 100, 500, 1000, 2000, 5000, 10000))
-
-
-@dataclass
-class Message:
-    """The parts of a Kafka record the processor needs (Faust events and tests both map to it)."""
-
-    key: bytes | None
-    value: bytes | None
-    topic: str
-    partition: int
-    offset: int
-
-
-@dataclass
-class Outcome:
-    """What one batch produced: records to publish, then announcements to store."""
-
-    ready: list[WindowReady] = field(default_factory=list)
-    deadletters: list[DeadLetter] = field(default_factory=list)
-    announced: dict[str, tuple[int, str]] = field(default_factory=dict)
-    bars: int = 0
-    late: int = 0
-
-
-def decode(messages: Sequence[Message], now: float | None = None,
-           allowed: frozenset[str] | None = None) -> tuple[list[Bar], list[int], list[DeadLetter]]:
-    """Parse every message: (valid bars, index of each bar's message, dead letters). Never raises.
-    ``allowed``: the ticker allowlist (None: any ticker)."""
-    now = time.time() if now is None else now
-    bars: list[Bar] = []
-    origin: list[int] = []
-    dead: list[DeadLetter] = []
-    for i, m in enumerate(messages):
-        try:
-            bars.append(parse_bar_record(m.key, m.value, now, allowed))
-            origin.append(i)
-        except Rejected as err:
-            dead.append(DeadLetter.of(err, m.value, "stream", topic=m.topic, partition=m.partition,
-                                      offset=m.offset, key=m.key))
-        except Exception as exc:  # noqa: BLE001 - decoders only reject (fuzzed); a bug must still not stall us
-            bug = Rejected("wrong_type", f"unparseable: {exc!r}"[:200])
-            dead.append(DeadLetter.of(bug, m.value, "stream", topic=m.topic, partition=m.partition,
-                                      offset=m.offset, key=m.key))
-    return bars, origin, dead
-
-
-def readiness(results: dict[str, TickerResult],
-              ready_at: float) -> tuple[list[WindowReady], dict[str, tuple[int, str]]]:
-    """Window-ready events for tickers whose newest ready window (policy v2: at their newest bar once
-    they have ``WINDOW`` slots, see :meth:`TickerResult.ready_window`) was not announced yet, or was
-    announced at the same minute with another checksum (a bar filled in out of order changed it)."""
-    events: list[WindowReady] = []
-    announced: dict[str, tuple[int, str]] = {}
-    for ticker, res in results.items():
-        rw = res.ready_window()
-        if rw is None:
-            continue
-        t, _, cs, pub = rw
-        if res.announced is not None and (t < res.announced or (t == res.announced and res.announced_sum == cs)):
-            continue
-        events.append(WindowReady(ticker, t, cs, pub, ready_at))
-        announced[ticker] = (t, cs)
-    return events, announced
-
-
-# Test-only switch (never set it in a deployment): the worker silently loses the one bar named here, every
-# copy of it, as if it had never arrived. The fault tests run a variant with it on to show that their checks
-# fail when a single bar is lost. It takes effect only together with DROP_SWITCH_GUARD=1.
-DROP_SWITCH = "MINUTECAST_TEST_DROP_BAR"  # "TICKER:MINUTE", MINUTE = the bar's epoch seconds (Bar.minute)
-DROP_SWITCH_GUARD = "MINUTECAST_TEST_SWITCHES"
-
-
-def drop_switch(environ: Mapping[str, str] | None = None) -> tuple[str, int] | None:
-    """The (ticker, minute) ``MINUTECAST_TEST_DROP_BAR`` names, or None. Test-only (see :data:`DROP_SWITCH`):
-    without ``MINUTECAST_TEST_SWITCHES=1`` as well the switch is refused (an error is logged, nothing is
-    dropped); a malformed value with the guard set raises ConfigError."""
-    env = os.environ if environ is None else environ
-    raw = env.get(DROP_SWITCH, "").strip()
-    if not raw:
-        return None
-    if env.get(DROP_SWITCH_GUARD, "").strip() != "1":
-        log.error("%s is set but %s is not 1: the test-only switch is refused, no bar is dropped",
-                  DROP_SWITCH, DROP_SWITCH_GUARD)
-        return None
-    ticker, _, minute = raw.rpartition(":")
-    if not ticker or not minute.isdigit():
-        raise ConfigError(f"{DROP_SWITCH} must be TICKER:EPOCH_SECONDS, got {raw[:60]!r}")
-    log.warning("TEST SWITCH %s: the bar %s at %s will be dropped (every copy)", DROP_SWITCH, ticker, minute)
-    return ticker, int(minute)
-
-
-class BatchProcessor:
-    """Decode -> store -> readiness for one batch; publishing is the caller's (Faust or a test)."""
-
-    def __init__(self, store: WindowStore, metrics: Metrics | None = None,
-                 allowed: frozenset[str] | None = None, drop: tuple[str, int] | None = None) -> None:
-        self.store = store
-        self.metrics = metrics or Metrics()
-        self.allowed = allowed  # ticker allowlist (None: any ticker); create_app sets it from the settings
-        self.drop = drop  # test-only: the (ticker, minute) to lose (:func:`drop_switch`; create_app sets it)
-
-    def process_isolating(self, messages: Sequence[Message]) -> Outcome:
-        """:meth:`process`, but a batch the store's script fails on (a poison record, see
-        :func:`streams.failures.kind`) is split in halves until the failing record is found; that record
-        is dead-lettered as ``store_error`` and the rest applied. Other failures propagate."""
-        try:
-            return self.process(messages)
-        except redislib.ResponseError as exc:
-            if failures.kind(exc) != "poison":
-                raise
-            if len(messages) == 1:
-                msg = messages[0]
-                log.error("the window store refused offset %s:%s (%s): dead-lettered", msg.partition, msg.offset,
-                          str(exc)[:200])
-                err = Rejected("store_error", str(exc)[:200])
-                self.metrics.bars_in.inc()
-                self.metrics.deadletters.labels("store_error").inc()
-                return Outcome(deadletters=[DeadLetter.of(err, msg.value, "stream", topic=msg.topic,
-                                                          partition=msg.partition, offset=msg.offset, key=msg.key)])
-        half = len(messages) // 2
-        a, b = self.process_isolating(messages[:half]), self.process_isolating(messages[half:])
-        return Outcome(a.ready + b.ready, a.deadletters + b.deadletters, a.announced | b.announced,
-                       a.bars + b.bars, a.late + b.late)
-
-    def process(self, messages: Sequence[Message]) -> Outcome:
-        m = self.metrics
-        bars, origin, dead = decode(messages, allowed=self.allowed)
-        if self.drop is not None:  # test-only switch: lose this bar without a trace
-            keep = [i for i, b in enumerate(bars) if (b.ticker, b.minute) != self.drop]
-            bars, origin = [bars[i] for i in keep], [origin[i] for i in keep]
-        rt0 = self.store.roundtrips
-        results, late, conflicts = self.store.apply(bars, messages=len(messages))
-        m.bars_in.inc(len(messages))  # after the write: a retried or split batch is counted once
-        ready_at = time.time()  # the Redis write has returned (AOF everysec, see module docstring)
-        for i in conflicts:
-            msg = messages[origin[i]]
-            b = bars[i]
-            err = Rejected("conflicting_duplicate", f"{b.ticker} {b.minute} already stored with other values")
-            dead.append(DeadLetter.of(err, msg.value, "stream", topic=msg.topic, partition=msg.partition,
-                                      offset=msg.offset, key=msg.key))
-        ready, announced = readiness(results, ready_at)
-        m.bars_written.inc(len(bars) - len(late) - len(conflicts))
-        m.late.inc(len(late))
-        m.conflicts.inc(len(conflicts))
-        m.roundtrips.inc(self.store.roundtrips - rt0)
-        for d in dead:
-            m.deadletters.labels(d.reason).inc()
-        return Outcome(ready, dead, announced, len(bars), len(late))
-
-    def commit_announced(self, outcome: Outcome) -> None:
-        """After the ready events are delivered: remember them so they are not announced again."""
-        rt0 = self.store.roundtrips
-        self.store.mark_announced(outcome.announced)
-        self.metrics.windows_ready.inc(len(outcome.ready))
-        self.metrics.roundtrips.inc(self.store.roundtrips - rt0)
 
 
 def broker_url(ks: KafkaSettings) -> str:

@@ -18,7 +18,8 @@ from minutecast.keys import Keys
 from minutecast.metrics import serve
 from minutecast.redis import wait_for_redis
 from minutecast.settings import StreamSettings
-from streams.faust_app import BatchProcessor, Metrics, create_app
+from streams.batch import BatchProcessor, Metrics
+from streams.faust_app import create_app
 from streams.rebuild import rebuild, topic_has_data
 from streams.window_store import WindowStore
 

@@ -36,6 +36,7 @@ from producers.publisher import Publisher
 from producers.throttle import Throttle
 from producers.yfinance_source import YFinanceSource
 from tests.support.bars import apply_in_process, check_run, frame_bars, interleaved, pick, replay_dir
+from tests.support.services import free_port_pair
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[1]
@@ -258,26 +259,10 @@ def topic_has_messages(ks: KafkaSettings, topic: str) -> bool:
         return False
 
 
-def _free_port_pair() -> int:
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            p = int(s.getsockname()[1])
-        if p < 65000:
-            with socket.socket() as a, socket.socket() as b:
-                try:
-                    a.bind(("127.0.0.1", p))
-                    b.bind(("127.0.0.1", p + 1))
-                    return p
-                except OSError:
-                    continue
-    raise RuntimeError("no two adjacent free ports")
-
-
 @pytest.fixture
 def private_kafka(tmp_path: Path, services: InfraSettings) -> Iterator[tuple[LocalKafka, KafkaSettings]]:
     """A second, private single-node broker (own home, own ports) that this test may stop and start."""
-    port = _free_port_pair()
+    port = free_port_pair()
     ks = KafkaSettings(bootstrap=f"127.0.0.1:{port}")
     s = InfraSettings(home=tmp_path / "home", kafka=ks, kafka_heap="384m", start_timeout_s=120)
     broker = LocalKafka(s)

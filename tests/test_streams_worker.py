@@ -36,7 +36,7 @@ from minutecast.schemas import Bar, WindowReady
 from minutecast.settings import InfraSettings, KafkaSettings, StreamSettings
 from minutecast.topics import Topics
 from minutecast.window import GAP, MINUTE, RETAIN, checksum
-from streams.faust_app import DROP_SWITCH, DROP_SWITCH_GUARD, drop_switch
+from streams.batch import DROP_SWITCH, DROP_SWITCH_GUARD, drop_switch
 from streams.rebuild import rebuild
 from streams.window_store import WindowStore, read_window, window_for
 from tests.support.bars import (

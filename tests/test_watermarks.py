@@ -23,9 +23,8 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from confluent_kafka import KafkaError, TopicPartition
+from confluent_kafka import KafkaError
 
-from minutecast.kafka import end_offsets, make_consumer
 from minutecast.keys import Keys
 from minutecast.settings import KafkaSettings, ProducerSettings
 from minutecast.topics import Topics
@@ -33,6 +32,7 @@ from producers import delivery, live, replay, runner
 from producers.bars import COLUMNS, sort_events
 from producers.delivery import DeliveryFailed
 from producers.publisher import Publisher
+from tests.support.kafka import topic_bars as kafka_topic_bars
 
 pytestmark = pytest.mark.integration
 TICKERS = ("AAPL", "MSFT", "NVDA")
@@ -98,17 +98,7 @@ def flaky_publisher(namespace: str, fail: dict[tuple[str, int], int]) -> tuple[P
 
 def topic_bars(ks: KafkaSettings, topic: str) -> pd.DataFrame:
     """Every bar on ``topic`` (ticker, minute, prices), in offset order per partition."""
-    ends = end_offsets(ks, topic)
-    consumer = make_consumer(ks, group="watermark-check")
-    consumer.assign([TopicPartition(topic, p, 0) for p in ends])
-    rows: list[dict[str, Any]] = []
-    deadline = time.monotonic() + 60
-    while len(rows) < sum(ends.values()) and time.monotonic() < deadline:
-        rows += [json.loads(m.value()) for m in consumer.consume(1000, timeout=1) if m.error() is None]
-    consumer.close()
-    df = pd.DataFrame(rows, columns=["ticker", "time", "open", "high", "low", "close", "volume"])
-    df["minute"] = df["time"].map(lambda s: int(datetime.fromisoformat(s).timestamp())).astype("int64")
-    return df[COLUMNS]
+    return kafka_topic_bars(ks, topic)[COLUMNS]
 
 
 def gaps_and_repeats(got: pd.DataFrame, want: pd.DataFrame) -> tuple[set[tuple[str, int]], set[tuple[str, int]]]:

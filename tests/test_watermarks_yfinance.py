@@ -13,7 +13,6 @@ behaviour this guards against) that must find exactly one bad minute: the check 
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
@@ -21,9 +20,8 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from confluent_kafka import KafkaError, TopicPartition
+from confluent_kafka import KafkaError
 
-from minutecast.kafka import end_offsets, make_consumer
 from minutecast.settings import KafkaSettings, ProducerSettings
 from minutecast.topics import Topics
 from minutecast.window import SESSION_TZ
@@ -33,6 +31,7 @@ from producers.publisher import Publisher
 from producers.throttle import NetworkError, Throttle
 from producers.watermark import published_key
 from producers.yfinance_source import YFinanceSource
+from tests.support.kafka import topic_bars as kafka_topic_bars
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 TICKERS = ["AAPL", "MSFT", "NFLX"]
@@ -94,17 +93,8 @@ def yf_shaped(bars: pd.DataFrame) -> pd.DataFrame:
 
 
 def topic_bars(ks: KafkaSettings, topic: str) -> pd.DataFrame:
-    ends = end_offsets(ks, topic)
-    consumer = make_consumer(ks, group="watermark-check")
-    consumer.assign([TopicPartition(topic, p, 0) for p in ends])
-    rows: list[dict[str, Any]] = []
-    deadline = time.monotonic() + 60
-    while len(rows) < sum(ends.values()) and time.monotonic() < deadline:
-        rows += [json.loads(m.value()) for m in consumer.consume(1000, timeout=1) if m.error() is None]
-    consumer.close()
-    df = pd.DataFrame(rows, columns=["ticker", "time", "open", "high", "low", "close", "volume"])
-    df["minute"] = df["time"].map(lambda s: int(datetime.fromisoformat(s).timestamp())).astype("int64")
-    return df[COLUMNS]
+    """Every bar on ``topic`` (ticker, minute, prices), in offset order per partition."""
+    return kafka_topic_bars(ks, topic)[COLUMNS]
 
 
 def verdict(got: pd.DataFrame, final: pd.DataFrame, lo: int, hi: int) -> dict[str, set[tuple[str, int]]]:

@@ -36,7 +36,7 @@ from minutecast.window import (
     slots,
     window_at,
 )
-from streams.faust_app import BatchProcessor, Message, decode, readiness
+from streams.batch import BatchProcessor, Message, decode, readiness
 from streams.window_store import WindowRow, WindowStore, encode_value, read_window, read_windows, row_slots, window_for
 from tests.support.bars import OPEN, make_bars  # OPEN: 2025-10-01 09:30 New York, the regular session's open
 

@@ -3,11 +3,11 @@
 * :data:`OPEN`, :func:`make_bars`: synthetic 1-minute bars; :func:`replay_dir` writes bars where
   ``minutecast produce --source replay`` reads them, :func:`frame_bars` reads them back as the replay sends them;
 * :func:`drop_env`: the environment that makes a Faust worker lose exactly one bar
-  (:func:`streams.faust_app.drop_switch`);
+  (:func:`streams.batch.drop_switch`);
 * :class:`Run`: what a run of the worker left, counted per unique bar: bars applied (``<ns>:stats``
   ``stream_new``: a (ticker, minute) counts once, however often it was delivered), window-ready events
   deduplicated by (ticker, minute, checksum), and the windows (OHLCV per stored minute);
-* :func:`apply_in_process`: the worker's own batch code (:class:`streams.faust_app.BatchProcessor`) on a list of
+* :func:`apply_in_process`: the worker's own batch code (:class:`streams.batch.BatchProcessor`) on a list of
   bars in a scratch namespace; one batch per minute of in-order input is the *no-fault reference run*
   (it announces a window at every minute, so any run of the same input announces a subset of its events);
 * :func:`check_run`: the check every fault test applies: every unique bar sent applied, every window-ready
@@ -27,7 +27,7 @@ from typing import Any
 from minutecast.keys import Keys
 from minutecast.schemas import Bar, WindowReady
 from producers import replay
-from streams.faust_app import DROP_SWITCH, DROP_SWITCH_GUARD, BatchProcessor, Message
+from streams.batch import DROP_SWITCH, DROP_SWITCH_GUARD, BatchProcessor, Message
 from streams.window_store import WindowStore
 
 # 2025-10-01 09:30 New York (13:30 UTC): the regular session's open.

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import time
+from datetime import datetime
+from typing import Any
 
+import pandas as pd
 from confluent_kafka import TopicPartition
 
-from minutecast.kafka import make_consumer
+from minutecast.kafka import end_offsets, make_consumer
 from minutecast.settings import KafkaSettings, StreamSettings
 
 
@@ -55,3 +59,19 @@ def committed_all(kafka: KafkaSettings, namespace: str, topic: str) -> bool:
         return True
     finally:
         c.close()
+
+
+def topic_bars(ks: KafkaSettings, topic: str) -> pd.DataFrame:
+    """Every bar on ``topic`` (ticker, time, prices, volume, and ``minute`` in epoch s), in offset order per
+    partition."""
+    ends = end_offsets(ks, topic)
+    consumer = make_consumer(ks, group=f"topic-bars-{time.time_ns()}")
+    consumer.assign([TopicPartition(topic, p, 0) for p in ends])
+    rows: list[dict[str, Any]] = []
+    deadline = time.monotonic() + 60
+    while len(rows) < sum(ends.values()) and time.monotonic() < deadline:
+        rows += [json.loads(m.value()) for m in consumer.consume(1000, timeout=1) if m.error() is None]
+    consumer.close()
+    df = pd.DataFrame(rows, columns=["ticker", "time", "open", "high", "low", "close", "volume"])
+    df["minute"] = df["time"].map(lambda s: int(datetime.fromisoformat(s).timestamp())).astype("int64")
+    return df
