@@ -97,12 +97,12 @@ def ensure_topics(ks: KafkaSettings, specs: Iterable[TopicSpec], timeout_s: floa
     """Create missing topics (idempotent). Returns the names created now."""
     admin = make_admin(ks)
     specs = list(specs)
-    existing = set(admin.list_topics(timeout=timeout_s).topics)
-    todo = [s for s in specs if s.name not in existing]
+    md = admin.list_topics(timeout=timeout_s)
+    todo = [s for s in specs if s.name not in md.topics]
     if not todo:
         return []
     # Replicated as far as the cluster allows (RF 3 with 2 in sync from three brokers, no unclean election).
-    rf, isr = replication(len(admin.list_topics(timeout=timeout_s).brokers))
+    rf, isr = replication(len(md.brokers))
     durability = {"min.insync.replicas": str(isr), "unclean.leader.election.enable": "false"}
     futures = admin.create_topics(
         [NewTopic(s.name, num_partitions=s.partitions, replication_factor=rf, config=s.config() | durability)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import threading
 import time
 import uuid
@@ -31,7 +30,7 @@ from minutecast.kafka import ensure_topics, make_admin, make_consumer, make_prod
 from minutecast.settings import InfraSettings, KafkaSettings
 from minutecast.topics import Topics
 from tests.support.kafka import read_topic
-from tests.support.services import free_port
+from tests.support.services import free_port_run
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.ha, pytest.mark.slow]
 
@@ -39,27 +38,9 @@ N_BARS = 4000  # over ~40 s: long enough for two leader kills and restarts in th
 TICKERS = [f"T{i:03d}" for i in range(40)]
 
 
-def six_free_ports() -> int:
-    """A base port with base .. base+5 free (three brokers, each with its controller one above)."""
-    for _ in range(50):
-        base = free_port()
-        if base < 60000 and all(free_port_ok(base + i) for i in range(6)):
-            return base
-    raise RuntimeError("no six consecutive free ports")
-
-
-def free_port_ok(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[InfraSettings]:
-    s = InfraSettings(home=tmp_path / "home", kafka=KafkaSettings(bootstrap=f"127.0.0.1:{six_free_ports()}"),
+    s = InfraSettings(home=tmp_path / "home", kafka=KafkaSettings(bootstrap=f"127.0.0.1:{free_port_run(6)}"),
                       kafka_brokers=3, kafka_heap="384M", start_timeout_s=180)
     nodes = services.brokers(s)
     try:

@@ -3,6 +3,7 @@ free loopback ports, polling for a condition."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -28,21 +29,25 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_port_run(n: int) -> int:
+    """A port ``p`` with ``p`` .. ``p + n - 1`` all free on 127.0.0.1 (brokers with their controllers)."""
+    for _ in range(50):
+        p = free_port()
+        if p + n > 65000:
+            continue
+        with contextlib.ExitStack() as held:
+            try:
+                for i in range(n):
+                    held.enter_context(socket.socket()).bind(("127.0.0.1", p + i))
+            except OSError:
+                continue
+            return p
+    raise RuntimeError(f"no {n} adjacent free ports")
+
+
 def free_port_pair() -> int:
     """A port ``p`` with ``p`` and ``p + 1`` both free on 127.0.0.1 (a broker's client and controller ports)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            p = int(s.getsockname()[1])
-        if p < 65000:
-            with socket.socket() as a, socket.socket() as b:
-                try:
-                    a.bind(("127.0.0.1", p))
-                    b.bind(("127.0.0.1", p + 1))
-                    return p
-                except OSError:
-                    continue
-    raise RuntimeError("no two adjacent free ports")
+    return free_port_run(2)
 
 
 def wait_until(cond: Callable[[], bool], timeout: float, what: str,
