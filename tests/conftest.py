@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from infra import services as infra_services
 from minutecast.errors import MinutecastError
@@ -27,7 +28,7 @@ from minutecast.kafka import ensure_topics, make_admin
 from minutecast.redis import connect
 from minutecast.settings import InfraSettings, KafkaSettings, RedisSettings
 from minutecast.topics import Topics
-from tests.support.services import unavailable
+from tests.support.services import free_port, unavailable
 
 pytest_plugins = ["tests.support.compose"]
 
@@ -116,3 +117,19 @@ def redis_client(services: InfraSettings, namespace: str) -> Iterator[object]:
     if keys:
         client.delete(*keys)
     client.close()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path, services: InfraSettings,
+                  monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[infra_services.LocalRedis, RedisSettings]]:
+    """A redis-server of this test's own (own port, own data) that it may stop and fill."""
+    password = "poison-" + os.urandom(6).hex()
+    monkeypatch.setenv("MINUTECAST_REDIS_PASSWORD", password)  # LocalRedis writes requirepass from it
+    s = InfraSettings(home=tmp_path / "redis-home", redis=RedisSettings(port=free_port(), password=SecretStr(password)),
+                      start_timeout_s=60)
+    server = infra_services.LocalRedis(s)
+    server.up()
+    try:
+        yield server, s.redis
+    finally:
+        server.down()

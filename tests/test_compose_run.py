@@ -23,7 +23,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -47,6 +46,7 @@ from minutecast.schemas import Forecast
 from minutecast.settings import KafkaSettings, RedisSettings, StreamSettings
 from minutecast.topics import Topics
 from minutecast.window import ready_windows
+from tests.support.services import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "docker" / "podman" / "compose_test.sh"
@@ -69,12 +69,6 @@ def _podman_env() -> dict[str, str]:
     out = subprocess.run(["bash", str(SCRIPT), "env"], capture_output=True, text=True, check=True).stdout
     pairs = (line.removeprefix("export ").split("=", 1) for line in out.splitlines() if line.startswith("export "))
     return {**os.environ, **dict(pairs)}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _password() -> str:
@@ -271,7 +265,7 @@ def test_compose_stack_forecasts_replayed_bars(podman_ready: None, shared_data: 
     want = {(t, int(end)) for t, ends in expected.items() for end in ends}  # every ready window
     last = {(t, int(ends.max())) for t, ends in expected.items()}  # each ticker's last one
     namespace = "ct" + uuid.uuid4().hex[:8]
-    kafka_port, redis_port, web_port = _free_port(), _free_port(), _free_port()
+    kafka_port, redis_port, web_port = free_port(), free_port(), free_port()
     user, kafka_pw, redis_pw, web_token = "minutecast", _password(), _password(), _password()
     project_dir = tmp_path / "project"
     project_dir.mkdir()

@@ -10,22 +10,19 @@ import signal
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 from aiokafka.errors import KafkaConnectionError, MessageSizeTooLargeError
-from pydantic import SecretStr
 
 from infra.procs import terminate
-from infra.services import LocalRedis
 from minutecast.kafka import end_offsets, make_producer
 from minutecast.keys import Keys
 from minutecast.redis import connect
 from minutecast.schemas import Bar
-from minutecast.settings import InfraSettings, KafkaSettings, RedisSettings
+from minutecast.settings import KafkaSettings, RedisSettings
 from minutecast.topics import Topics
 from streams.batch import BatchProcessor, Message
 from streams.failures import kind as failure_kind
@@ -92,22 +89,6 @@ def test_a_record_the_store_script_fails_on_is_isolated_and_dead_lettered() -> N
     with pytest.raises(redis.ResponseError, match="maxmemory"):
         BatchProcessor(_ScriptFailsOn("BAD", "command not allowed when used memory > 'maxmemory'. script: a1, on "
                                              "@user_script:93.")).process_isolating(msgs)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path, services: Any,
-                  monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, RedisSettings]]:
-    """A redis-server of this test's own (own port, own data) that it may stop and fill."""
-    password = "poison-" + os.urandom(6).hex()
-    monkeypatch.setenv("MINUTECAST_REDIS_PASSWORD", password)  # LocalRedis writes requirepass from it
-    s = InfraSettings(home=tmp_path / "redis-home", redis=RedisSettings(port=free_port(), password=SecretStr(password)),
-                      start_timeout_s=60)
-    server = LocalRedis(s)
-    server.up()
-    try:
-        yield server, s.redis
-    finally:
-        server.down()
 
 
 def test_worker_stalls_while_redis_is_down_then_stops_on_oom_without_committing(

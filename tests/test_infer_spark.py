@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ from minutecast.schemas import Bar, Forecast, WindowReady
 from minutecast.settings import KafkaSettings, RedisSettings
 from minutecast.topics import Topics
 from tests.support.inference import MARKET, T0, bars_for, ready_event, store_bars, tiny_model_version
+from tests.support.services import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark]
 
@@ -47,9 +47,7 @@ class Job:
     def __init__(self, env: dict[str, str], workdir: Path) -> None:
         self.env, self.workdir, self.proc, self.runs = env, workdir, None, 0
         self.stats = workdir / "stats.jsonl"
-        with socket.socket() as sock:  # a free port for the Prometheus endpoint
-            sock.bind(("127.0.0.1", 0))
-            self.metrics_port = sock.getsockname()[1]
+        self.metrics_port = free_port()  # for the Prometheus endpoint
 
     def start(self) -> None:
         self.runs += 1

@@ -9,7 +9,6 @@ import gzip
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,7 +35,7 @@ from producers.publisher import Publisher
 from producers.throttle import Throttle
 from producers.yfinance_source import YFinanceSource
 from tests.support.bars import apply_in_process, check_run, frame_bars, interleaved, pick, replay_dir
-from tests.support.services import free_port_pair
+from tests.support.services import free_port, free_port_pair
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[1]
@@ -218,14 +217,8 @@ def test_synthetic_multiprocess_publishes_every_bar_once(kafka: KafkaSettings, t
     assert len(got) == 30 and all(len(v) == 20 and v == sorted(set(v)) for v in got.values())
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])  # closed again when this returns: nobody listens there
-
-
 def test_unreachable_broker_fails_clearly(namespace: str) -> None:
-    port = _closed_port()
+    port = free_port()  # nobody listens there
     res = cli("--source", "synthetic", "--tickers-count", "2", "--minutes", "3",
               env={"MINUTECAST_KAFKA_BOOTSTRAP": f"127.0.0.1:{port}", "MINUTECAST_CONNECT_TIMEOUT_S": "3"},
               timeout=120)

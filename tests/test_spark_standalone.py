@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -33,18 +32,13 @@ from minutecast.schemas import Forecast
 from minutecast.settings import KafkaSettings, RedisSettings
 from minutecast.topics import Topics
 from tests.support.inference import MARKET, bars_for, ready_event, store_bars, tiny_model_version
+from tests.support.services import free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark, pytest.mark.tensorflow, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
 TICKERS = ["AAA", "BBB", "CCC", "DDD"]
 WAIT_S = 300  # generous: a shared 2-core machine; nothing here is a timing assertion
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture

@@ -27,7 +27,8 @@ from minutecast.redis import connect
 from minutecast.settings import InfraSettings, WebSettings
 from minutecast.topics import Topics
 from ops import status
-from web.server import BackgroundServer, free_port
+from tests.support.services import free_port
+from web.server import BackgroundServer
 
 pytestmark = pytest.mark.integration
 

@@ -29,8 +29,7 @@ from playwright.sync_api import sync_playwright
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from minutecast.settings import InfraSettings
-from tests.support.services import unavailable
-from web.server import free_port
+from tests.support.services import free_port, unavailable
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark, pytest.mark.slow]
 

@@ -3,12 +3,13 @@ free loopback ports, polling for a condition."""
 
 from __future__ import annotations
 
-import contextlib
 import os
+import random
 import socket
 import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -22,27 +23,43 @@ def unavailable(msg: str) -> None:
     pytest.skip(msg)
 
 
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now."""
+# Ports handed to services come from below the kernel's ephemeral range (net.ipv4.ip_local_port_range,
+# 32768-60999 by default): a port picked by binding to 0 is an ephemeral one, and between the test
+# releasing it and a JVM binding it seconds later, any outgoing connection on the machine (a Kafka client,
+# a browser) may take it as its source port. Found by CI: a KRaft controller failing to bind its port.
+_LOW, _HIGH = 20000, 32700
+
+
+def _ephemeral_floor() -> int:
+    try:
+        return int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def free_port_run(n: int) -> int:
-    """A port ``p`` with ``p`` .. ``p + n - 1`` all free on 127.0.0.1 (brokers with their controllers)."""
-    for _ in range(50):
-        p = free_port()
-        if p + n > 65000:
-            continue
-        with contextlib.ExitStack() as held:
-            try:
-                for i in range(n):
-                    held.enter_context(socket.socket()).bind(("127.0.0.1", p + i))
-            except OSError:
-                continue
+    """A port ``p`` with ``p`` .. ``p + n - 1`` all free on 127.0.0.1 (brokers with their controllers),
+    chosen at random below the ephemeral range so that no outgoing connection takes it meanwhile."""
+    high = min(_HIGH, _ephemeral_floor()) - n
+    for _ in range(200):
+        p = random.randrange(_LOW, high)
+        if all(_bindable(p + i) for i in range(n)):
             return p
-    raise RuntimeError(f"no {n} adjacent free ports")
+    raise RuntimeError(f"no {n} adjacent free ports in {_LOW}-{high + n}")
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now, below the ephemeral range."""
+    return free_port_run(1)
 
 
 def free_port_pair() -> int:
@@ -61,3 +78,24 @@ def wait_until(cond: Callable[[], bool], timeout: float, what: str,
             assert p.poll() is None, f"worker exited with {p.returncode} while waiting for {what}"
         time.sleep(poll)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def aof_mark(data_dir: Path) -> tuple[Path, int]:
+    """(the redis-server's newest incremental AOF file under ``data_dir``, its size now): what a power loss
+    right now would keep if the disk had everything up to here (``appendfsync everysec`` promises no more
+    than the writes of a second ago)."""
+    files = sorted((data_dir / "appendonlydir").glob("*.incr.aof"), key=lambda f: int(f.name.split(".")[-3]))
+    assert files, f"no incremental AOF under {data_dir}"
+    return files[-1], files[-1].stat().st_size
+
+
+def lose_unsynced_writes(mark: tuple[Path, int]) -> int:
+    """After a SIGKILL of the redis-server: cut its AOF back to ``mark`` (:func:`aof_mark`), as a machine
+    crash does to the writes not fsynced yet. Returns how many bytes were lost."""
+    path, size = mark
+    lost = path.stat().st_size - size
+    assert lost >= 0, "the AOF was rewritten since the mark"
+    with path.open("r+b") as fh:
+        fh.truncate(size)
+        os.fsync(fh.fileno())
+    return lost
