@@ -101,6 +101,8 @@ def ensure_topics(ks: KafkaSettings, specs: Iterable[TopicSpec], timeout_s: floa
     todo = [s for s in specs if s.name not in md.topics]
     if not todo:
         return []
+    if len(md.brokers) < ks.min_brokers:
+        md = _wait_for_brokers(admin, ks, max(timeout_s, 120.0))  # brokers of a cluster start one by one
     # Replicated as far as the cluster allows (RF 3 with 2 in sync from three brokers, no unclean election).
     rf, isr = replication(len(md.brokers))
     durability = {"min.insync.replicas": str(isr), "unclean.leader.election.enable": "false"}
@@ -118,6 +120,26 @@ def ensure_topics(ks: KafkaSettings, specs: Iterable[TopicSpec], timeout_s: floa
             if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
                 raise
     return created
+
+
+def _wait_for_brokers(admin: AdminClient, ks: KafkaSettings, timeout_s: float) -> Any:
+    """Cluster metadata once ``ks.min_brokers`` brokers are registered; ServiceUnavailable after ``timeout_s``."""
+    try:
+        for attempt in Retrying(stop=stop_after_delay(timeout_s), wait=wait_fixed(1.0),
+                                retry=retry_if_exception_type(_TooFewBrokers), reraise=True):
+            with attempt:
+                md = admin.list_topics(timeout=10)
+                if len(md.brokers) < ks.min_brokers:
+                    raise _TooFewBrokers(len(md.brokers))
+    except _TooFewBrokers as exc:
+        raise ServiceUnavailable(f"Kafka at {ks.bootstrap}: {exc.args[0]} of the {ks.min_brokers} brokers "
+                                 f"(MINUTECAST_KAFKA_MIN_BROKERS) registered after {timeout_s:.0f} s; "
+                                 "topics not created") from exc
+    return md
+
+
+class _TooFewBrokers(Exception):
+    pass
 
 
 def watermarks(consumer: Consumer, topic: str, timeout_s: float = 10.0) -> dict[int, tuple[int, int]]:

@@ -26,9 +26,14 @@ key                            type     content
                                         ``stream_messages`` (a rebuild: the same as ``rebuild_*``);
                                         the worker also writes ``stream_stalled_since``,
                                         ``stream_stall_reason``, ``stream_fatal``
+``ns:stream:applied``          hash     field = bar-topic partition, value = the newest offset whose
+                                        record the window store has applied (written in the same Lua call
+                                        as the bars): state found behind it is repaired from Kafka
 ``ns:infer:progress``           hash     the Spark job's newest finished micro-batch: ``batch_id``,
                                         ``at`` (epoch s), ``ready_offsets`` (JSON {partition: next
-                                        offset} of the window-ready topic), ``rows``, ``duration_ms``
+                                        offset} of the window-ready topic), ``rows``, ``duration_ms``,
+                                        ``redis_run_id`` (the Redis it was written to: another one
+                                        means Redis restarted and forecasts are restored from Kafka)
 ``ns:producer:wm:{T}``         string   the minute up to which every fetched bar was delivered (replay: the
                                         newest delivered minute); never past a bar whose delivery failed
 ``ns:producer:pub:{T}``        zset     minutes the yfinance producer published inside its trailing
@@ -65,6 +70,9 @@ class Keys:
 
     def stats(self) -> str:
         return f"{self.namespace}:stats"
+
+    def stream_applied(self) -> str:
+        return f"{self.namespace}:stream:applied"
 
     def infer_progress(self) -> str:
         return f"{self.namespace}:infer:progress"

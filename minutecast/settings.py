@@ -40,6 +40,9 @@ class KafkaSettings(BaseSettings):
     sasl_mechanism: Literal["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"] = "SCRAM-SHA-512"
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
+    # Topics are created only once this many brokers are registered: a three-broker cluster sets 3, so no
+    # topic is created with a smaller replication factor while its brokers are still starting.
+    min_brokers: int = Field(default=1, ge=1, le=9)
 
     @model_validator(mode="after")
     def _sasl_complete(self) -> KafkaSettings:
@@ -166,6 +169,11 @@ class StreamSettings(CommonSettings):
     web_port: int = 6066  # Faust's web server (0 disables it)
     metrics_port: int = 9102  # Prometheus /metrics (0 disables it)
     max_poll_records: int = 5000  # records per Kafka poll (aiokafka max_poll_records)
+    # Events Faust queues per topic partition ahead of the agent (0: 4 x take_max); Faust's docs suggest
+    # 131072 for throughput; a smaller queue bounds the memory of a backlog.
+    stream_buffer_maxsize: int = 0
+    # The worker's event loop: uvloop runs Faust's per-record tasks and futures in C (asyncio: the stock loop).
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     commit_interval_s: float = 1.0  # how often Faust commits acked offsets
     retry_s: float = 1.0  # first back-off while Redis/Kafka are unavailable (the batch is retried, never skipped)
     retry_max_s: float = 30.0  # cap of the exponential back-off (with jitter) while they stay unavailable
@@ -236,6 +244,12 @@ class TrainingSettings(CommonSettings):
     backward_passes: int = Field(default=1, ge=1)  # local gradient accumulation steps per allreduce (fewer rounds)
     # -- outputs
     keep_checkpoints: int = 2  # per-epoch checkpoints kept per run under <home>/checkpoints/train (at least 1)
+    # Runs kept after each run: the newest N of <home>/runs/<id> and of <home>/checkpoints/train/<id>
+    # (the run in progress and CURRENT's run always stay; training/cleanup.py).
+    keep_runs: int = Field(default=5, ge=1)
+    # Model versions kept in the registry: the newest N (about 1 MB each) and always CURRENT; the reports
+    # of removed versions go with them.
+    keep_versions: int = Field(default=10, ge=1)
     reports_dir: Path | None = None  # default: <home>/reports
     metrics_port: int = 9104  # Prometheus /metrics of the periodic trainer (`every`); 0 disables it
 

@@ -138,8 +138,11 @@ def collect(sample_s: float = 1.0, s: Any = None) -> dict[str, Any]:
         out["last_forecast_age_s"] = round(time.time() - max(stamps), 1) if stamps else None
         out["windows"] = sum(1 for _ in client.scan_iter(match=keys.window_pattern(), count=1000))
         # A Faust worker that retries (Redis/Kafka unavailable) or stopped on a fatal error says so here.
-        since, reason, fatal = client.hmget(keys.stats(), "stream_stalled_since", "stream_stall_reason",
-                                            "stream_fatal")
+        since, reason, fatal, repairs, restored = client.hmget(
+            keys.stats(), "stream_stalled_since", "stream_stall_reason", "stream_fatal", "stream_repairs",
+            "infer_restored")
+        # Redis lost acknowledged writes (a crash before its fsync) and the services repaired from Kafka.
+        out["redis_repairs"] = {"window_partitions": int(repairs or 0), "forecasts_restored": int(restored or 0)}
         stalled = float(since or 0)
         out["stream_stalled_s"] = round(time.time() - stalled, 1) if stalled > 0 else None
         out["stream_stall_reason"] = reason if stalled > 0 else None
@@ -206,6 +209,10 @@ def screen(out: dict[str, Any]) -> Group:
                       f"Faust worker retrying for {out['stream_stalled_s']} s: {out['stream_stall_reason']}")
     if out.get("stream_fatal"):
         facts.add_row(Text("FATAL", style="bold red"), f"Faust worker stopped: {out['stream_fatal']}")
+    rep = out.get("redis_repairs")
+    if rep and (rep["window_partitions"] or rep["forecasts_restored"]):
+        facts.add_row("redis repairs", f"{rep['window_partitions']} partitions of windows re-applied, "
+                      f"{rep['forecasts_restored']} forecasts restored from Kafka (Redis lost writes)")
     mem = out.get("redis_memory")
     if mem:
         limit = f"{mem['max_bytes'] / 2**20:,.0f} MiB" if mem["max_bytes"] else "no limit"

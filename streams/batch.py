@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import redis as redislib
@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from minutecast.errors import ConfigError, Rejected
 from minutecast.schemas import Bar, DeadLetter, WindowReady, parse_bar_record
 from streams import failures
-from streams.window_store import TickerResult, WindowStore
+from streams.window_store import Gap, StateBehind, TickerResult, WindowStore
 
 log = logging.getLogger("streams.faust_app")  # one logger name for the worker's lines
 
@@ -51,6 +51,8 @@ class Metrics:
                                      registry=r)
         self.retries = Counter("minutecast_stream_retries", "retries of a batch step while Redis/Kafka were "
                                "unavailable", ["what"], registry=r)
+        self.repairs = Counter("minutecast_stream_repairs", "partitions found behind the bar topic in Redis (it "
+                               "lost acknowledged writes) and repaired from Kafka", registry=r)
         self.batch_size = Histogram("minutecast_stream_batch_size", "messages per batch", registry=r,
                                     buckets=(1, 10, 100, 500, 1000, 2000, 5000, 10000))
 
@@ -97,6 +99,15 @@ def decode(messages: Sequence[Message], now: float | None = None,
             dead.append(DeadLetter.of(bug, m.value, "stream", topic=m.topic, partition=m.partition,
                                       offset=m.offset, key=m.key))
     return bars, origin, dead
+
+
+def spans(messages: Sequence[Message]) -> dict[int, tuple[int, int]]:
+    """{partition: (first offset, last offset)} of a batch's records."""
+    out: dict[int, tuple[int, int]] = {}
+    for m in messages:
+        a = out.get(m.partition)
+        out[m.partition] = (m.offset, m.offset) if a is None else (min(a[0], m.offset), max(a[1], m.offset))
+    return out
 
 
 def readiness(results: dict[str, TickerResult],
@@ -148,11 +159,16 @@ class BatchProcessor:
     """Decode -> store -> readiness for one batch; publishing is the caller's (Faust or a test)."""
 
     def __init__(self, store: WindowStore, metrics: Metrics | None = None,
-                 allowed: frozenset[str] | None = None, drop: tuple[str, int] | None = None) -> None:
+                 allowed: frozenset[str] | None = None, drop: tuple[str, int] | None = None,
+                 repair: Callable[[list[Gap]], int] | None = None) -> None:
         self.store = store
         self.metrics = metrics or Metrics()
         self.allowed = allowed  # ticker allowlist (None: any ticker); create_app sets it from the settings
         self.drop = drop  # test-only: the (ticker, minute) to lose (:func:`drop_switch`; create_app sets it)
+        # Given (the worker: streams.repair.BarRepair), every store call checks and moves the applied
+        # record (ns:stream:applied) and state found behind the topic is repaired before the batch; None
+        # (in-process reference runs with made-up offsets): no record kept.
+        self.repair = repair
 
     def process_isolating(self, messages: Sequence[Message]) -> Outcome:
         """:meth:`process`, but a batch the store's script fails on (a poison record, see
@@ -167,6 +183,7 @@ class BatchProcessor:
                 msg = messages[0]
                 log.error("the window store refused offset %s:%s (%s): dead-lettered", msg.partition, msg.offset,
                           str(exc)[:200])
+                self._apply([], messages)  # the record counts as applied (checked like any other)
                 err = Rejected("store_error", str(exc)[:200])
                 self.metrics.bars_in.inc()
                 self.metrics.deadletters.labels("store_error").inc()
@@ -184,7 +201,7 @@ class BatchProcessor:
             keep = [i for i, b in enumerate(bars) if (b.ticker, b.minute) != self.drop]
             bars, origin = [bars[i] for i in keep], [origin[i] for i in keep]
         rt0 = self.store.roundtrips
-        results, late, conflicts = self.store.apply(bars, messages=len(messages))
+        results, late, conflicts = self._apply(bars, messages)
         m.bars_in.inc(len(messages))  # after the write: a retried or split batch is counted once
         ready_at = time.time()  # the Redis write has returned (AOF everysec, see module docstring)
         for i in conflicts:
@@ -201,6 +218,18 @@ class BatchProcessor:
         for d in dead:
             m.deadletters.labels(d.reason).inc()
         return Outcome(ready, dead, announced, len(bars), len(late))
+
+    def _apply(self, bars: list[Bar], messages: Sequence[Message]) -> tuple[dict[str, TickerResult], list[int],
+                                                                           list[int]]:
+        """One store call; with a repair, checked against the applied record, repaired once if behind."""
+        if self.repair is None:
+            return self.store.apply(bars, messages=len(messages))
+        offsets = spans(messages)
+        try:
+            return self.store.apply(bars, messages=len(messages), offsets=offsets)
+        except StateBehind as behind:
+            self.metrics.repairs.inc(self.repair(behind.gaps))
+        return self.store.apply(bars, messages=len(messages), offsets=offsets)
 
     def commit_announced(self, outcome: Outcome) -> None:
         """After the ready events are delivered: remember them so they are not announced again."""

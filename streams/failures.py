@@ -34,6 +34,8 @@ import redis as redislib
 from aiokafka.errors import KafkaError, KafkaTimeoutError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_random_exponential
 
+from minutecast.errors import ServiceUnavailable
+
 log = logging.getLogger(__name__)
 EXIT_FATAL = 3  # `minutecast stream` exit status after a failure that retrying cannot fix
 Kind = Literal["retry", "poison", "fatal"]
@@ -60,6 +62,8 @@ def kind(exc: BaseException) -> Kind:
         if "script" in msg:  # "user_script:12: ...", "Error running script": the script failed on this input
             return "poison"
         return "fatal"
+    if isinstance(exc, ServiceUnavailable):  # e.g. Kafka not answering during a repair read
+        return "retry"
     if isinstance(exc, KafkaTimeoutError | asyncio.TimeoutError):
         return "retry"
     if isinstance(exc, KafkaError):

@@ -50,6 +50,7 @@ from minutecast.redis import connect
 from minutecast.settings import InferenceSettings
 from minutecast.topics import Topics
 from streams.partition import COUNTS, PHASES, SERVING_COUNTS, JobConf, infer_partition, warm_partition
+from streams.repair import repair_forecasts
 
 __all__ = ["COUNTS", "EVENT_SCHEMA", "OUT_SCHEMA", "PHASES", "SERVING_COUNTS", "BatchStats", "InferenceJob",
            "JobConf", "infer_partition", "warm_partition"]
@@ -171,6 +172,7 @@ class InferenceJob:
         self.stats_path = stats_path
         self.on_batch = on_batch
         self.progress_client = connect(settings.redis)  # the driver's own (progress records)
+        self.redis_run_id: str | None = None  # the Redis process the progress record was last checked against
 
     def events(self) -> Any:
         """The window-ready stream, parsed (columns: key, value, partition, offset + EVENT_SCHEMA's)."""
@@ -192,6 +194,10 @@ class InferenceJob:
     def process(self, batch: Any, batch_id: int) -> None:
         """``foreachBatch``: one Spark job writing forecasts to Redis (in the tasks) and Kafka."""
         started_at, t0 = time.time(), time.perf_counter()
+        # Redis restarted since the last batch (it may have lost the last second of forecast writes)?
+        # Then the forecasts published since are written back from Kafka first (streams.repair).
+        self.redis_run_id = repair_forecasts(self.progress_client, self.settings.kafka, self.settings.namespace,
+                                             self.settings.history_len, self.settings.forecast_ttl_s)
         self.stats.value = {}
         self.latencies.value = []
         fn = partial(infer_partition, self.conf, self.stats, self.latencies)
@@ -229,7 +235,7 @@ class InferenceJob:
         try:
             self.progress_client.hset(Keys(self.settings.namespace).infer_progress(), mapping={
                 "batch_id": batch_id, "at": time.time(), "ready_offsets": json.dumps(ready), "rows": rows,
-                "duration_ms": duration_ms})
+                "duration_ms": duration_ms, **({"redis_run_id": self.redis_run_id} if self.redis_run_id else {})})
         except Exception as exc:  # noqa: BLE001 - progress is advisory: Redis down shows as a stale record
             log.warning("could not publish progress of batch %d: %s", batch_id, exc)
 

@@ -9,15 +9,18 @@ ticker's newest ``RETAIN`` bars (a count, so they may span the overnight gap or 
 order and duplication of what it is given, so the result equals the worker's state.
 Invalid messages (the same decoder and ticker allowlist as the worker: :func:`parse_bar_record`) are
 skipped and counted per reason, not dead-lettered again (the worker already did that); no record can
-stop a rebuild. No ready events
-are published: the worker announces the newest ready window on its next bar.
+stop a rebuild. No ready events are published: the worker announces the newest ready window on its next
+bar. A full rebuild then moves the applied record (``ns:stream:applied``) up to the snapshot; the worker's
+repair (:mod:`streams.repair`) reuses this code for just the offsets Redis lost.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, TopicPartition
 
@@ -55,66 +58,85 @@ def topic_has_data(settings: StreamSettings) -> bool:
         consumer.close()
 
 
-def rebuild(settings: StreamSettings, *, idle_timeout_s: float = 30.0) -> RebuildReport:
-    """Replay the bar topic into the window store. Raises ServiceUnavailable if Kafka stops answering."""
+def rebuild(settings: StreamSettings, *, idle_timeout_s: float = 30.0,
+            ranges: Mapping[int, tuple[int | None, int]] | None = None, counters: str = "rebuild_") -> RebuildReport:
+    """Replay the bar topic into the window store. Raises ServiceUnavailable if Kafka stops answering.
+
+    ``ranges``: {partition: (start offset or None for the beginning, end offset (exclusive))}, for a repair
+    (:mod:`streams.repair`); default every partition from its beginning to its end now, after which the
+    applied record (``ns:stream:applied``) is moved up to those ends. ``counters``: the prefix of the
+    store's counters in ``ns:stats``."""
     t0 = time.monotonic()
     topic = Topics(settings.namespace).bars
     # view=0: the rebuild announces nothing, so the script returns no rows (less to send and decode).
     store = WindowStore(connect(settings.redis), Keys(settings.namespace), settings.window_ttl_s,
-                        view=0, counters="rebuild_")
+                        view=0, counters=counters)
     # A throw-away group: rebuild assigns partitions itself and never commits.
     consumer = make_consumer(settings.kafka, group=f"{settings.app_id}-{settings.namespace}-rebuild",
                              **{"fetch.max.bytes": 64 * 1024 * 1024})
     report = RebuildReport()
     tickers: set[str] = set()
     try:
-        ranges = watermarks(consumer, topic)
-        todo = {p: high for p, (low, high) in ranges.items() if high > low}
-        if not todo:
-            return report
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in todo])
-        pending: list[Bar] = []
-        allowed = allowlist(settings)
-        last_progress = time.monotonic()
-        now = time.time()
-        while todo:
-            msgs = consumer.consume(num_messages=settings.rebuild_batch, timeout=1.0)
-            if not msgs:
-                if time.monotonic() - last_progress > idle_timeout_s:
-                    raise ServiceUnavailable(f"rebuild stalled: no records from {topic} for {idle_timeout_s:.0f} s")
-                continue
-            last_progress = time.monotonic()
-            for m in msgs:
-                if m.error() is not None:
-                    continue
-                p, off = m.partition(), m.offset()
-                if p not in todo or off is None or off >= todo[p]:
-                    continue
-                report.messages += 1
-                try:
-                    pending.append(parse_bar_record(m.key(), m.value(), now, allowed))
-                except Rejected as exc:
-                    report.invalid += 1
-                    report.rejected[exc.reason] = report.rejected.get(exc.reason, 0) + 1
-                except Exception:  # noqa: BLE001 - decoders only reject (fuzzed); a bug must not stop a rebuild
-                    report.invalid += 1
-                    report.rejected["unparseable"] = report.rejected.get("unparseable", 0) + 1
-            # Done with a partition once its position reaches the snapshot (robust to gaps in offsets).
-            for tp in consumer.position([TopicPartition(topic, p) for p in todo]):
-                if tp.offset >= todo[tp.partition]:
-                    del todo[tp.partition]
-                    consumer.pause([TopicPartition(topic, tp.partition)])
-            if len(pending) >= settings.rebuild_batch or (not todo and pending):
-                _flush(store, pending, report, tickers)
-                pending = []
-        if pending:
-            _flush(store, pending, report, tickers)
+        marks = watermarks(consumer, topic)
+        if ranges is None:
+            wanted: dict[int, tuple[int | None, int]] = {p: (None, high) for p, (low, high) in marks.items()}
+        else:
+            wanted = dict(ranges)
+        todo = {p: end for p, (start, end) in wanted.items()
+                if p in marks and end > max(marks[p][0], start or 0)}
+        if todo:
+            starts = {p: wanted[p][0] for p in todo}
+            consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING if a is None else a) for p, a in starts.items()])
+            _replay(consumer, topic, todo, store, settings, report, tickers, idle_timeout_s)
+        if ranges is None:
+            store.mark_applied({p: high - 1 for p, (_, high) in marks.items() if high > 0})
     finally:
         consumer.close()
     report.tickers = len(tickers)
     report.seconds = time.monotonic() - t0
-    log.info("rebuild of %s: %s", topic, report)
+    log.info("rebuild of %s %s: %s", topic, "" if ranges is None else dict(ranges), report)
     return report
+
+
+def _replay(consumer: Any, topic: str, todo: dict[int, int], store: WindowStore, settings: StreamSettings,
+            report: RebuildReport, tickers: set[str], idle_timeout_s: float) -> None:
+    """Consume the assigned partitions up to ``todo[partition]`` (exclusive), applying bars in batches."""
+    pending: list[Bar] = []
+    allowed = allowlist(settings)
+    last_progress = time.monotonic()
+    now = time.time()
+    while todo:
+        msgs = consumer.consume(num_messages=settings.rebuild_batch, timeout=1.0)
+        if not msgs:
+            if time.monotonic() - last_progress > idle_timeout_s:
+                raise ServiceUnavailable(f"rebuild stalled: no records from {topic} for {idle_timeout_s:.0f} s")
+            continue
+        last_progress = time.monotonic()
+        for m in msgs:
+            if m.error() is not None:
+                continue
+            p, off = m.partition(), m.offset()
+            if p not in todo or off is None or off >= todo[p]:
+                continue
+            report.messages += 1
+            try:
+                pending.append(parse_bar_record(m.key(), m.value(), now, allowed))
+            except Rejected as exc:
+                report.invalid += 1
+                report.rejected[exc.reason] = report.rejected.get(exc.reason, 0) + 1
+            except Exception:  # noqa: BLE001 - decoders only reject (fuzzed); a bug must not stop a rebuild
+                report.invalid += 1
+                report.rejected["unparseable"] = report.rejected.get("unparseable", 0) + 1
+        # Done with a partition once its position reaches the snapshot (robust to gaps in offsets).
+        for tp in consumer.position([TopicPartition(topic, p) for p in todo]):
+            if tp.offset >= todo[tp.partition]:
+                del todo[tp.partition]
+                consumer.pause([TopicPartition(topic, tp.partition)])
+        if len(pending) >= settings.rebuild_batch or (not todo and pending):
+            _flush(store, pending, report, tickers)
+            pending = []
+    if pending:
+        _flush(store, pending, report, tickers)
 
 
 def _flush(store: WindowStore, bars: list[Bar], report: RebuildReport, tickers: set[str]) -> None:

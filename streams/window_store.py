@@ -7,9 +7,11 @@ Layout (key names from :class:`minutecast.keys.Keys`):
   exactly; ``published_at`` may be ``None``).
 * ``ns:winmeta:{T}`` hash: ``max`` newest minute seen, ``ready``/``sum`` the last window announced ready.
 * ``ns:stats`` hash: ``stream_*`` counters.
+* ``ns:stream:applied`` hash: per bar-topic partition the newest offset applied, moved in the same call
+  (the worker passes its batch's offsets; :mod:`streams.repair` says what a gap behind it means).
 
-One Lua script (loaded once, then EVALSHA) applies a whole batch of bars, all tickers at once, in one
-round trip. Rules, per ticker, bar by bar in delivery order:
+One Lua script (:mod:`streams.window_lua`, loaded once, then EVALSHA) applies a whole batch of bars, all
+tickers at once, in one round trip. Rules, per ticker, bar by bar in delivery order:
 
 * a bar older than the oldest retained minute while the store already holds ``RETAIN`` bars is *late*:
   dropped and counted (it can never be among the newest ``RETAIN``);
@@ -32,152 +34,35 @@ Readers (the Spark job) use :func:`read_windows` (one pipelined round trip for m
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 import numpy as np
 import redis as redislib
 
+from minutecast.errors import MinutecastError
 from minutecast.keys import Keys
 from minutecast.schemas import Bar
 from minutecast.window import REACH, RETAIN, WINDOW, Slots, checksum, slots, with_market
+from streams.window_lua import MARK_LUA, STORE_LUA
 
-# KEYS: [stats, win(T1), meta(T1), win(T2), meta(T2), ...]
-# ARGV: [ttl_s, retain (bars), view (bars), roundtrips, messages, counter prefix, bars(T1), bars(T2), ...]
-#   bars(T) = "minute\nvalue\nminute\nvalue..." (one string per ticker: far cheaper to encode and send
-#   than two arguments per bar)
-# Returns per ticker: {newest, ready, sum, late-indexes, conflict-indexes, "minute\nvalue\n..." rows}
-# (indexes are 0-based positions among that ticker's bars in the call; rows: the newest `view` minutes).
-#
-# Per ticker the retained minutes live in a sorted Lua array arr[h..e] (ascending): in-order bars append
-# at e, trimming the oldest moves h, so a backfill costs O(1) per bar; an out-of-order bar shifts the
-# minutes above it. Only the final set is written back (one HSET, at most one HDEL).
-_LUA = r"""
-local ttl = tonumber(ARGV[1])
-local retain = tonumber(ARGV[2])
-local view = tonumber(ARGV[3])
-local pfx = ARGV[6]
-local out = {}
-local nt = (#KEYS - 1) / 2
-local c_in, c_new, c_dup, c_late, c_conf = 0, 0, 0, 0, 0
-for i = 1, nt do
-  local win = KEYS[2 * i]
-  local meta = KEYS[2 * i + 1]
-  -- split on newlines with a plain find (memchr), several times faster than a pattern match
-  local a, s, pos = {}, ARGV[6 + i], 1
-  while true do
-    local nl = string.find(s, '\n', pos, true)
-    if not nl then
-      if pos <= #s then a[#a + 1] = string.sub(s, pos) end
-      break
-    end
-    a[#a + 1] = string.sub(s, pos, nl - 1)
-    pos = nl + 1
-  end
-  local n = #a / 2
-  local m = redis.call('HMGET', meta, 'max', 'ready', 'sum')
-  local old_max = tonumber(m[1])
-  -- stored: minute -> value; fname: minute -> field string; arr: the retained minutes, ascending
-  local val, fname, fresh, arr = {}, {}, {}, {}
-  local all = redis.call('HGETALL', win)
-  for k = 1, #all, 2 do
-    local t = tonumber(all[k])
-    val[t] = all[k + 1]
-    fname[t] = all[k]
-    arr[#arr + 1] = t
-  end
-  -- a small hash keeps insertion order, which is minute order for in-order delivery: sort only if needed
-  for k = 2, #arr do
-    if arr[k] < arr[k - 1] then
-      table.sort(arr)
-      break
-    end
-  end
-  local stored_min = arr[1]
-  local h, e = 1, #arr
-  local late, conf = {}, {}
-  for j = 0, n - 1 do
-    local f = a[1 + 2 * j]
-    local v = a[2 + 2 * j]
-    local t = tonumber(f)
-    if e - h + 1 >= retain and t < arr[h] then
-      -- older than the oldest retained minute of a full store: never among the newest `retain`
-      late[#late + 1] = j
-    elseif val[t] then
-      -- stored (or written earlier in this call): the first value stays; published_at may differ
-      local cur = val[t]
-      if cur == v or string.match(cur, '^(.*) ') == string.match(v, '^(.*) ') then
-        c_dup = c_dup + 1
-      else
-        conf[#conf + 1] = j
-      end
-    else
-      val[t] = v
-      fname[t] = f
-      fresh[t] = true
-      c_new = c_new + 1
-      if e < h or t > arr[e] then
-        e = e + 1
-        arr[e] = t
-      else
-        local p = e
-        while p >= h and arr[p] > t do
-          arr[p + 1] = arr[p]
-          p = p - 1
-        end
-        arr[p + 1] = t
-        e = e + 1
-      end
-      if e - h + 1 > retain then h = h + 1 end
-    end
-  end
-  c_in = c_in + n
-  c_late = c_late + #late
-  c_conf = c_conf + #conf
-  -- write back: new minutes that survived, and stored minutes below the final oldest are trimmed
-  local put = {}
-  for k = h, e do
-    local t = arr[k]
-    if fresh[t] then
-      put[#put + 1] = fname[t]
-      put[#put + 1] = val[t]
-    end
-  end
-  for k = 1, #put, 1000 do
-    redis.call('HSET', win, unpack(put, k, math.min(k + 999, #put)))
-  end
-  if stored_min ~= nil and e >= h and stored_min < arr[h] then
-    local del = {}
-    for k = 1, #all, 2 do
-      if tonumber(all[k]) < arr[h] then del[#del + 1] = all[k] end
-    end
-    for k = 1, #del, 1000 do
-      redis.call('HDEL', win, unpack(del, k, math.min(k + 999, #del)))
-    end
-  end
-  local newest = old_max or -1
-  if e >= h and arr[e] > newest then newest = arr[e] end
-  if old_max == nil or newest > old_max then redis.call('HSET', meta, 'max', newest) end
-  redis.call('EXPIRE', win, ttl)
-  redis.call('EXPIRE', meta, ttl)
-  local rows = {}
-  for k = math.max(h, e - view + 1), e do
-    local t = arr[k]
-    rows[#rows + 1] = fname[t]
-    rows[#rows + 1] = val[t]
-  end
-  out[i] = {newest, m[2] or '', m[3] or '', late, conf, table.concat(rows, '\n')}
-end
-redis.call('HINCRBY', KEYS[1], pfx .. 'bars', c_in)
-redis.call('HINCRBY', KEYS[1], pfx .. 'new', c_new)
-redis.call('HINCRBY', KEYS[1], pfx .. 'dup', c_dup)
-redis.call('HINCRBY', KEYS[1], pfx .. 'late', c_late)
-redis.call('HINCRBY', KEYS[1], pfx .. 'conflict', c_conf)
-redis.call('HINCRBY', KEYS[1], pfx .. 'roundtrips', tonumber(ARGV[4]))
-redis.call('HINCRBY', KEYS[1], pfx .. 'messages', tonumber(ARGV[5]))
-return out
-"""
+
+class Gap(NamedTuple):
+    """Records of a bar-topic partition that Redis should hold but does not."""
+
+    partition: int
+    applied: int | None  # the newest offset Redis records as applied (None: no record at all)
+    first: int  # the first offset of the batch that found the gap
+
+
+class StateBehind(MinutecastError):
+    """Redis holds less than the records before a batch (it lost acknowledged writes): repair, then retry."""
+
+    def __init__(self, gaps: list[Gap]) -> None:
+        super().__init__("window state behind the bar topic: " + ", ".join(
+            f"partition {g.partition} applied {g.applied} < {g.first - 1}" for g in gaps))
+        self.gaps = gaps
 
 
 class WindowRow(NamedTuple):
@@ -288,26 +173,35 @@ class WindowStore:
         # WINDOW bars plus the one before it, so WINDOW + 1 + REACH always suffice (0: none, for rebuild).
         self.view = int(view)
         self.counters = counters  # prefix of this store's counters in ``ns:stats`` (rebuild: "rebuild_")
-        self._script = client.register_script(_LUA)
+        self._script = client.register_script(STORE_LUA)
+        self._mark = client.register_script(MARK_LUA)
         self.roundtrips = 0  # Redis round trips made by this store (for the benchmark)
         self._unreported = 0  # round trips not yet added to the stats hash
 
-    def apply(self, bars: Sequence[Bar], messages: int = 0) -> tuple[dict[str, TickerResult], list[int], list[int]]:
+    def apply(self, bars: Sequence[Bar], messages: int = 0, offsets: Mapping[int, tuple[int, int]] | None = None,
+              ) -> tuple[dict[str, TickerResult], list[int], list[int]]:
         """Write ``bars`` (any tickers, any order). Returns (per-ticker results, late indexes, conflict
         indexes) where indexes point into ``bars``. One round trip. ``messages``: how many Kafka
-        records the batch had (invalid ones included), added to the ``stream_messages`` counter."""
+        records the batch had (invalid ones included), added to the ``stream_messages`` counter.
+        ``offsets``: {partition: (first, last)} of those records; given, the applied record
+        (``ns:stream:applied``) is checked and moved in the same call, and :class:`StateBehind` is raised
+        (nothing written) when Redis holds less than the records before ``first``."""
         if not bars and not messages:
             return {}, [], []
         by_ticker: dict[str, list[int]] = {}
         for i, bar in enumerate(bars):
             by_ticker.setdefault(bar.ticker, []).append(i)
-        keys: list[str] = [self.keys.stats()]
-        args: list[Any] = [self.ttl_s, self.retain, self.view, self._unreported + 1, messages, self.counters]
+        keys: list[str] = [self.keys.stats(), self.keys.stream_applied()]
+        spec = "\n".join(f"{p} {a} {b}" for p, (a, b) in sorted((offsets or {}).items()))
+        args: list[Any] = [self.ttl_s, self.retain, self.view, self._unreported + 1, messages, self.counters, spec]
         for ticker, idx in by_ticker.items():
             keys += (self.keys.window(ticker), self.keys.window_meta(ticker))
             args.append("\n".join([f"{bars[i].minute}\n{encode_value(bars[i])}" for i in idx]))
         raw = self._script(keys=keys, args=args)
         self.roundtrips += 1
+        if raw and raw[0] == b"gap":
+            self._unreported += 1
+            raise StateBehind([Gap(int(p), int(cur) if cur else None, int(first)) for p, cur, first in raw[1]])
         self._unreported = 0
         results: dict[str, TickerResult] = {}
         late: list[int] = []
@@ -338,6 +232,21 @@ class WindowStore:
         pipe.execute()
         self.roundtrips += 1
         self._unreported += 1
+
+    def mark_applied(self, upto: Mapping[int, int]) -> None:
+        """Move the applied record of each partition up to ``upto[partition]`` (never down): after a repair
+        or a rebuild has applied every record up to that offset, or for records that never reach the
+        script (a dead-lettered poison record)."""
+        if not upto:
+            return
+        flat = [x for p, off in sorted(upto.items()) for x in (p, off)]
+        self._mark(keys=[self.keys.stream_applied()], args=flat)
+        self.roundtrips += 1
+        self._unreported += 1
+
+    def applied(self) -> dict[int, int]:
+        """The applied record: {partition: newest offset applied}."""
+        return {int(p): int(o) for p, o in self.client.hgetall(self.keys.stream_applied()).items()}
 
     def has_windows(self) -> bool:
         """True when at least one window key of this namespace exists."""

@@ -5,7 +5,8 @@
 Scale out by starting more processes with the same ``MINUTECAST_NAMESPACE``: they join one consumer group
 (``{app_id}-{namespace}``) and share the bar topic's partitions. Waits for Kafka and Redis, creates missing
 topics, rebuilds the windows from the bar topic when Redis has none for the namespace, then runs until
-SIGTERM/SIGINT.
+SIGTERM/SIGINT; a batch that finds Redis behind the topic (it lost acknowledged writes) is preceded by a
+repair from Kafka (:mod:`streams.repair`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from minutecast.settings import StreamSettings
 from streams.batch import BatchProcessor, Metrics
 from streams.faust_app import create_app
 from streams.rebuild import rebuild, topic_has_data
+from streams.repair import BarRepair
 from streams.window_store import WindowStore
 
 log = logging.getLogger(__name__)
@@ -52,7 +54,8 @@ def run(args: argparse.Namespace) -> int:
 
     metrics = Metrics()
     serve(settings.metrics_host, settings.metrics_port, metrics.registry)
-    app = create_app(settings, BatchProcessor(store, metrics))
+    # The applied record is checked and moved with every batch; state behind the topic is repaired first.
+    app = create_app(settings, BatchProcessor(store, metrics, repair=BarRepair(settings, store)))
     worker = faust.Worker(app, loglevel=(args.loglevel or settings.log_level).lower())
     worker.execute_from_commandline()  # runs until a signal; raises SystemExit
     return 0

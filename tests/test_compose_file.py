@@ -15,19 +15,24 @@ import pytest
 
 from infra import jars
 from minutecast.settings import WebSettings
+from minutecast.topics import replication
 from tests.support.compose import (
     BRACED,
     COMMAND_SERVICES,
+    ENV_EXAMPLE,
     REPO,
     TEST_SECRETS,
     VAR,
     MissingVariable,
     dockerfile_text,
+    ha_env,
     interpolate,
     is_named,
+    listeners,
     named_mounts,
     pyproject,
     pyproject_deps,
+    read_env_file,
     service_env,
     strings,
     variables,
@@ -107,7 +112,7 @@ def test_ports_are_unique_loopback_and_scaling_is_possible(compose_defaults: dic
             assert ip == "127.0.0.1", f"{name}: publish on loopback only, not {ip}"
             assert int(host) not in seen, f"{name} and {seen.get(int(host))} both bind host port {host}"
             seen[int(host)] = name
-    assert set(seen.values()) == {"kafka", "redis", "web"}
+    assert set(seen.values()) == {"kafka", "kafka-2", "kafka-3", "redis", "web"}
     # Not the local services' ports (`minutecast infra up`, `minutecast serve`): both stacks can run side by side.
     assert not {9092, 9093, 6379, WebSettings.model_fields["serve_port"].default} & set(seen)
 
@@ -206,3 +211,35 @@ def test_profiles_replay_and_gpu(compose: dict[str, Any]) -> None:
     gpu_tf = gpu["build"]["args"]["TF_PACKAGE"]
     assert gpu_tf.split("==")[1] == cpu_tf.split("==")[1], "the GPU image runs the same TensorFlow"
     assert services["train"]["command"][:2] == ["train", "--every"]
+
+
+def test_ha_profile_is_a_three_node_quorum_with_every_topic_on_three_brokers(raw: dict[str, Any]) -> None:
+    env = ha_env(ENV_EXAMPLE) | TEST_SECRETS
+    compose = interpolate(raw, read_env_file(ENV_EXAMPLE) | env)
+    nodes = {n: service_env(compose, n) for n in ("kafka", "kafka-2", "kafka-3")}
+    assert [compose["services"][n].get("profiles") for n in nodes] == [None, ["ha"], ["ha"]]
+    voters = dict(v.split("@") for v in nodes["kafka"]["KAFKA_CONTROLLER_QUORUM_VOTERS"].split(","))
+    assert len(voters) == 3
+    for name, e in nodes.items():
+        host = compose["services"][name]["hostname"]
+        assert e["KAFKA_CONTROLLER_QUORUM_VOTERS"] == nodes["kafka"]["KAFKA_CONTROLLER_QUORUM_VOTERS"]
+        assert e["CLUSTER_ID"] == nodes["kafka"]["CLUSTER_ID"] and e["KAFKA_PROCESS_ROLES"] == "broker,controller"
+        bound, advertised = listeners(e["KAFKA_LISTENERS"]), listeners(e["KAFKA_ADVERTISED_LISTENERS"])
+        assert voters[e["KAFKA_NODE_ID"]] == f"{host}:{bound['CONTROLLER'][1]}", f"{name}: its voter entry"
+        assert bound["BROKER"][0] == host and advertised["BROKER"] == (host, bound["BROKER"][1])
+        assert advertised["CLIENT"] == (host, 9092)
+        assert host in compose["services"][name]["healthcheck"]["test"][1]
+        # Internal topics like ours: three replicas, two in sync, no unclean election.
+        assert (e["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"], e["KAFKA_DEFAULT_REPLICATION_FACTOR"],
+                e["KAFKA_MIN_INSYNC_REPLICAS"], e["KAFKA_UNCLEAN_LEADER_ELECTION_ENABLE"]) == ("3", "3", "2", "false")
+    hosts = {compose["services"][n]["hostname"] for n in nodes}
+    ports = {p for n in nodes for p in compose["services"][n]["ports"]}
+    assert len(ports) == 3, "each node publishes its own EXTERNAL port"
+    client = service_env(compose, "stream")
+    assert {hp.split(":")[0] for hp in client["MINUTECAST_KAFKA_BOOTSTRAP"].split(",")} == hosts
+    assert client["MINUTECAST_KAFKA_MIN_BROKERS"] == "3"  # topics wait for all three: RF 3 (topics.replication)
+    assert replication(int(client["MINUTECAST_KAFKA_MIN_BROKERS"])) == (3, 2)
+    # The default (single node) keeps replication and the quorum on loopback inside the container.
+    single = service_env(interpolate(raw, read_env_file(ENV_EXAMPLE) | TEST_SECRETS), "kafka")
+    assert listeners(single["KAFKA_LISTENERS"])["CONTROLLER"][0] == "127.0.0.1"
+    assert single["KAFKA_CONTROLLER_QUORUM_VOTERS"] == "1@127.0.0.1:9093"

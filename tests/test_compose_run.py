@@ -38,14 +38,17 @@ import pytest
 import redis as redis_lib
 import yaml
 from confluent_kafka import ConsumerGroupState
+from confluent_kafka.admin import ConfigResource
 
 from infra import jars
-from minutecast.kafka import end_offsets, make_admin, make_consumer
+from minutecast.kafka import end_offsets, ensure_topics, make_admin, make_consumer, make_producer, wait_for_kafka
 from minutecast.keys import Keys
 from minutecast.schemas import Forecast
 from minutecast.settings import KafkaSettings, RedisSettings, StreamSettings
 from minutecast.topics import Topics
 from minutecast.window import ready_windows
+from tests.support.compose import ha_env
+from tests.support.kafka import read_topic
 from tests.support.services import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -212,11 +215,13 @@ def test_podman_override_only_swaps_the_official_images_for_the_same_versions() 
     """What runs under podman is docker-compose.yml itself, except the two images no registry serves here."""
 
     base, override = _yaml(REPO / "docker-compose.yml")["services"], _yaml(OVERRIDE)
-    assert set(override) == {"services"} and set(override["services"]) == {"kafka", "redis"}
+    assert set(override) == {"services"} and set(override["services"]) == {"kafka", "kafka-2", "kafka-3", "redis"}
     assert all(set(s) == {"image"} for s in override["services"].values())
     kafka, redis_image = override["services"]["kafka"]["image"], override["services"]["redis"]["image"]
     version = jars.kafka_version()
-    assert base["kafka"]["image"] == f"apache/kafka:{version}" and kafka.endswith(f":{version}")
+    for node in ("kafka", "kafka-2", "kafka-3"):  # the ha profile's nodes: one image, one version
+        assert base[node]["image"] == f"apache/kafka:{version}" and override["services"][node]["image"] == kafka
+    assert kafka.endswith(f":{version}")
     assert base["redis"]["image"].startswith("redis:7.") and redis_image.endswith(":7")
     assert set(SERVICES) | {PRODUCER} <= set(base)
     assert "replay" in base[PRODUCER]["profiles"]
@@ -334,3 +339,60 @@ def test_compose_stack_forecasts_replayed_bars(podman_ready: None, shared_data: 
     images = stack.podman("images", "--format", "{{.Repository}}:{{.Tag}}").split()
     kept = ("localhost/debian:", "localhost/minutecast-podman/cache:", "<none>:")
     assert not [i for i in images if not i.startswith(kept)], images
+
+
+@pytest.mark.compose
+@pytest.mark.ha
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_compose_ha_profile_replicates_every_bar_across_three_brokers(podman_ready: None, tmp_path: Path) -> None:
+    """The ha block of .env.example as a user sets it: three nodes form one quorum, topics get RF 3 with two
+    in sync, and with the leader of a bar partition SIGKILLed the topic still takes and keeps every bar once."""
+    build = subprocess.run(["bash", str(SCRIPT), "build"], capture_output=True, text=True, timeout=BUILD_TIMEOUT_S,
+                           check=False)
+    assert build.returncode == 0, build.stderr[-4000:]
+    namespace = f"ha{uuid.uuid4().hex[:10]}"
+    ports = [free_port() for _ in range(3)]
+    user, kafka_pw = "minutecast", _password()
+    project_dir = tmp_path / "project"
+    project_dir.mkdir()
+    ha = ha_env(REPO / ".env.example")
+    (project_dir / ".env").write_text("\n".join([
+        f"MINUTECAST_REDIS_PASSWORD={_password()}", f"MINUTECAST_KAFKA_SASL_PASSWORD={kafka_pw}",
+        f"MINUTECAST_SERVE_TOKEN={_password()}", f"KAFKA_HOST_PORT={ports[0]}", f"KAFKA_2_HOST_PORT={ports[1]}",
+        f"KAFKA_3_HOST_PORT={ports[2]}", *(f"{k}={v}" for k, v in ha.items()), ""]))
+    stack = Stack(project_dir, f"minutecast-test-{namespace}", _podman_env())
+    ks = KafkaSettings(bootstrap=",".join(f"127.0.0.1:{p}" for p in ports), security_protocol="SASL_PLAINTEXT",
+                       sasl_mechanism="SCRAM-SHA-512", sasl_username=user, sasl_password=kafka_pw, min_brokers=3)
+    topics = Topics(namespace)
+    try:
+        up = stack.compose("up", "-d", "--no-build", "kafka", "kafka-2", "kafka-3")
+        assert up.returncode == 0, f"podman-compose up failed:\n{up.stdout[-4000:]}\n{up.stderr[-4000:]}"
+        wait_for_kafka(ks, 300)
+        ensure_topics(ks, topics.specs(3, 1), timeout_s=300)  # waits for all three (min_brokers), as `topics` does
+        admin = make_admin(ks)  # held: a client dropped early destroys the handle under its futures
+        md = admin.list_topics(topics.bars, timeout=30).topics[topics.bars]
+        assert all(len(p.replicas) == 3 and len(p.isrs) == 3 for p in md.partitions.values())
+        cfg = admin.describe_configs([ConfigResource("topic", topics.bars)])
+        conf = next(iter(cfg.values())).result(timeout=30)
+        assert conf["min.insync.replicas"].value == "2" and conf["unclean.leader.election.enable"].value == "false"
+        producer = make_producer(ks)
+        sent = [f"{i:05d}".encode() for i in range(600)]
+        for v in sent[:300]:
+            producer.produce(topics.bars, v, b"AAPL", partition=0)
+        assert producer.flush(60) == 0
+        leader = md.partitions[0].leader  # node id = the service's KAFKA_NODE_ID
+        service = "kafka" if leader == 1 else f"kafka-{leader}"
+        victim = next(n for n in stack.names("ps") if n.endswith(f"_{service}_1"))  # podman-compose 1.0 names
+        stack.podman("kill", "--signal", "KILL", victim)
+        for v in sent[300:]:
+            producer.produce(topics.bars, v, b"AAPL", partition=0)
+        assert producer.flush(120) == 0, "acks=all writes stopped with one of three brokers down"
+        got = [v for _, v in read_topic(ks, topics.bars, timeout=120)]
+        assert got == sent, f"{len(sent) - len(set(got) & set(sent))} lost, {len(got) - len(set(got))} duplicated"
+    except BaseException:
+        print(stack.logs(), file=sys.stderr)
+        raise
+    finally:
+        stack.down()
+        subprocess.run(["bash", str(SCRIPT), "rmi"], env=stack.env, capture_output=True, check=False, timeout=300)

@@ -27,10 +27,11 @@ Here:
 * a replay producer SIGKILLed early, resumed, SIGKILLed again inside the last ``RETAIN`` minutes and resumed
   to the end: no gap, at most the piece in flight at each kill sent twice, and the topic applied by the
   worker's batch code passes the check (the drop variant: the same topic with the switch on fails it);
-* a private broker SIGKILLed early, a private Redis (AOF) SIGKILLed inside the last ``RETAIN`` minutes and the
-  broker again near the end, while replays produce and Faust workers consume: every bar once in the topic,
-  and the check passes; a second worker with the drop switch on, consuming a copy of the input through the
-  same faults, fails it.
+* a private broker SIGKILLed early, a private Redis (AOF) SIGKILLed inside the last ``RETAIN`` minutes with
+  the un-fsynced tail of its AOF lost (a power loss: acknowledged, committed writes gone, repaired from the
+  topic by the workers) and the broker again near the end, while replays produce and Faust workers consume:
+  every bar once in the topic, and the check passes; a second worker with the drop switch on, consuming a
+  copy of the input through the same faults, fails it.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ from tests.support.bars import (
     replay_dir,
 )
 from tests.support.kafka import committed_all, read_topic
-from tests.support.services import free_port, free_port_pair, wait_until
+from tests.support.services import aof_mark, free_port, free_port_pair, lose_unsynced_writes, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 REPO = Path(__file__).resolve().parents[1]
@@ -263,13 +264,21 @@ def broker_redis_scenario(tmp: Path, s: InfraSettings, broker: LocalKafka, redis
         print(f"broker SIGKILLed early: {progress()} of {total} bars applied")
         time.sleep(3)
         broker.up()
-        # 2. inside the last RETAIN minutes: Redis crashes (SIGKILL: the AOF has every acknowledged write;
-        # fsync is everysec) and comes back.
+        # 2. inside the last RETAIN minutes: the machine under Redis crashes. SIGKILL, then the AOF cut back
+        # to a mark taken a few batches earlier: what `appendfsync everysec` leaves after a power loss (the
+        # writes of the last second, already acknowledged and committed to Kafka, are gone). The workers
+        # find the state behind their next batch and repair it from the topic (streams.repair).
         wait_until(lambda: progress() > len(TICKERS) * LATE, 180, "workers inside the last RETAIN minutes",
+                   list(workers.values()))
+        mark, marked = aof_mark(redis_server.data), progress()
+        wait_until(lambda: progress() > marked + 3 * len(TICKERS), 120, "a few batches past the AOF mark",
                    list(workers.values()))
         at = progress()
         kill_pidfile(redis_server.pidfile)
-        print(f"Redis SIGKILLed inside the last RETAIN minutes: {at} of {total} bars applied")
+        lost = lose_unsynced_writes(mark)
+        print(f"Redis SIGKILLed inside the last RETAIN minutes: {at} of {total} bars applied, the AOF cut "
+              f"back by {lost} bytes to {marked}")
+        assert lost > 0, "the crash lost no acknowledged write: the repair would go untested"
         time.sleep(2)
         redis_server.up()
         # 3. near the end: the broker again.
@@ -304,6 +313,7 @@ def test_broker_and_redis_killed_while_producing_and_consuming(
     run, bars, log = broker_redis_runs["clean"]
     assert len(bars) == len(sent), "a bar was lost or duplicated in the topic"
     assert per_ticker(bars) == per_ticker(sent)  # every bar once, in order
+    assert "window state behind the bar topic" in log, "the worker did not find what Redis lost"
     check_run(run, clean_reference, len(sent))
 
 

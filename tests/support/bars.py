@@ -112,8 +112,11 @@ def windows(client: Any, namespace: str) -> dict[str, dict[int, tuple[float, ...
 
 
 def applied(client: Any, namespace: str, prefix: str = "stream_") -> int:
-    """Unique bars the window store applied in ``namespace`` (``rebuild_``: by a rebuild)."""
-    return int(client.hget(Keys(namespace).stats(), f"{prefix}new") or 0)
+    """Unique bars the window store applied in ``namespace`` (``rebuild_``: by a rebuild). The worker's count
+    (``stream_``) includes what its repairs re-applied after Redis lost writes (``repair_new``)."""
+    stats = Keys(namespace).stats()
+    extra = int(client.hget(stats, "repair_new") or 0) if prefix == "stream_" else 0
+    return int(client.hget(stats, f"{prefix}new") or 0) + extra
 
 
 def events_of(records: Iterable[tuple[bytes | None, bytes]]) -> set[Event]:

@@ -139,6 +139,18 @@ def read_env_file(path: Path) -> dict[str, str]:
     return out
 
 
+def ha_env(path: Path) -> dict[str, str]:
+    """The ha block of .env.example: every ``KEY=VALUE`` followed by a ``#   HA: value`` line, with that
+    value, and COMPOSE_PROFILES=ha (commented out there)."""
+    out = {}
+    lines = path.read_text().splitlines()
+    for prev, line in zip(lines, lines[1:], strict=False):
+        if line.strip().startswith("#   HA:") and "=" in prev and not prev.startswith("#"):
+            out[prev.partition("=")[0].strip()] = line.split("HA:", 1)[1].strip()
+    assert any(ln.strip() == "# COMPOSE_PROFILES=ha" for ln in lines), "the ha block names its profile"
+    return out | {"COMPOSE_PROFILES": "ha"}
+
+
 # ---- the file, its services and the image -----------------------------------------------------------------
 def load_raw() -> dict[str, Any]:
     """docker-compose.yml as written (not interpolated)."""
