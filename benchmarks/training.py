@@ -3,6 +3,7 @@
     python -m benchmarks.training            # full: ~3 minutes on 2 free cores
     python -m benchmarks.training --quick    # fewer steps, no accuracy table
     python -m benchmarks.training --tiny     # smoke run for the tests: 1 and 2 ranks, a few small steps only
+    python -m benchmarks.training --rss-only # just the trainer's peak RSS on the full shared data (~5 min)
 
 Throughput: the default preset's training step (forward, backward, Horovod allreduce, Adam) on synthetic
 input of the real shape (the values do not change the cost), each rank ONE TensorFlow thread
@@ -12,9 +13,14 @@ input of the real shape (the values do not change the cost), each rank ONE Tenso
 ``scaling`` = 2-rank samples/s / 1-rank samples/s at the same per-rank batch (the best 2-rank configuration).
 Accuracy: the current model of ``<home>/models`` (MINUTECAST_HOME; the newest version when none is
 promoted) vs persistence on the test dates (last 15%) of the shared data.
+Memory: the peak resident set (``ru_maxrss`` of the trainer process, from ``wait4``) of one real training
+run, ``python -m training.train --bars <shared data>`` on one rank in a scratch MINUTECAST_HOME (nothing
+promoted): the tiny network for 1 epoch, but the default preset's sample cap (``--max-samples``), since
+the data, the catalogue and the materialised windows (~5.8 kB each) set the peak, not the network.
+``--tiny`` takes two tickers and 2,000 samples instead.
 
 Last stdout line: one JSON object with samples_per_s_1rank, samples_per_s_2ranks, scaling, gpu_epoch_s, runs,
-accuracy.
+accuracy, trainer_peak_rss_mb and trainer_rss (the run's command, data, samples and seconds).
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -124,6 +132,45 @@ def control(batch: int, steps: int, warmup: int) -> float:
     return total
 
 
+RSS_TINY_TICKERS = "SPY,AAPL"  # --tiny: the market ticker and one more
+
+
+def rss_command(bars: Path, out: Path, max_samples: int, tickers: str | None = None) -> list[str]:
+    """One training run on one rank: the tiny network for 1 epoch on ``bars``, no promotion."""
+    cmd = [sys.executable, "-m", "training.train", "--bars", str(bars), "--preset", "tiny", "--epochs", "1",
+           "--batch-size", "512", "--max-samples", str(max_samples), "--no-promote", "--out", str(out)]
+    return cmd + (["--tickers", tickers] if tickers else [])
+
+
+def trainer_rss(bars: Path, max_samples: int, tickers: str | None = None, timeout_s: float = 1200) -> dict[str, Any]:
+    """Peak RSS (MiB) of one training run (:func:`rss_command`) in a scratch MINUTECAST_HOME: ``ru_maxrss`` of
+    the trainer process from ``wait4`` (Linux: KiB), so no other child of this benchmark counts."""
+    with tempfile.TemporaryDirectory(prefix="minutecast-rss-") as home:
+        cmd = rss_command(bars, Path(home) / "run", max_samples, tickers)
+        env = ENV | {"MINUTECAST_HOME": home, "MINUTECAST_PROMOTE": "false"}
+        t0 = time.monotonic()
+        with open(Path(home) / "train.log", "w+") as logf:
+            proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=logf, stderr=subprocess.STDOUT)
+            timer = threading.Timer(timeout_s, proc.kill)  # wait4 has no timeout of its own
+            timer.start()
+            try:
+                _, status, usage = os.wait4(proc.pid, 0)
+            finally:
+                timer.cancel()
+            proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
+            logf.seek(0)
+            output = logf.read()
+        seconds = time.monotonic() - t0
+        result_file = Path(home) / "run" / "result.json"
+        if proc.returncode != 0 or not result_file.exists():
+            raise InfraError(f"training run for the RSS measurement failed (exit {proc.returncode}): {output[-3000:]}")
+        result = json.loads(result_file.read_text())
+    peak = round(usage.ru_maxrss / 1024, 1)
+    print(f"  trainer peak RSS: {peak:.0f} MiB ({seconds:.0f} s; samples {result['samples']})", flush=True)
+    return {"peak_rss_mb": peak, "seconds": round(seconds, 1), "bars": str(bars), "tickers": tickers or "all",
+            "max_samples": max_samples, "samples": result["samples"], "command": " ".join(cmd[1:])}
+
+
 def accuracy_table() -> dict[str, Any] | None:
     """The current model vs persistence and the baselines on the test dates of the shared data (None without a
     model)."""
@@ -159,9 +206,20 @@ def main() -> None:
     p.add_argument("--preset", default="default")
     p.add_argument("--fp16", action="store_true")
     p.add_argument("--passes", type=int, default=1, help="backward passes per allreduce")
+    p.add_argument("--no-rss", action="store_true", help="skip the trainer's peak RSS measurement")
+    p.add_argument("--rss-only", action="store_true", help="only the trainer's peak RSS on the shared data")
     args = p.parse_args()
     if args.worker:
         worker(args)
+        return
+    rss = None
+    if not args.no_rss and SHARED.is_dir():  # first, on an idle machine: nothing else of ours is running
+        cap = 2000 if args.tiny else get_preset("default").max_samples or 400_000
+        rss = trainer_rss(SHARED, cap, RSS_TINY_TICKERS if args.tiny else None)
+    elif not args.no_rss:
+        print(f"  trainer peak RSS: skipped (no shared data at {SHARED})")
+    if args.rss_only:
+        print(json.dumps({"trainer_peak_rss_mb": rss and rss["peak_rss_mb"], "trainer_rss": rss}))
         return
     small, large = (40, 12) if args.quick else (400, 120)  # measured steps at batch 256 / 1024 (~5-10 s each)
     print(f"training throughput, default preset, CPU, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}:")
@@ -188,7 +246,8 @@ def main() -> None:
                       "control_2_independent_1rank": None if two_independent is None else round(two_independent, 1),
                       "control_scaling": None if two_independent is None else round(two_independent / one[1024], 3),
                       "gpu_epoch_s": gpu_epoch_s,
-                      "load_avg_1m": round(os.getloadavg()[0], 2), "runs": runs, "accuracy": accuracy}))
+                      "load_avg_1m": round(os.getloadavg()[0], 2), "runs": runs, "accuracy": accuracy,
+                      "trainer_peak_rss_mb": rss and rss["peak_rss_mb"], "trainer_rss": rss}))
 
 
 if __name__ == "__main__":

@@ -57,6 +57,12 @@ def publish(kafka: KafkaSettings, topic: str, shared_data: Path) -> dict[int, in
 def test_two_rank_run_produces_model_report_and_registry_entry(
         kafka: KafkaSettings, topics: Topics, shared_data: Path, tmp_path: Path) -> None:
     counts = publish(kafka, topics.bars, shared_data)
+    first = real_bars(shared_data, TICKERS[0], 1)[10]  # a later conflicting duplicate: serving dead-letters it
+    producer = make_producer(kafka)
+    producer.produce(topics.bars, key=first.ticker, value=Bar(first.ticker, first.minute, first.open, first.high * 2,
+                     first.low, first.close * 2, first.volume, "test").to_json(), partition=0)
+    assert producer.flush(30) == 0
+    counts[0] += 1
     home = tmp_path / "home"
     env = os.environ | {"MINUTECAST_HOME": str(home), "MINUTECAST_NAMESPACE": topics.namespace,
                         "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -78,6 +84,7 @@ def test_two_rank_run_produces_model_report_and_registry_entry(
     assert {int(p): o for p, o in meta["data"]["end_offsets"].items()} == counts  # read up to the snapshot
     assert meta["data"]["samples"]["train"] > 1000 and meta["data"]["samples"]["test"] > 300
     assert meta["data"]["tickers"] == len(TICKERS)  # test samples gathered from both ranks
+    assert (meta["data"]["conflicting_duplicates"], meta["data"]["duplicates"]) == (1, 0)  # left out, reported
 
     report = json.loads((home / "reports" / version / "report.json").read_text())
     assert report["tickers"] == len(TICKERS)

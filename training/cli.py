@@ -8,7 +8,8 @@
 Each run records the end offsets of the bar topic first (``<home>/runs/<id>/offsets.json``) and every
 rank reads up to exactly those, so a run's data is fixed while producers keep writing. Training runs in
 a child process (``python -m training.train``, or ``horovodrun -np N -H localhost:N ...``) so a long-lived
-``--every`` service returns all memory to the system between runs.
+``--every`` service returns all memory to the system between runs. After every run, failed ones too, runs
+beyond the last ``keep_runs`` are removed (:mod:`training.cleanup`).
 
 Every option is a field of ``TrainingSettings`` (``MINUTECAST_EPOCHS``, ``MINUTECAST_NP``, ...; a flag given
 overrides its variable, ``--epochs 0`` included): built once here and handed to the child as flags (with the
@@ -38,7 +39,7 @@ from minutecast.metrics import serve
 from minutecast.registry import Registry
 from minutecast.settings import TrainingSettings
 from minutecast.topics import Topics
-from training import config
+from training import cleanup, config
 
 log = logging.getLogger("minutecast.train")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -73,8 +74,15 @@ def train_command(settings: TrainingSettings, run_dir: Path, offsets: Path | Non
 
 def run_once(settings: TrainingSettings) -> dict[str, Any]:
     """One training run; returns train.py's result.json. Raises MinutecastError on failure."""
-    run_dir = settings.home / "runs" / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    run_dir = cleanup.runs_root(settings) / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _run_in(settings, run_dir)
+    finally:  # a failed run too: a retrying service (--every) must not fill the disk with run directories
+        cleanup.prune(settings, active=(run_dir,))
+
+
+def _run_in(settings: TrainingSettings, run_dir: Path) -> dict[str, Any]:
     offsets_file = None
     if settings.bars is None:
         wait_for_kafka(settings.kafka)

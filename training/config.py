@@ -43,6 +43,8 @@ FLAGS: dict[str, Flag] = {
     "fp16_allreduce": Flag("--fp16-allreduce", None, "compress gradients to fp16 for the allreduce"),
     "backward_passes": Flag("--backward-passes", int, "local gradient accumulation steps per allreduce"),
     "keep_checkpoints": Flag("--keep-checkpoints", int, "per-epoch checkpoints kept"),
+    "keep_runs": Flag("--keep-runs", int, "training runs (and their checkpoints) kept"),
+    "keep_versions": Flag("--keep-versions", int, "model versions kept in the registry (CURRENT always stays)"),
     "promote": Flag("--promote", None, "run the promotion gate and promote a model that passes it"),
     "bars": Flag("--bars", Path, "train from recorded bar files (directory or file) instead of Kafka"),
     "tickers": Flag("--tickers", str, "comma-separated subset of tickers (with --bars only)"),
@@ -53,8 +55,8 @@ FLAGS: dict[str, Flag] = {
 }
 # What one training run (python -m training.train, every rank) resolves; minutecast train forwards these.
 RUN_FIELDS = ("preset", "epochs", "batch_size", "learning_rate", "max_samples", "seed", "val_frac", "test_frac",
-              "threads_per_rank", "fp16_allreduce", "backward_passes", "keep_checkpoints", "promote", "bars",
-              "tickers")
+              "threads_per_rank", "fp16_allreduce", "backward_passes", "keep_checkpoints", "keep_runs",
+              "keep_versions", "promote", "bars", "tickers")
 # What only minutecast train reads (how it starts runs).
 CLI_FIELDS = ("np", "every", "first_preset")
 

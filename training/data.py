@@ -5,7 +5,9 @@
   each rank builds whole-ticker series). Bad records are skipped and counted (dead-lettered upstream).
 * :func:`load_bars` reads recorded files with the replay producer's reader (CSV, ``.gz``, Parquet; one
   loader for both) and keeps the rows :func:`producers.bars.check` accepts (the schema's validation).
-* A minute's *first* bar wins, in training as in serving (:func:`minutecast.window.slots`).
+* A minute's *first* bar wins, in training as in serving: both readers pass every ticker's records, in
+  arrival order, through :func:`minutecast.dedupe.first_wins` (:func:`keep_first`), the rule the window
+  store's Lua script applies; conflicting duplicates (dead-lettered by serving) are dropped and counted.
 * :func:`catalog` lists every ready window with a target (``HORIZON`` minutes later) without building
   any window: (ticker, bar index, as-of minute, target close). It is split by New York trading date
   (:func:`split_days`: the last ~15% of dates test, the ~15% before validation, the rest training) and
@@ -20,12 +22,13 @@ import logging
 import math
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, TopicPartition
 
+from minutecast.dedupe import first_wins
 from minutecast.errors import ConfigError, MinutecastError, Rejected, ServiceUnavailable
 from minutecast.kafka import make_consumer
 from minutecast.schemas import parse_bar_record
@@ -37,6 +40,7 @@ from producers.replay import list_files, load
 
 log = logging.getLogger(__name__)
 MATERIALISE_CHUNK = 50_000  # windows built per step (bounds the float64 temporaries)
+MAX_EXAMPLES = 5  # conflicting duplicates named in the log
 
 
 @dataclass(frozen=True)
@@ -57,8 +61,39 @@ class KafkaRange:
     topic: str
     end_offsets: dict[int, int]
     partitions: list[int]
-    bars: int
+    bars: int  # valid bar records read, repeats of a minute included
     rejected: dict[str, int]  # rejection reason -> count (already dead-lettered upstream)
+    duplicates: int = 0  # later records equal to a minute's first one: left out (no-ops in serving)
+    conflicts: int = 0  # later records with other values: left out (serving dead-letters them)
+
+
+@dataclass(frozen=True)
+class FirstValues:
+    """What :func:`keep_first` (or :func:`read_files`) left out: counts of repeated minutes."""
+
+    duplicates: int = 0  # identical repeats of a (ticker, minute)
+    conflicts: int = 0  # repeats with other OHLCV (``conflicting_duplicate``)
+    examples: list[str] = field(default_factory=list)  # a few "TICKER minute" of conflicts, for the log
+
+    def __add__(self, other: FirstValues) -> FirstValues:
+        return FirstValues(self.duplicates + other.duplicates, self.conflicts + other.conflicts,
+                           (self.examples + other.examples)[:MAX_EXAMPLES])
+
+
+def keep_first(bars: BarSet) -> tuple[BarSet, FirstValues]:
+    """Each ticker's series (records in arrival order) -> only each minute's first record, in arrival order
+    (:func:`minutecast.dedupe.first_wins`, serving's rule), and what was left out."""
+    out: BarSet = {}
+    total = FirstValues()
+    for t, s in bars.items():
+        fw = first_wins(s.minutes, s.ohlcv)
+        if fw.keep.size == s.minutes.size:
+            out[t] = s
+            continue
+        out[t] = Series(s.minutes[fw.keep], s.ohlcv[fw.keep])
+        total += FirstValues(int(fw.duplicates.size), int(fw.conflicts.size),
+                             [f"{t} {int(s.minutes[i])}" for i in fw.conflicts[:MAX_EXAMPLES]])
+    return out, total
 
 
 def shard(items: Sequence[int], rank: int, size: int) -> list[int]:
@@ -126,13 +161,17 @@ def read_topic(ks: KafkaSettings, topic: str, end_offsets: dict[int, int], *, ra
                         del todo[p]
         finally:
             consumer.close()
-    bars = {t: Series(np.asarray(m, np.int64), np.asarray(x, np.float64).reshape(-1, 5)) for t, (m, x) in cols.items()}
+    bars, firsts = keep_first({t: Series(np.asarray(m, np.int64), np.asarray(x, np.float64).reshape(-1, 5))
+                               for t, (m, x) in cols.items()})  # a ticker lives in one partition: offset order
+    if firsts.conflicts:
+        log.warning("left out %d conflicting duplicates in %s (a minute keeps its first value, as in serving; "
+                    "e.g. %s)", firsts.conflicts, topic, ", ".join(firsts.examples))
     if looped:
         log.info("left out %d bars of looped replay copies (source %s) in %s", looped, LOOP_SOURCE, topic)
     if rejected:
         log.warning("skipped %d invalid bars in %s (dead-lettered upstream): %s", sum(rejected.values()), topic,
                     rejected)
-    return bars, KafkaRange(topic, dict(end_offsets), mine, n_bars, rejected)
+    return bars, KafkaRange(topic, dict(end_offsets), mine, n_bars, rejected, firsts.duplicates, firsts.conflicts)
 
 
 def bar_files(root: Path | str) -> list[Path]:
@@ -142,17 +181,47 @@ def bar_files(root: Path | str) -> list[Path]:
 
 def load_bars(path: Path | str, tickers: Iterable[str] | None = None) -> BarSet:
     """Recorded bars (file or directory; CSV, ``.gz`` or Parquet) -> per-ticker series of valid bars."""
+    return _load_checked(path, tickers)[0]
+
+
+def read_files(files: Sequence[Path | str], tickers: Iterable[str] | None = None) -> tuple[BarSet, FirstValues]:
+    """Recorded files, in order, as one history: a ticker found in several files gets one series (the
+    files' rows in the order the replay producer sends them), a minute's first value wins across files
+    as within one (:func:`keep_first`). Returns the bars and the repeats left out."""
+    wanted = None if tickers is None else list(tickers)
+    parts: dict[str, list[Series]] = {}
+    total = FirstValues()
+    for f in files:
+        bars, firsts = _load_checked(f, wanted)
+        total += firsts
+        for t, s in bars.items():
+            parts.setdefault(t, []).append(s)
+    merged = {t: Series(np.concatenate([s.minutes for s in p]), np.concatenate([s.ohlcv for s in p]))
+              for t, p in sorted(parts.items())}
+    out, across = keep_first(merged)
+    total += across
+    if total.conflicts:
+        log.warning("left out %d conflicting duplicates in %d file(s) (a minute keeps its first value, as in "
+                    "serving; e.g. %s)", total.conflicts, len(files), ", ".join(total.examples))
+    return out, total
+
+
+def _load_checked(path: Path | str, tickers: Iterable[str] | None) -> tuple[BarSet, FirstValues]:
+    """One file or directory through the replay producer's checks (which already keep a minute's first row)."""
     if not Path(path).exists():
         raise ConfigError(f"--bars {path}: no such file or directory")
     checked = check(load(Path(path), tickers), "files", now=math.inf)
     if checked.rejected or checked.nan_rows:
         log.info("%s: dropped %d invalid and %d empty rows", path, len(checked.rejected), checked.nan_rows)
+    conflicts = [r for r in checked.rejected if r.error.reason == "conflicting_duplicate"]
     frame = checked.valid
     out: BarSet = {}
     for ticker, g in frame.groupby("ticker", sort=True):
         out[str(ticker)] = Series(g["minute"].to_numpy(np.int64),
                                   g[["open", "high", "low", "close", "volume"]].to_numpy(np.float64))
-    return out
+    out, rest = keep_first(out)  # a no-op after check(): the same rule, in one place for every reader
+    examples = [r.error.detail for r in conflicts[:MAX_EXAMPLES]]
+    return out, FirstValues(checked.duplicates, len(conflicts), examples) + rest
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,10 @@ share of the partitions. ``--bars DIR`` trains from recorded files instead (each
 Splits by date, fits the scaler on training samples (allreduced sufficient statistics), trains with
 hvd.DistributedOptimizer (LR x size), keeps the weights with the best global validation pinball loss
 (epoch 0 = the untrained model), and on rank 0: evaluates model vs persistence vs the current model on all
-test samples (gathered from every rank), saves a registry version, writes the report and ``result.json``.
+test samples (gathered from every rank), saves a registry version, writes the report and ``result.json``,
+and removes old runs, checkpoints and reports beyond the last ``keep_runs`` / ``keep_versions``
+(:mod:`training.cleanup`). A minute's first bar wins (:func:`training.data.keep_first`, serving's rule); the
+repeats left out are counted in the report's ``data`` (``duplicates``, ``conflicting_duplicates``).
 """
 
 from __future__ import annotations
@@ -33,14 +36,15 @@ import numpy as np
 
 from minutecast import intervals as I  # noqa: N812
 from minutecast.errors import MinutecastError
-from minutecast.features import Scaler, make_inputs, make_targets
+from minutecast.features import N_FEATURES, Scaler, make_inputs, make_targets
 from minutecast.kafka import end_offsets
 from minutecast.model import Preset, build_model, get_preset, make_loss
 from minutecast.registry import Registry, ServingModel, code_version
 from minutecast.settings import TrainingSettings
 from minutecast.topics import Topics
 from minutecast.universe import allowlist
-from minutecast.window import regular_hours
+from minutecast.window import WINDOW, regular_hours
+from training import cleanup
 from training import data as D
 from training import evaluate as E
 from training.config import RUN_FIELDS, add_flags, from_args, options
@@ -49,6 +53,7 @@ from training.config import RUN_FIELDS, add_flags, from_args, options
 SUMMARY_KEYS = ("coverage_80", "coverage_90", "interval_score_80", "baseline_interval_score_80",
                 "interval_score_gain_80", "model_rmse", "persistence_rmse", "dm_stat", "dm_pvalue",
                 "model_directional_accuracy", "ready_share_regular_hours")
+FEATURE_CHUNK = 50_000  # windows per step of scaler_stats / inputs (~1 GB of float64 temporaries at most)
 
 
 def parse_config(argv: list[str] | None = None) -> tuple[TrainingSettings, Preset, argparse.Namespace]:
@@ -65,6 +70,20 @@ def parse_config(argv: list[str] | None = None) -> tuple[TrainingSettings, Prese
     preset = get_preset(settings.preset, epochs=settings.epochs, batch_size=settings.batch_size,
                         learning_rate=settings.learning_rate, max_samples=settings.max_samples)
     return settings, preset, args
+
+
+def scaler_stats(s: D.Samples) -> np.ndarray:
+    """:meth:`Scaler.stats` (sums) of ``s``, chunk by chunk: bounded temporaries."""
+    return sum((Scaler.stats(s.windows[lo:lo + FEATURE_CHUNK], s.targets[lo:lo + FEATURE_CHUNK])
+                for lo in range(0, len(s), FEATURE_CHUNK)), np.zeros(Scaler.N_STATS))
+
+
+def inputs(s: D.Samples, scaler: Scaler) -> np.ndarray:
+    """:func:`make_inputs` of ``s``, chunk by chunk into one float32 array: bounded temporaries."""
+    out = np.empty((len(s), WINDOW, N_FEATURES), np.float32)
+    for lo in range(0, len(s), FEATURE_CHUNK):
+        out[lo:lo + FEATURE_CHUNK] = make_inputs(s.windows[lo:lo + FEATURE_CHUNK], scaler)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:  # noqa: C901 - one straight script, read top to bottom
@@ -85,7 +104,16 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - one straight scr
     import horovod.tensorflow as hvd_tf
     import horovod.tensorflow.keras as hvd
 
-    from training.callbacks import ChiefLogAndCheckpoint, GlobalValidation, fit_bucket_scales, predict, shrink_median
+    from training.callbacks import (
+        ChiefLogAndCheckpoint,
+        GlobalValidation,
+        allgather_arrays,
+        fit_bucket_scales,
+        gather_minutes,
+        gather_samples,
+        predict,
+        shrink_median,
+    )
 
     hvd.init()
     rank, size = hvd.rank(), hvd.size()
@@ -120,8 +148,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - one straight scr
         files = D.bar_files(settings.bars)
         mine = [files[i] for i in D.shard(list(range(len(files))), rank, size)]
         tickers = settings.tickers.split(",") if settings.tickers else None
-        for f in mine:
-            bars |= D.load_bars(f, tickers)
+        bars, firsts = D.read_files(mine, tickers)  # a minute's first value wins, as in serving
         source = {"bars_dir": str(settings.bars.resolve()), "files": [f.name for f in files]}
     else:
         topic = Topics(settings.namespace).bars
@@ -135,12 +162,19 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - one straight scr
         bars, krange = D.read_topic(settings.kafka, snapshot["topic"], offsets, rank=rank, size=size,
                                     allowed=allowlist(settings))  # the same records the Faust worker accepts
         source = {"topic": snapshot["topic"], "end_offsets": offsets}
+        firsts = D.FirstValues(krange.duplicates, krange.conflicts)
         log.info("read %d bars of %d tickers from partitions %s", krange.bars, len(bars), krange.partitions)
+    # Repeats of a minute left out on every rank (conflicting ones serving dead-lettered): in the report.
+    repeats = hvd_tf.allgather_object((firsts.duplicates, firsts.conflicts))
+    source |= {"duplicates": sum(r[0] for r in repeats), "conflicting_duplicates": sum(r[1] for r in repeats)}
+    if is_chief:
+        log.info("left out repeated minutes (first value wins): %d identical, %d conflicting",
+                 source["duplicates"], source["conflicting_duplicates"])
     # The market ticker lives on one rank: it shares the series with the others (market context).
     market_ticker = settings.market_ticker
     shared = hvd_tf.allgather_object(bars.get(market_ticker))
     market = next((m for m in shared if m is not None), None)
-    minutes_by_ticker = hvd_tf.allgather_object({t: s.minutes for t, s in bars.items()})
+    all_minutes = gather_minutes(hvd_tf, {t: s.minutes for t, s in bars.items()})  # for the ready share
     catalog = D.catalog(bars, market_ticker, market)
     del bars
 
@@ -160,13 +194,13 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - one straight scr
         raise MinutecastError(f"empty validation or test period ({totals})")
 
     # -- scaler and the calibrated baseline, on training samples only -------------------------------------
-    stats = hvd_tf.allreduce(tf.constant(Scaler.stats(train.windows, train.targets), tf.float64), op=hvd_tf.Sum)
+    stats = hvd_tf.allreduce(tf.constant(scaler_stats(train), tf.float64), op=hvd_tf.Sum)
     scaler = Scaler.from_stats(stats.numpy())
     reg = regular_hours(train.ends)  # the baseline is calibrated where it is scored: regular hours
-    ratios = np.concatenate(hvd_tf.allgather_object(I.baseline_ratios(train.windows[reg], train.targets[reg])))
+    (ratios,) = allgather_arrays(hvd_tf, I.baseline_ratios(train.windows[reg], train.targets[reg]))
     baseline_scale = I.scale_from_ratios(ratios)
-    x_train, y_train = make_inputs(train.windows, scaler), make_targets(train.windows, train.targets, scaler)
-    x_val, y_val = make_inputs(val.windows, scaler), make_targets(val.windows, val.targets, scaler)
+    x_train, y_train = inputs(train, scaler), make_targets(train.windows, train.targets, scaler)
+    x_val, y_val = inputs(val, scaler), make_targets(val.windows, val.targets, scaler)
     val_last, val_ends = val.last_close, val.ends
     del train, val
     if is_chief:
@@ -187,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - one straight scr
     ds = (tf.data.Dataset.from_tensor_slices((x_train, y_train))
           .shuffle(min(len(y_train), 200_000), seed=settings.seed + rank, reshuffle_each_iteration=True)
           .repeat().batch(cfg_preset.batch_size, drop_remainder=False).prefetch(tf.data.AUTOTUNE))
+    del x_train, y_train  # the dataset holds its own copy
     validation = GlobalValidation(hvd_tf, x_val, y_val, cfg_preset.patience, log if is_chief else None)
     callbacks: list[Any] = [
         hvd.callbacks.BroadcastGlobalVariablesCallback(0),  # rank 0's weights and optimizer state everywhere
@@ -194,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - one straight scr
         validation,
     ]
     if is_chief:
-        callbacks.append(ChiefLogAndCheckpoint(settings.home / "checkpoints" / "train" / run_id, config, scaler,
+        callbacks.append(ChiefLogAndCheckpoint(cleanup.checkpoints_root(settings) / run_id, config, scaler,
                                                cfg_preset.epochs, steps * cfg_preset.batch_size * size,
                                                settings.keep_checkpoints, log))
 
@@ -221,17 +256,14 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - one straight scr
                  shrink_test, val_pinball, np.round(bucket_scales, 3).tolist())
 
     # -- rank 0: evaluate on every rank's test samples, save, gate, report --------------------------------
-    gathered = hvd_tf.allgather_object(test)
+    test_all = gather_samples(hvd_tf, test)
+    del test
     if not is_chief:
         return 0
-    test_all = D.Samples.concat(gathered)
-    registry = Registry(settings.models_dir)
+    registry = Registry(settings.models_dir, keep=settings.keep_versions)
     current = E.load_current(registry)
     candidate = ServingModel(version="candidate", kind="lstm", scaler=scaler, keras_model=model,
                              meta={"bucket_scales": bucket_scales.tolist()})
-    all_minutes: dict[str, np.ndarray] = {}
-    for part in minutes_by_ticker:
-        all_minutes |= part
     test_days = [d for d in all_days if d >= cuts[1]]
     report, preds = E.build_report(test_all, candidate, current, baseline_scale=baseline_scale,
                                    extra={"ready": E.ready_share(all_minutes, days=test_days)})
@@ -258,9 +290,10 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - one straight scr
         "samples_per_s": round(epochs_run * steps * cfg_preset.batch_size * size / fit_s, 1) if fit_s > 0 else None,
         "total_seconds": round(time.time() - t_start, 2),
     }
-    out = args.out or settings.home / "runs" / run_id
+    out = args.out or cleanup.runs_root(settings) / run_id
     out.mkdir(parents=True, exist_ok=True)
     (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    cleanup.prune(settings, active=(out, cleanup.checkpoints_root(settings) / run_id))  # keep the last K runs
     log.info("model %s: 80%% interval score %s vs calibrated baseline %s, coverage %s; RMSE %s vs persistence %s; "
              "%s; report %s", version, report.get("interval_score_80"), report.get("baseline_interval_score_80"),
              report.get("coverage_80"), report.get("model_rmse"), report.get("persistence_rmse"),
