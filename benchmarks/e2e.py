@@ -11,13 +11,19 @@ model really runs; ``--persistence`` skips that), publishes 59 minutes of warm-u
 waits for the first forecasts (Spark start, TensorFlow load), then publishes one bar per ticker per
 accelerated minute, each minute as one burst like a live feed at the minute boundary.
 
+``--tickers N``: the first N S&P 500 names, beyond its 503 generated ones (``S00000`` ...); the worker's
+ticker allowlist is switched off for the run so they are admitted.
+
 Reported (from the forecasts themselves): p50/p95/p99/max of ``forecast_at - published_at`` over the
 timed minutes, forecasts vs windows announced, bars/s achieved, ``backlog_growing`` (latency of the last
 third of the minutes clearly above the first third, or the pipeline needing long to drain after the last
-minute), and the micro-batch duration with its split (Redis read, window build, model, Redis writes; summed
-over partitions) from the job's per-batch stats; ``p50_ms``/``p95_ms``/``p99_ms`` repeat the latency
-percentiles in ms. Memory: ``rss_peak_mb`` = peak resident MiB per service during the run (producer = this
-process, Faust worker, Spark driver + JVM + Python workers, Redis, Kafka), sampled every 0.5 s.
+minute; ``p50_ms_by_minute`` is the trend behind it), and the micro-batch duration with its split (Redis
+read, window build, model, Redis writes; summed over partitions) from the job's per-batch stats;
+``p50_ms``/``p95_ms``/``p99_ms`` repeat the latency percentiles in ms. ``stages``: where the time goes,
+p50/p95/p99 ms per stage (producer -> broker, Faust, ready -> Spark batch, engine, model, Redis write,
+Kafka write, totals; :mod:`benchmarks.stages`), also printed as a table on stderr. Memory: ``rss_peak_mb`` =
+peak resident MiB per service during the run (producer = this process, Faust worker, Spark driver + JVM +
+Python workers, Redis, Kafka), sampled every 0.5 s.
 Last stdout line: one JSON object.
 """
 
@@ -33,14 +39,16 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from datetime import datetime, timedelta
-from importlib import resources
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 
+from benchmarks import stages
+from benchmarks.rss import RssSampler, listener_pid
 from minutecast.errors import InfraError, ModelError, ServiceUnavailable
 from minutecast.features import Scaler
 from minutecast.kafka import ensure_topics, make_admin, make_consumer, make_producer
@@ -51,16 +59,19 @@ from minutecast.registry import Registry
 from minutecast.schemas import Bar, Forecast
 from minutecast.settings import InferenceSettings
 from minutecast.topics import Topics
+from minutecast.universe import sp500
 from minutecast.window import SESSION_TZ, WINDOW
+from producers.synthetic import synthetic_tickers
 
 REPO = Path(__file__).resolve().parents[1]
 GOAL_P99_S = 1.5
 
 
 def tickers(n: int) -> list[str]:
-    text = resources.files("minutecast").joinpath("data/sp500.csv").read_text()
-    rows = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")][1:]
-    return rows[:n]
+    """The first ``n`` S&P 500 names, then generated ones (``S00000`` ..., valid tickers) beyond its 503."""
+    names = sp500()[:n]
+    taken = set(names)
+    return names + [t for t in synthetic_tickers(n) if t not in taken][:n - len(names)]
 
 
 def session_start() -> int:
@@ -70,33 +81,69 @@ def session_start() -> int:
 
 
 class Feed:
-    """Random-walk bars for every ticker, one minute at a time, published with the producer's clock."""
+    """Random-walk bars for every ticker, one minute at a time, published with the producer's clock.
+
+    Every bar's delivery latency (librdkafka: ``produce()`` -> broker ack) is kept, per minute index and
+    ticker, in :attr:`delivery_s` (NaN until its delivery report comes). librdkafka measures it when the
+    report is served, so a thread serves them as they arrive (:meth:`serve_reports`); served only by the publishing
+    loop's ``poll`` they would read as the time to the next minute."""
 
     def __init__(self, names: list[str], start: int, kafka: Any, topic: str) -> None:
         self.names, self.start, self.topic = names, start, topic
+        self.index = {n.encode(): i for i, n in enumerate(names)}
         self.rng = np.random.default_rng(0)
         self.close = 50 + 400 * self.rng.random(len(names))
         self.producer = make_producer(kafka)
         self.sent = 0
+        self.failed = 0
+        self.delivery_s: dict[int, np.ndarray] = {}  # minute index -> s per ticker (array: 8 B a bar)
+        self._stop = threading.Event()
+        self._poller = threading.Thread(target=self._serve, name="delivery-reports", daemon=True)
 
-    def minute(self, i: int, flush: bool = False) -> float:
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            self.producer.poll(0.05)  # returns as soon as a report is there (librdkafka is thread-safe)
+
+    def serve_reports(self) -> None:
+        self._poller.start()
+
+    def stop_reports(self) -> None:
+        self._stop.set()
+        if self._poller.is_alive():
+            self._poller.join(5)
+
+    def _delivered(self, i: int, err: Any, msg: Any) -> None:
+        if err is not None:
+            self.failed += 1
+            return
+        latency = msg.latency()
+        if latency is not None:
+            self.delivery_s[i][self.index[msg.key()]] = latency
+
+    def delivery(self, ticker: str, minute: int) -> float | None:
+        """The delivery latency (s) of ``ticker``'s bar at ``minute`` (epoch s), None if unknown."""
+        arr = self.delivery_s.get((minute - self.start) // 60)
+        x = None if arr is None else float(arr[self.index[ticker.encode()]])
+        return None if x is None or x != x else x
+
+    def minute(self, i: int) -> float:
         """Publish minute i of every ticker; returns the publish time of its first bar."""
         self.close *= np.exp(self.rng.normal(0, 5e-4, len(self.names)))
         vol = self.rng.integers(1_000, 100_000, len(self.names))
+        self.delivery_s[i] = np.full(len(self.names), np.nan)
+        on_delivery = partial(self._delivered, i)
         t0 = time.time()
         for name, c, v in zip(self.names, self.close, vol, strict=True):
             c = round(float(c), 4)
             bar = Bar(name, self.start + 60 * i, c, c, c, c, float(v), "bench", published_at=time.time())
             while True:
                 try:
-                    self.producer.produce(self.topic, bar.to_json(), name.encode())
+                    self.producer.produce(self.topic, bar.to_json(), name.encode(), on_delivery=on_delivery)
                     break
                 except BufferError:
                     self.producer.poll(0.01)
         self.sent += len(self.names)
         self.producer.poll(0)
-        if flush:
-            self.producer.flush(60)
         return t0
 
 
@@ -124,68 +171,6 @@ def promote_in_subprocess(models_dir: Path) -> str:
     return res.stdout.strip().splitlines()[-1]
 
 
-def listener_pid(port: int) -> int | None:
-    """The pid of the local process listening on ``port`` (the Kafka broker), None if not visible."""
-    try:
-        for c in psutil.net_connections(kind="tcp"):
-            if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port and c.pid:
-                return int(c.pid)
-    except psutil.AccessDenied:
-        pass
-    return None
-
-
-class RssSampler:
-    """Peak resident memory (MiB) of each service's process tree, sampled every ``every`` s in a thread.
-
-    A service is a root pid; its tree (children, recursively: the Spark JVM and its Python workers) is
-    summed at each sample, and the peak of that sum is kept. Sampling VmRSS (not VmHWM) because Redis and
-    Kafka are long-lived and shared: their lifetime high-water mark says nothing about this run.
-    """
-
-    def __init__(self, every: float = 0.5) -> None:
-        self.every = every
-        self.roots: dict[str, tuple[int, bool]] = {}  # name -> (pid, include children)
-        self.peak_mb: dict[str, float] = {}
-        self.samples = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="rss-sampler", daemon=True)
-
-    def watch(self, name: str, pid: int | None, tree: bool = True) -> None:
-        if pid is not None:
-            self.roots[name] = (pid, tree)
-
-    def sample(self) -> None:
-        for name, (pid, tree) in list(self.roots.items()):
-            try:
-                root = psutil.Process(pid)
-                procs = [root, *(root.children(recursive=True) if tree else [])]
-            except psutil.Error:
-                continue
-            total = 0
-            for p in procs:
-                try:
-                    total += p.memory_info().rss
-                except psutil.Error:
-                    pass  # a Python worker that just exited
-            self.peak_mb[name] = max(self.peak_mb.get(name, 0.0), total / 2**20)
-        self.samples += 1
-
-    def _loop(self) -> None:
-        while not self._stop.wait(self.every):
-            self.sample()
-
-    def start(self) -> None:
-        self.sample()
-        self._thread.start()
-
-    def stop(self) -> dict[str, float]:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join(5)
-        return {k: round(v, 1) for k, v in sorted(self.peak_mb.items())}
-
-
 def pct(xs: list[float], q: float) -> float | None:
     return round(float(np.percentile(xs, q)), 3) if xs else None
 
@@ -198,7 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="25 timed minutes instead of 90")
     ap.add_argument("--minutes", type=int, help="timed accelerated minutes")
-    ap.add_argument("--tickers", type=int, default=503)
+    ap.add_argument("--tickers", type=int, default=503,
+                    help="any number: the S&P 500 names, then generated ones (S00000 ...) beyond 503")
     ap.add_argument("--bars-per-s", type=float, help="publish pace (default: one accelerated minute per s)")
     ap.add_argument("--trigger-ms", type=int, default=200, help="the Spark job's trigger interval")
     ap.add_argument("--persistence", action="store_true", help="no model: serve the persistence baseline")
@@ -216,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix=f"minutecast-{ns}-"))
     base = InferenceSettings()
     assert base.redis.password is not None
-    env = os.environ | {"MINUTECAST_NAMESPACE": ns,
+    env = os.environ | {"MINUTECAST_NAMESPACE": ns, "MINUTECAST_TICKER_ALLOWLIST": "false",  # generated names
                         "MINUTECAST_REDIS_PASSWORD": base.redis.password.get_secret_value()}
     infer_env = env | {"MINUTECAST_HOME": str(work / "home")}  # private registry and checkpoint
     if args.no_shuffle:
@@ -252,9 +238,12 @@ def main(argv: list[str] | None = None) -> int:
         rss.start()
         start = session_start()
         feed = Feed(names, start, base.kafka, topics.bars)
+        feed.serve_reports()
         consumer = make_consumer(base.kafka, f"bench-{ns}")
         consumer.subscribe([topics.forecasts])
-        seen: dict[tuple[str, int], Forecast] = {}
+        # (ticker, as_of) -> the first forecast seen and its Kafka record timestamp (s); forecasts per as_of.
+        seen: dict[tuple[str, int], tuple[Forecast, float | None]] = {}
+        per_minute: Counter[int] = Counter()
 
         def drain(until: float) -> None:
             while True:
@@ -263,7 +252,10 @@ def main(argv: list[str] | None = None) -> int:
                     value = msg.value()
                     if not msg.error() and value is not None:
                         f = Forecast.from_json(value)
-                        seen.setdefault((f.ticker, f.as_of), f)
+                        if (f.ticker, f.as_of) not in seen:
+                            kind, ts_ms = msg.timestamp()
+                            seen[(f.ticker, f.as_of)] = (f, ts_ms / 1000 if kind else None)
+                            per_minute[f.as_of] += 1
                 for p in procs:
                     if p.poll() is not None:
                         raise InfraError(f"a pipeline process exited ({p.args!r}); logs in {work}")
@@ -276,10 +268,11 @@ def main(argv: list[str] | None = None) -> int:
             feed.minute(i)
         feed.producer.flush(60)
         first = start + 60 * (WINDOW - 1)
-        deadline = time.monotonic() + 300
-        while sum(1 for (_, a) in seen if a == first) < len(names):
+        wait_s = 300 + 0.05 * len(names)  # start-up (Spark, TensorFlow) plus 60 minutes of bars through Faust
+        deadline = time.monotonic() + wait_s
+        while per_minute[first] < len(names):
             if time.monotonic() > deadline:
-                raise ServiceUnavailable(f"no complete first minute of forecasts in 300 s; logs in {work}")
+                raise ServiceUnavailable(f"no complete first minute of forecasts in {wait_s:.0f} s; logs in {work}")
             drain(time.monotonic() + 0.5)
         result["warmup_s"] = round(time.monotonic() - t_warm, 1)
         print(f"pipeline warm after {result['warmup_s']} s; timing {minutes} minutes at {rate:.0f} bars/s",
@@ -295,55 +288,60 @@ def main(argv: list[str] | None = None) -> int:
         feed.producer.flush(60)
         last = start + 60 * (WINDOW + minutes - 1)
         drain_deadline = time.monotonic() + 120
-        while sum(1 for (_, a) in seen if a == last) < len(names) and time.monotonic() < drain_deadline:
+        while per_minute[last] < len(names) and time.monotonic() < drain_deadline:
             drain(time.monotonic() + 0.25)
         drained_s = time.monotonic() - t_end
         drain(time.monotonic() + 1.0)
+        feed.stop_reports()
 
-        timed = [f for (_, a), f in seen.items() if a >= start + 60 * WINDOW]
-        lat = [f.forecast_at - f.published_at for f in timed if f.published_at is not None]
+        def stats_lines() -> list[str]:
+            return stats_path.read_text().splitlines() if stats_path.exists() else []
+
+        # Spark's listener writes a batch's engine line after the batch: wait a little for the last ones.
+        engine_deadline = time.monotonic() + 15
+        while (any(b.engine is None for b in stages.parse_batches(json.loads(x) for x in stats_lines() if x.strip()))
+               and time.monotonic() < engine_deadline):
+            drain(time.monotonic() + 0.5)
+
+        timed = [(f, rec) for (_, a), (f, rec) in seen.items() if a >= start + 60 * WINDOW]
+        lat = [f.forecast_at - f.published_at for f, _ in timed if f.published_at is not None]
         # The two halves: producer -> Faust -> Redis -> ready event, and ready event -> Spark -> forecast.
-        faust = [f.window_ready_at - f.published_at for f in timed if f.published_at is not None]
-        spark = [f.forecast_at - f.window_ready_at for f in timed]
+        faust = [f.window_ready_at - f.published_at for f, _ in timed if f.published_at is not None]
+        spark = [f.forecast_at - f.window_ready_at for f, _ in timed]
         by_minute: dict[int, list[float]] = {}
-        for f in timed:
+        for f, _ in timed:
             if f.published_at is not None:
                 by_minute.setdefault((f.as_of - start) // 60, []).append(f.forecast_at - f.published_at)
         order = sorted(by_minute)
         third = max(1, len(order) // 3)
         first_p50 = float(np.median([x for m in order[:third] for x in by_minute[m]])) if order else 0.0
         last_p50 = float(np.median([x for m in order[-third:] for x in by_minute[m]])) if order else 0.0
-        batches = [json.loads(x) for x in stats_path.read_text().splitlines()] if stats_path.exists() else []
-        timed_batches = [b for b in batches if b.get("events") and b.get("started_at", 0) >= t_begin_wall]
-        split = {}
-        for phase in ("redis_read_ms", "build_ms", "model_load_ms", "model_ms", "write_ms"):
-            vals = [b.get(phase, 0.0) for b in timed_batches]
-            split[phase.removesuffix("_ms") + "_mean_ms"] = round(float(np.mean(vals)), 1) if vals else None
-        durs = [b["duration_ms"] for b in timed_batches]
-        timed_ids = {b["batch_id"] for b in timed_batches}
-        engine = [b["engine_ms"] for b in batches if b.get("progress_batch_id") in timed_ids]
-        for part in ("triggerExecution", "addBatch", "latestOffset", "walCommit", "queryPlanning", "commitOffsets"):
-            vals = [e.get(part, 0) for e in engine]
-            split["engine_" + part + "_mean_ms"] = round(float(np.mean(vals)), 1) if vals else None
+        batches = stages.parse_batches(json.loads(x) for x in stats_lines() if x.strip())
+        timed_batches = [b for b in batches if b.started_at >= t_begin_wall]
+        traces = [stages.Trace(f.published_at, feed.delivery(f.ticker, f.as_of), f.window_ready_at, f.forecast_at,
+                               rec) for f, rec in timed if f.published_at is not None]
+        split = stages.summarize(traces, batches)
+        print(f"where the time goes ({len(names)} tickers, {rate:.0f} bars/s, {len(traces)} forecasts):\n"
+              + stages.table(split["stages"]), file=sys.stderr)
+        superseded = sum(b.superseded for b in timed_batches)
         result |= {
             "p50_ms": _ms(pct(lat, 50)), "p95_ms": _ms(pct(lat, 95)), "p99_ms": _ms(pct(lat, 99)),
             "latency_p50_s": pct(lat, 50), "latency_p95_s": pct(lat, 95), "latency_p99_s": pct(lat, 99),
             "latency_max_s": pct(lat, 100),
             "to_window_ready_p50_s": pct(faust, 50), "to_window_ready_p99_s": pct(faust, 99),
             "ready_to_forecast_p50_s": pct(spark, 50), "ready_to_forecast_p99_s": pct(spark, 99),
-            "shuffle_by_ticker": not args.no_shuffle,
-            "forecasts": len(timed), "expected": len(names) * minutes,
-            "superseded": int(sum(b.get("superseded_batch", 0) + b.get("superseded_state", 0)
-                                  for b in timed_batches)),
+            "shuffle_by_ticker": base.shuffle_by_ticker and not args.no_shuffle,
+            "forecasts": len(timed), "expected": len(names) * minutes, "superseded": int(superseded),
             "bars_per_s": round(len(names) * minutes / (t_end - t_begin)),
             "first_third_p50_s": round(first_p50, 3), "last_third_p50_s": round(last_p50, 3),
             "drain_after_last_minute_s": round(drained_s, 2),
             "backlog_growing": bool(last_p50 > 1.5 * first_p50 + 0.25 or drained_s > 5 * max(period, 1.0)),
-            "micro_batches": len(timed_batches),
-            "micro_batch_p50_ms": pct(durs, 50), "micro_batch_p95_ms": pct(durs, 95),
-            "events_per_batch_mean": round(float(np.mean([b["events"] for b in timed_batches])), 1)
-            if timed_batches else None,
-            **split,
+            # The trend behind backlog_growing: p50 latency (ms) of each timed minute, in order.
+            "p50_ms_by_minute": [round(1000 * float(np.median(by_minute[m]))) for m in order],
+            "bars_undelivered": feed.failed,
+            **stages.batch_means(timed_batches),
+            # Where the time goes: per stage p50/p95/p99 over the timed forecasts (benchmarks.stages).
+            "stages": split["stages"], "stages_forecasts_without_batch": split["unmatched"],
             "goal_p99_s": GOAL_P99_S,
         }
         result["goal_met"] = bool(result["latency_p99_s"] is not None and result["latency_p99_s"] < GOAL_P99_S

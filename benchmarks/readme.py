@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from benchmarks import stages
 from benchmarks.report import DEFAULT_OUT, REPO, figures, machine_line, status_lines, table
 from minutecast.errors import ConfigError
 
@@ -38,6 +39,7 @@ def section(results: dict[str, Any]) -> str:
         "Targets are goals measured here, never test assertions. The load average around each benchmark is "
         "listed below: on 2 cores, a load well above 2 means other work competed and the figures are low.", "",
         table(results), "",
+        *e2e_stages(results),
         *([] if any(r["key"] == "gpu_epoch_s" for r in results["figures"]) else [
             "The seed's training epoch (149 s at batch 32 on a Tesla M60, ~5 s at batch 2048) compares only "
             "with `gpu_epoch_s`, measured when a GPU is present: there was none on this machine.", ""]),
@@ -49,6 +51,25 @@ def section(results: dict[str, Any]) -> str:
         "python -m benchmarks.readme   # regenerates this section from latest.json",
         "```",
     ])
+
+
+def e2e_stages(results: dict[str, Any]) -> list[str]:
+    """Per e2e run with a ``stages`` split (:mod:`benchmarks.stages`): a heading, what the rows are, the
+    table; nothing for results from before the split existed."""
+    out: list[str] = []
+    for name in ("e2e", "e2e_10k"):
+        res = (results.get("benchmarks", {}).get(name) or {}).get("result") or {}
+        if not res.get("stages"):
+            continue
+        rate = res.get("target_bars_per_s")
+        out += [f"### Where the time goes: `{name}` ({res.get('tickers')} tickers, "
+                f"{rate:,.0f} bars/s)" if rate else f"### Where the time goes: `{name}`", "",
+                "Each forecast's latency split into stages from the timestamps the pipeline emits (bar "
+                "`published_at`, the producer's delivery latency, `ready_at`, the Spark batch's `started_at` and "
+                "`durationMs`, `forecast_at`, the forecast's Kafka record timestamp); the main rows add up to the "
+                "total on Kafka, the indented ones are per-batch figures counted once per forecast of the batch.",
+                "", stages.table(res["stages"]), ""]
+    return out
 
 
 def render(readme_text: str, results: dict[str, Any]) -> str:

@@ -176,6 +176,9 @@ def test_e2e_benchmark_tiny_reports_latency_and_memory(services: InfraSettings) 
     assert r["tickers"] == 10 and r["forecasts"] > 0 and r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"]
     assert isinstance(r["backlog_growing"], bool)
     assert set(r["rss_peak_mb"]) == set(report.RSS_SERVICES) and all(v > 0 for v in r["rss_peak_mb"].values())
+    # Where the time goes (benchmarks.stages): every main stage measured for the forecasts.
+    assert {"producer_to_broker", "broker_to_window_ready", "ready_to_batch_start", "batch_start_to_model_out",
+            "model_out_to_kafka", "total"} <= set(r["stages"]) and r["stages"]["total"]["n"] == r["forecasts"]
 
 
 @pytest.mark.horovod
