@@ -130,6 +130,8 @@ for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ttl) end
 return {new, stored}
 """
 
+NUMERIC = ("v", "minute", "published_at", "ready_at")  # event fields read as numbers (NaN: absent or bad)
+
 # Counters infer_partition reports (names of the stats accumulator's keys), per window-ready event.
 # "forecasts": new as-of minutes; "corrections": stored forecasts replaced by one from a re-announced
 # window; "replayed": the stored forecast republished (a replay, a re-sent older event, or a re-announcement
@@ -287,6 +289,10 @@ def infer_partition(conf: JobConf, stats: Any, latencies: Any,
     if not frames:
         return
     events = pd.concat(frames, ignore_index=True)
+    # Spark 4.2 hands null LONG/INT cells over as pandas' NA (nullable dtypes), whose truth value raises:
+    # the numeric fields become float64 with NaN for "absent", which every check below expects.
+    for col in NUMERIC:
+        events[col] = pd.to_numeric(events[col], errors="coerce").astype("float64")
     counts: dict[str, float] = defaultdict(float, events=len(events))
     out_rows: list[tuple[str, str | None, str]] = []
     ctx = _context(conf)
