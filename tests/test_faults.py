@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -50,7 +49,7 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from infra.procs import read_pid, terminate
+from infra.procs import terminate
 from infra.services import LocalKafka, LocalRedis
 from minutecast.kafka import ensure_topics
 from minutecast.keys import Keys
@@ -72,7 +71,14 @@ from tests.support.bars import (
     replay_dir,
 )
 from tests.support.kafka import committed_all, read_topic
-from tests.support.services import aof_mark, free_port, free_port_pair, lose_unsynced_writes, wait_until
+from tests.support.services import (
+    aof_mark,
+    free_port,
+    free_port_pair,
+    kill_pidfile,
+    lose_unsynced_writes,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 REPO = Path(__file__).resolve().parents[1]
@@ -117,18 +123,6 @@ def clean_reference(services: InfraSettings, replay_input: tuple[Path, list[Bar]
         return apply_in_process(client, replay_input[1])
     finally:
         client.close()
-
-
-def kill_pidfile(pidfile: Path) -> None:
-    """SIGKILL a service started by infra.services (our child) and wait until its pidfile is stale."""
-    pid = read_pid(pidfile)
-    assert pid is not None
-    os.kill(pid, signal.SIGKILL)
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, 0)
-    deadline = time.monotonic() + 30
-    while read_pid(pidfile) is not None and time.monotonic() < deadline:
-        time.sleep(0.1)
 
 
 def test_producer_sigkill_early_and_late_resumes_without_gap(

@@ -11,8 +11,6 @@ is cut back as a machine crash would leave it.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,7 +20,6 @@ from typing import Any
 import pytest
 from confluent_kafka import TopicPartition
 
-from infra.procs import read_pid
 from infra.services import LocalRedis
 from minutecast.kafka import ensure_topics, make_consumer, make_producer
 from minutecast.keys import Keys
@@ -35,7 +32,7 @@ from streams.window_store import StateBehind, WindowStore
 from tests.support.bars import interleaved, windows
 from tests.support.inference import MARKET, bars_for, ready_event, store_bars
 from tests.support.partition import forecast_rows, job_conf, run_partition
-from tests.support.services import aof_mark, lose_unsynced_writes, wait_until
+from tests.support.services import aof_mark, kill_pidfile, lose_unsynced_writes
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 TICKERS = ("AAPL", "MSFT", "NVDA")
@@ -44,21 +41,10 @@ BATCH = 12  # records per worker batch
 
 def crash(server: LocalRedis, mark: tuple[Path, int]) -> int:
     """SIGKILL the redis-server, cut its AOF back to ``mark`` (the fsynced part), start it again."""
-    pid = read_pid(server.pidfile)
-    assert pid is not None
-    os.kill(pid, signal.SIGKILL)
-    wait_until(lambda: read_pid(server.pidfile) is None or not _alive(pid), 30, "redis-server gone")
+    kill_pidfile(server.pidfile, server.s.redis.port)
     lost = lose_unsynced_writes(mark)
     server.up()
     return lost
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def topic_messages(kafka: KafkaSettings, topic: str, n: int) -> list[Message]:

@@ -3,8 +3,10 @@ free loopback ports, polling for a condition."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import signal
 import socket
 import subprocess
 import time
@@ -12,6 +14,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+from infra.procs import port_open, read_pid
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -99,3 +103,15 @@ def lose_unsynced_writes(mark: tuple[Path, int]) -> int:
         fh.truncate(size)
         os.fsync(fh.fileno())
     return lost
+
+
+def kill_pidfile(pidfile: Path, port: int | None = None) -> None:
+    """SIGKILL a service started by infra.services (our child), reap it, and wait until its pidfile is stale
+    (and, given ``port``, until nothing answers there any more)."""
+    pid = read_pid(pidfile)
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+    wait_until(lambda: read_pid(pidfile) is None and (port is None or not port_open("127.0.0.1", port)), 30,
+               f"{pidfile.name} gone")
