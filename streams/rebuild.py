@@ -49,13 +49,18 @@ class RebuildReport:
     rejected: dict[str, int] = field(default_factory=dict)  # reason -> invalid messages skipped
 
 
-def topic_has_data(settings: StreamSettings) -> bool:
-    """True when the bar topic holds at least one record."""
+def bar_watermarks(settings: StreamSettings) -> dict[int, tuple[int, int]]:
+    """{partition: (low, high)} of the bar topic now."""
     consumer = make_consumer(settings.kafka, group=f"{settings.app_id}-{settings.namespace}-probe")
     try:
-        return any(high > low for low, high in watermarks(consumer, Topics(settings.namespace).bars).values())
+        return watermarks(consumer, Topics(settings.namespace).bars)
     finally:
         consumer.close()
+
+
+def topic_has_data(settings: StreamSettings) -> bool:
+    """True when the bar topic holds at least one record."""
+    return any(high > low for low, high in bar_watermarks(settings).values())
 
 
 def rebuild(settings: StreamSettings, *, idle_timeout_s: float = 30.0,

@@ -36,7 +36,7 @@ from minutecast.keys import Keys
 from minutecast.settings import KafkaSettings, StreamSettings
 from minutecast.topics import Topics
 from streams.partition import WRITE_LUA, WRITTEN
-from streams.rebuild import rebuild
+from streams.rebuild import bar_watermarks, rebuild
 from streams.window_store import Gap, WindowStore
 
 log = logging.getLogger("streams.repair")
@@ -55,7 +55,8 @@ class BarRepair:
         """Re-apply each gap's missing records, move the applied record to ``first - 1``; returns how many
         partitions really were behind (a partition without a record whose batch starts at the beginning of
         the log is a first start, not a loss)."""
-        starts = self._log_starts() if any(g.applied is None for g in gaps) else {}
+        starts = {p: low for p, (low, _) in bar_watermarks(self.settings).items()} \
+            if any(g.applied is None for g in gaps) else {}
         behind = [g for g in gaps if g.applied is not None or g.first > starts.get(g.partition, 0)]
         if behind:
             ranges = {g.partition: (None if g.applied is None else g.applied + 1, g.first) for g in behind}
@@ -67,14 +68,6 @@ class BarRepair:
                         report.messages, report.bars, report.seconds)
         self.store.mark_applied({g.partition: g.first - 1 for g in gaps})
         return len(behind)
-
-    def _log_starts(self) -> dict[int, int]:
-        consumer = make_consumer(self.settings.kafka, group=f"{self.settings.app_id}-{self.settings.namespace}-probe")
-        try:
-            return {p: low for p, (low, _) in watermarks(consumer, Topics(self.settings.namespace).bars).items()}
-        finally:
-            consumer.close()
-
 
 def restore_forecasts(kafka: KafkaSettings, namespace: str, since: float, write: Callable[[list[bytes]], int],
                       *, batch: int = 2000, idle_timeout_s: float = 30.0) -> int:

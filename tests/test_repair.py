@@ -31,6 +31,7 @@ from streams.repair import BarRepair, repair_forecasts
 from streams.window_store import StateBehind, WindowStore
 from tests.support.bars import interleaved, windows
 from tests.support.inference import MARKET, bars_for, ready_event, store_bars
+from tests.support.kafka import read_topic
 from tests.support.partition import forecast_rows, job_conf, run_partition
 from tests.support.services import aof_mark, kill_pidfile, lose_unsynced_writes
 
@@ -170,17 +171,11 @@ def test_forecasts_restored_after_redis_loses_its_unsynced_writes(
     for i in range(106, 120):
         minute(i, (ns, ref_ns))
     published: dict[str, dict[int, bytes]] = {}
-    c = make_consumer(kafka, group=f"read-{uuid.uuid4().hex[:8]}")
-    c.assign([TopicPartition(topics.forecasts, 0, 0)])
-    deadline = time.monotonic() + 30
-    seen = 0
-    while seen < 60 * len(tickers) and time.monotonic() < deadline:
-        for m in c.consume(500, timeout=1.0):
-            if m.error() is None:
-                seen += 1
-                d = json.loads(m.value())
-                published.setdefault(d["ticker"], {})[int(d["as_of"])] = m.value()
-    c.close()
+    records = read_topic(kafka, topics.forecasts, timeout=30)
+    assert len(records) == 60 * len(tickers)  # one forecast per ticker and minute, each published once
+    for _, value in records:
+        d = json.loads(value)
+        published.setdefault(d["ticker"], {})[int(d["as_of"])] = value
     for t in tickers:
         hist = {int(k): v for k, v in client.hgetall(keys.forecast_history(t)).items()}
         assert hist == published[t], f"{t}: history is not what was published"
