@@ -12,6 +12,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import inspect
 import json
 import logging
 import os
@@ -25,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from mode import Service
+from mode.utils.locks import Event
 
 import streams.rebuild
 from infra.procs import terminate
@@ -37,6 +42,7 @@ from minutecast.settings import InfraSettings, KafkaSettings, StreamSettings
 from minutecast.topics import Topics
 from minutecast.window import GAP, MINUTE, RETAIN, checksum
 from streams.batch import DROP_SWITCH, DROP_SWITCH_GUARD, drop_switch
+from streams.faust_app import _lean_drain, _Resume
 from streams.rebuild import rebuild
 from streams.window_store import WindowStore, read_window, window_for
 from tests.support.bars import (
@@ -329,3 +335,65 @@ def _scrape(port: int, name: str) -> float:
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()  # noqa: S310
     return next(float(line.split()[-1]) for line in body.splitlines() if line.startswith(name + " "))
 
+
+def test_resume_finishes_a_started_coroutine_like_a_task() -> None:
+    async def main() -> None:
+        seen: list[str] = []
+
+        async def deliver(fut: asyncio.Future[int]) -> int:
+            try:
+                return await fut + 1
+            except asyncio.CancelledError:
+                seen.append("cancelled")
+                raise
+
+        for cancel in (False, True):
+            fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            coro = deliver(fut)
+            task = asyncio.ensure_future(_Resume(coro, coro.send(None)))
+            await asyncio.sleep(0)
+            if cancel:  # what wait_first does to a blocked record when the flow is suspended
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+            else:
+                fut.set_result(1)
+                assert await task == 2
+        assert seen == ["cancelled"]
+
+    asyncio.run(main())
+
+
+def test_lean_drain_hands_records_over_inline_and_a_suspended_flow_still_abandons_a_blocked_one() -> None:
+    from faust.transport.consumer import Consumer
+
+    src = inspect.getsource(Consumer._drain_messages).encode()  # _lean_drain copies it: re-check on an upgrade
+    assert hashlib.sha256(src).hexdigest() == "44a2500309e83c630493f6828af50166ec8d96a0b3e4fb2bab735f704ae93417"
+
+    class Base(Service):  # type: ignore[misc] # Faust's consumer as far as _deliver uses it
+        suspend_flow = Event()
+
+    async def main() -> None:
+        consumer = _lean_drain(Base)()
+        got: list[int] = []
+        queue: asyncio.Queue[int] = asyncio.Queue(maxsize=1)
+
+        async def put(m: int) -> None:  # the conductor putting the event into the stream's queue
+            await queue.put(m)
+            got.append(m)
+
+        real_wait_first, consumer.wait_first = consumer.wait_first, None  # the inline path must not need it
+        await consumer._deliver(put, 1)
+        consumer.wait_first = real_wait_first
+        blocked = asyncio.ensure_future(consumer._deliver(put, 2))  # queue full: Faust's wait_first
+        await asyncio.sleep(0.01)
+        assert got == [1] and not blocked.done()
+        queue.get_nowait()
+        await blocked
+        blocked = asyncio.ensure_future(consumer._deliver(put, 3))
+        await asyncio.sleep(0.01)
+        consumer.suspend_flow.set()  # a rebalance: the record is dropped, re-fetched from its offset later
+        await blocked
+        assert got == [1, 2] and queue.qsize() == 1
+
+    asyncio.run(main())
