@@ -9,8 +9,8 @@ One forecast's timeline (epoch s, every process on one machine, so one clock):
    linger included): the bar is on the broker;
 3. ``ready_at`` (``window_ready_at`` in the forecast): the Faust worker's batch (fetch, ``take_events``
    wait, decode, one Redis write) has returned;
-4. the Spark micro-batch that served it started (``started_at`` of ``--stats-jsonl``: foreachBatch called,
-   i.e. after the engine's latestOffset / walCommit / getBatch / queryPlanning of that batch);
+4. the Spark micro-batch that served it started its job (``started_at`` of ``--stats-jsonl``: the trigger
+   time plus the engine's latestOffset / walCommit / getBatch / queryPlanning of that batch);
 5. ``forecast_at``: the model output is ready (stamped before the Redis write);
 6. the forecast's Kafka record timestamp (CreateTime: Spark's producer sends the row after its
    partition's Redis write returned, so the forecast is in Redis by then).
@@ -31,20 +31,17 @@ from typing import Any
 
 import numpy as np
 
-# Spark's durationMs parts that run before foreachBatch is called (MicroBatchExecution: constructNextBatch,
-# then runBatch up to addBatch); addBatch is foreachBatch itself, commitOffsets comes after it.
-PRE_BATCH = ("latestOffset", "getOffset", "setOffsetRange", "getEndOffset", "walCommit", "getBatch",
-             "queryPlanning")
+from streams.partition import PHASES, PRE_BATCH
+
 ENGINE_PARTS = ("latestOffset", "walCommit", "getBatch", "queryPlanning", "addBatch", "commitOffsets",
                 "triggerExecution")
-PHASES = ("redis_read_ms", "build_ms", "model_load_ms", "model_ms", "write_ms")  # streams.partition.PHASES
 
 # (key, label) in table order; labels starting with "  " are "of which" rows of the stage above them.
 STAGES: tuple[tuple[str, str], ...] = (
     ("producer_to_broker", "producer -> broker ack (delivery latency, 20 ms linger included)"),
     ("broker_to_window_ready", "broker -> window ready (Faust: fetch, batch wait, decode, Redis write)"),
     ("ready_to_batch_start", "window ready -> Spark batch start"),
-    ("engine_before_batch", "  engine before foreachBatch (latestOffset, walCommit, getBatch, queryPlanning)"),
+    ("engine_before_batch", "  engine before the batch's job (latestOffset, walCommit, getBatch, queryPlanning)"),
     ("trigger_wait", "  waiting: ready-event publish, next trigger, the batch running before"),
     ("batch_start_to_model_out", "Spark batch start -> model output (job, tasks, Redis read, model)"),
     ("redis_read_build", "  Redis read + window build (summed over partitions)"),
@@ -53,7 +50,7 @@ STAGES: tuple[tuple[str, str], ...] = (
     ("redis_write", "  Redis write (summed over partitions)"),
     ("total", "total: bar published -> forecast_at (the headline p50/p95/p99)"),
     ("total_to_kafka", "total: bar published -> forecast on Kafka (in Redis before that)"),
-    ("micro_batch", "Spark micro-batch (foreachBatch)"),
+    ("micro_batch", "Spark micro-batch job (addBatch)"),
     *((f"engine_{p}", f"Spark engine durationMs: {p}") for p in ENGINE_PARTS),
 )
 LABELS = dict(STAGES)
@@ -64,8 +61,8 @@ class Batch:
     """One micro-batch of the Spark job, from its ``--stats-jsonl`` lines."""
 
     batch_id: int
-    started_at: float  # epoch s: foreachBatch called
-    duration_ms: float  # foreachBatch's own duration
+    started_at: float  # epoch s: the batch's job started
+    duration_ms: float  # the batch's job (Spark's addBatch)
     events: int
     superseded: int  # events not served: a newer one of the ticker in the batch, or in Redis already
     phases: Mapping[str, float]  # PHASES, ms summed over partitions

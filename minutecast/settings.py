@@ -210,6 +210,9 @@ class InferenceSettings(CommonSettings):
     # micro-batch by ticker (exact newest-per-ticker even for unkeyed events).
     shuffle_by_ticker: bool = False
     max_offsets_per_trigger: int = 50_000  # window-ready events per micro-batch (catch-up bound)
+    # Spark's asynchronous progress tracking: each batch's offset and commit log writes run beside the next
+    # batch instead of before/after its job (~230 ms a batch here); --available-now runs without it.
+    async_progress: bool = True
     spark_ui: bool = False  # the Spark web UI costs memory and a port; on for debugging only
     spark_log_level: str = "WARN"  # log level of Spark's JVM side
     # Comma-separated jars of Spark's Kafka source/sink (minus those pyspark ships); empty: `minutecast infer`

@@ -5,40 +5,47 @@ partition -> forecasts on Kafka and in Redis.
     minutecast infer --available-now       # process what is on the topic, then exit
     minutecast infer --master spark://host:7077
 
-Per micro-batch (``foreachBatch``), in one Spark job:
+One plain streaming plan, no ``foreachBatch``: ``readStream`` (Kafka) -> JSON parsed with
+:data:`EVENT_SCHEMA` -> coalesced (or shuffled by ticker) into ``InferenceSettings.partitions`` partitions
+-> ``mapInPandas`` (:func:`streams.partition.infer_partition`, executor side, importable without pyspark:
+newest event per ticker, every window of the partition plus the market ticker's and each ticker's
+online-calibration state in one pipelined round trip, the model **once** on the whole partition,
+calibrated v2 forecasts, Redis written in one more round trip, idempotently) -> ``writeStream`` to Kafka
+(the ``topic`` column routes forecasts and dead letters). Each micro-batch is the engine's own job (with
+``foreachBatch`` the driver's Python was called back through Py4J and planned and ran a second job per
+batch), and with ``async_progress`` the offset and commit logs are written off the batch's critical path
+(Spark's asynchronous progress tracking: Kafka sink, stateless plan, processing-time trigger).
 
-1. the window-ready events (JSON parsed with :data:`EVENT_SCHEMA`) are coalesced (or shuffled by ticker)
-   into ``InferenceSettings.partitions`` partitions;
-2. :func:`streams.partition.infer_partition` (``mapInPandas``, executor side, importable without pyspark)
-   keeps the newest event per ticker, reads every window of the partition plus the market ticker's and
-   each ticker's online-calibration state in one pipelined round trip, runs the model **once** on the
-   whole partition, serves calibrated v2 forecasts (quantiles) and writes Redis in one more round trip
-   (idempotent), returning one Kafka row per forecast;
-3. the rows go to the forecasts topic (and rejected events to the dead-letter topic) with
-   ``df.write.format("kafka")``.
+The checkpoint (``InferenceSettings.checkpoint``) makes a restarted job replay what it had not
+committed; the Redis writes are keyed by as-of minute (first value wins) and the Kafka rows are the
+values Redis kept, so a replay writes the same values again (Kafka delivery is at least once). With
+asynchronous progress tracking a replayed range may be planned anew (batch boundaries can move), which
+changes nothing for the same reason.
 
-The checkpoint (``InferenceSettings.checkpoint``) makes a restarted job replay an unfinished
-micro-batch; the Redis writes are keyed by as-of minute and the Kafka rows are the values Redis kept,
-so a replay writes the same values again (Kafka delivery is at least once).
-
-Counting goes through accumulators, never a collect: events, forecasts, supersessions, dead letters,
-calibration outcomes, per-phase milliseconds and end-to-end latencies come back to the driver as small
-aggregates.
+Everything per batch on the driver runs in the query listener, after the batch: the counts come back
+through accumulators keyed by batch id (never a collect: events, forecasts, supersessions, dead letters,
+calibration outcomes, per-phase milliseconds, end-to-end latencies), then metrics, the ``--stats-jsonl``
+line, the Redis-restart check (:func:`streams.repair.repair_forecasts`, also once before the query
+starts) and the progress record.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from pyspark import TaskContext
 from pyspark.accumulators import AccumulatorParam
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQueryListener
@@ -49,11 +56,11 @@ from minutecast.metrics import serve
 from minutecast.redis import connect
 from minutecast.settings import InferenceSettings
 from minutecast.topics import Topics
-from streams.partition import COUNTS, PHASES, SERVING_COUNTS, JobConf, infer_partition, warm_partition
+from streams.partition import COUNTS, PHASES, PRE_BATCH, SERVING_COUNTS, JobConf, infer_partition, warm_partition
 from streams.repair import repair_forecasts
 
 __all__ = ["COUNTS", "EVENT_SCHEMA", "OUT_SCHEMA", "PHASES", "SERVING_COUNTS", "BatchStats", "InferenceJob",
-           "JobConf", "infer_partition", "warm_partition"]
+           "JobConf", "infer_partition", "tagged_partition", "warm_partition"]
 
 log = logging.getLogger("minutecast.infer")
 
@@ -63,27 +70,65 @@ EVENT_SCHEMA = "v INT, ticker STRING, minute LONG, checksum STRING, published_at
 OUT_SCHEMA = "topic STRING, key STRING, value STRING"
 
 
-class DictSum(AccumulatorParam):  # type: ignore[type-arg]
-    """Accumulator of ``{name: number}`` added key by key."""
+# Spark's local property naming the micro-batch a task belongs to (MicroBatchExecution.BATCH_ID_KEY).
+BATCH_ID_KEY = "streaming.sql.batchId"
+# The accumulators are merged on the driver by PySpark's accumulator server thread while the listener
+# thread takes a finished batch's entry out: one lock for both (on executors it guards nothing).
+_ACC_LOCK = threading.Lock()
 
-    def zero(self, value: dict[str, float]) -> dict[str, float]:
+
+class BatchDictSum(AccumulatorParam):  # type: ignore[type-arg]
+    """Accumulator of ``{batch_id: {name: number}}`` added key by key: batches may overlap in time
+    (the listener reads batch N while batch N+1's tasks report), so each batch keeps its own counts."""
+
+    def zero(self, value: dict[int, dict[str, float]]) -> dict[int, dict[str, float]]:
         return {}
 
-    def addInPlace(self, a: dict[str, float], b: dict[str, float]) -> dict[str, float]:  # noqa: N802
-        for k, v in b.items():
-            a[k] = a.get(k, 0.0) + v
+    def addInPlace(self, a: dict[int, dict[str, float]],  # noqa: N802
+                   b: dict[int, dict[str, float]]) -> dict[int, dict[str, float]]:
+        with _ACC_LOCK:
+            for batch, counts in b.items():
+                mine = a.setdefault(batch, {})
+                for k, v in counts.items():
+                    mine[k] = mine.get(k, 0.0) + v
         return a
 
 
-class ListConcat(AccumulatorParam):  # type: ignore[type-arg]
-    """Accumulator of a list (end-to-end latencies of one micro-batch: at most one per ticker)."""
+class BatchListConcat(AccumulatorParam):  # type: ignore[type-arg]
+    """Accumulator of ``{batch_id: [end-to-end latency s]}`` (at most one per ticker and batch)."""
 
-    def zero(self, value: list[float]) -> list[float]:
-        return []
+    def zero(self, value: dict[int, list[float]]) -> dict[int, list[float]]:
+        return {}
 
-    def addInPlace(self, a: list[float], b: list[float]) -> list[float]:  # noqa: N802
-        a.extend(b)
+    def addInPlace(self, a: dict[int, list[float]], b: dict[int, list[float]]) -> dict[int, list[float]]:  # noqa: N802
+        with _ACC_LOCK:
+            for batch, xs in b.items():
+                a.setdefault(batch, []).extend(xs)
         return a
+
+
+def take(acc: Any, batch_id: int, empty: Any) -> Any:
+    """Remove and return one batch's entry of a driver-side accumulator (``empty`` if none came)."""
+    with _ACC_LOCK:
+        return acc._value.pop(batch_id, empty)  # noqa: SLF001 - the driver's merged value, in place
+
+
+class _Tagged:
+    """What :func:`infer_partition` adds to (``add``), forwarded to an accumulator under the batch id."""
+
+    def __init__(self, acc: Any, batch_id: int) -> None:
+        self.acc, self.batch_id = acc, batch_id
+
+    def add(self, value: Any) -> None:
+        self.acc.add({self.batch_id: value})
+
+
+def tagged_partition(conf: JobConf, stats: Any, latencies: Any,
+                     batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    """``mapInPandas`` body: :func:`infer_partition` with its counts filed under the task's micro-batch."""
+    ctx = TaskContext.get()
+    batch = int((ctx.getLocalProperty(BATCH_ID_KEY) if ctx is not None else None) or -1)
+    yield from infer_partition(conf, _Tagged(stats, batch), _Tagged(latencies, batch), batches)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -95,8 +140,8 @@ class BatchStats:
     """One micro-batch as the driver saw it (also one JSON line of ``--stats-jsonl``)."""
 
     batch_id: int
-    started_at: float  # epoch s when foreachBatch was called
-    duration_ms: float
+    started_at: float  # epoch s when the batch's job started (trigger time + the engine's work before it)
+    duration_ms: float  # the batch's job (Spark's addBatch: read, infer, Redis, Kafka write)
     counts: dict[str, float]
     latencies: list[float]
 
@@ -155,8 +200,7 @@ class _Metrics:
 class InferenceJob:
     """The streaming query: build with a SparkSession, :meth:`start`, then ``awaitTermination``."""
 
-    def __init__(self, spark: Any, settings: InferenceSettings, *, stats_path: Path | None = None,
-                 on_batch: Callable[[BatchStats], None] | None = None) -> None:
+    def __init__(self, spark: Any, settings: InferenceSettings, *, stats_path: Path | None = None) -> None:
         self.spark = spark
         self.settings = settings
         self.topics = Topics(settings.namespace)
@@ -166,12 +210,11 @@ class InferenceJob:
                             forecasts_topic=self.topics.forecasts, deadletter_topic=self.topics.deadletter,
                             ready_topic=self.topics.ready, market_ticker=settings.market_ticker)
         sc = spark.sparkContext
-        self.stats = sc.accumulator({}, DictSum())
-        self.latencies = sc.accumulator([], ListConcat())
+        self.stats = sc.accumulator({}, BatchDictSum())
+        self.latencies = sc.accumulator({}, BatchListConcat())
         self.metrics = _Metrics(settings.metrics_host, settings.metrics_port)
         self.stats_path = stats_path
-        self.on_batch = on_batch
-        self.progress_client = connect(settings.redis)  # the driver's own (progress records)
+        self.progress_client = connect(settings.redis)  # the driver's own (progress records, the restart check)
         self.redis_run_id: str | None = None  # the Redis process the progress record was last checked against
 
     def events(self) -> Any:
@@ -191,24 +234,32 @@ class InferenceJob:
                 .select("key", "value", "partition", "offset", "e.v", "e.minute", "e.checksum",
                         "e.published_at", "e.ready_at", F.coalesce("e.ticker", "key").alias("ticker")))
 
-    def process(self, batch: Any, batch_id: int) -> None:
-        """``foreachBatch``: one Spark job writing forecasts to Redis (in the tasks) and Kafka."""
-        started_at, t0 = time.time(), time.perf_counter()
-        # Redis restarted since the last batch (it may have lost the last second of forecast writes)?
-        # Then the forecasts published since are written back from Kafka first (streams.repair).
-        self.redis_run_id = repair_forecasts(self.progress_client, self.settings.kafka, self.settings.namespace,
-                                             self.settings.history_len, self.settings.forecast_ttl_s)
-        self.stats.value = {}
-        self.latencies.value = []
-        fn = partial(infer_partition, self.conf, self.stats, self.latencies)
+    def forecasts(self) -> Any:
+        """The whole plan up to the sink: events -> partitions -> :func:`tagged_partition` rows."""
+        fn = partial(tagged_partition, self.conf, self.stats, self.latencies)
+        events = self.events()
         if self.settings.shuffle_by_ticker:
-            grouped = batch.repartition(self.settings.partitions, "ticker")
+            grouped = events.repartition(self.settings.partitions, "ticker")
         else:
-            grouped = batch.coalesce(self.settings.partitions)
-        out = grouped.mapInPandas(fn, OUT_SCHEMA)
-        out.write.format("kafka").options(**spark_options(self.settings.kafka)).save()
-        s = BatchStats(batch_id, started_at, (time.perf_counter() - t0) * 1000, dict(self.stats.value),
-                       list(self.latencies.value))
+            grouped = events.coalesce(self.settings.partitions)
+        return grouped.mapInPandas(fn, OUT_SCHEMA)
+
+    def check_redis(self) -> None:
+        """Redis restarted since the last batch (it may have lost the last second of forecast writes)?
+        Then the forecasts published since are written back from Kafka (streams.repair); a failure is
+        logged and retried after the next batch."""
+        try:
+            self.redis_run_id = repair_forecasts(self.progress_client, self.settings.kafka, self.settings.namespace,
+                                                 self.settings.history_len, self.settings.forecast_ttl_s)
+        except Exception as exc:  # noqa: BLE001 - Redis or Kafka down: the progress record shows it stale
+            log.warning("could not check Redis for a restart: %s", exc)
+
+    def batch_done(self, batch_id: int, trigger_at: float, engine_ms: dict[str, int]) -> BatchStats:
+        """A finished micro-batch (from the listener): its counts out of the accumulators -> metrics, the
+        log line, ``--stats-jsonl``. ``trigger_at``: epoch s of the trigger; ``engine_ms``: durationMs."""
+        started_at = trigger_at + sum(engine_ms.get(p, 0) for p in PRE_BATCH) / 1000
+        s = BatchStats(batch_id, started_at, float(engine_ms.get("addBatch", 0)), take(self.stats, batch_id, {}),
+                       take(self.latencies, batch_id, []))
         self.metrics.observe(s)
         c = s.counts
         if c.get("events"):
@@ -221,11 +272,12 @@ class InferenceJob:
                      c.get("redis_read_ms", 0), c.get("build_ms", 0),
                      c.get("model_load_ms", 0), c.get("model_ms", 0), c.get("write_ms", 0),
                      " ".join(k for k in c if k.startswith("model:")))
+            log.info("batch %d engine split (ms): %s", batch_id, " ".join(f"{k}={v}" for k, v in engine_ms.items()))
         if self.stats_path is not None:
             with self.stats_path.open("a") as fh:
                 fh.write(s.to_json() + "\n")
-        if self.on_batch is not None:
-            self.on_batch(s)
+                fh.write(json.dumps({"progress_batch_id": batch_id, "engine_ms": engine_ms}) + "\n")
+        return s
 
     def publish_progress(self, batch_id: int, end_offsets: str | None, rows: int, duration_ms: int) -> None:
         """The job's own progress record (``Keys.infer_progress``) for ``minutecast status``: the newest
@@ -239,15 +291,17 @@ class InferenceJob:
         except Exception as exc:  # noqa: BLE001 - progress is advisory: Redis down shows as a stale record
             log.warning("could not publish progress of batch %d: %s", batch_id, exc)
 
-    def on_progress(self, batch_id: int, duration_ms: dict[str, int]) -> None:
-        """Spark's own split of a finished micro-batch (``addBatch`` is our foreachBatch; the rest is the
-        engine: offsets, write-ahead log, planning, commit). Logged and added to ``--stats-jsonl``."""
-        if not duration_ms.get("addBatch"):
-            return
-        log.info("batch %d engine split (ms): %s", batch_id, " ".join(f"{k}={v}" for k, v in duration_ms.items()))
-        if self.stats_path is not None:
-            with self.stats_path.open("a") as fh:
-                fh.write(json.dumps({"progress_batch_id": batch_id, "engine_ms": duration_ms}) + "\n")
+    def on_progress(self, p: Any) -> None:
+        """Spark's progress event of a finished micro-batch (the listener thread, after the batch)."""
+        engine_ms = {k: int(v) for k, v in dict(p.durationMs).items()}
+        trigger_at = datetime.fromisoformat(p.timestamp.replace("Z", "+00:00")).timestamp()
+        try:
+            self.batch_done(p.batchId, trigger_at, engine_ms)
+        finally:
+            self.check_redis()
+            source = p.sources[0] if p.sources else None
+            self.publish_progress(p.batchId, source.endOffset if source else None, p.numInputRows,
+                                  engine_ms.get("triggerExecution", 0))
 
     def _listen(self) -> None:
         job = self
@@ -257,12 +311,8 @@ class InferenceJob:
                 pass
 
             def onQueryProgress(self, event: Any) -> None:  # noqa: N802
-                p = event.progress
-                if p.name == job.query_name:
-                    job.on_progress(p.batchId, dict(p.durationMs))
-                    source = p.sources[0] if p.sources else None
-                    job.publish_progress(p.batchId, source.endOffset if source else None, p.numInputRows,
-                                         int(p.durationMs.get("triggerExecution", 0)))
+                if event.progress.name == job.query_name:
+                    job.on_progress(event.progress)
 
             def onQueryIdle(self, event: Any) -> None:  # noqa: N802
                 pass
@@ -289,12 +339,16 @@ class InferenceJob:
         """Start the query (checkpoint at ``settings.checkpoint``); returns the StreamingQuery."""
         self.settings.checkpoint.mkdir(parents=True, exist_ok=True)
         self.warm_up()
+        self.check_redis()  # before the first batch writes anything
         self._listen()
-        writer = (self.events().writeStream.queryName(self.query_name)
-                  .foreachBatch(self.process)
+        writer = (self.forecasts().writeStream.queryName(self.query_name).format("kafka")
+                  .options(**spark_options(self.settings.kafka))
                   .option("checkpointLocation", str(self.settings.checkpoint)))
-        if available_now:
-            writer = writer.trigger(availableNow=True)
-        else:
-            writer = writer.trigger(processingTime=f"{self.settings.trigger_ms} milliseconds")
-        return writer.start()
+        if available_now:  # Spark's asynchronous progress tracking takes processing-time triggers only
+            return writer.trigger(availableNow=True).start()
+        if self.settings.async_progress:
+            # Interval 0: every batch's offsets and commit are still written (off the critical path), so the
+            # checkpoint stays complete and a run without it (--available-now) can follow on the same one.
+            writer = (writer.option("asyncProgressTrackingEnabled", "true")
+                      .option("asyncProgressTrackingCheckpointIntervalMs", "0"))
+        return writer.trigger(processingTime=f"{self.settings.trigger_ms} milliseconds").start()

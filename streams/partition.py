@@ -146,6 +146,8 @@ SERVING_COUNTS = ("outcomes", "redis_roundtrips")
 # model (re)load when the promoted version changed (incl. the first TensorFlow import of a worker), the
 # model call (and the intervals), Redis writes.
 PHASES = ("redis_read_ms", "build_ms", "model_load_ms", "model_ms", "write_ms")
+# Spark's durationMs parts of a micro-batch before its job runs (constructNextBatch, runBatch up to addBatch).
+PRE_BATCH = ("latestOffset", "getOffset", "setOffsetRange", "getEndOffset", "walCommit", "getBatch", "queryPlanning")
 
 
 @dataclass(frozen=True)
