@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
 import pytest
 
+from minutecast.decoding import iso_minute
 from minutecast.errors import Rejected
 from minutecast.schemas import (
     FORECAST_VERSION,
@@ -18,6 +20,7 @@ from minutecast.schemas import (
     WindowReady,
     parse_bar,
 )
+from minutecast.schemas.forecast import _FORECAST_V2
 
 NOW = 1_764_000_000.0  # 2025-11-24
 GOOD = Bar("AAPL", 1_759_325_400, 253.38, 253.5, 252.16, 252.52, 3395.0, "replay", 1_759_325_461.5)
@@ -170,3 +173,20 @@ def test_dead_letter_truncates_and_keeps_reason() -> None:
     dl = json.loads(DeadLetter.of(err, b"a" * 10_000, "stream", topic="t", partition=0, offset=5).to_json())
     assert dl["reason"] == "payload_too_large" and dl["truncated"] and len(dl["payload"]) == 2048
     assert dl["offset"] == 5 and not math.isnan(dl["at"])
+
+
+
+def test_forecast_json_is_the_asdict_reference_byte_for_byte() -> None:
+    """to_dict reads the fields directly (no asdict deep copy): the bytes of the asdict() it replaced."""
+    def reference(f: Forecast) -> bytes:
+        d = dataclasses.asdict(f)
+        if f.window_checksum is None or f.version == 1:
+            d.pop("window_checksum")
+        if f.version == 1:
+            for name in _FORECAST_V2:
+                d.pop(name)
+        d = {"v": f.version, **d, "as_of_time": iso_minute(f.as_of), "target_time": iso_minute(f.target_minute)}
+        return json.dumps(d, separators=(",", ":")).encode()
+
+    for f in (V1, V2, dataclasses.replace(V2, window_checksum="ab12"), dataclasses.replace(V2, sigma=-0.0)):
+        assert f.to_json() == reference(f)
