@@ -57,7 +57,7 @@ from streams.serving import (
     prices_and_sigma,
     reject_reason,
 )
-from streams.window_store import WindowRow, decode_row, windows_for
+from streams.window_store import rows_array, windows_for
 
 log = logging.getLogger("minutecast.infer")
 
@@ -254,10 +254,11 @@ def _text(x: bytes | str) -> str:
 
 
 def read_partition(ctx: _Context, tickers: list[str], minutes: list[int]) -> tuple[
-        dict[str, list[WindowRow]], dict[str, OnlineScale], dict[str, dict[int, bytes]], int]:
+        dict[str, np.ndarray], dict[str, OnlineScale], dict[str, dict[int, bytes]], int]:
     """One pipelined round trip: stored rows of ``tickers`` and the market ticker, each ticker's
     calibration state and its history entries due at its as-of minute. Returns (rows by ticker incl. the
-    market's, states, due history {as-of: JSON} by ticker, round trips)."""
+    market's, as :func:`~streams.window_store.rows_array` arrays, states, due history {as-of: JSON} by
+    ticker, round trips)."""
     market = ctx.conf.market_ticker
     window_tickers = list(dict.fromkeys([*tickers, market]))
     read_sha = ctx.scripts[READ_LUA]
@@ -269,8 +270,8 @@ def read_partition(ctx: _Context, tickers: list[str], minutes: list[int]) -> tup
             pipe.evalsha(read_sha, 2, ctx.keys.calibration(t), ctx.keys.forecast_history(t), m, 60 * HORIZON)
 
     results, trips = ctx.execute(build)
-    # Decoded with the window store's own row format (streams.window_store.decode_row), sorted by minute.
-    rows = {t: sorted(decode_row(k, v) for k, v in h.items()) for t, h in zip(window_tickers, results, strict=False)}
+    # Decoded with the window store's own row format (streams.window_store.rows_array), sorted by minute.
+    rows = {t: rows_array(list(h.keys()), list(h.values())) for t, h in zip(window_tickers, results, strict=False)}
     states: dict[str, OnlineScale] = {}
     due: dict[str, dict[int, bytes]] = {}
     for t, (st, hist) in zip(tickers, results[len(window_tickers):], strict=True):
@@ -318,14 +319,15 @@ def infer_partition(conf: JobConf, stats: Any, latencies: Any,
     stored, states, due, trips = read_partition(ctx, tickers, minutes) if events_ else ({}, {}, {}, 0)
     counts["redis_roundtrips"] += trips
     t1 = time.perf_counter()
-    built = windows_for([stored.get(t) or [] for t in tickers], minutes, stored.get(conf.market_ticker))
+    none = np.empty((0, 7))
+    built = windows_for([stored.get(t, none) for t in tickers], minutes, stored.get(conf.market_ticker))
     kept: list[Any] = []
     values: list[np.ndarray] = []
     sums: list[str] = []  # checksum of the window each forecast is made from (what Redis holds now)
     for row, t, minute, w in zip(events_, tickers, minutes, built, strict=True):
-        series = stored.get(t) or []
+        series = stored.get(t, none)
         if w is None:
-            if series and series[-1].minute > minute:
+            if len(series) and series[-1, 0] > minute:
                 counts["superseded_state"] += 1  # the state moved on; a newer event follows
             else:
                 detail = f"no ready window at {minute} in Redis"
