@@ -29,7 +29,8 @@ oldest one drops out, or it is late) and a minute keeps its first value, so repl
 arrival order end in the state of one in-order delivery. The script returns, per ticker, the newest
 ``view`` stored bars and the meta, so the caller decides readiness without another round trip.
 
-Readers (the Spark job) use :func:`read_windows` (one pipelined round trip for many tickers).
+Readers use :func:`read_windows` (one pipelined round trip for many tickers); the Spark job reads the hashes
+itself and decodes them in bulk (:func:`rows_array`).
 """
 
 from __future__ import annotations
@@ -115,6 +116,10 @@ def _rows(flat: Sequence[Any]) -> list[WindowRow]:
     return rows
 
 
+def _flat_array(flat: Sequence[Any]) -> np.ndarray:
+    return rows_array(flat[0::2], flat[1::2])
+
+
 def row_slots(rows: Sequence[WindowRow]) -> Slots:
     """Stored rows -> the window policy's slot timeline (:func:`minutecast.window.slots`)."""
     return array_slots(np.array([r[:6] for r in rows], dtype=np.float64).reshape(-1, 6))
@@ -171,21 +176,23 @@ class TickerResult:
     announced_sum: str | None  # its checksum (meta ``sum``)
     late: list[int] = field(default_factory=list)  # indexes (into the call's bars) dropped as late
     conflicts: list[int] = field(default_factory=list)  # indexes of conflicting duplicates (not written)
-    rows: list[WindowRow] = field(default_factory=list)  # the newest ``view`` stored bars, sorted
+    # The newest ``view`` stored bars as rows_array rows (n, 7), sorted by minute.
+    rows: np.ndarray = field(default_factory=lambda: np.empty((0, 7), dtype=np.float64))
 
     def ready_window(self) -> tuple[int, np.ndarray, str, float | None] | None:
         """(t, window, checksum, published_at at t) of the newest ready window, ending no more than
         ``REACH`` minutes before the newest minute (usually at the newest minute itself)."""
-        if not self.rows:
+        if not len(self.rows):
             return None
-        s = row_slots(self.rows)
+        s = array_slots(self.rows)
         bars = s.ready()
         bars = bars[s.minutes[bars] >= self.newest - 60 * REACH]
         if bars.size == 0:
             return None
         i = int(bars[-1])
         t, win = int(s.minutes[i]), s.windows(np.array([i]))[0]
-        pub = next((r.published_at for r in reversed(self.rows) if r.minute == t), None)
+        at_t = self.rows[self.rows[:, 0] == t, 6]
+        pub = float(at_t[-1]) if at_t.size and not np.isnan(at_t[-1]) else None
         return t, win, checksum(win), pub
 
 
@@ -244,7 +251,7 @@ class WindowStore:
                 announced_sum=(sum_.decode() if isinstance(sum_, bytes) else sum_) or None,
                 late=[idx[j] for j in late_j],
                 conflicts=[idx[j] for j in conf_j],
-                rows=_rows(blob.split(b"\n") if blob else []),
+                rows=_flat_array(blob.split(b"\n") if blob else []),
             )
             results[ticker] = res
             late += res.late
@@ -295,7 +302,7 @@ def read_window(client: redislib.Redis, keys: Keys, ticker: str) -> list[WindowR
 def read_windows(client: redislib.Redis, keys: Keys, tickers: Iterable[str]) -> dict[str, list[WindowRow]]:
     """:func:`read_window` for many tickers in one pipelined round trip: ``{ticker: rows}``.
 
-    Stable API (the Spark job relies on it): rows are
+    Stable API (tests and readers outside the pipeline; the Spark job decodes in bulk, :func:`rows_array`): rows are
     ``WindowRow(minute, open, high, low, close, volume, published_at)`` sorted by minute,
     at most ``window.RETAIN`` of them; a ticker without a window maps to ``[]``.
     """
