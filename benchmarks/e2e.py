@@ -11,6 +11,9 @@ model really runs; ``--persistence`` skips that), publishes 59 minutes of warm-u
 waits for the first forecasts (Spark start, TensorFlow load), then publishes one bar per ticker per
 accelerated minute, each minute as one burst like a live feed at the minute boundary.
 
+``--standalone``: ``infer --master`` a private standalone cluster (:mod:`infra.spark_cluster`, 2 workers of 1
+core, 1 GiB; stopped afterwards); ``rss_peak_mb`` adds ``spark_master``, ``spark_worker_<i>`` (with executors).
+
 ``--tickers N``: the first N S&P 500 names, beyond its 503 generated ones (``S00000`` ...); the worker's
 ticker allowlist is switched off for the run so they are admitted.
 
@@ -33,6 +36,7 @@ import argparse
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -49,6 +53,8 @@ import numpy as np
 
 from benchmarks import stages
 from benchmarks.rss import RssSampler, listener_pid
+from infra.procs import read_pid
+from infra.spark_cluster import Cluster
 from minutecast.errors import InfraError, ModelError, ServiceUnavailable
 from minutecast.features import Scaler
 from minutecast.kafka import ensure_topics, make_admin, make_consumer, make_producer
@@ -192,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="coalesce Kafka partitions instead of shuffling by ticker (MINUTECAST_SHUFFLE_BY_TICKER)")
     ap.add_argument("--partitions", type=int, help="partitions per micro-batch (default: settings)")
     ap.add_argument("--keep", action="store_true", help="keep the namespace, logs and stats afterwards")
+    ap.add_argument("--standalone", action="store_true", help="the Spark job on a private master + 2 workers")
     args = ap.parse_args(argv)
 
     names = tickers(args.tickers)
@@ -211,18 +218,23 @@ def main(argv: list[str] | None = None) -> int:
         infer_env["MINUTECAST_PARTITIONS"] = str(args.partitions)
     topics, keys = Topics(ns), Keys(ns)
     result: dict[str, Any] = {"benchmark": "e2e", "quick": args.quick, "namespace": ns, "tickers": len(names),
-                              "timed_minutes": minutes, "target_bars_per_s": rate}
+                              "timed_minutes": minutes, "target_bars_per_s": rate, "standalone": args.standalone}
     procs: list[subprocess.Popen[bytes]] = []
+    cluster = Cluster(work / "spark-cluster", port=_free_port(), ui_port=_free_port()) if args.standalone else None
     stats_path = work / "batches.jsonl"
     rss = RssSampler()
     try:
         ensure_topics(base.kafka, topics.specs())
         if not args.persistence:
             result["model_version"] = promote_in_subprocess(work / "home" / "models")
+        if cluster is not None:
+            cluster.up(workers=2, cores=1, memory="1g", timeout_s=180)
+            result["spark_master"] = cluster.url
+        master = ["--master", cluster.url] if cluster is not None else []
         for name, cmd, e in (
             ("stream", ["stream", "--web-port", "0", "--metrics-port", "0", "--no-rebuild"], env),
             ("infer", ["infer", "--metrics-port", "0", "--trigger-ms", str(args.trigger_ms),
-                       "--stats-jsonl", str(stats_path)], infer_env),
+                       "--stats-jsonl", str(stats_path), *master], infer_env),
         ):
             log = open(work / f"{name}.log", "wb")  # noqa: SIM115 - lives as long as the process
             procs.append(subprocess.Popen([sys.executable, "-m", "minutecast.cli", *cmd], env=e, cwd=REPO,
@@ -235,6 +247,10 @@ def main(argv: list[str] | None = None) -> int:
         rss.watch("spark_driver_jvm_python_workers", procs[1].pid)
         rss.watch("redis", int(connect(base.redis).info("server")["process_id"]), tree=False)
         rss.watch("kafka", listener_pid(int(base.kafka.bootstrap.split(",")[0].rsplit(":", 1)[1])), tree=False)
+        if cluster is not None:  # the executors and their Python workers run under the workers, not the driver
+            rss.watch("spark_master", read_pid(cluster.home / "run" / "master.pid"), tree=False)
+            for i in range(2):
+                rss.watch(f"spark_worker_{i}", read_pid(cluster.home / "run" / f"worker-{i}.pid"))
         rss.start()
         start = session_start()
         feed = Feed(names, start, base.kafka, topics.bars)
@@ -363,6 +379,8 @@ def main(argv: list[str] | None = None) -> int:
                 os.killpg(p.pid, signal.SIGKILL)  # leftovers of the group (JVM, Python workers)
             except ProcessLookupError:
                 pass
+        if cluster is not None:
+            cluster.down()
         if not args.keep:
             client = connect(base.redis)
             found = list(client.scan_iter(match=keys.namespace_pattern(), count=1000))
@@ -377,6 +395,12 @@ def main(argv: list[str] | None = None) -> int:
         result["logs"] = str(work)
     print(json.dumps(result))
     return 0
+
+
+def _free_port() -> int:  # picked by the OS: the private cluster never meets another one
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 if __name__ == "__main__":

@@ -31,8 +31,10 @@ class Figure:
     bench: str
     key: str
     unit: str
-    baseline_key: str | None = None  # same benchmark, same run
+    baseline_key: str | None = None  # same run; benchmark ``baseline_bench`` (None: ``bench`` itself)
     baseline_note: str = ""
+    baseline_bench: str | None = None
+    ratio: bool = False  # the row's value is ours / the baseline (a scaling factor); the baseline row is apart
     seed: str = ""  # the seed project's number, only where it measures the same thing
     target: tuple[str, float | bool] | None = None  # (op, value), op in >=, <=, <, ==
     extra: dict[str, str] = field(default_factory=dict)
@@ -46,6 +48,10 @@ FIGURES: tuple[Figure, ...] = (
            "naive produce+flush per bar"),
     Figure("state: one Faust worker into Redis", "state", "bars_per_s", "bars/s", target=(">=", 20_000)),
     Figure("state: Redis round trips per bar", "state", "redis_roundtrips_per_bar", "", target=("<", 1)),
+    Figure("state: two Faust workers (one group) into Redis", "state_2workers", "bars_per_s", "bars/s", "bars_per_s",
+           "1 worker", baseline_bench="state"),
+    Figure("state scaling 2 workers / 1 worker", "state_2workers", "bars_per_s", "x", "bars_per_s",
+           baseline_bench="state", ratio=True, target=(">=", 1.6)),
     Figure("inference: one batch of 503 windows", "inference", "batch_ms_503", "ms", "per_ticker_loop_ms_503",
            "one predict per ticker", seed="21,600 ms (500 stocks, one predict each)", target=("<=", 50)),
     Figure("inference speedup vs per-ticker loop", "inference", "speedup", "x"),
@@ -54,6 +60,8 @@ FIGURES: tuple[Figure, ...] = (
     Figure("e2e latency p99", "e2e", "p99_ms", "ms", target=("<", 1500)),
     Figure("e2e bars/s achieved", "e2e", "bars_per_s", "bars/s"),
     Figure("e2e backlog growing", "e2e", "backlog_growing", "", target=("==", False)),
+    *(Figure(f"e2e on Spark standalone (master + 2 workers): latency {p}", "e2e_standalone", f"{p}_ms", "ms",
+             f"{p}_ms", "local[*], e2e", baseline_bench="e2e") for p in ("p50", "p99")),
     Figure("e2e at 10k bars/s: latency p99", "e2e_10k", "p99_ms", "ms"),
     Figure("e2e at 10k bars/s: bars/s achieved", "e2e_10k", "bars_per_s", "bars/s"),
     Figure("e2e at 10k bars/s: backlog growing", "e2e_10k", "backlog_growing", "", target=("==", False)),
@@ -103,14 +111,17 @@ def figures(benchmarks: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     for f in FIGURES:
         res = benchmarks.get(f.bench, {}).get("result")
         value = lookup(res, f.key)
+        base_res = benchmarks.get(f.baseline_bench, {}).get("result") if f.baseline_bench else res
+        baseline = lookup(base_res, f.baseline_key) if f.baseline_key else None
+        if f.ratio:  # no baseline in this run (e.g. --only state_2workers): no ratio either
+            value, baseline = (round(value / baseline, 2), None) if value is not None and baseline else (None, None)
         if value is None:
             continue
         note = f.baseline_note
         if f.baseline_key == "per_ticker_loop_ms_503" and lookup(res, "per_ticker_loop_extrapolated"):
             note += f", timed on {lookup(res, 'per_ticker_loop_timed_tickers')} and extrapolated"
         rows.append({"figure": f.label, "bench": f.bench, "key": f.key, "unit": f.unit, "value": value,
-                     "baseline": lookup(res, f.baseline_key) if f.baseline_key else None,
-                     "baseline_note": note, "seed": f.seed,
+                     "baseline": baseline, "baseline_note": note, "seed": f.seed,
                      "target": None if f.target is None else {"op": f.target[0], "value": f.target[1]},
                      "met": met(value, f.target)})
     return rows

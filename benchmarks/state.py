@@ -1,9 +1,10 @@
 """Benchmark: backfill the shared real bars through ONE Faust worker into Redis.
 
-    python -m benchmarks.state [--quick]
+    python -m benchmarks.state [--quick] [--workers N]
 
 Publishes the shared Q4-2025 1-minute bars (~973k; ``--quick``: 3 tickers x 3 days) into the bar topic of a
-fresh uuid namespace, starts one ``minutecast stream`` worker subprocess on it and times until every bar is
+fresh uuid namespace, starts one ``minutecast stream`` worker subprocess on it (``--workers N``: N of them in
+one consumer group, sharing the partitions; the suite's ``state_2workers``) and times until every bar is
 applied (the store's ``stream_messages`` counter in ``ns:stats`` reaches the count published, dead
 letters included). Reports bars/s (from the first applied bar to the last, so worker start-up is excluded) and
 Redis round trips per bar (the store counts its own round trips: Lua calls + meta pipelines). The topics

@@ -61,8 +61,14 @@ class Bench:
 BENCHES: tuple[Bench, ...] = (
     Bench("ingest", "ingest", 150, 600),
     Bench("state", "state", 150, 900),
+    # Issue 16's scale-out: the same backfill shared by 2 workers of one consumer group (target >= 1.6x one).
+    Bench("state_2workers", "state", 150, 900, full_args=("--workers", "2"), quick_args=("--quick", "--workers", "2")),
     Bench("inference", "inference", 150, 300),
     Bench("e2e", "e2e", 300, 600),
+    # The Spark job on a standalone master + 2 workers beside local[*] (e2e): 30 minutes are enough for
+    # p50/p99 (the cluster and its executors start before the timed minutes).
+    Bench("e2e_standalone", "e2e", 420, 600, full_args=("--standalone", "--minutes", "30"),
+          quick_args=("--quick", "--standalone", "--minutes", "10")),
     # The issue's "no growing backlog at 10k bars/s replay": 90 accelerated minutes at 10k bars/s.
     Bench("e2e_10k", "e2e", 300, 600, full_args=("--bars-per-s", "10000"), full_only=True),
     Bench("training", "training", 300, 900),
@@ -78,6 +84,8 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "training": ("samples_per_s_1rank", "samples_per_s_2ranks", "scaling", "gpu_epoch_s"),
 }
 REQUIRED["e2e_10k"] = REQUIRED["e2e"]
+REQUIRED["e2e_standalone"] = (*REQUIRED["e2e"], "spark_master")  # no master URL: it ran on local[*]
+REQUIRED["state_2workers"] = (*REQUIRED["state"], "workers")
 REQUIRED["api"] = ("forecast_one_p99_ms", "forecasts_all_p99_ms", "tickers", "sse_clients", "sse_p99_ms")
 
 

@@ -60,7 +60,7 @@ from minutecast.settings import KafkaSettings, StreamSettings
 from minutecast.topics import Topics
 from minutecast.universe import allowlist
 from streams import failures
-from streams.batch import BatchProcessor, Message, Metrics, Outcome, drop_switch
+from streams.batch import BatchProcessor, Metrics, Outcome, Record, drop_switch
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +284,7 @@ def create_app(settings: StreamSettings, processor: BatchProcessor) -> Any:
         return await failures.retrying(what, fn, *args, stall=stall, first_s=settings.retry_s,
                                        max_s=settings.retry_max_s)
 
-    async def batch(messages: list[Message]) -> None:
+    async def batch(messages: list[Record]) -> None:
         outcome: Outcome = await step("redis write", _call, processor.process_isolating, messages)
         await step("kafka publish", publish, outcome)
         await step("redis meta", _call, processor.commit_announced, outcome)
@@ -293,8 +293,7 @@ def create_app(settings: StreamSettings, processor: BatchProcessor) -> Any:
     async def windows(stream: Any) -> None:
         async for events in stream.take_events(settings.take_max, within=settings.take_within_s):
             t0 = time.perf_counter()
-            messages = [Message(e.message.key, e.message.value, e.message.topic, e.message.partition,
-                                e.message.offset) for e in events]
+            messages = [e.message for e in events]  # Faust's records as they are (batch.Record)
             task = asyncio.ensure_future(batch(messages))
             try:
                 await asyncio.shield(task)

@@ -84,6 +84,32 @@ def test_figures_put_baseline_seed_and_target_beside_ours() -> None:
     assert not any("GPU" in f or "10k" in f for f in rows)
 
 
+def test_scale_out_figures_sit_beside_their_same_run_baselines_from_the_other_benchmark() -> None:
+    benchmarks = canned()["benchmarks"]
+    benchmarks["state_2workers"] = {"status": "ok", "result": {"bars_per_s": 15_040, "workers": 2}}
+    benchmarks["e2e_standalone"] = {"status": "ok", "result": {"p50_ms": 4000.0, "p99_ms": 7000.0,
+                                                                "spark_master": "spark://127.0.0.1:1"}}
+    rows = {r["figure"]: r for r in report.figures(benchmarks)}
+    two = rows["state: two Faust workers (one group) into Redis"]
+    assert (two["value"], two["baseline"], two["baseline_note"]) == (15_040, 9_400, "1 worker")
+    scaling = rows["state scaling 2 workers / 1 worker"]
+    assert scaling["value"] == 1.6 and scaling["baseline"] is None and scaling["met"] is True  # 15,040 / 9,400
+    for p, ours, local in (("p50", 4000.0, 3660.0), ("p99", 7000.0, 5980.0)):
+        row = rows[f"e2e on Spark standalone (master + 2 workers): latency {p}"]
+        assert (row["value"], row["baseline"], row["baseline_note"]) == (ours, local, "local[*], e2e")
+    md = report.markdown(canned() | {"figures": list(rows.values())})
+    assert "| state scaling 2 workers / 1 worker | 1.60x |  |  | ≥ 1.60x | yes |" in md
+    # Without the 1-worker run (--only state_2workers): its own figure stays, with no baseline and no ratio.
+    del benchmarks["state"]
+    alone = {r["figure"]: r for r in report.figures(benchmarks)}
+    assert alone["state: two Faust workers (one group) into Redis"]["baseline"] is None
+    assert "state scaling 2 workers / 1 worker" not in alone
+    assert suite.missing_names("e2e_standalone", {k: 1 for k in suite.REQUIRED["e2e"]}) == ["spark_master"]
+    assert suite.missing_names("state_2workers", {"bars_per_s": 1, "redis_roundtrips_per_bar": 0}) == ["workers"]
+    assert [b.argv(True)[3:] for b in suite.BENCHES if b.name in ("state_2workers", "e2e_standalone")] == [
+        ["--quick", "--workers", "2"], ["--quick", "--standalone", "--minutes", "10"]]
+
+
 def test_markdown_table_and_status_lines() -> None:
     md = report.markdown(canned())
     assert "| figure | ours | baseline (same run) | seed | target | met? |" in md
