@@ -71,6 +71,8 @@ BENCHES: tuple[Bench, ...] = (
           quick_args=("--quick", "--standalone", "--minutes", "10")),
     # The "no growing backlog at 10k bars/s replay": 90 accelerated minutes at 10k bars/s.
     Bench("e2e_10k", "e2e", 300, 600, full_args=("--bars-per-s", "10000"), full_only=True),
+    # The 5,000 tickers (the S&P 500 names, then generated ones), one bar each per accelerated minute.
+    Bench("e2e_5000", "e2e", 300, 900, full_args=("--tickers", "5000", "--minutes", "20"), full_only=True),
     Bench("training", "training", 300, 900),
     Bench("api", "api", 150, 300),
 )
@@ -83,7 +85,7 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "e2e": ("p50_ms", "p95_ms", "p99_ms", "tickers", "bars_per_s", "backlog_growing", "rss_peak_mb"),
     "training": ("samples_per_s_1rank", "samples_per_s_2ranks", "scaling", "gpu_epoch_s"),
 }
-REQUIRED["e2e_10k"] = REQUIRED["e2e"]
+REQUIRED["e2e_10k"] = REQUIRED["e2e_5000"] = REQUIRED["e2e"]
 REQUIRED["e2e_standalone"] = (*REQUIRED["e2e"], "spark_master")  # no master URL: it ran on local[*]
 REQUIRED["state_2workers"] = (*REQUIRED["state"], "workers")
 REQUIRED["api"] = ("forecast_one_p99_ms", "forecasts_all_p99_ms", "tickers", "sse_clients", "sse_p99_ms")
