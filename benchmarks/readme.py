@@ -57,7 +57,7 @@ def e2e_stages(results: dict[str, Any]) -> list[str]:
     """Per e2e run with a ``stages`` split (:mod:`benchmarks.stages`): a heading, what the rows are, the
     table; nothing for results from before the split existed."""
     out: list[str] = []
-    for name in ("e2e", "e2e_10k"):
+    for name in ("e2e", "e2e_10k", "e2e_5000", "e2e_standalone"):
         res = (results.get("benchmarks", {}).get(name) or {}).get("result") or {}
         if not res.get("stages"):
             continue
