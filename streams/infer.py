@@ -296,7 +296,8 @@ class InferenceJob:
         engine_ms = {k: int(v) for k, v in dict(p.durationMs).items()}
         trigger_at = datetime.fromisoformat(p.timestamp.replace("Z", "+00:00")).timestamp()
         try:
-            self.batch_done(p.batchId, trigger_at, engine_ms)
+            if "addBatch" in engine_ms:  # a batch ran (a no-data progress event carries no job)
+                self.batch_done(p.batchId, trigger_at, engine_ms)
         finally:
             self.check_redis()
             source = p.sources[0] if p.sources else None
