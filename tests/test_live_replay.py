@@ -134,10 +134,17 @@ def test_live_replay_loops_forward_stops_at_the_clock_and_resumes(services: Infr
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     keys = Keys(namespace)
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:  # copies 0..2 (2.5 days of lead), then it waits for the clock
+    last, steady = None, 0
+    # Copies 0..2 (2.5 days of lead), then copy 3, which waits for the clock. When the test runs during the
+    # regular session, copy 3 is today's and first catches up with the clock (paced minutes at 20000x): only
+    # once its newest market minute holds still (~1.5 s; in real time it moves once a minute) is it waiting.
+    while time.monotonic() < deadline:
         state = {k.decode(): v.decode() for k, v in redis_client.hgetall(keys.replay_state()).items()}  # type: ignore[attr-defined]
         if state.get("copy") == "3":
-            break
+            steady = steady + 1 if state.get("market_minute") == last else 0
+            last = state.get("market_minute")
+            if steady >= 5:
+                break
         time.sleep(0.3)
     time.sleep(1.0)
     proc.send_signal(signal.SIGINT)
