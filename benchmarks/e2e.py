@@ -36,7 +36,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -68,6 +67,7 @@ from minutecast.topics import Topics
 from minutecast.universe import sp500
 from minutecast.window import SESSION_TZ, WINDOW
 from producers.synthetic import synthetic_tickers
+from web.server import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 GOAL_P99_S = 1.5
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {"benchmark": "e2e", "quick": args.quick, "namespace": ns, "tickers": len(names),
                               "timed_minutes": minutes, "target_bars_per_s": rate, "standalone": args.standalone}
     procs: list[subprocess.Popen[bytes]] = []
-    cluster = Cluster(work / "spark-cluster", port=_free_port(), ui_port=_free_port()) if args.standalone else None
+    cluster = Cluster(work / "spark-cluster", port=free_port(), ui_port=free_port()) if args.standalone else None
     stats_path = work / "batches.jsonl"
     rss = RssSampler()
     try:
@@ -395,12 +395,6 @@ def main(argv: list[str] | None = None) -> int:
         result["logs"] = str(work)
     print(json.dumps(result))
     return 0
-
-
-def _free_port() -> int:  # picked by the OS: the private cluster never meets another one
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 if __name__ == "__main__":

@@ -254,7 +254,7 @@ class InferenceJob:
         except Exception as exc:  # noqa: BLE001 - Redis or Kafka down: the progress record shows it stale
             log.warning("could not check Redis for a restart: %s", exc)
 
-    def batch_done(self, batch_id: int, trigger_at: float, engine_ms: dict[str, int]) -> BatchStats:
+    def batch_done(self, batch_id: int, trigger_at: float, engine_ms: dict[str, int]) -> None:
         """A finished micro-batch (from the listener): its counts out of the accumulators -> metrics, the
         log line, ``--stats-jsonl``. ``trigger_at``: epoch s of the trigger; ``engine_ms``: durationMs."""
         started_at = trigger_at + sum(engine_ms.get(p, 0) for p in PRE_BATCH) / 1000
@@ -277,7 +277,6 @@ class InferenceJob:
             with self.stats_path.open("a") as fh:
                 fh.write(s.to_json() + "\n")
                 fh.write(json.dumps({"progress_batch_id": batch_id, "engine_ms": engine_ms}) + "\n")
-        return s
 
     def publish_progress(self, batch_id: int, end_offsets: str | None, rows: int, duration_ms: int) -> None:
         """The job's own progress record (``Keys.infer_progress``) for ``minutecast status``: the newest

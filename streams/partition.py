@@ -319,13 +319,12 @@ def infer_partition(conf: JobConf, stats: Any, latencies: Any,
     stored, states, due, trips = read_partition(ctx, tickers, minutes) if events_ else ({}, {}, {}, 0)
     counts["redis_roundtrips"] += trips
     t1 = time.perf_counter()
-    none = np.empty((0, 7))
-    built = windows_for([stored.get(t, none) for t in tickers], minutes, stored.get(conf.market_ticker))
+    built = windows_for([stored[t] for t in tickers], minutes, stored.get(conf.market_ticker))
     kept: list[Any] = []
     values: list[np.ndarray] = []
     sums: list[str] = []  # checksum of the window each forecast is made from (what Redis holds now)
     for row, t, minute, w in zip(events_, tickers, minutes, built, strict=True):
-        series = stored.get(t, none)
+        series = stored[t]
         if w is None:
             if len(series) and series[-1, 0] > minute:
                 counts["superseded_state"] += 1  # the state moved on; a newer event follows

@@ -120,15 +120,18 @@ def _flat_array(flat: Sequence[Any]) -> np.ndarray:
     return rows_array(flat[0::2], flat[1::2])
 
 
+def _matrix(rows: Sequence[WindowRow]) -> np.ndarray:
+    """WindowRows -> (n, 6) float64 minute, open, high, low, close, volume (what :func:`array_slots` reads)."""
+    return np.array([r[:6] for r in rows], dtype=np.float64).reshape(-1, 6)
+
+
 def row_slots(rows: Sequence[WindowRow]) -> Slots:
     """Stored rows -> the window policy's slot timeline (:func:`minutecast.window.slots`)."""
-    return array_slots(np.array([r[:6] for r in rows], dtype=np.float64).reshape(-1, 6))
+    return array_slots(_matrix(rows))
 
 
 def _as_array(rows: Sequence[WindowRow] | np.ndarray | None) -> np.ndarray | None:
-    if rows is None or isinstance(rows, np.ndarray):
-        return rows
-    return np.array([r[:6] for r in rows], dtype=np.float64).reshape(-1, 6)
+    return rows if rows is None or isinstance(rows, np.ndarray) else _matrix(rows)
 
 
 def windows_for(rows: Sequence[Sequence[WindowRow] | np.ndarray], minutes: Sequence[int],
