@@ -133,14 +133,18 @@ def test_live_replay_loops_forward_stops_at_the_clock_and_resumes(services: Infr
     env = os.environ | {"MINUTECAST_METRICS_PORT": "0"}
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     keys = Keys(namespace)
+    p = live.plan(f, 1)
     deadline = time.monotonic() + 60
-    last, steady = None, 0
-    # Copies 0..2 (2.5 days of lead), then copy 3, which waits for the clock. When the test runs during the
-    # regular session, copy 3 is today's and first catches up with the clock (paced minutes at 20000x): only
-    # once its newest market minute holds still (~1.5 s; in real time it moves once a minute) is it waiting.
+    last, steady, waiting = None, 0, -1
+    # Warm-up, copies 0, 1, ... (2.5 days of lead), then the copy that waits for the clock: the first whose last
+    # minute has not closed yet (copy 3 or 4, by the time of day). When that copy is today's it first catches up
+    # with the clock (paced minutes at 20000x): only once its newest market minute holds still (~1.5 s; in real
+    # time it moves once a minute) is it waiting.
     while time.monotonic() < deadline:
         state = {k.decode(): v.decode() for k, v in redis_client.hgetall(keys.replay_state()).items()}  # type: ignore[attr-defined]
-        if state.get("copy") == "3":
+        if "base" in state:
+            waiting = waiting_copy(p, int(state["base"]), time.time())
+        if state.get("copy") == str(waiting):
             steady = steady + 1 if state.get("market_minute") == last else 0
             last = state.get("market_minute")
             if steady >= 5:
@@ -150,14 +154,14 @@ def test_live_replay_loops_forward_stops_at_the_clock_and_resumes(services: Infr
     proc.send_signal(signal.SIGINT)
     out = proc.communicate(timeout=60)[0].decode()
     assert proc.returncode == 0, out[-2000:]
-    assert state["phase"] == "live" and state["copy"] == "3", (state, out[-2000:])
+    assert waiting in (3, 4) and state["phase"] == "live" and state["copy"] == str(waiting), (state, out[-2000:])
 
     first = read_bars(services, topics, namespace)
     assert first.groupby("ticker")["minute"].apply(lambda s: s.is_unique).all()  # new minutes in every copy
     assert (first["minute"] + 60 <= time.time()).all()  # never a bar from the future
     warm = len(f[f["minute"] < OPEN + DAY - 3 * 3600])
     assert (first["source"] == "replay").sum() >= warm and (first["source"] == "replay-loop").sum() > 0
-    assert len(first) >= warm + 3 * (len(f) - warm)  # warm-up, then copies 0, 1 and 2 complete
+    assert len(first) >= warm + waiting * (len(f) - warm)  # warm-up, then every copy before the waiting one
 
     # A restart continues on the same timeline after its watermarks: nothing is sent twice.
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -168,6 +172,14 @@ def test_live_replay_loops_forward_stops_at_the_clock_and_resumes(services: Infr
     after = read_bars(services, topics, namespace)
     assert after.groupby("ticker")["minute"].apply(lambda s: s.is_unique).all(), out[-2000:]
     assert len(after) - len(first) <= 2 * 2  # at most the minutes that closed meanwhile
+
+
+def waiting_copy(p: live.LivePlan, base: int, now: float) -> int:
+    """The first copy with a minute that has not closed at ``now`` (the one the replay waits in)."""
+    k, last = 0, int(p.live["minute"].max())
+    while last + live.copy_shift(p, base, k) + 60 <= now:
+        k += 1
+    return k
 
 
 def read_bars(services: InfraSettings, topics: Topics, namespace: str) -> pd.DataFrame:
