@@ -30,6 +30,7 @@ Everything here is pure numpy so the Faust app, the Spark job and the trainer ru
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from functools import lru_cache
@@ -150,19 +151,33 @@ class Slots:
 def slots(minutes: np.ndarray, ohlcv: np.ndarray) -> Slots:
     """Bars (any order; a minute's first bar wins) -> the slot timeline. ``minutes`` (n,) epoch seconds on
     minute boundaries; ``ohlcv`` (n, 5) open, high, low, close, volume."""
-    m = np.asarray(minutes, dtype=np.int64)
-    x = np.asarray(ohlcv, dtype=np.float64).reshape(-1, 5)
-    order = np.argsort(m, kind="stable")
-    m, x = m[order], x[order]
-    first = np.r_[True, np.diff(m) > 0] if m.size else np.zeros(0, bool)
-    m, x = m[first], x[first]
-    n = m.size
-    if n == 0:
-        return Slots(m, np.empty(0), np.empty(0, np.int64), np.empty((0, N_TICKER_COLUMNS)))
-    missing = np.diff(m) // 60 - 1  # (n-1,) minutes without a bar between consecutive bars
-    gap = np.r_[True, missing > MAX_FILL]
-    fills = np.r_[0, np.where(gap[1:], 0, missing)]  # filled slots just before each bar
-    bar_slot = np.cumsum(fills + 1) - 1
+    return slots_many([minutes], [ohlcv])[0]
+
+
+def slots_many(minutes: Sequence[np.ndarray], ohlcv: Sequence[np.ndarray]) -> list[Slots]:
+    """:func:`slots` of many tickers at once: ``minutes[k]`` (n_k,) and ``ohlcv[k]`` (n_k, 5) are ticker k's
+    bars. One set of numpy calls over all bars (the Faust worker and the Spark job slot hundreds of tickers a
+    batch; per ticker the calls cost more than the arithmetic). Tickers are segments of one timeline: each
+    segment's first bar is a gap, so no slot is filled across tickers; ticker k's table is a view into it."""
+    ms = [np.asarray(m, dtype=np.int64).reshape(-1) for m in minutes]
+    xs = [np.asarray(x, dtype=np.float64).reshape(-1, 5) for x in ohlcv]
+    sizes = np.array([m.size for m in ms], dtype=np.int64)
+    m = np.concatenate(ms) if ms else np.empty(0, np.int64)
+    x = np.concatenate(xs) if xs else np.empty((0, 5))
+    seg = np.repeat(np.arange(len(ms)), sizes)
+    # stable: a minute's first bar (in the caller's order) stays first
+    order = np.argsort(m, kind="stable") if len(ms) == 1 else np.lexsort((m, seg))
+    m, x, seg = m[order], x[order], seg[order]
+    new_seg = np.r_[True, seg[1:] != seg[:-1]] if m.size else np.zeros(0, bool)
+    first = new_seg | np.r_[True, np.diff(m) > 0] if m.size else new_seg
+    m, x, seg, new_seg = m[first], x[first], seg[first], new_seg[first]
+    counts = np.bincount(seg, minlength=len(ms)) if m.size else np.zeros(len(ms), np.int64)
+    if m.size == 0:
+        return [Slots(m, np.empty(0), np.empty(0, np.int64), np.empty((0, N_TICKER_COLUMNS))) for _ in ms]
+    missing = np.r_[0, np.diff(m) // 60 - 1]  # minutes without a bar since the previous bar
+    gap = new_seg | (missing > MAX_FILL)
+    fills = np.where(gap, 0, missing)  # filled slots just before each bar
+    bar_slot = np.cumsum(fills + 1) - 1  # slots of all tickers, one after the other
     length = int(bar_slot[-1]) + 1
     slot_idx = np.arange(length)
     owner = np.searchsorted(bar_slot, slot_idx, side="right") - 1  # the bar at or before each slot
@@ -177,10 +192,21 @@ def slots(minutes: np.ndarray, ohlcv: np.ndarray) -> Slots:
     table[:, FILLED] = ~real
     table[:, GAP] = real & gap[owner]
     prev = np.empty(length)
-    prev[0] = close[0]
     prev[1:] = close[:-1]  # a filled or gap slot's previous slot is the previous bar or fill
+    starts = bar_slot[new_seg]
+    prev[starts] = close[starts]  # a ticker's first slot has nothing before it: its own close
     table[:, PREV] = prev
-    return Slots(m, x[:, 3].copy(), bar_slot, table)
+    out: list[Slots] = []
+    a = 0
+    for n in counts.tolist():
+        if n == 0:
+            out.append(Slots(np.empty(0, np.int64), np.empty(0), np.empty(0, np.int64),
+                             np.empty((0, N_TICKER_COLUMNS))))
+            continue
+        lo, hi = int(bar_slot[a]), int(bar_slot[a + n - 1]) + 1
+        out.append(Slots(m[a:a + n], x[a:a + n, 3].copy(), bar_slot[a:a + n] - lo, table[lo:hi]))
+        a += n
+    return out
 
 
 def market_columns(slot_minutes: np.ndarray, t: np.ndarray | int, market: Slots | None) -> np.ndarray:

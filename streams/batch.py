@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from minutecast.errors import ConfigError, Rejected
 from minutecast.schemas import BAR_VERSION, MAX_PAYLOAD_BYTES, Bar, DeadLetter, WindowReady, parse_bar_record
 from streams import failures
-from streams.window_store import Gap, StateBehind, TickerResult, WindowStore
+from streams.window_store import Gap, StateBehind, TickerResult, WindowStore, ready_windows
 
 log = logging.getLogger("streams.faust_app")  # one logger name for the worker's lines
 
@@ -186,8 +186,7 @@ def readiness(results: dict[str, TickerResult],
     announced at the same minute with another checksum (a bar filled in out of order changed it)."""
     events: list[WindowReady] = []
     announced: dict[str, tuple[int, str]] = {}
-    for ticker, res in results.items():
-        rw = res.ready_window()
+    for (ticker, res), rw in zip(results.items(), ready_windows(list(results.values())), strict=True):
         if rw is None:
             continue
         t, _, cs, pub = rw

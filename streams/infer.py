@@ -225,6 +225,7 @@ class InferenceJob:
                .option("subscribe", self.topics.ready)
                .option("startingOffsets", "earliest")  # used only by a new checkpoint
                .option("maxOffsetsPerTrigger", str(self.settings.max_offsets_per_trigger))
+               .option("kafka.fetch.max.wait.ms", str(self.settings.source_fetch_wait_ms))
                # Expired events (retention) are skipped with Spark's warning instead of stopping the job.
                .option("failOnDataLoss", "false")
                .load())

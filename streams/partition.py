@@ -57,7 +57,7 @@ from streams.serving import (
     prices_and_sigma,
     reject_reason,
 )
-from streams.window_store import rows_array, windows_for
+from streams.window_store import rows_arrays, windows_for
 
 log = logging.getLogger("minutecast.infer")
 
@@ -270,8 +270,9 @@ def read_partition(ctx: _Context, tickers: list[str], minutes: list[int]) -> tup
             pipe.evalsha(read_sha, 2, ctx.keys.calibration(t), ctx.keys.forecast_history(t), m, 60 * HORIZON)
 
     results, trips = ctx.execute(build)
-    # Decoded with the window store's own row format (streams.window_store.rows_array), sorted by minute.
-    rows = {t: rows_array(list(h.keys()), list(h.values())) for t, h in zip(window_tickers, results, strict=False)}
+    # All tickers' rows decoded in one parse of the window store's row format, each sorted by minute.
+    hashes = [(list(h.keys()), list(h.values())) for h in results[:len(window_tickers)]]
+    rows = dict(zip(window_tickers, rows_arrays(hashes), strict=True))
     states: dict[str, OnlineScale] = {}
     due: dict[str, dict[int, bytes]] = {}
     for t, (st, hist) in zip(tickers, results[len(window_tickers):], strict=True):

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import chain
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -45,7 +46,7 @@ import redis as redislib
 from minutecast.errors import MinutecastError
 from minutecast.keys import Keys
 from minutecast.schemas import Bar
-from minutecast.window import REACH, RETAIN, WINDOW, Slots, checksum, slots, with_market
+from minutecast.window import REACH, RETAIN, WINDOW, Slots, checksum, slots_many, with_market
 from streams.window_lua import MARK_LUA, STORE_LUA
 
 
@@ -95,29 +96,44 @@ def rows_array(fields: Sequence[bytes | str], values: Sequence[bytes | str]) -> 
     close, volume, published_at (NaN where :func:`decode_row` gives None). The same floats as
     :func:`decode_row` (Python's own parser, in bulk), without a WindowRow per minute: the Spark job
     reads ~66 rows for each of thousands of tickers per batch. Proven equal by tests/test_window_rows.py."""
-    n = len(values)
-    if n == 0:
-        return np.empty((0, 7), dtype=np.float64)
-    joined = b" ".join(v if isinstance(v, bytes) else v.encode() for v in values)
-    out = np.empty((n, 7), dtype=np.float64)
-    out[:, 1:] = np.fromiter(map(float, joined.replace(b"None", b"nan").split()), np.float64, 6 * n).reshape(n, 6)
-    out[:, 0] = np.fromiter(map(int, fields), np.int64, n)
-    return out[np.argsort(out[:, 0], kind="stable")]
+    return rows_arrays([(fields, values)])[0]
+
+
+def rows_arrays(hashes: Sequence[tuple[Sequence[bytes | str], Sequence[bytes | str]]]) -> list[np.ndarray]:
+    """:func:`rows_array` of many tickers' (fields, values) at once: one join and one float parse for all of
+    them (per ticker the calls cost as much as the parsing at ~66 rows)."""
+    sizes = [len(values) for _, values in hashes]
+    total = sum(sizes)
+    if total == 0:
+        return [np.empty((0, 7), dtype=np.float64) for _ in hashes]
+    joined = b" ".join(v if isinstance(v, bytes) else v.encode() for _, values in hashes for v in values)
+    flat = np.empty((total, 7), dtype=np.float64)
+    flat[:, 1:] = np.fromiter(map(float, joined.replace(b"None", b"nan").split()), np.float64,
+                              6 * total).reshape(total, 6)
+    flat[:, 0] = np.fromiter(map(int, chain.from_iterable(f for f, _ in hashes)), np.int64, total)
+    out: list[np.ndarray] = []
+    a = 0
+    for n in sizes:
+        block = flat[a:a + n]
+        out.append(block[np.argsort(block[:, 0], kind="stable")])
+        a += n
+    return out
 
 
 def array_slots(rows: np.ndarray) -> Slots:
     """:func:`rows_array` rows -> the window policy's slot timeline (what :func:`row_slots` gives)."""
-    return slots(rows[:, 0].astype(np.int64), rows[:, 1:6])
+    return array_slots_many([rows])[0]
+
+
+def array_slots_many(rows: Sequence[np.ndarray]) -> list[Slots]:
+    """:func:`array_slots` of many tickers' rows in one :func:`~minutecast.window.slots_many` call."""
+    return slots_many([r[:, 0].astype(np.int64) for r in rows], [r[:, 1:6] for r in rows])
 
 
 def _rows(flat: Sequence[Any]) -> list[WindowRow]:
     rows = [decode_row(flat[k], flat[k + 1]) for k in range(0, len(flat), 2)]
     rows.sort()
     return rows
-
-
-def _flat_array(flat: Sequence[Any]) -> np.ndarray:
-    return rows_array(flat[0::2], flat[1::2])
 
 
 def _matrix(rows: Sequence[WindowRow]) -> np.ndarray:
@@ -141,17 +157,14 @@ def windows_for(rows: Sequence[Sequence[WindowRow] | np.ndarray], minutes: Seque
     ``market_rows`` (its stored rows; None or empty: no market context); None where that minute has no ready
     window. The market's rows are slotted once and its context computed in one vectorised call for all
     windows (the Spark job's batch)."""
-    own: list[np.ndarray | None] = []
-    for r, t in zip(rows, minutes, strict=True):
-        w = None
-        a = _as_array(r)
-        if a is not None and len(a):
-            s = array_slots(a)
-            bars = s.ready()
-            bars = bars[s.minutes[bars] == t]
-            if bars.size:
-                w = s.windows(bars)[0]
-        own.append(w)
+    arrays = [_as_array(r) for r in rows]
+    stored = {i: a for i, a in enumerate(arrays) if a is not None and len(a)}
+    own: list[np.ndarray | None] = [None] * len(arrays)
+    for i, s in zip(stored, array_slots_many(list(stored.values())), strict=True):
+        bars = s.ready()
+        bars = bars[s.minutes[bars] == minutes[i]]
+        if bars.size:
+            own[i] = s.windows(bars)[0]
     have = [(i, w) for i, w in enumerate(own) if w is not None]
     out: list[np.ndarray | None] = [None] * len(own)
     if have:
@@ -182,12 +195,13 @@ class TickerResult:
     # The newest ``view`` stored bars as rows_array rows (n, 7), sorted by minute.
     rows: np.ndarray = field(default_factory=lambda: np.empty((0, 7), dtype=np.float64))
 
-    def ready_window(self) -> tuple[int, np.ndarray, str, float | None] | None:
+    def ready_window(self, s: Slots | None = None) -> tuple[int, np.ndarray, str, float | None] | None:
         """(t, window, checksum, published_at at t) of the newest ready window, ending no more than
-        ``REACH`` minutes before the newest minute (usually at the newest minute itself)."""
+        ``REACH`` minutes before the newest minute (usually at the newest minute itself). ``s``: the rows'
+        slot timeline when the caller has it already (:func:`ready_windows` slots all tickers at once)."""
         if not len(self.rows):
             return None
-        s = array_slots(self.rows)
+        s = array_slots(self.rows) if s is None else s
         bars = s.ready()
         bars = bars[s.minutes[bars] >= self.newest - 60 * REACH]
         if bars.size == 0:
@@ -197,6 +211,12 @@ class TickerResult:
         at_t = self.rows[self.rows[:, 0] == t, 6]
         pub = float(at_t[-1]) if at_t.size and not np.isnan(at_t[-1]) else None
         return t, win, checksum(win), pub
+
+
+def ready_windows(results: Sequence[TickerResult]) -> list[tuple[int, np.ndarray, str, float | None] | None]:
+    """:meth:`TickerResult.ready_window` of many tickers, their slot timelines computed in one call."""
+    timelines = iter(array_slots_many([r.rows for r in results if len(r.rows)]))
+    return [r.ready_window(next(timelines)) if len(r.rows) else None for r in results]
 
 
 class WindowStore:
@@ -245,8 +265,10 @@ class WindowStore:
         results: dict[str, TickerResult] = {}
         late: list[int] = []
         conflicts: list[int] = []
-        for (ticker, idx), item in zip(by_ticker.items(), raw, strict=True):
-            newest, ready, sum_, late_j, conf_j, blob = item
+        flats = [item[5].split(b"\n") if item[5] else [] for item in raw]
+        arrays = rows_arrays([(f[0::2], f[1::2]) for f in flats])
+        for (ticker, idx), item, rows in zip(by_ticker.items(), raw, arrays, strict=True):
+            newest, ready, sum_, late_j, conf_j, _ = item
             res = TickerResult(
                 ticker=ticker,
                 newest=int(newest),
@@ -254,7 +276,7 @@ class WindowStore:
                 announced_sum=(sum_.decode() if isinstance(sum_, bytes) else sum_) or None,
                 late=[idx[j] for j in late_j],
                 conflicts=[idx[j] for j in conf_j],
-                rows=_flat_array(blob.split(b"\n") if blob else []),
+                rows=rows,
             )
             results[ticker] = res
             late += res.late

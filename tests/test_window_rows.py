@@ -11,7 +11,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from minutecast.schemas import Bar
-from streams.window_store import array_slots, decode_row, encode_value, row_slots, rows_array, windows_for
+from streams.window_store import (
+    array_slots,
+    decode_row,
+    encode_value,
+    row_slots,
+    rows_array,
+    rows_arrays,
+    windows_for,
+)
 from tests.support.inference import MARKET, T0, bars_for
 
 PRICE = st.floats(min_value=1e-6, max_value=1e7, allow_nan=False, allow_infinity=False)
@@ -46,6 +54,17 @@ def test_rows_array_is_decode_row_bit_for_bit(h: dict[bytes, bytes]) -> None:
         assert all(same_bits(x, y) for x, y in zip(want, g[1:], strict=True)), (r, g)
     a, b = row_slots(ref), array_slots(got)
     assert np.array_equal(a.minutes, b.minutes)
+
+
+@settings(max_examples=100, deadline=None, database=None)
+@given(st.lists(stored(), max_size=6))
+def test_rows_arrays_of_many_tickers_are_rows_array_of_each(hashes: list[dict[bytes, bytes]]) -> None:
+    """One parse over all tickers' rows splits back into exactly what each ticker's own parse gives."""
+    got = rows_arrays([(list(h.keys()), list(h.values())) for h in hashes])
+    assert len(got) == len(hashes)
+    for h, g in zip(hashes, got, strict=True):
+        want = rows_array(list(h.keys()), list(h.values()))
+        assert g.shape == want.shape and g.tobytes() == want.tobytes()
 
 
 def test_windows_from_arrays_equal_windows_from_rows() -> None:
