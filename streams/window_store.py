@@ -223,13 +223,14 @@ class WindowStore:
     """Applies batches of bars to Redis with one EVALSHA per batch (see the module docstring)."""
 
     def __init__(self, client: redislib.Redis, keys: Keys, ttl_s: int, *,
-                 retain: int = RETAIN, view: int = WINDOW + 1 + REACH, counters: str = "stream_") -> None:
+                 retain: int = RETAIN, view: int = WINDOW + 1, counters: str = "stream_") -> None:
         self.client = client
         self.keys = keys
         self.ttl_s = int(ttl_s)
         self.retain = int(retain)  # bars kept per ticker
-        # Bars returned per ticker: the window at any bar within REACH minutes of the newest needs at most
-        # WINDOW bars plus the one before it, so WINDOW + 1 + REACH always suffice (0: none, for rebuild).
+        # Bars returned per ticker (0: none, for rebuild). The newest ready window always ends at the newest
+        # bar (slots only grow with bars), and that window needs at most WINDOW bars plus the one before it:
+        # WINDOW + 1 announce exactly what the whole store would (tests/test_window_rows.py proves it).
         self.view = int(view)
         self.counters = counters  # prefix of this store's counters in ``ns:stats`` (rebuild: "rebuild_")
         self._script = client.register_script(STORE_LUA)

@@ -7,11 +7,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from minutecast.schemas import Bar
+from minutecast.window import MAX_FILL, RETAIN, WINDOW
 from streams.window_store import (
+    TickerResult,
     array_slots,
     decode_row,
     encode_value,
@@ -65,6 +67,28 @@ def test_rows_arrays_of_many_tickers_are_rows_array_of_each(hashes: list[dict[by
     for h, g in zip(hashes, got, strict=True):
         want = rows_array(list(h.keys()), list(h.values()))
         assert g.shape == want.shape and g.tobytes() == want.tobytes()
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(st.lists(st.sampled_from([1] * 40 + [2, 3, MAX_FILL + 1, 7, 60, 900]), min_size=WINDOW - 5,
+                max_size=RETAIN + 5), st.integers(0, 2**31))
+@example([1] * 70, 0).via("no fills: the window's first bar needs the one before it")
+@example([1] * 9 + [2] + [1] * 60, 1).via("one fill at the window's start")
+@example([1] * 30 + [60] + [1] * 40, 2).via("a collapsed gap inside the window")
+def test_the_newest_window_plus_one_rows_announce_what_the_whole_store_does(steps: list[int], seed: int) -> None:
+    """The worker's store call returns only the newest WINDOW + 1 rows of a ticker: the announcement (minute,
+    window, checksum, publish time) is the one the ticker's whole stored history gives."""
+    minutes = T0 + 60 * np.cumsum([0, *steps])
+    rng = np.random.default_rng(seed)
+    rows = np.column_stack([minutes, rng.uniform(1, 2, (len(minutes), 5)), rng.uniform(1e9, 2e9, len(minutes))])
+    rows[rng.random(len(minutes)) < 0.2, 6] = np.nan  # some bars without a publish time
+    whole = TickerResult("AAA", int(minutes[-1]), None, None, rows=rows)
+    view = TickerResult("AAA", int(minutes[-1]), None, None, rows=rows[-(WINDOW + 1):])
+    want, got = whole.ready_window(), view.ready_window()
+    assert (want is None) == (got is None)
+    if want is not None and got is not None:
+        assert want[0] == got[0] == minutes[-1] and want[2] == got[2] and want[3] == got[3]
+        assert want[1].tobytes() == got[1].tobytes()
 
 
 def test_windows_from_arrays_equal_windows_from_rows() -> None:

@@ -27,7 +27,6 @@ from minutecast.window import (
     MINUTE,
     N_COLUMNS,
     N_TICKER_COLUMNS,
-    REACH,
     RETAIN,
     WINDOW,
     C,
@@ -291,9 +290,9 @@ def test_window_for_and_the_returned_rows_match_the_policy(store: WindowStore, r
     bars = make_bars("AAPL", FRIDAY, 30) + make_bars("AAPL", MONDAY, 100, skip={70, 80, 81, 82, 83, 84, 85, 86})
     market = make_bars("SPY", FRIDAY, 30) + make_bars("SPY", MONDAY, 100)
     results, _, _ = store.apply(market + bars)
-    # the script returns the newest WINDOW + 1 + REACH stored bars, in minute order
+    # the script returns the newest WINDOW + 1 stored bars, in minute order
     rows = read_window(redis_client, keys, "AAPL")  # type: ignore[arg-type]
-    view = [[*r[:6], np.nan if r.published_at is None else r.published_at] for r in rows[-(WINDOW + 1 + REACH):]]
+    view = [[*r[:6], np.nan if r.published_at is None else r.published_at] for r in rows[-(WINDOW + 1):]]
     assert len(rows) == RETAIN and np.array_equal(results["AAPL"].rows, np.array(view), equal_nan=True)
     t = bars[-1].minute
     mrows = read_window(redis_client, keys, "SPY")  # type: ignore[arg-type]
