@@ -161,19 +161,18 @@ def slots_many(minutes: Sequence[np.ndarray], ohlcv: Sequence[np.ndarray]) -> li
     segment's first bar is a gap, so no slot is filled across tickers; ticker k's table is a view into it."""
     ms = [np.asarray(m, dtype=np.int64).reshape(-1) for m in minutes]
     xs = [np.asarray(x, dtype=np.float64).reshape(-1, 5) for x in ohlcv]
-    sizes = np.array([m.size for m in ms], dtype=np.int64)
-    m = np.concatenate(ms) if ms else np.empty(0, np.int64)
-    x = np.concatenate(xs) if xs else np.empty((0, 5))
+    sizes = [m.size for m in ms]
+    if sum(sizes) == 0:
+        return [_no_slots() for _ in ms]
+    m, x = np.concatenate(ms), np.concatenate(xs)
     seg = np.repeat(np.arange(len(ms)), sizes)
     # stable: a minute's first bar (in the caller's order) stays first
     order = np.argsort(m, kind="stable") if len(ms) == 1 else np.lexsort((m, seg))
     m, x, seg = m[order], x[order], seg[order]
-    new_seg = np.r_[True, seg[1:] != seg[:-1]] if m.size else np.zeros(0, bool)
-    first = new_seg | np.r_[True, np.diff(m) > 0] if m.size else new_seg
+    new_seg = np.r_[True, seg[1:] != seg[:-1]]
+    first = new_seg | np.r_[True, np.diff(m) > 0]
     m, x, seg, new_seg = m[first], x[first], seg[first], new_seg[first]
-    counts = np.bincount(seg, minlength=len(ms)) if m.size else np.zeros(len(ms), np.int64)
-    if m.size == 0:
-        return [Slots(m, np.empty(0), np.empty(0, np.int64), np.empty((0, N_TICKER_COLUMNS))) for _ in ms]
+    counts = np.bincount(seg, minlength=len(ms))
     missing = np.r_[0, np.diff(m) // 60 - 1]  # minutes without a bar since the previous bar
     gap = new_seg | (missing > MAX_FILL)
     fills = np.where(gap, 0, missing)  # filled slots just before each bar
@@ -200,13 +199,17 @@ def slots_many(minutes: Sequence[np.ndarray], ohlcv: Sequence[np.ndarray]) -> li
     a = 0
     for n in counts.tolist():
         if n == 0:
-            out.append(Slots(np.empty(0, np.int64), np.empty(0), np.empty(0, np.int64),
-                             np.empty((0, N_TICKER_COLUMNS))))
+            out.append(_no_slots())
             continue
         lo, hi = int(bar_slot[a]), int(bar_slot[a + n - 1]) + 1
         out.append(Slots(m[a:a + n], x[a:a + n, 3].copy(), bar_slot[a:a + n] - lo, table[lo:hi]))
         a += n
     return out
+
+
+def _no_slots() -> Slots:
+    """The slot timeline of a ticker without bars."""
+    return Slots(np.empty(0, np.int64), np.empty(0), np.empty(0, np.int64), np.empty((0, N_TICKER_COLUMNS)))
 
 
 def market_columns(slot_minutes: np.ndarray, t: np.ndarray | int, market: Slots | None) -> np.ndarray:
