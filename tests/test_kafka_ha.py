@@ -18,10 +18,12 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from confluent_kafka import KafkaError
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import ConfigResource
+from tenacity import retry, retry_if_exception, stop_after_delay, wait_fixed
 
 from infra import services
 from infra.procs import read_pid
@@ -76,6 +78,17 @@ def leader_of(ha: KafkaSettings, topic: str, partition: int) -> int:
     return md.topics[topic].partitions[partition].leader
 
 
+def _unknown_topic(exc: BaseException) -> bool:
+    return isinstance(exc, KafkaException) and exc.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART
+
+
+@retry(retry=retry_if_exception(_unknown_topic), stop=stop_after_delay(30), wait=wait_fixed(0.5), reraise=True)
+def topic_config(admin: Any, topic: str) -> Any:
+    """The topic's config. Right after creation a broker that has not applied the new metadata yet (KRaft
+    propagates it asynchronously) answers "unknown topic": asked again until it knows it (30 s at most)."""
+    return next(iter(admin.describe_configs([ConfigResource("topic", topic)]).values())).result(timeout=30)
+
+
 def kill(node: LocalKafka) -> None:
     pid = read_pid(node.pidfile)
     assert pid is not None, f"broker {node.node} is not running"
@@ -93,7 +106,7 @@ def test_leader_killed_then_a_second_broker_loses_and_duplicates_nothing(cluster
     admin = make_admin(ha)  # kept: a future outlives no client
     md = admin.list_topics(topic, timeout=10).topics[topic]
     assert all(len(p.replicas) == 3 for p in md.partitions.values())
-    config = next(iter(admin.describe_configs([ConfigResource("topic", topic)]).values())).result(timeout=30)
+    config = topic_config(admin, topic)
     assert config["min.insync.replicas"].value == "2" and config["unclean.leader.election.enable"].value == "false"
 
     seen: Counter[tuple[str, int]] = Counter()
