@@ -5,13 +5,13 @@ Layout (``ns`` = ``MINUTECAST_NAMESPACE``; ``{T}`` = ticker):
 =============================  =======  =============================================================
 key                            type     content
 =============================  =======  =============================================================
-``ns:win:{T}``                 hash     field = bar minute (epoch seconds), value = ``"o h l c v p"``
-                                        (open high low close volume published-at); the
-                                        newest ``window.RETAIN`` bars (a count: they may span
-                                        an overnight gap or a weekend); TTL ``window_ttl_s``
-                                        (5 days: outlasts a long weekend)
-``ns:winmeta:{T}``             hash     ``max`` newest minute, ``ready`` last minute announced ready,
-                                        ``sum`` its checksum; same TTL as ``ns:win:{T}``
+``ns:w3:{T}``                  string   the newest ``window.RETAIN`` bars (a count: they may span an
+                                        overnight gap or a weekend) in the binary layout v3 of
+                                        :mod:`streams.window_store` (header with the last window
+                                        announced, packed float64 rows, publish times, slot
+                                        counters); TTL ``window_ttl_s`` (5 days: outlasts a long
+                                        weekend). v2's ``ns:win:{T}`` / ``ns:winmeta:{T}`` text
+                                        hashes are never read: a rebuild replaces them
 ``ns:fc:{T}``                  hash     the latest forecast: ``json`` = Forecast JSON, plus copies of its
                                         ``as_of``, ``predicted_close`` and ``forecast_at`` (the JSON's own
                                         number text); moves forward in as_of, or to a correction of its own as_of
@@ -54,10 +54,7 @@ class Keys:
     namespace: str = "minutecast"
 
     def window(self, ticker: str) -> str:
-        return f"{self.namespace}:win:{ticker}"
-
-    def window_meta(self, ticker: str) -> str:
-        return f"{self.namespace}:winmeta:{ticker}"
+        return f"{self.namespace}:w3:{ticker}"  # 3: the value layout's version (streams.window_store)
 
     def forecast(self, ticker: str) -> str:
         return f"{self.namespace}:fc:{ticker}"
@@ -91,7 +88,11 @@ class Keys:
         return f"{self.namespace}:*"
 
     def window_pattern(self) -> str:
-        return f"{self.namespace}:win:*"
+        return f"{self.namespace}:w3:*"
+
+    def legacy_window_patterns(self) -> tuple[str, ...]:
+        """Keys of window layouts before v3 (text hashes), found and dropped on upgrade."""
+        return f"{self.namespace}:win:*", f"{self.namespace}:winmeta:*"
 
     def forecast_pattern(self) -> str:
         return f"{self.namespace}:fc:*"

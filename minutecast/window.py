@@ -277,6 +277,16 @@ def window_at(minutes: np.ndarray, ohlcv: np.ndarray, t: int, market: Slots | No
 
 
 def checksum(window: np.ndarray) -> str:
-    """A short digest of a window's own bars (market context excluded): the window's version in events."""
-    w = np.ascontiguousarray(np.asarray(window, dtype=np.float64)[..., :N_TICKER_COLUMNS])
-    return hashlib.blake2b(w.tobytes(), digest_size=8).hexdigest()
+    """A short digest of a window's own bars (market context excluded): the window's version in events.
+
+    SHA-1 (first 16 hex digits) of the window's *defining bytes*: its first slot's ``minute, filled, gap,
+    prev_close``, then ``minute, open, high, low, close, volume`` of every real (not filled) slot, all as
+    little-endian float64. These determine the window under the policy above (fills and gap flags follow
+    from the minutes, a fill's values from the slot before it), and they are what the window store's Lua
+    script keeps contiguous: it computes the same digest with ``redis.sha1hex`` over one substring of its
+    stored rows when a bar arrives (:mod:`streams.window_lua`), so no window is built to announce one."""
+    w = np.asarray(window, dtype=np.float64)[..., :N_TICKER_COLUMNS]
+    first = w[0, [MINUTE, FILLED, GAP, PREV]]
+    real = w[w[:, FILLED] == 0][:, [MINUTE, O, H, L, C, V]]
+    raw = first.astype("<f8").tobytes() + np.ascontiguousarray(real, dtype="<f8").tobytes()
+    return hashlib.sha1(raw, usedforsecurity=False).hexdigest()[:16]

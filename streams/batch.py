@@ -22,7 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from minutecast.errors import ConfigError, Rejected
 from minutecast.schemas import BAR_VERSION, MAX_PAYLOAD_BYTES, Bar, DeadLetter, WindowReady, parse_bar_record
 from streams import failures
-from streams.window_store import Gap, StateBehind, TickerResult, WindowStore, ready_windows
+from streams.window_store import Gap, StateBehind, TickerResult, WindowStore
 
 log = logging.getLogger("streams.faust_app")  # one logger name for the worker's lines
 
@@ -181,18 +181,20 @@ def spans(messages: Sequence[Record]) -> dict[int, tuple[int, int]]:
 
 def readiness(results: dict[str, TickerResult],
               ready_at: float) -> tuple[list[WindowReady], dict[str, tuple[int, str]]]:
-    """Window-ready events for tickers whose newest ready window (policy v2: at their newest bar once
-    they have ``WINDOW`` slots, see :meth:`TickerResult.ready_window`) was not announced yet, or was
-    announced at the same minute with another checksum (a bar filled in out of order changed it)."""
+    """Window-ready events for tickers whose window at their newest bar (policy v2: ready once they have
+    ``WINDOW`` slots; the store script says so, :class:`streams.window_store.Ready`) was not announced yet,
+    or was announced at the same minute with another checksum (a bar filled in out of order changed it).
+    (Slots only grow with bars, so the newest ready window of a ticker is always the one at its newest bar.)"""
     events: list[WindowReady] = []
     announced: dict[str, tuple[int, str]] = {}
-    for (ticker, res), rw in zip(results.items(), ready_windows(list(results.values())), strict=True):
+    for ticker, res in results.items():
+        rw = res.ready
         if rw is None:
             continue
-        t, _, cs, pub = rw
+        t, cs = rw.minute, rw.checksum
         if res.announced is not None and (t < res.announced or (t == res.announced and res.announced_sum == cs)):
             continue
-        events.append(WindowReady(ticker, t, cs, pub, ready_at))
+        events.append(WindowReady(ticker, t, cs, rw.published_at, ready_at))
         announced[ticker] = (t, cs)
     return events, announced
 

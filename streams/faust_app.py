@@ -9,12 +9,12 @@ Per batch (``stream.take_events(take_max, within=take_within_s)``):
 1. decode + validate every message in one tight loop (:func:`minutecast.schemas.parse_bar`); invalid
    ones become :class:`~minutecast.schemas.DeadLetter` records with their reason;
 2. one EVALSHA writes the whole batch (:class:`streams.window_store.WindowStore`: each ticker's newest
-   ``window.RETAIN`` bars), returning each ticker's newest rows; conflicting duplicates become dead
-   letters (``conflicting_duplicate``), late bars are counted;
-3. for each ticker of the batch, the newest ready window under the window policy v2
-   (:mod:`minutecast.window`: slots, short gaps filled, longer ones collapsed and marked, so the window
-   at a bar reaches back across the overnight gap) is found: the one at the ticker's newest bar as soon
-   as the ticker has ``WINDOW`` slots (:meth:`streams.window_store.TickerResult.ready_window`). One whose
+   ``window.RETAIN`` bars, one binary value a ticker), returning a few scalars a ticker; conflicting
+   duplicates become dead letters (``conflicting_duplicate``), late bars are counted;
+3. for each ticker of the batch, the store script has said whether the window at its newest bar is ready
+   under the window policy v2 (:mod:`minutecast.window`: slots, short gaps filled, longer ones collapsed
+   and marked, so the window at a bar reaches back across the overnight gap), i.e. whether the ticker has
+   ``WINDOW`` slots, and that window's checksum (:class:`streams.window_store.Ready`). One whose
    (t, checksum) was not announced before is published as a :class:`~minutecast.schemas.WindowReady`
    (key = ticker) *after* the Redis write returned. The checksum covers the ticker's own columns only
    (market context is added by the reader), so an out-of-order bar that changes the window at an

@@ -57,7 +57,7 @@ from streams.serving import (
     prices_and_sigma,
     reject_reason,
 )
-from streams.window_store import rows_arrays, windows_for
+from streams.window_store import decode_values, windows_for
 
 log = logging.getLogger("minutecast.infer")
 
@@ -257,7 +257,7 @@ def read_partition(ctx: _Context, tickers: list[str], minutes: list[int]) -> tup
         dict[str, np.ndarray], dict[str, OnlineScale], dict[str, dict[int, bytes]], int]:
     """One pipelined round trip: stored rows of ``tickers`` and the market ticker, each ticker's
     calibration state and its history entries due at its as-of minute. Returns (rows by ticker incl. the
-    market's, as :func:`~streams.window_store.rows_array` arrays, states, due history {as-of: JSON} by
+    market's, as :func:`~streams.window_store.decode_value` arrays, states, due history {as-of: JSON} by
     ticker, round trips)."""
     market = ctx.conf.market_ticker
     window_tickers = list(dict.fromkeys([*tickers, market]))
@@ -265,14 +265,13 @@ def read_partition(ctx: _Context, tickers: list[str], minutes: list[int]) -> tup
 
     def build(pipe: Any) -> None:
         for t in window_tickers:
-            pipe.hgetall(ctx.keys.window(t))
+            pipe.get(ctx.keys.window(t))
         for t, m in zip(tickers, minutes, strict=True):
             pipe.evalsha(read_sha, 2, ctx.keys.calibration(t), ctx.keys.forecast_history(t), m, 60 * HORIZON)
 
     results, trips = ctx.execute(build)
-    # All tickers' rows decoded in one parse of the window store's row format, each sorted by minute.
-    hashes = [(list(h.keys()), list(h.values())) for h in results[:len(window_tickers)]]
-    rows = dict(zip(window_tickers, rows_arrays(hashes), strict=True))
+    # Each ticker's value is its packed rows, sorted by minute: decoded with np.frombuffer, no parse.
+    rows = dict(zip(window_tickers, decode_values(results[:len(window_tickers)]), strict=True))
     states: dict[str, OnlineScale] = {}
     due: dict[str, dict[int, bytes]] = {}
     for t, (st, hist) in zip(tickers, results[len(window_tickers):], strict=True):

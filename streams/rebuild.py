@@ -58,6 +58,16 @@ def bar_watermarks(settings: StreamSettings) -> dict[int, tuple[int, int]]:
         consumer.close()
 
 
+def upgrade(store: WindowStore) -> int:
+    """Drop a window store of an older layout (it is never read) before a full rebuild writes the current one;
+    says so in one line. Returns how many tickers it held."""
+    old = store.drop_legacy()
+    if old:
+        log.warning("window store: %d tickers in the v2 text layout (ns:win:*) dropped; rebuilding them from the "
+                    "bar topic in the v3 binary layout", old)
+    return old
+
+
 def topic_has_data(settings: StreamSettings) -> bool:
     """True when the bar topic holds at least one record."""
     return any(high > low for low, high in bar_watermarks(settings).values())
@@ -73,9 +83,9 @@ def rebuild(settings: StreamSettings, *, idle_timeout_s: float = 30.0,
     store's counters in ``ns:stats``."""
     t0 = time.monotonic()
     topic = Topics(settings.namespace).bars
-    # view=0: the rebuild announces nothing, so the script returns no rows (less to send and decode).
-    store = WindowStore(connect(settings.redis), Keys(settings.namespace), settings.window_ttl_s,
-                        view=0, counters=counters)
+    store = WindowStore(connect(settings.redis), Keys(settings.namespace), settings.window_ttl_s, counters=counters)
+    if ranges is None:
+        upgrade(store)
     # A throw-away group: rebuild assigns partitions itself and never commits.
     consumer = make_consumer(settings.kafka, group=f"{settings.app_id}-{settings.namespace}-rebuild",
                              **{"fetch.max.bytes": 64 * 1024 * 1024})

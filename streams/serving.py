@@ -154,7 +154,7 @@ def make_forecast(*, ticker: str, as_of: int, last_close: float, prices: list[fl
 
 def closes_by_minute(rows: Iterable[tuple[int, float, float, float, float, float, float | None]] | np.ndarray,
                      ) -> dict[int, float]:
-    """Stored window rows (``streams.window_store.WindowRow``s or a ``rows_array``) -> {minute: close}."""
+    """Stored window rows (``streams.window_store.WindowRow``s or ``decode_value`` rows) -> {minute: close}."""
     if isinstance(rows, np.ndarray):
         return dict(zip(rows[:, 0].astype(np.int64).tolist(), rows[:, 4].tolist(), strict=True))
     return {int(r[0]): float(r[4]) for r in rows}

@@ -1,34 +1,44 @@
 """The window store's Lua scripts (:class:`streams.window_store.WindowStore` loads them once, then EVALSHA).
 
-``STORE_LUA`` applies a batch of bars under the rules of :mod:`streams.window_store`'s docstring and moves
-the applied record; ``MARK_LUA`` moves the applied record alone (never down).
+``STORE_LUA`` applies a batch of bars under the rules of :mod:`streams.window_store`'s docstring, keeps
+each ticker's readiness up to date and moves the applied record; ``ANNOUNCE_LUA`` records the window
+announced per ticker; ``MARK_LUA`` moves the applied record alone (never down).
+
+The value layout (one string per ticker, v3) is :mod:`streams.window_store`'s; this file only follows it:
+a 32-byte header (``'MCW3'``, row count n as uint32, the announced minute and its 16-hex-digit checksum),
+then n rows of ``minute open high low close volume`` (48 bytes), then n ``published_at`` (8 bytes, NaN =
+unknown), then n slot counters (8 bytes), every number a little-endian float64, rows ascending by minute.
+The slot counter of a row is the number of policy slots (:mod:`minutecast.window`) from the first stored
+row to it, plus a base that does not matter (trimming the oldest row leaves the others as they are):
+so readiness and the window's first slot are O(1) and O(log n) lookups, never a walk over the window.
 """
 
 from __future__ import annotations
 
-# KEYS: [stats, applied, win(T1), meta(T1), win(T2), meta(T2), ...]
-# ARGV: [ttl_s, retain (bars), view (bars), roundtrips, messages, counter prefix, offsets, bars(T1), ...]
+from minutecast.window import MAX_FILL, WINDOW
+
+# KEYS: [stats, applied, win(T1), win(T2), ...]
+# ARGV: [ttl_s, retain (bars), roundtrips, messages, counter prefix, offsets, bars(T1), bars(T2), ...]
 #   offsets = "partition first last\n..." of the Kafka records the call covers ('' = no check, no record):
 #   when the applied record of a partition is missing or below first - 1 (Redis lost acknowledged writes,
 #   e.g. the un-fsynced second of its AOF), nothing is written and {'gap', {partition, applied or '',
 #   first}, ...} is returned; otherwise the record moves up to last with the bars, in the same call.
-#   bars(T) = "minute\nvalue\nminute\nvalue..." (one string per ticker: far cheaper to encode and send
-#   than two arguments per bar)
-# Returns per ticker: {newest, ready, sum, late-indexes, conflict-indexes, "minute\nvalue\n..." rows}
-# (indexes are 0-based positions among that ticker's bars in the call; rows: the newest `view` minutes).
+#   bars(T) = the ticker's bars in delivery order, 56 bytes each: minute open high low close volume
+#   published_at (float64 LE; published_at NaN when unknown).
+# Returns per ticker: {newest minute (-1: none stored), ready (1/0: the window at the newest bar exists),
+# its checksum ('' when not ready), published_at bytes of the newest bar (8), announced minute (-1: none),
+# announced checksum ('' none), late indexes, conflict indexes} (indexes: 0-based among that ticker's bars).
 #
-# Per ticker the retained minutes live in a sorted Lua array arr[h..e] (ascending): in-order bars append
-# at e, trimming the oldest moves h, so a backfill costs O(1) per bar; an out-of-order bar shifts the
-# minutes above it. Only the final set is written back (one HSET, at most one HDEL).
+# Cost per ticker: one GET and one SET of the value (~5.8 kB at RETAIN bars); an in-order bar is an append
+# (and a trim of the oldest row), O(1) Lua steps; only an out-of-order bar shifts rows and recounts the
+# slot counters above it.
 STORE_LUA = r"""
+local HDR, ROW, WINDOW, MAX_FILL = 32, 48, __WINDOW__, __MAX_FILL__
 local ttl = tonumber(ARGV[1])
 local retain = tonumber(ARGV[2])
-local view = tonumber(ARGV[3])
-local pfx = ARGV[6]
-local out = {}
-local nt = (#KEYS - 2) / 2
+local pfx = ARGV[5]
 local marks, gaps = {}, {}
-for p, first, last in string.gmatch(ARGV[7], '(%d+) (%d+) (%d+)') do
+for p, first, last in string.gmatch(ARGV[6], '(%d+) (%d+) (%d+)') do
   local cur = redis.call('HGET', KEYS[2], p)
   if (not cur) or tonumber(cur) + 1 < tonumber(first) then
     gaps[#gaps + 1] = {p, cur or '', first}
@@ -38,127 +48,154 @@ for p, first, last in string.gmatch(ARGV[7], '(%d+) (%d+) (%d+)') do
   end
 end
 if #gaps > 0 then return {'gap', gaps} end
+
+local pack, unpack_ = struct.pack, struct.unpack
+local function f64(s, pos) return (unpack_('<d', s, pos)) end
 local c_in, c_new, c_dup, c_late, c_conf = 0, 0, 0, 0, 0
-for i = 1, nt do
-  local win = KEYS[2 * i + 1]
-  local meta = KEYS[2 * i + 2]
-  -- split on newlines with a plain find (memchr), several times faster than a pattern match
-  local a, s, pos = {}, ARGV[7 + i], 1
-  while true do
-    local nl = string.find(s, '\n', pos, true)
-    if not nl then
-      if pos <= #s then a[#a + 1] = string.sub(s, pos) end
-      break
+local out = {}
+for i = 1, #KEYS - 2 do
+  local key = KEYS[i + 2]
+  local blob = redis.call('GET', key)
+  local n, ann_t, ann_sum = 0, -1, ''
+  local rows, pubs, cums = '', '', ''
+  if blob then
+    if string.sub(blob, 1, 4) ~= 'MCW3' then return redis.error_reply('window layout: ' .. key .. ' is not MCW3') end
+    n = unpack_('<I4', blob, 5)
+    ann_t = f64(blob, 9)
+    ann_sum = string.sub(blob, 17, 32)
+    if string.byte(ann_sum, 1) == 0 then ann_sum = '' end
+    rows = string.sub(blob, HDR + 1, HDR + ROW * n)
+    pubs = string.sub(blob, HDR + ROW * n + 1, HDR + ROW * n + 8 * n)
+    cums = string.sub(blob, HDR + ROW * n + 8 * n + 1, HDR + ROW * n + 16 * n)
+  end
+  local function minute_at(k) return f64(rows, ROW * (k - 1) + 1) end
+  local function close_at(k) return f64(rows, ROW * (k - 1) + 33) end
+  local function cum_at(k) return f64(cums, 8 * (k - 1) + 1) end
+  local function slots_before(k)  -- slots the policy gives row k (k > 1): itself plus fills, none after a gap
+    local miss = (minute_at(k) - minute_at(k - 1)) / 60 - 1
+    if miss > MAX_FILL then return 1 end
+    return 1 + miss
+  end
+  local function recount(k)  -- slot counters of rows k..n after an insertion at k
+    local parts = {string.sub(cums, 1, 8 * (k - 1))}
+    local c = 0
+    if k > 1 then c = cum_at(k - 1) end
+    for j = k, n do
+      if j == 1 then c = 0 else c = c + slots_before(j) end
+      parts[#parts + 1] = pack('<d', c)
     end
-    a[#a + 1] = string.sub(s, pos, nl - 1)
-    pos = nl + 1
+    cums = table.concat(parts)
   end
-  local n = #a / 2
-  local m = redis.call('HMGET', meta, 'max', 'ready', 'sum')
-  local old_max = tonumber(m[1])
-  -- stored: minute -> value; fname: minute -> field string; arr: the retained minutes, ascending
-  local val, fname, fresh, arr = {}, {}, {}, {}
-  local all = redis.call('HGETALL', win)
-  for k = 1, #all, 2 do
-    local t = tonumber(all[k])
-    val[t] = all[k + 1]
-    fname[t] = all[k]
-    arr[#arr + 1] = t
-  end
-  -- a small hash keeps insertion order, which is minute order for in-order delivery: sort only if needed
-  for k = 2, #arr do
-    if arr[k] < arr[k - 1] then
-      table.sort(arr)
-      break
-    end
-  end
-  local stored_min = arr[1]
-  local h, e = 1, #arr
+  local arg = ARGV[6 + i]
+  local nb = #arg / 56
   local late, conf = {}, {}
-  for j = 0, n - 1 do
-    local f = a[1 + 2 * j]
-    local v = a[2 + 2 * j]
-    local t = tonumber(f)
-    if e - h + 1 >= retain and t < arr[h] then
-      -- older than the oldest retained minute of a full store: never among the newest `retain`
-      late[#late + 1] = j
-    elseif val[t] then
-      -- stored (or written earlier in this call): the first value stays; published_at may differ
-      local cur = val[t]
-      if cur == v or string.match(cur, '^(.*) ') == string.match(v, '^(.*) ') then
-        c_dup = c_dup + 1
-      else
-        conf[#conf + 1] = j
-      end
+  local changed = false
+  for j = 0, nb - 1 do
+    local p = 56 * j + 1
+    local t = f64(arg, p)
+    local row, pub = string.sub(arg, p, p + 47), string.sub(arg, p + 48, p + 55)
+    if n == 0 then
+      rows, pubs, cums, n = row, pub, pack('<d', 0), 1
+      c_new, changed = c_new + 1, true
+    elseif t > minute_at(n) then  -- in order: append
+      local miss = (t - minute_at(n)) / 60 - 1
+      local c = cum_at(n) + 1
+      if miss <= MAX_FILL then c = c + miss end
+      rows, pubs, cums, n = rows .. row, pubs .. pub, cums .. pack('<d', c), n + 1
+      c_new, changed = c_new + 1, true
     else
-      val[t] = v
-      fname[t] = f
-      fresh[t] = true
-      c_new = c_new + 1
-      if e < h or t > arr[e] then
-        e = e + 1
-        arr[e] = t
-      else
-        local p = e
-        while p >= h and arr[p] > t do
-          arr[p + 1] = arr[p]
-          p = p - 1
-        end
-        arr[p + 1] = t
-        e = e + 1
+      local lo, hi = 1, n  -- the first row at or after t
+      while lo < hi do
+        local mid = math.floor((lo + hi) / 2)
+        if minute_at(mid) < t then lo = mid + 1 else hi = mid end
       end
-      if e - h + 1 > retain then h = h + 1 end
+      if minute_at(lo) == t then
+        -- stored (or written earlier in this call): the first value stays; published_at may differ
+        if string.sub(rows, ROW * (lo - 1) + 9, ROW * lo) == string.sub(row, 9, 48) then
+          c_dup = c_dup + 1
+        else
+          conf[#conf + 1] = j
+        end
+      elseif n >= retain and lo == 1 then
+        late[#late + 1] = j  -- older than the oldest row of a full store: never among the newest `retain`
+      else
+        local a = lo - 1
+        rows = string.sub(rows, 1, ROW * a) .. row .. string.sub(rows, ROW * a + 1)
+        pubs = string.sub(pubs, 1, 8 * a) .. pub .. string.sub(pubs, 8 * a + 1)
+        cums = string.sub(cums, 1, 8 * a) .. pack('<d', 0) .. string.sub(cums, 8 * a + 1)
+        n = n + 1
+        recount(lo)
+        c_new, changed = c_new + 1, true
+      end
+    end
+    if n > retain then  -- trim the oldest row; the others keep their counters (the base does not matter)
+      rows, pubs, cums, n = string.sub(rows, ROW + 1), string.sub(pubs, 9), string.sub(cums, 9), n - 1
     end
   end
-  c_in = c_in + n
+  c_in = c_in + nb
   c_late = c_late + #late
   c_conf = c_conf + #conf
-  -- write back: new minutes that survived, and stored minutes below the final oldest are trimmed
-  local put = {}
-  for k = h, e do
-    local t = arr[k]
-    if fresh[t] then
-      put[#put + 1] = fname[t]
-      put[#put + 1] = val[t]
+  if changed then
+    local pad = ann_sum
+    if pad == '' then pad = string.rep('\0', 16) end
+    redis.call('SET', key, 'MCW3' .. pack('<I4', n) .. pack('<d', ann_t) .. pad .. rows .. pubs .. cums, 'EX', ttl)
+  elseif n > 0 then
+    redis.call('EXPIRE', key, ttl)
+  end
+  -- readiness of the window at the newest bar (policy v2): WINDOW slots from the first row up to it
+  local newest, ready, sum, pubn = -1, 0, '', ''
+  if n > 0 then
+    newest = minute_at(n)
+    pubn = string.sub(pubs, 8 * (n - 1) + 1, 8 * n)
+    local base = cum_at(1)
+    local rel = cum_at(n) - base
+    if rel >= WINDOW - 1 then
+      ready = 1
+      local f = rel - (WINDOW - 1)  -- the window's first slot
+      local lo, hi = 1, n  -- the first row at or after slot f
+      while lo < hi do
+        local mid = math.floor((lo + hi) / 2)
+        if cum_at(mid) - base < f then lo = mid + 1 else hi = mid end
+      end
+      local head
+      if cum_at(lo) - base == f then  -- a real bar opens the window
+        local gap, prev = 1, close_at(lo)
+        if lo > 1 then
+          prev = close_at(lo - 1)
+          if (minute_at(lo) - minute_at(lo - 1)) / 60 - 1 <= MAX_FILL then gap = 0 end
+        end
+        head = pack('<dddd', minute_at(lo), 0, gap, prev)
+      else  -- a fill of the row before opens it
+        local k = lo - 1
+        head = pack('<dddd', minute_at(k) + 60 * (f - (cum_at(k) - base)), 1, 0, close_at(k))
+      end
+      sum = string.sub(redis.sha1hex(head .. string.sub(rows, ROW * (lo - 1) + 1, ROW * n)), 1, 16)
     end
   end
-  for k = 1, #put, 1000 do
-    redis.call('HSET', win, unpack(put, k, math.min(k + 999, #put)))
-  end
-  if stored_min ~= nil and e >= h and stored_min < arr[h] then
-    local del = {}
-    for k = 1, #all, 2 do
-      if tonumber(all[k]) < arr[h] then del[#del + 1] = all[k] end
-    end
-    for k = 1, #del, 1000 do
-      redis.call('HDEL', win, unpack(del, k, math.min(k + 999, #del)))
-    end
-  end
-  local newest = old_max or -1
-  if e >= h and arr[e] > newest then newest = arr[e] end
-  if old_max == nil or newest > old_max then redis.call('HSET', meta, 'max', newest) end
-  redis.call('EXPIRE', win, ttl)
-  redis.call('EXPIRE', meta, ttl)
-  local rows = {}
-  for k = math.max(h, e - view + 1), e do
-    local t = arr[k]
-    rows[#rows + 1] = fname[t]
-    rows[#rows + 1] = val[t]
-  end
-  out[i] = {newest, m[2] or '', m[3] or '', late, conf, table.concat(rows, '\n')}
+  out[i] = {newest, ready, sum, pubn, ann_t, ann_sum, late, conf}
 end
 redis.call('HINCRBY', KEYS[1], pfx .. 'bars', c_in)
 redis.call('HINCRBY', KEYS[1], pfx .. 'new', c_new)
 redis.call('HINCRBY', KEYS[1], pfx .. 'dup', c_dup)
 redis.call('HINCRBY', KEYS[1], pfx .. 'late', c_late)
 redis.call('HINCRBY', KEYS[1], pfx .. 'conflict', c_conf)
-redis.call('HINCRBY', KEYS[1], pfx .. 'roundtrips', tonumber(ARGV[4]))
-redis.call('HINCRBY', KEYS[1], pfx .. 'messages', tonumber(ARGV[5]))
+redis.call('HINCRBY', KEYS[1], pfx .. 'roundtrips', tonumber(ARGV[3]))
+redis.call('HINCRBY', KEYS[1], pfx .. 'messages', tonumber(ARGV[4]))
 -- last: a script error above leaves the record where it was
 if #marks > 0 then redis.call('HSET', KEYS[2], unpack(marks)) end
 return out
-"""
+""".replace("__WINDOW__", str(WINDOW)).replace("__MAX_FILL__", str(MAX_FILL))
 
+# KEYS: [win(T1), ...]; ARGV: [minute(T1), checksum(T1), ...]: the announced window goes into each header
+# (bytes 9..32); a key that expired meanwhile is not recreated.
+ANNOUNCE_LUA = r"""
+for i = 1, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    redis.call('SETRANGE', KEYS[i], 8, struct.pack('<d', tonumber(ARGV[2 * i - 1])) .. ARGV[2 * i])
+  end
+end
+return 0
+"""
 
 # KEYS: [applied]; ARGV: [partition, offset, ...]: each partition's record moves up to offset, never down.
 MARK_LUA = r"""

@@ -1,11 +1,22 @@
 """The Redis window store: each ticker's newest ``window.RETAIN`` bars (a count), written in batches.
 
-Layout (key names from :class:`minutecast.keys.Keys`):
+Layout v3 (key names from :class:`minutecast.keys.Keys`; this module is the only code that knows the bytes):
 
-* ``ns:win:{T}`` hash, field = bar minute (epoch seconds, decimal), value =
-  ``f"{open!r} {high!r} {low!r} {close!r} {volume!r} {published_at!r}"`` (``repr`` so floats round-trip
-  exactly; ``published_at`` may be ``None``).
-* ``ns:winmeta:{T}`` hash: ``max`` newest minute seen, ``ready``/``sum`` the last window announced ready.
+* ``ns:w3:{T}`` string, every number a little-endian float64 unless said otherwise:
+
+  ======  ==========  ==============================================================================
+  offset  size        content
+  ======  ==========  ==============================================================================
+  0       4           ``b"MCW3"`` (layout version 3; any other value is refused, never guessed at)
+  4       4           n, the number of stored bars (uint32)
+  8       8           minute of the last window announced ready (-1: none)
+  16      16          its checksum (16 hex digits; zero bytes: none)
+  32      48 n        rows ``minute open high low close volume``, ascending by minute
+  32+48n  8 n         ``published_at`` of each row (NaN: the producer did not say)
+  32+56n  8 n         slot counter of each row (:mod:`streams.window_lua` says what it counts)
+  ======  ==========  ==============================================================================
+
+  About 5.8 kB at ``RETAIN`` bars; TTL ``window_ttl_s``.
 * ``ns:stats`` hash: ``stream_*`` counters.
 * ``ns:stream:applied`` hash: per bar-topic partition the newest offset applied, moved in the same call
   (the worker passes its batch's offsets; :mod:`streams.repair` says what a gap behind it means).
@@ -20,24 +31,28 @@ tickers at once, in one round trip. Rules, per ticker, bar by bar in delivery or
 * a bar for a stored minute with different OHLCV is a *conflicting duplicate*: the first one is kept and
   the newcomer is reported (the caller dead-letters it as ``conflicting_duplicate``). A bar that differs
   only in ``published_at`` (a producer re-publishing) is a plain duplicate;
-* both keys get ``EXPIRE window_ttl_s``.
+* the key gets ``EX window_ttl_s``.
 
 Retention is a count, not a time span, so the store holds the bars before an overnight gap or a weekend
 and a window can reach across it (:mod:`minutecast.window`). The retained set is always "the newest
 ``RETAIN`` minutes of everything delivered" (by induction: a new minute either ranks among them, and the
 oldest one drops out, or it is late) and a minute keeps its first value, so replays, duplicates and any
-arrival order end in the state of one in-order delivery. The script returns, per ticker, the newest
-``view`` stored bars and the meta, so the caller decides readiness without another round trip.
+arrival order end in the state of one in-order delivery. The script keeps each row's slot counter, so it
+returns per ticker a few scalars: the newest minute, whether the window at it is ready, that window's
+:func:`minutecast.window.checksum` (computed from one substring of the rows), the newest bar's
+``published_at`` and the window announced last. No rows travel back to the worker.
 
-Readers use :func:`read_windows` (one pipelined round trip for many tickers); the Spark job reads the hashes
-itself and decodes them in bulk (:func:`rows_array`).
+Readers fetch values with GET (one pipelined round trip for many tickers) and decode them with
+:func:`decode_value` (``np.frombuffer``; no per-row Python). A store written in the v2 text layout
+(``ns:win:{T}`` hashes) is never read: :meth:`WindowStore.legacy_keys` finds it and ``minutecast rebuild``
+(or the worker's start-up) replaces it from the bar topic (:mod:`streams.rebuild`).
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from itertools import chain
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -46,8 +61,18 @@ import redis as redislib
 from minutecast.errors import MinutecastError
 from minutecast.keys import Keys
 from minutecast.schemas import Bar
-from minutecast.window import REACH, RETAIN, WINDOW, Slots, checksum, slots_many, with_market
-from streams.window_lua import MARK_LUA, STORE_LUA
+from minutecast.window import RETAIN, Slots, slots_many, with_market
+from streams.window_lua import ANNOUNCE_LUA, MARK_LUA, STORE_LUA
+
+MAGIC = b"MCW3"
+HEADER = struct.Struct("<4sId16s")  # magic, n, announced minute (-1: none), announced checksum
+ROW_COLUMNS = 6  # minute open high low close volume
+BAR = struct.Struct("<7d")  # one bar as the script takes it: a row, then published_at (NaN: unknown)
+NO_PUB = float("nan")
+
+
+class LayoutError(MinutecastError):
+    """A window value that is not in this module's layout (an older store, or damage): never read."""
 
 
 class Gap(NamedTuple):
@@ -79,61 +104,49 @@ class WindowRow(NamedTuple):
     published_at: float | None  # producer publish time (epoch s), None when the producer did not say
 
 
-def encode_value(bar: Bar) -> str:
-    """The hash value of one bar (repr: floats round-trip exactly)."""
-    return f"{bar.open!r} {bar.high!r} {bar.low!r} {bar.close!r} {bar.volume!r} {bar.published_at!r}"
+def encode_bars(bars: Sequence[Bar]) -> bytes:
+    """Bars as the store script takes them: :data:`BAR` records (56 bytes each) in the given order."""
+    return b"".join(BAR.pack(b.minute, b.open, b.high, b.low, b.close, b.volume,
+                             NO_PUB if b.published_at is None else b.published_at) for b in bars)
 
 
-def decode_row(field_: bytes | str, value: bytes | str) -> WindowRow:
-    """A hash field/value pair -> :class:`WindowRow`."""
-    o, h, lo, c, v, pub = (value.decode() if isinstance(value, bytes) else value).split(" ")
-    return WindowRow(int(field_), float(o), float(h), float(lo), float(c), float(v),
-                     None if pub == "None" else float(pub))
-
-
-def rows_array(fields: Sequence[bytes | str], values: Sequence[bytes | str]) -> np.ndarray:
-    """Stored hash fields/values -> (n, 7) float64 sorted by minute: minute (epoch s), open, high, low,
-    close, volume, published_at (NaN where :func:`decode_row` gives None). The same floats as
-    :func:`decode_row` (Python's own parser, in bulk), without a WindowRow per minute: the Spark job
-    reads ~66 rows for each of thousands of tickers per batch. Proven equal by tests/test_window_rows.py."""
-    return rows_arrays([(fields, values)])[0]
-
-
-def rows_arrays(hashes: Sequence[tuple[Sequence[bytes | str], Sequence[bytes | str]]]) -> list[np.ndarray]:
-    """:func:`rows_array` of many tickers' (fields, values) at once: one join and one float parse for all of
-    them (per ticker the calls cost as much as the parsing at ~66 rows)."""
-    sizes = [len(values) for _, values in hashes]
-    total = sum(sizes)
-    if total == 0:
-        return [np.empty((0, 7), dtype=np.float64) for _ in hashes]
-    joined = b" ".join(v if isinstance(v, bytes) else v.encode() for _, values in hashes for v in values)
-    flat = np.empty((total, 7), dtype=np.float64)
-    flat[:, 1:] = np.fromiter(map(float, joined.replace(b"None", b"nan").split()), np.float64,
-                              6 * total).reshape(total, 6)
-    flat[:, 0] = np.fromiter(map(int, chain.from_iterable(f for f, _ in hashes)), np.int64, total)
-    out: list[np.ndarray] = []
-    a = 0
-    for n in sizes:
-        block = flat[a:a + n]
-        out.append(block[np.argsort(block[:, 0], kind="stable")])
-        a += n
+def decode_value(value: bytes | None) -> np.ndarray:
+    """One stored value -> (n, 7) float64 rows sorted by minute: minute (epoch s), open, high, low, close,
+    volume, published_at (NaN: unknown); (0, 7) for None (no such key). Raises :class:`LayoutError` for a
+    value of another layout or length: nothing is guessed."""
+    if value is None:
+        return np.empty((0, 7), dtype=np.float64)
+    if len(value) < HEADER.size or value[:4] != MAGIC:
+        raise LayoutError(f"window value is not in layout {MAGIC.decode()} (starts {value[:4]!r}): "
+                          "run `minutecast rebuild`")
+    n = HEADER.unpack_from(value)[1]
+    if len(value) != HEADER.size + 64 * n:
+        raise LayoutError(f"window value of {len(value)} bytes for {n} bars (want {HEADER.size + 64 * n})")
+    out = np.empty((n, 7), dtype=np.float64)
+    out[:, :6] = np.frombuffer(value, "<f8", ROW_COLUMNS * n, HEADER.size).reshape(n, ROW_COLUMNS)
+    out[:, 6] = np.frombuffer(value, "<f8", n, HEADER.size + 48 * n)
     return out
 
 
+def decode_values(values: Sequence[bytes | None]) -> list[np.ndarray]:
+    """:func:`decode_value` of many tickers' values (the Spark job's pipelined read)."""
+    return [decode_value(v) for v in values]
+
+
+def to_rows(rows: np.ndarray) -> list[WindowRow]:
+    """:func:`decode_value` rows -> :class:`WindowRow` (readers outside the hot path)."""
+    return [WindowRow(int(r[0]), float(r[1]), float(r[2]), float(r[3]), float(r[4]), float(r[5]),
+                      None if np.isnan(r[6]) else float(r[6])) for r in rows]
+
+
 def array_slots(rows: np.ndarray) -> Slots:
-    """:func:`rows_array` rows -> the window policy's slot timeline (what :func:`row_slots` gives)."""
+    """:func:`decode_value` rows -> the window policy's slot timeline (:func:`minutecast.window.slots`)."""
     return array_slots_many([rows])[0]
 
 
 def array_slots_many(rows: Sequence[np.ndarray]) -> list[Slots]:
     """:func:`array_slots` of many tickers' rows in one :func:`~minutecast.window.slots_many` call."""
     return slots_many([r[:, 0].astype(np.int64) for r in rows], [r[:, 1:6] for r in rows])
-
-
-def _rows(flat: Sequence[Any]) -> list[WindowRow]:
-    rows = [decode_row(flat[k], flat[k + 1]) for k in range(0, len(flat), 2)]
-    rows.sort()
-    return rows
 
 
 def _matrix(rows: Sequence[WindowRow]) -> np.ndarray:
@@ -153,10 +166,10 @@ def _as_array(rows: Sequence[WindowRow] | np.ndarray | None) -> np.ndarray | Non
 def windows_for(rows: Sequence[Sequence[WindowRow] | np.ndarray], minutes: Sequence[int],
                 market_rows: Sequence[WindowRow] | np.ndarray | None = None) -> list[np.ndarray | None]:
     """The (WINDOW, N_COLUMNS) window ending at ``minutes[i]`` of the ticker whose stored rows are ``rows[i]``
-    (WindowRows, or :func:`rows_array` rows), under the window policy, with the market ticker's context from
-    ``market_rows`` (its stored rows; None or empty: no market context); None where that minute has no ready
-    window. The market's rows are slotted once and its context computed in one vectorised call for all
-    windows (the Spark job's batch)."""
+    (WindowRows, or :func:`decode_value` rows), under the window policy, with the market ticker's context
+    from ``market_rows`` (its stored rows; None or empty: no market context); None where that minute has no
+    ready window. All tickers are slotted in one call and the market's context computed in one vectorised
+    call for all windows (the Spark job's batch)."""
     arrays = [_as_array(r) for r in rows]
     stored = {i: a for i, a in enumerate(arrays) if a is not None and len(a)}
     own: list[np.ndarray | None] = [None] * len(arrays)
@@ -182,58 +195,39 @@ def window_for(rows: Sequence[WindowRow] | np.ndarray, t: int,
     return windows_for([rows], [t], market_rows)[0]
 
 
+class Ready(NamedTuple):
+    """The window at a ticker's newest bar, as the store script reports it."""
+
+    minute: int  # epoch s of the newest bar (the window's last slot)
+    checksum: str  # :func:`minutecast.window.checksum` of the window
+    published_at: float | None  # the newest bar's publish time at the producer
+
+
 @dataclass
 class TickerResult:
     """What one store call left for one ticker."""
 
     ticker: str
-    newest: int  # newest minute stored (epoch s)
-    announced: int | None  # minute of the last window announced ready (meta ``ready``)
-    announced_sum: str | None  # its checksum (meta ``sum``)
+    newest: int  # newest minute stored (epoch s; -1: nothing stored)
+    announced: int | None  # minute of the last window announced ready
+    announced_sum: str | None  # its checksum
+    ready: Ready | None = None  # the window at the newest bar, when the policy has one
     late: list[int] = field(default_factory=list)  # indexes (into the call's bars) dropped as late
     conflicts: list[int] = field(default_factory=list)  # indexes of conflicting duplicates (not written)
-    # The newest ``view`` stored bars as rows_array rows (n, 7), sorted by minute.
-    rows: np.ndarray = field(default_factory=lambda: np.empty((0, 7), dtype=np.float64))
-
-    def ready_window(self, s: Slots | None = None) -> tuple[int, np.ndarray, str, float | None] | None:
-        """(t, window, checksum, published_at at t) of the newest ready window, ending no more than
-        ``REACH`` minutes before the newest minute (usually at the newest minute itself). ``s``: the rows'
-        slot timeline when the caller has it already (:func:`ready_windows` slots all tickers at once)."""
-        if not len(self.rows):
-            return None
-        s = array_slots(self.rows) if s is None else s
-        bars = s.ready()
-        bars = bars[s.minutes[bars] >= self.newest - 60 * REACH]
-        if bars.size == 0:
-            return None
-        i = int(bars[-1])
-        t, win = int(s.minutes[i]), s.windows(np.array([i]))[0]
-        at_t = self.rows[self.rows[:, 0] == t, 6]
-        pub = float(at_t[-1]) if at_t.size and not np.isnan(at_t[-1]) else None
-        return t, win, checksum(win), pub
-
-
-def ready_windows(results: Sequence[TickerResult]) -> list[tuple[int, np.ndarray, str, float | None] | None]:
-    """:meth:`TickerResult.ready_window` of many tickers, their slot timelines computed in one call."""
-    timelines = iter(array_slots_many([r.rows for r in results if len(r.rows)]))
-    return [r.ready_window(next(timelines)) if len(r.rows) else None for r in results]
 
 
 class WindowStore:
     """Applies batches of bars to Redis with one EVALSHA per batch (see the module docstring)."""
 
     def __init__(self, client: redislib.Redis, keys: Keys, ttl_s: int, *,
-                 retain: int = RETAIN, view: int = WINDOW + 1, counters: str = "stream_") -> None:
+                 retain: int = RETAIN, counters: str = "stream_") -> None:
         self.client = client
         self.keys = keys
         self.ttl_s = int(ttl_s)
         self.retain = int(retain)  # bars kept per ticker
-        # Bars returned per ticker (0: none, for rebuild). The newest ready window always ends at the newest
-        # bar (slots only grow with bars), and that window needs at most WINDOW bars plus the one before it:
-        # WINDOW + 1 announce exactly what the whole store would (tests/test_window_rows.py proves it).
-        self.view = int(view)
         self.counters = counters  # prefix of this store's counters in ``ns:stats`` (rebuild: "rebuild_")
         self._script = client.register_script(STORE_LUA)
+        self._announce = client.register_script(ANNOUNCE_LUA)
         self._mark = client.register_script(MARK_LUA)
         self.roundtrips = 0  # Redis round trips made by this store (for the benchmark)
         self._unreported = 0  # round trips not yet added to the stats hash
@@ -253,10 +247,10 @@ class WindowStore:
             by_ticker.setdefault(bar.ticker, []).append(i)
         keys: list[str] = [self.keys.stats(), self.keys.stream_applied()]
         spec = "\n".join(f"{p} {a} {b}" for p, (a, b) in sorted((offsets or {}).items()))
-        args: list[Any] = [self.ttl_s, self.retain, self.view, self._unreported + 1, messages, self.counters, spec]
+        args: list[Any] = [self.ttl_s, self.retain, self._unreported + 1, messages, self.counters, spec]
         for ticker, idx in by_ticker.items():
-            keys += (self.keys.window(ticker), self.keys.window_meta(ticker))
-            args.append("\n".join([f"{bars[i].minute}\n{encode_value(bars[i])}" for i in idx]))
+            keys.append(self.keys.window(ticker))
+            args.append(encode_bars([bars[i] for i in idx]))
         raw = self._script(keys=keys, args=args)
         self.roundtrips += 1
         if raw and raw[0] == b"gap":
@@ -266,32 +260,27 @@ class WindowStore:
         results: dict[str, TickerResult] = {}
         late: list[int] = []
         conflicts: list[int] = []
-        flats = [item[5].split(b"\n") if item[5] else [] for item in raw]
-        arrays = rows_arrays([(f[0::2], f[1::2]) for f in flats])
-        for (ticker, idx), item, rows in zip(by_ticker.items(), raw, arrays, strict=True):
-            newest, ready, sum_, late_j, conf_j, _ = item
-            res = TickerResult(
-                ticker=ticker,
-                newest=int(newest),
-                announced=int(ready) if ready else None,
-                announced_sum=(sum_.decode() if isinstance(sum_, bytes) else sum_) or None,
-                late=[idx[j] for j in late_j],
-                conflicts=[idx[j] for j in conf_j],
-                rows=rows,
-            )
+        for (ticker, idx), item in zip(by_ticker.items(), raw, strict=True):
+            newest, ready, sum_, pub, ann_t, ann_sum, late_j, conf_j = item
+            rd = None
+            if ready:
+                p = struct.unpack("<d", pub)[0]
+                rd = Ready(int(newest), sum_.decode(), None if p != p else p)
+            res = TickerResult(ticker=ticker, newest=int(newest),
+                               announced=None if int(ann_t) < 0 else int(ann_t),
+                               announced_sum=ann_sum.decode() or None, ready=rd,
+                               late=[idx[j] for j in late_j], conflicts=[idx[j] for j in conf_j])
             results[ticker] = res
             late += res.late
             conflicts += res.conflicts
         return results, sorted(late), sorted(conflicts)
 
     def mark_announced(self, announced: dict[str, tuple[int, str]]) -> None:
-        """Record the last window announced per ticker (meta ``ready``/``sum``): one pipelined round trip."""
+        """Record the last window announced per ticker (in each value's header): one round trip."""
         if not announced:
             return
-        pipe = self.client.pipeline(transaction=False)
-        for ticker, (t, cs) in announced.items():
-            pipe.hset(self.keys.window_meta(ticker), mapping={"ready": t, "sum": cs})
-        pipe.execute()
+        self._announce(keys=[self.keys.window(t) for t in announced],
+                       args=[x for t, cs in announced.values() for x in (t, cs)])
         self.roundtrips += 1
         self._unreported += 1
 
@@ -318,29 +307,39 @@ class WindowStore:
             return True
         return False
 
+    def legacy_keys(self) -> list[str]:
+        """Keys of an older window layout in this namespace (v2: ``ns:win:{T}`` text hashes and their
+        ``ns:winmeta:{T}``): a store this version never reads; :meth:`drop_legacy` clears them."""
+        return [k.decode() if isinstance(k, bytes) else k for pattern in self.keys.legacy_window_patterns()
+                for k in self.client.scan_iter(match=pattern, count=1000)]
+
+    def drop_legacy(self) -> int:
+        """Delete the older layout's keys and the applied record that described them (a rebuild writes both
+        anew from the bar topic). Returns how many window keys of the old layout there were."""
+        old = self.legacy_keys()
+        for k in range(0, len(old), 1000):
+            self.client.delete(*old[k:k + 1000])
+        if old:
+            self.client.delete(self.keys.stream_applied())
+        return sum(":winmeta:" not in k for k in old)
+
 
 def read_window(client: redislib.Redis, keys: Keys, ticker: str) -> list[WindowRow]:
     """All stored bars of ``ticker`` (its newest ``RETAIN``) as :class:`WindowRow`, sorted by minute;
     empty when the ticker has no window. Use :func:`window_for` to cut the window."""
-    return _rows(_flatten(client.hgetall(keys.window(ticker))))
+    value: Any = client.get(keys.window(ticker))
+    return to_rows(decode_value(value))
 
 
 def read_windows(client: redislib.Redis, keys: Keys, tickers: Iterable[str]) -> dict[str, list[WindowRow]]:
     """:func:`read_window` for many tickers in one pipelined round trip: ``{ticker: rows}``.
 
-    Stable API (tests and readers outside the pipeline; the Spark job decodes in bulk, :func:`rows_array`): rows are
-    ``WindowRow(minute, open, high, low, close, volume, published_at)`` sorted by minute,
-    at most ``window.RETAIN`` of them; a ticker without a window maps to ``[]``.
+    Stable API (tests and readers outside the pipeline; the Spark job decodes arrays, :func:`decode_value`):
+    rows are ``WindowRow(minute, open, high, low, close, volume, published_at)`` sorted by minute, at most
+    ``window.RETAIN`` of them; a ticker without a window maps to ``[]``.
     """
     tickers = list(dict.fromkeys(tickers))
     pipe = client.pipeline(transaction=False)
     for t in tickers:
-        pipe.hgetall(keys.window(t))
-    return {t: _rows(_flatten(h)) for t, h in zip(tickers, pipe.execute(), strict=True)}
-
-
-def _flatten(h: dict[Any, Any]) -> list[Any]:
-    flat: list[Any] = []
-    for k, v in h.items():
-        flat += (k, v)
-    return flat
+        pipe.get(keys.window(t))
+    return {t: to_rows(decode_value(v)) for t, v in zip(tickers, pipe.execute(), strict=True)}

@@ -47,10 +47,14 @@ def run(args: argparse.Namespace) -> int:
     ensure_topics(settings.kafka, settings.topic_specs())
 
     store = WindowStore(client, Keys(settings.namespace), settings.window_ttl_s)
+    # An older layout's store (never read) counts as none: the rebuild drops it and says so in one line.
     if settings.startup_rebuild and not args.no_rebuild and not store.has_windows() and topic_has_data(settings):
         log.info("no windows in Redis for namespace %s but the bar topic has data: rebuilding first",
                  settings.namespace)
         rebuild(settings)
+    elif store.legacy_keys():
+        log.warning("window store: keys of the v2 text layout (ns:win:*) are never read by this version; "
+                    "run `minutecast rebuild` to rebuild them in the v3 binary layout")
 
     metrics = Metrics()
     serve(settings.metrics_host, settings.metrics_port, metrics.registry)

@@ -3,7 +3,7 @@
 producers write. Pure logic: no services.
 
 "The same" means the same Bar bit for bit: equal fields of the same types and the same ``repr`` of every
-float (so the window store writes byte-identical hash values, :func:`streams.window_store.encode_value`).
+float (so the window store writes byte-identical values, :func:`streams.window_store.encode_bars`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from minutecast.errors import Rejected
 from minutecast.schemas import Bar, parse_bar_record
 from producers.bars import encode, stamp_suffix
 from streams.batch import Message, decode, fast_bar
-from streams.window_store import encode_value
+from streams.window_store import encode_bars
 
 NOW = 1_764_000_000.0  # 2025-11-24
 BASE = Bar("AAPL", 1_759_325_400, 253.38, 253.5, 252.16, 252.52, 3395.0, "replay", 1_759_325_461.5)
@@ -39,7 +39,7 @@ def same(a: Bar, b: Bar) -> bool:
     """Equal field by field with equal types and float reprs (-0.0 vs 0.0, 1 vs 1.0 count as different)."""
     fa, fb = [getattr(a, f) for f in Bar.__slots__], [getattr(b, f) for f in Bar.__slots__]
     return all(type(x) is type(y) and repr(x) == repr(y) for x, y in zip(fa, fb, strict=True)) \
-        and encode_value(a) == encode_value(b)
+        and encode_bars([a]) == encode_bars([b])
 
 
 def check(key: bytes | None, value: bytes | None, allowed: frozenset[str] | None = None) -> Bar | None:

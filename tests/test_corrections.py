@@ -103,7 +103,8 @@ def test_reannounced_window_is_corrected_served_counted_and_never_undone(
     assert forecast_rows(rows, topics) == [row2] and stats.get("corrections", 0) == 0
     # Even an older event whose window really differs (bar 70 gone again) cannot undo the correction:
     # its window_ready_at is older than the stored forecast's.
-    redis_client.hdel(keys.window("AAA"), str(minute(70)))
+    redis_client.delete(keys.window("AAA"))
+    store_bars(redis_client, namespace, early)
     rows, stats = run_partition(conf, [first])
     assert forecast_rows(rows, topics) == [row2] and stats.get("corrections", 0) == 0
     assert stats["replayed"] == 1 and stats.get("checksum_mismatch", 0) == 0

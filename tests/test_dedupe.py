@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from minutecast.dedupe import first_wins
 from minutecast.keys import Keys
 from minutecast.schemas import Bar
-from streams.window_store import WindowStore, decode_row
+from streams.window_store import WindowStore, read_window
 from tests.support.bars import OPEN
 from training import data as D
 
@@ -108,8 +108,7 @@ def test_first_wins_agrees_with_the_redis_window_store(redis_client: Any, namesp
         assert conflicts == fw.conflicts.tolist()
         dup = redis_client.hget(keys.stats(), "stream_dup")
         assert int(dup or 0) == fw.duplicates.size
-        stored = {(t, r.minute): r for t in {b.ticker for b in bars}
-                  for r in (decode_row(f, v) for f, v in redis_client.hgetall(keys.window(t)).items())}
+        stored = {(t, r.minute): r for t in {b.ticker for b in bars} for r in read_window(redis_client, keys, t)}
         kept = {(bars[k].ticker, bars[k].minute): bars[k] for k in fw.keep}
         assert set(stored) == set(kept)
         for key, row in stored.items():

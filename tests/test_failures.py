@@ -26,6 +26,7 @@ from minutecast.settings import KafkaSettings, RedisSettings
 from minutecast.topics import Topics
 from streams.batch import BatchProcessor, Message
 from streams.failures import kind as failure_kind
+from streams.window_store import read_window
 from tests.support.inference import bars_for
 from tests.support.kafka import committed, committed_all
 from tests.support.services import free_port, wait_until
@@ -137,7 +138,7 @@ def test_worker_stalls_while_redis_is_down_then_stops_on_oom_without_committing(
         wait_until(lambda: taken() >= 30 and scrape(port).get("minutecast_stream_stalled") == 0.0, 120,
                    "caught up after the stall", [worker])
         assert client.hget(keys.stats(), "stream_stalled_since") == b"0"
-        assert int(client.hget(keys.window_meta("AAA"), "max") or 0) == bars[29].minute
+        assert read_window(client, keys, "AAA")[-1].minute == bars[29].minute
         wait_until(lambda: committed_all(kafka, namespace, topics.bars), 60, "commit", [worker])
         before = end_offsets(kafka, topics.bars)
         # 2. Redis refuses every write (maxmemory reached, noeviction): no retry can help. The worker says
@@ -161,6 +162,6 @@ def test_worker_stalls_while_redis_is_down_then_stops_on_oom_without_committing(
     worker = start("worker2", free_port())
     try:
         wait_until(lambda: taken() >= 35, 180, "the uncommitted batch applied after the restart", [worker])
-        assert int(client.hget(keys.window_meta("AAA"), "max") or 0) == bars[34].minute
+        assert read_window(client, keys, "AAA")[-1].minute == bars[34].minute
     finally:
         terminate([worker], 60, group=True)

@@ -44,7 +44,7 @@ from minutecast.window import GAP, MINUTE, RETAIN, checksum
 from streams.batch import DROP_SWITCH, DROP_SWITCH_GUARD, drop_switch
 from streams.faust_app import _lean_drain, _Resume
 from streams.rebuild import rebuild
-from streams.window_store import WindowStore, read_window, window_for
+from streams.window_store import HEADER, WindowStore, read_window, window_for
 from tests.support.bars import (
     OPEN,
     Run,
@@ -150,8 +150,8 @@ def test_worker_windows_deadletters_ready_events_and_metrics(topics: Topics, kaf
     stats = {k.decode(): int(v) for k, v in redis_client.hgetall(keys.stats()).items()}
     # the re-sent chunk (minutes ~20-28, older than each ticker's newest RETAIN bars) + one late bar
     assert stats["stream_late"] == 41 and stats["stream_conflict"] == 1
-    assert all(len(h) == RETAIN for h, _ in snapshot(redis_client, namespace).values())
-    assert str(OPEN).encode() not in redis_client.hgetall(keys.window("AAPL"))
+    assert all(len(read_window(redis_client, keys, t)) == RETAIN for t in snapshot(redis_client, namespace))
+    assert OPEN not in [r.minute for r in read_window(redis_client, keys, "AAPL")]
 
     # dead letters: every bad message with its reason, and the conflicting duplicate
     wait_until(lambda: len(read_topic(kafka, topics.deadletter)) >= 5, 60, "dead letters")
@@ -182,8 +182,8 @@ def test_worker_windows_deadletters_ready_events_and_metrics(topics: Topics, kaf
     # TSLA's 10-minute gap is inside its last window: collapsed, the bar after it marked, still announced
     tsla = window_for(read_window(redis_client, keys, "TSLA"), last)
     assert tsla is not None and tsla[tsla[:, MINUTE] == OPEN + 60 * 130, GAP].tolist() == [1.0]
-    meta = redis_client.hgetall(keys.window_meta("AAPL"))
-    assert int(meta[b"ready"]) == last and meta[b"sum"].decode() == ready["AAPL"].checksum
+    _, _, ann_t, ann_sum = HEADER.unpack_from(redis_client.get(keys.window("AAPL")))  # the announced record
+    assert int(ann_t) == last and ann_sum.decode() == ready["AAPL"].checksum
 
     body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()  # noqa: S310
     assert f"minutecast_stream_bars_in_total {float(len(recs))}" in body

@@ -1,7 +1,7 @@
 """Feature parity: the training sample for a window equals, bit for bit, the serving input built from the same
-bars stored the way the Faust app stores them in Redis (hash ``Keys(ns).window(T)``, field = minute epoch
-seconds, value = :func:`streams.window_store.encode_value`; the newest ``RETAIN`` bars), market context included
-(the market ticker's hash, read in the same pipelined round trip as the Spark job does).
+bars stored the way the Faust app stores them in Redis (written by :class:`streams.window_store.WindowStore` into
+``Keys(ns).window(T)``: the newest ``RETAIN`` bars in the binary layout), market context included (the market
+ticker's value, read in the same pipelined round trip as the Spark job does).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import pytest
 from minutecast.features import Scaler, make_inputs
 from minutecast.keys import Keys
 from minutecast.schemas import Bar, parse_bar
-from minutecast.window import GAP, N_COLUMNS, OPEN_MIN, RETAIN, WINDOW, minute_of_day, regular_hours
-from streams.window_store import encode_value, read_windows, window_for
+from minutecast.window import GAP, N_COLUMNS, OPEN_MIN, WINDOW, minute_of_day, regular_hours
+from streams.window_store import WindowStore, read_windows, window_for
 from training import data as D
 
 pytestmark = pytest.mark.integration
@@ -40,12 +40,11 @@ def series(bars: list[Bar]) -> D.Series:
                     np.array([(b.open, b.high, b.low, b.close, b.volume) for b in bars]))
 
 
-def store_as_faust(redis_client, key: str, bars: list[Bar], t: int) -> None:
-    """The hash as the Faust app holds it once minute ``t`` arrived in order: the newest RETAIN bars <= t."""
-    redis_client.delete(key)
-    kept = [b for b in bars if b.minute <= t][-RETAIN:]
-    if kept:
-        redis_client.hset(key, mapping={str(b.minute): encode_value(b) for b in kept})
+def store_as_faust(redis_client, keys: Keys, bars: list[Bar], t: int) -> None:
+    """The store as the Faust app holds it once minute ``t`` arrived in order: the newest RETAIN bars <= t,
+    written by the window store itself."""
+    redis_client.delete(keys.window(bars[0].ticker))
+    WindowStore(redis_client, keys, 3600).apply([b for b in bars if b.minute <= t])
 
 
 def test_training_sample_equals_serving_input_from_redis(shared_data: Path, redis_client, namespace: str) -> None:
@@ -66,8 +65,8 @@ def test_training_sample_equals_serving_input_from_redis(shared_data: Path, redi
     keys = Keys(namespace)
     for i in picks:
         t = int(ends[i])
-        store_as_faust(redis_client, keys.window(TICKER), bars, t)
-        store_as_faust(redis_client, keys.window(MARKET), market, t)
+        store_as_faust(redis_client, keys, bars, t)
+        store_as_faust(redis_client, keys, market, t)
         stored = read_windows(redis_client, keys, [TICKER, MARKET])  # one pipelined round trip
         window = window_for(stored[TICKER], t, stored[MARKET])
         assert window is not None, f"window at {t} not ready from Redis"

@@ -2,7 +2,7 @@
 
 Covers duplicates, out-of-order bars, count-based retention (the newest RETAIN bars, across the overnight
 gap and the weekend), late bars, gaps (filled vs collapsed and marked, window policy v2), conflicting
-duplicates, trimming + TTL, one round trip per batch, the rows the script returns (the window the worker
+duplicates, trimming + TTL, one round trip per batch, the scalars the script returns (the window the worker
 announces equals the one a reader cuts from the whole store), re-announcement when a late-filled bar
 changes a window, bad messages -> dead letters, and a property-based test: any interleaving and
 duplication of the same bars, in any batches, ends in the state of one in-order delivery.
@@ -36,8 +36,9 @@ from minutecast.window import (
     window_at,
 )
 from streams.batch import BatchProcessor, Message, decode, readiness
-from streams.window_store import WindowRow, WindowStore, encode_value, read_window, read_windows, row_slots, window_for
-from tests.support.bars import OPEN, make_bars  # OPEN: 2025-10-01 09:30 New York, the regular session's open
+from streams.window_store import WindowRow, WindowStore, read_window, read_windows, row_slots, window_for
+from tests.support.bars import OPEN, make_bars
+from tests.support.windows import state  # OPEN: 2025-10-01 09:30 New York, the regular session's open
 
 pytestmark = pytest.mark.integration
 
@@ -47,8 +48,16 @@ MONDAY = int(datetime(2025, 10, 6, 13, 30, tzinfo=UTC).timestamp())
 TTL = 3600
 
 
-def window_hash(client: object, keys: Keys, ticker: str) -> dict[bytes, bytes]:
-    return client.hgetall(keys.window(ticker))  # type: ignore[attr-defined,no-any-return]
+def window_hash(client: object, keys: Keys, ticker: str) -> dict[bytes, tuple[float | None, ...]]:
+    """The stored bars as {minute (decimal bytes): (open, high, low, close, volume, published_at)}."""
+    return {str(r.minute).encode(): tuple(r[1:]) for r in read_window(client, keys, ticker)}  # type: ignore[arg-type]
+
+
+def stored_window(store: WindowStore, ticker: str, t: int) -> np.ndarray:
+    """The ticker's own columns of the window a reader cuts at ``t`` from the whole store."""
+    win = window_for(read_window(store.client, store.keys, ticker), t)
+    assert win is not None
+    return win[:, :N_TICKER_COLUMNS]
 
 
 @pytest.fixture
@@ -64,7 +73,9 @@ def test_values_round_trip_exactly_and_read_windows_is_one_pipeline(store: Windo
     assert [r.minute for r in rows] == [b.minute for b in bars[:10]]
     assert all(r == WindowRow(b.minute, b.open, b.high, b.low, b.close, b.volume, b.published_at)
                for r, b in zip(rows, bars[:10], strict=True))
-    assert window_hash(redis_client, Keys(namespace), "AAPL")[str(OPEN).encode()] == encode_value(bars[0]).encode()
+    b0 = bars[0]
+    assert window_hash(redis_client, Keys(namespace), "AAPL")[str(OPEN).encode()] == \
+        (b0.open, b0.high, b0.low, b0.close, b0.volume, b0.published_at)
     many = read_windows(redis_client, Keys(namespace), ["AAPL", "MSFT", "NOPE"])  # type: ignore[arg-type]
     assert len(many["AAPL"]) == 10 and many["AAPL"] == rows
     assert [r.published_at for r in many["MSFT"]] == [None] * 5
@@ -117,9 +128,10 @@ def test_out_of_order_within_the_window_equals_in_order(redis_client: object, na
         a = window_hash(redis_client, Keys(namespace + "a"), "AAPL")
         b = window_hash(redis_client, Keys(namespace + "b"), "AAPL")
         assert a == b and len(a) == RETAIN
-        meta_a = redis_client.hget(Keys(namespace + "a").window_meta("AAPL"), "max")  # type: ignore[attr-defined]
-        meta_b = redis_client.hget(Keys(namespace + "b").window_meta("AAPL"), "max")  # type: ignore[attr-defined]
-        assert meta_a == meta_b == str(bars[-1].minute).encode()
+        raw_a = redis_client.get(Keys(namespace + "a").window("AAPL"))  # type: ignore[attr-defined]
+        raw_b = redis_client.get(Keys(namespace + "b").window("AAPL"))  # type: ignore[attr-defined]
+        assert state(raw_a) == state(raw_b)  # the same rows, publish times and slot counters
+        assert read_window(redis_client, Keys(namespace + "a"), "AAPL")[-1].minute == bars[-1].minute  # type: ignore
     finally:
         for ns in (namespace + "a", namespace + "b"):
             keys = list(redis_client.scan_iter(match=f"{ns}:*"))  # type: ignore[attr-defined]
@@ -144,7 +156,6 @@ def test_late_bars_are_dropped_and_counted_and_old_minutes_trimmed(store: Window
     stats = redis_client.hgetall(keys.stats())  # type: ignore[attr-defined]
     assert int(stats[b"stream_late"]) == 1 and int(stats[b"stream_bars"]) == 202
     assert 0 < redis_client.ttl(keys.window("AAPL")) <= TTL  # type: ignore[attr-defined]
-    assert 0 < redis_client.ttl(keys.window_meta("AAPL")) <= TTL  # type: ignore[attr-defined]
 
 
 def test_conflicting_duplicate_keeps_the_first_and_is_reported(store: WindowStore, redis_client: object,
@@ -185,8 +196,12 @@ def test_retention_is_a_count_and_spans_the_weekend(store: WindowStore, redis_cl
 
 
 def _ready(store: WindowStore, bars: list[Bar]) -> tuple[int, np.ndarray, str, float | None] | None:
+    """(minute, window, checksum, published_at) the store call announces, the window cut from the store."""
     results, _, _ = store.apply(bars)
-    return results[bars[0].ticker].ready_window()
+    rw = results[bars[0].ticker].ready
+    if rw is None:
+        return None
+    return rw.minute, stored_window(store, bars[0].ticker, rw.minute), rw.checksum, rw.published_at
 
 
 def test_gaps_short_ones_are_filled_long_ones_collapsed_and_marked(store: WindowStore) -> None:
@@ -290,10 +305,8 @@ def test_window_for_and_the_returned_rows_match_the_policy(store: WindowStore, r
     bars = make_bars("AAPL", FRIDAY, 30) + make_bars("AAPL", MONDAY, 100, skip={70, 80, 81, 82, 83, 84, 85, 86})
     market = make_bars("SPY", FRIDAY, 30) + make_bars("SPY", MONDAY, 100)
     results, _, _ = store.apply(market + bars)
-    # the script returns the newest WINDOW + 1 stored bars, in minute order
     rows = read_window(redis_client, keys, "AAPL")  # type: ignore[arg-type]
-    view = [[*r[:6], np.nan if r.published_at is None else r.published_at] for r in rows[-(WINDOW + 1):]]
-    assert len(rows) == RETAIN and np.array_equal(results["AAPL"].rows, np.array(view), equal_nan=True)
+    assert len(rows) == RETAIN and [r.minute for r in rows] == sorted(r.minute for r in rows)
     t = bars[-1].minute
     mrows = read_window(redis_client, keys, "SPY")  # type: ignore[arg-type]
     win = window_for(rows, t, mrows)
@@ -301,10 +314,10 @@ def test_window_for_and_the_returned_rows_match_the_policy(store: WindowStore, r
     m, x = _arrays(bars)
     mm, mx = _arrays(market)
     np.testing.assert_array_equal(win, window_at(m, x, t, slots(mm, mx)))
-    # what the worker announces (from the returned rows) is what a reader cuts from the whole store
-    rw = results["AAPL"].ready_window()
-    assert rw is not None and rw[0] == t and rw[2] == checksum(win)
-    np.testing.assert_array_equal(rw[1], win[:, :N_TICKER_COLUMNS])
+    # what the worker announces (the script's scalars) is the window a reader cuts from the whole store
+    rw = results["AAPL"].ready
+    assert rw is not None and rw.minute == t and rw.checksum == checksum(win)
+    assert rw.published_at == bars[-1].published_at
     assert window_for(rows, MONDAY + 60 * 70) is None  # that minute is not real
     assert window_for([], OPEN) is None
     assert len(row_slots(rows).minutes) == RETAIN
@@ -330,14 +343,13 @@ def test_any_interleaving_and_duplication_ends_in_the_in_order_state(redis_clien
     dups = data.draw(st.lists(st.sampled_from(range(len(bars))), max_size=15), label="duplicates")
     order = data.draw(st.permutations(list(range(len(bars))) + dups), label="delivery")
     sizes = data.draw(st.lists(st.integers(1, 8), min_size=len(order), max_size=len(order)), label="batches")
-    view = data.draw(st.integers(0, retain + 2), label="view")
     ns = f"{namespace}p{uuid.uuid4().hex[:8]}"
     ref_ns = ns + "ref"
     client = redis_client
     try:
         ref = WindowStore(client, Keys(ref_ns), TTL, retain=retain)  # type: ignore[arg-type]
         ref.apply(sorted(bars, key=lambda b: b.minute))
-        mixed = WindowStore(client, Keys(ns), TTL, retain=retain, view=view)  # type: ignore[arg-type]
+        mixed = WindowStore(client, Keys(ns), TTL, retain=retain)  # type: ignore[arg-type]
         delivered = [bars[i] for i in order]
         late_minutes: list[int] = []
         i = 0
@@ -356,10 +368,8 @@ def test_any_interleaving_and_duplication_ends_in_the_in_order_state(redis_clien
         newest = sorted(b.minute for b in bars)[-retain:]
         assert sorted(int(k) for k in final) == newest  # the newest `retain` minutes of everything delivered
         assert not set(late_minutes) & set(newest)  # nothing reported late belongs to the final set
-        meta = client.hget(Keys(ns).window_meta("AAPL"), "max")  # type: ignore[attr-defined]
-        assert meta == str(newest[-1]).encode()
         assert res is not None and res.newest == newest[-1]
-        assert res.rows[:, 0].astype(int).tolist() == (newest[-view:] if view else [])  # the last call's view
+        assert state(client.get(Keys(ns).window("AAPL"))) == state(client.get(Keys(ref_ns).window("AAPL")))  # type: ignore
     finally:
         for k in (Keys(ns), Keys(ref_ns)):
             stale = list(client.scan_iter(match=k.namespace_pattern()))  # type: ignore[attr-defined]

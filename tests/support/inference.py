@@ -19,7 +19,7 @@ from minutecast.registry import Registry
 from minutecast.schemas import Bar, WindowReady
 from minutecast.settings import CommonSettings
 from minutecast.window import checksum, window_at
-from streams.window_store import encode_value
+from streams.window_store import WindowStore
 
 T0 = 1_759_327_200  # 2025-10-01 14:00 UTC = 10:00 New York: one session, no date change for hours
 MARKET = CommonSettings.model_fields["market_ticker"].default  # the market ticker the job reads (SPY)
@@ -40,12 +40,8 @@ def bars_for(ticker: str, minutes: range, seed: int = 0, published_at: float | N
 
 
 def store_bars(client: Any, ns: str, bars: list[Bar]) -> None:
-    """Write bars straight into the window hashes (the Faust app's storage format)."""
-    keys = Keys(ns)
-    pipe = client.pipeline(transaction=False)
-    for b in bars:
-        pipe.hset(keys.window(b.ticker), str(b.minute), encode_value(b))
-    pipe.execute()
+    """Write bars into the window store as the Faust app does (its store, one call, no announcement)."""
+    WindowStore(client, Keys(ns), 3600).apply(bars)
 
 
 def ready_event(bars: list[Bar], ticker: str, i: int) -> WindowReady:

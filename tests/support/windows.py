@@ -4,21 +4,30 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from minutecast.keys import Keys
 from minutecast.schemas import Bar
-from streams.window_store import WindowStore
+from streams.window_store import HEADER, WindowStore
 
-Snapshot = dict[str, tuple[dict[bytes, bytes], bytes | None]]
+Snapshot = dict[str, bytes]
+
+
+def state(value: bytes) -> bytes:
+    """A stored window value as the state it stands for: the bar count, rows, publish times and slot counters
+    counted from the first row. Left out: the header's record of the window announced last (a worker
+    announces, a reference applying bars does not) and the counters' base, which depends on how many slots
+    were trimmed before (streams.window_lua: it does not matter)."""
+    n = HEADER.unpack_from(value)[1]
+    cums = np.frombuffer(value, "<f8", n, HEADER.size + 56 * n)
+    return value[:8] + value[HEADER.size:HEADER.size + 56 * n] + (cums - cums[:1]).tobytes()
 
 
 def snapshot(client: Any, namespace: str) -> Snapshot:
-    """Every ticker's window hash and newest minute in the namespace."""
+    """Every ticker's stored window :func:`state` in the namespace."""
     keys = Keys(namespace)
-    out = {}
-    for k in client.scan_iter(match=keys.window_pattern(), count=1000):
-        ticker = k.decode().rsplit(":", 1)[1]
-        out[ticker] = (client.hgetall(k), client.hget(keys.window_meta(ticker), "max"))
-    return out
+    return {k.decode().rsplit(":", 1)[1]: state(client.get(k))
+            for k in client.scan_iter(match=keys.window_pattern(), count=1000)}
 
 
 def reference(client: Any, namespace: str, bars: list[Bar]) -> Snapshot:
