@@ -28,7 +28,7 @@ from minutecast.keys import Keys
 from minutecast.schemas import Bar, WindowReady
 from producers import replay
 from streams.batch import DROP_SWITCH, DROP_SWITCH_GUARD, BatchProcessor, Message
-from streams.window_store import WindowStore
+from streams.window_store import WindowStore, decode_value
 
 # 2025-10-01 09:30 New York (13:30 UTC): the regular session's open.
 OPEN = int(datetime(2025, 10, 1, 13, 30, tzinfo=UTC).timestamp())
@@ -106,8 +106,7 @@ def windows(client: Any, namespace: str) -> dict[str, dict[int, tuple[float, ...
     out: dict[str, dict[int, tuple[float, ...]]] = {}
     for k in client.scan_iter(match=keys.window_pattern(), count=1000):
         ticker = k.decode().rsplit(":", 1)[1]
-        out[ticker] = {int(f): tuple(float(x) for x in v.decode().split(" ")[:5])
-                       for f, v in client.hgetall(k).items()}
+        out[ticker] = {int(r[0]): tuple(float(x) for x in r[1:6]) for r in decode_value(client.get(k))}
     return out
 
 

@@ -7,6 +7,7 @@ Building a model imports TensorFlow: tests that call :func:`tiny_model_version` 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ from minutecast.model import build_model, get_preset
 from minutecast.registry import Registry
 from minutecast.schemas import Bar, WindowReady
 from minutecast.settings import CommonSettings
-from minutecast.window import checksum, window_at
+from minutecast.window import RETAIN, checksum, window_at
 from streams.window_store import WindowStore
 
 T0 = 1_759_327_200  # 2025-10-01 14:00 UTC = 10:00 New York: one session, no date change for hours
@@ -40,8 +41,10 @@ def bars_for(ticker: str, minutes: range, seed: int = 0, published_at: float | N
 
 
 def store_bars(client: Any, ns: str, bars: list[Bar]) -> None:
-    """Write bars into the window store as the Faust app does (its store, one call, no announcement)."""
-    WindowStore(client, Keys(ns), 3600).apply(bars)
+    """Write bars into the window store with its own script (one call, no announcement), retaining every bar
+    given (at least ``RETAIN`` a ticker): the tests read windows far behind a ticker's newest bar."""
+    per_ticker = max(Counter(b.ticker for b in bars).values(), default=0)
+    WindowStore(client, Keys(ns), 3600, retain=max(RETAIN, per_ticker)).apply(bars)
 
 
 def ready_event(bars: list[Bar], ticker: str, i: int) -> WindowReady:
