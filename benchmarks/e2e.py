@@ -1,8 +1,13 @@
 """Benchmark: the whole pipeline on this machine, producer -> Kafka -> Faust -> Redis -> Spark -> Kafka/Redis.
 
-    python -m benchmarks.e2e                     # 503 tickers, 90 accelerated minutes of 1 s (503 bars/s)
-    python -m benchmarks.e2e --quick             # 503 tickers, 25 accelerated minutes
-    python -m benchmarks.e2e --bars-per-s 10000  # replay pace: ~20 accelerated minutes per second
+    python -m benchmarks.e2e                     # 503 tickers, 90 minutes, one burst every 10 s (real shape)
+    python -m benchmarks.e2e --quick             # 503 tickers, 25 minutes
+    python -m benchmarks.e2e --minute-s 1        # 60x stress: a minute's burst every second
+    python -m benchmarks.e2e --tickers 5000 --bars-per-s 5000  # or any pace in bars/s
+
+Pace (printed in the JSON as ``pace``): every minute's bars are published together as one burst, like a live
+feed at the minute boundary; ``--minute-s`` is the time between bursts (default 10 s: bursts that do not
+overlap, the real shape of a minute, accelerated 6x), ``--minute-s 1`` the 60x stress.
 
 In a fresh uuid namespace (topics and keys deleted afterwards) it starts the Faust worker
 (``python -m minutecast.cli stream``) and the Spark job (``python -m minutecast.cli infer``) as
@@ -51,7 +56,9 @@ from typing import Any
 import numpy as np
 
 from benchmarks import stages
+from benchmarks.redis_memory import bytes_per_ticker
 from benchmarks.rss import RssSampler, listener_pid
+from benchmarks.state import tickers
 from infra.procs import read_pid
 from infra.spark_cluster import Cluster
 from minutecast.errors import InfraError, ModelError, ServiceUnavailable
@@ -64,20 +71,13 @@ from minutecast.registry import Registry
 from minutecast.schemas import Bar, Forecast
 from minutecast.settings import InferenceSettings
 from minutecast.topics import Topics
-from minutecast.universe import sp500
 from minutecast.window import SESSION_TZ, WINDOW
-from producers.synthetic import synthetic_tickers
 from web.server import free_port
 
 REPO = Path(__file__).resolve().parents[1]
 GOAL_P99_S = 1.5
 
 
-def tickers(n: int) -> list[str]:
-    """The first ``n`` S&P 500 names, then generated ones (``S00000`` ..., valid tickers) beyond its 503."""
-    names = sp500()[:n]
-    taken = set(names)
-    return names + [t for t in synthetic_tickers(n) if t not in taken][:n - len(names)]
 
 
 def session_start() -> int:
@@ -191,7 +191,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--minutes", type=int, help="timed accelerated minutes")
     ap.add_argument("--tickers", type=int, default=503,
                     help="any number: the S&P 500 names, then generated ones (S00000 ...) beyond 503")
-    ap.add_argument("--bars-per-s", type=float, help="publish pace (default: one accelerated minute per s)")
+    ap.add_argument("--minute-s", type=float, default=10.0,
+                    help="seconds between two minutes' bursts (10: the real shape; 1: the 60x stress)")
+    ap.add_argument("--bars-per-s", type=float, help="publish pace in bars/s (overrides --minute-s)")
     ap.add_argument("--trigger-ms", type=int, default=200, help="the Spark job's trigger interval")
     ap.add_argument("--persistence", action="store_true", help="no model: serve the persistence baseline")
     ap.add_argument("--no-shuffle", action="store_true",
@@ -199,11 +201,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--partitions", type=int, help="partitions per micro-batch (default: settings)")
     ap.add_argument("--keep", action="store_true", help="keep the namespace, logs and stats afterwards")
     ap.add_argument("--standalone", action="store_true", help="the Spark job on a private master + 2 workers")
+    ap.add_argument("--timeline-s", type=float, help="record RSS per service and Redis used_memory every S s "
+                    "(``rss_timeline`` in the JSON; benchmarks.soak)")
     args = ap.parse_args(argv)
 
     names = tickers(args.tickers)
     minutes = args.minutes or (25 if args.quick else 90)
-    rate = args.bars_per_s or float(len(names))
+    rate = args.bars_per_s or len(names) / args.minute_s
     period = len(names) / rate  # seconds per accelerated minute
     ns = f"e2e{uuid.uuid4().hex[:10]}"
     work = Path(tempfile.mkdtemp(prefix=f"minutecast-{ns}-"))
@@ -218,11 +222,14 @@ def main(argv: list[str] | None = None) -> int:
         infer_env["MINUTECAST_PARTITIONS"] = str(args.partitions)
     topics, keys = Topics(ns), Keys(ns)
     result: dict[str, Any] = {"benchmark": "e2e", "quick": args.quick, "namespace": ns, "tickers": len(names),
-                              "timed_minutes": minutes, "target_bars_per_s": rate, "standalone": args.standalone}
+                              "timed_minutes": minutes, "target_bars_per_s": rate, "standalone": args.standalone,
+                              "minute_s": round(period, 3),
+                              "pace": f"a burst of {len(names)} bars every {period:g} s"
+                              + (" (the real shape, 6x)" if period >= 10 else f" ({60 / period:g}x stress)")}
     procs: list[subprocess.Popen[bytes]] = []
     cluster = Cluster(work / "spark-cluster", port=free_port(), ui_port=free_port()) if args.standalone else None
     stats_path = work / "batches.jsonl"
-    rss = RssSampler()
+    rss = RssSampler(timeline_s=args.timeline_s)
     try:
         ensure_topics(base.kafka, topics.specs())
         if not args.persistence:
@@ -251,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
             rss.watch("spark_master", read_pid(cluster.home / "run" / "master.pid"), tree=False)
             for i in range(2):
                 rss.watch(f"spark_worker_{i}", read_pid(cluster.home / "run" / f"worker-{i}.pid"))
+        if args.timeline_s:
+            gauge_client = connect(base.redis)
+            rss.gauges["redis_used_memory"] = lambda: gauge_client.info("memory")["used_memory"] / 2**20
         rss.start()
         start = session_start()
         feed = Feed(names, start, base.kafka, topics.bars)
@@ -362,11 +372,15 @@ def main(argv: list[str] | None = None) -> int:
         }
         result["goal_met"] = bool(result["latency_p99_s"] is not None and result["latency_p99_s"] < GOAL_P99_S
                                   and not result["backlog_growing"])
+        # Redis bytes per ticker at the end of the run (window full at RETAIN bars; history as long as the run)
+        result["redis_bytes_per_ticker"] = bytes_per_ticker(connect(base.redis), keys, names)
         consumer.close()
     finally:
         peak = rss.stop()
         result["rss_peak_mb"] = peak  # per service, peak of the process tree's summed RSS during the run
         result["rss_samples"] = rss.samples
+        if args.timeline_s:
+            result["rss_timeline"] = rss.timeline
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)

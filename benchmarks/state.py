@@ -1,9 +1,13 @@
 """Benchmark: backfill the shared real bars through ONE Faust worker into Redis.
 
     python -m benchmarks.state [--quick] [--workers N]
+    python -m benchmarks.state --tickers 5000 [--minutes 20]   # every bar another ticker (the real shape)
 
-Publishes the shared Q4-2025 1-minute bars (~973k; ``--quick``: 3 tickers x 3 days) into the bar topic of a
-fresh uuid namespace, starts one ``minutecast stream`` worker subprocess on it (``--workers N``: N of them in
+Publishes the shared Q4-2025 1-minute bars (~973k; ``--quick``: 3 tickers x 3 days; pace: a backfill, each
+ticker's bars one after the other) or, with ``--tickers N``, synthetic bars of N distinct tickers, one bar per
+ticker per minute in minute order (pace: the real shape of a minute, every bar another ticker; ``--minutes``
+of them) into the bar topic of a fresh uuid namespace, starts one ``minutecast stream`` worker subprocess on it
+(``--workers N``: N of them in
 one consumer group, sharing the partitions; the suite's ``state_2workers``) and times until every bar is
 applied (the store's ``stream_messages`` counter in ``ns:stats`` reaches the count published, dead
 letters included). Reports bars/s (from the first applied bar to the last, so worker start-up is excluded) and
@@ -35,8 +39,10 @@ from minutecast.redis import connect
 from minutecast.schemas import Bar
 from minutecast.settings import StreamSettings
 from minutecast.topics import Topics
+from minutecast.universe import sp500
 from minutecast.window import session_ids
 from producers import replay
+from producers.synthetic import synthetic_tickers
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MINUTECAST_SHARED_DATA", REPO.parent / "shared" / "data" / "bars-1m"))
@@ -124,27 +130,58 @@ def iter_all(files: list[Path], days: int | None, published_at: float) -> Iterat
         yield from load_bars(f, days, published_at)
 
 
+def tickers(n: int) -> list[str]:
+    """The first ``n`` S&P 500 names, then generated ones (``S00000`` ..., valid tickers) beyond its 503."""
+    names = sp500()[:n]
+    taken = set(names)
+    return names + [t for t in synthetic_tickers(n) if t not in taken][:n - len(names)]
+
+
+def distinct_bars(n_tickers: int, minutes: int, published_at: float) -> Iterator[Bar]:
+    """``minutes`` minutes of one bar per ticker for ``n_tickers`` tickers, minute by minute (a random walk)."""
+    rng = np.random.default_rng(0)
+    names_ = tickers(n_tickers)
+    price = rng.uniform(20, 500, n_tickers)
+    t0 = 1_759_325_400  # 2025-10-01 13:30 UTC
+    for m in range(minutes):
+        move = np.exp(rng.normal(0, 1e-3, n_tickers))
+        close = price * move
+        for i, t in enumerate(names_):
+            o, c = float(price[i]), float(close[i])
+            yield Bar(t, t0 + 60 * m, o, max(o, c) * 1.0005, min(o, c) * 0.9995, c, float(100 + m), "bench",
+                      published_at)
+        price = close
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="3 tickers x 3 days")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for the worker")
     ap.add_argument("--workers", type=int, default=1, help="worker processes in the group (scale-out check)")
+    ap.add_argument("--tickers", type=int, help="synthetic: this many distinct tickers, one bar each per minute")
+    ap.add_argument("--minutes", type=int, default=20, help="with --tickers: minutes of bars")
     args = ap.parse_args(argv)
 
     ns = f"bench{uuid.uuid4().hex[:10]}"
     os.environ["MINUTECAST_NAMESPACE"] = ns
+    if args.tickers:
+        os.environ["MINUTECAST_TICKER_ALLOWLIST"] = "false"  # generated names beyond the S&P 500
     settings = StreamSettings()
     topics = Topics(ns)
     keys = Keys(ns)
     files = shared_files(["AAPL", "MSFT", "NVDA"] if args.quick else None)
     days = 3 if args.quick else None
-    result: dict[str, object] = {"benchmark": "state", "quick": args.quick, "workers": args.workers, "namespace": ns}
+    result: dict[str, object] = {"benchmark": "state", "quick": args.quick, "workers": args.workers, "namespace": ns,
+                                 "pace": f"{args.tickers} distinct tickers, one bar each per minute"
+                                 if args.tickers else "backfill of the recorded bars, ticker after ticker"}
     procs: list[subprocess.Popen[bytes]] = []
     try:
         ensure_topics(settings.kafka, topics.specs())
         t0 = time.monotonic()
-        n = publish(iter_all(files, days, time.time()), topics.bars, settings)
-        result |= {"bars": n, "tickers": len(files), "publish_s": round(time.monotonic() - t0, 2)}
+        bars = distinct_bars(args.tickers, args.minutes, time.time()) if args.tickers else \
+            iter_all(files, days, time.time())
+        n = publish(bars, topics.bars, settings)
+        result |= {"bars": n, "tickers": args.tickers or len(files), "publish_s": round(time.monotonic() - t0, 2)}
         print(f"published {n} bars in {result['publish_s']} s", file=sys.stderr)
 
         client = connect(settings.redis)

@@ -61,20 +61,32 @@ class Bench:
 BENCHES: tuple[Bench, ...] = (
     Bench("ingest", "ingest", 150, 600),
     Bench("state", "state", 150, 900),
+    # Issue 24: one worker when every bar is another ticker (the real shape of a minute), 5,000 of them.
+    Bench("state_5000", "state", 150, 600, full_args=("--tickers", "5000", "--minutes", "20"),
+          quick_args=("--tickers", "500", "--minutes", "10")),
     # Issue 16's scale-out: the same backfill shared by 2 workers of one consumer group (target >= 1.6x one).
     Bench("state_2workers", "state", 150, 900, full_args=("--workers", "2"), quick_args=("--quick", "--workers", "2")),
     Bench("inference", "inference", 150, 300),
-    Bench("e2e", "e2e", 300, 600),
+    # Burst mode (the real shape: every bar of a minute together, a minute every 10 s) beside the 60x stress.
+    Bench("e2e", "e2e", 300, 900, full_args=("--minutes", "40"), quick_args=("--quick", "--minutes", "10")),
+    Bench("e2e_stress", "e2e", 300, 600, full_args=("--minute-s", "1"), quick_args=("--quick", "--minute-s", "1")),
     # The Spark job on a standalone master + 2 workers beside local[*] (e2e): 30 minutes are enough for
     # p50/p99 (the cluster and its executors start before the timed minutes).
-    Bench("e2e_standalone", "e2e", 420, 600, full_args=("--standalone", "--minutes", "30"),
+    Bench("e2e_standalone", "e2e", 420, 900, full_args=("--standalone", "--minutes", "30"),
           quick_args=("--quick", "--standalone", "--minutes", "10")),
     # The issue's "no growing backlog at 10k bars/s replay": 90 accelerated minutes at 10k bars/s.
     Bench("e2e_10k", "e2e", 300, 600, full_args=("--bars-per-s", "10000"), full_only=True),
-    # The issue's 5,000 tickers (the S&P 500 names, then generated ones), one bar each per accelerated minute.
+    # 5,000 and 8,000 tickers (the S&P 500 names, then generated ones) in bursts, and 5,000 at 5,000 bars/s.
     Bench("e2e_5000", "e2e", 300, 900, full_args=("--tickers", "5000", "--minutes", "20"), full_only=True),
+    Bench("e2e_5000_stress", "e2e", 300, 900, full_only=True,
+          full_args=("--tickers", "5000", "--bars-per-s", "5000", "--minutes", "20")),
+    Bench("e2e_8000", "e2e", 300, 900, full_args=("--tickers", "8000", "--minutes", "15"), full_only=True),
+    # Redis bytes per ticker with full retention (RETAIN bars, the history bound of forecasts) at 8,000 tickers.
+    Bench("redis_memory", "redis_memory", 150, 600, full_args=("--tickers", "8000"), quick_args=("--tickers", "500")),
     Bench("training", "training", 300, 900),
     Bench("api", "api", 150, 300),
+    # 60x for 30 minutes at 503 tickers: RSS and Redis memory slope per service (`minutecast bench --only soak`).
+    Bench("soak", "soak", 300, 2700, full_args=("--minutes", "30"), quick_args=("--minutes", "3"), full_only=True),
 )
 
 # The names each benchmark's JSON must carry (issue 9). ``gpu_epoch_s`` only matters on a GPU.
@@ -85,7 +97,11 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "e2e": ("p50_ms", "p95_ms", "p99_ms", "tickers", "bars_per_s", "backlog_growing", "rss_peak_mb"),
     "training": ("samples_per_s_1rank", "samples_per_s_2ranks", "scaling", "gpu_epoch_s"),
 }
-REQUIRED["e2e_10k"] = REQUIRED["e2e_5000"] = REQUIRED["e2e"]
+for _name in ("e2e_10k", "e2e_5000", "e2e_stress", "e2e_5000_stress", "e2e_8000"):
+    REQUIRED[_name] = (*REQUIRED["e2e"], "pace")
+REQUIRED["state_5000"] = (*REQUIRED["state"], "pace")
+REQUIRED["redis_memory"] = ("bytes_per_ticker", "tickers")
+REQUIRED["soak"] = ("minutes", "rss_growth_second_half_pct", "redis_used_memory_growth_second_half_pct")
 REQUIRED["e2e_standalone"] = (*REQUIRED["e2e"], "spark_master")  # no master URL: it ran on local[*]
 REQUIRED["state_2workers"] = (*REQUIRED["state"], "workers")
 REQUIRED["api"] = ("forecast_one_p99_ms", "forecasts_all_p99_ms", "tickers", "sse_clients", "sse_p99_ms")
