@@ -29,9 +29,9 @@ from minutecast.window import MAX_FILL, WINDOW
 # its checksum ('' when not ready), published_at bytes of the newest bar (8), announced minute (-1: none),
 # announced checksum ('' none), late indexes, conflict indexes} (indexes: 0-based among that ticker's bars).
 #
-# Cost per ticker: one GET and one SET of the value (~5.8 kB at RETAIN bars); an in-order bar is an append
-# (and a trim of the oldest row), O(1) Lua steps; only an out-of-order bar shifts rows and recounts the
-# slot counters above it.
+# Cost per ticker: one GET and one SET of the value (~5.8 kB at RETAIN bars), however many bars it gets; an
+# in-order bar is an append to a list (and a trim of the oldest row: a moved index), O(1) Lua steps; only an
+# out-of-order bar folds the lists into the strings, shifts rows and recounts the slot counters above it.
 STORE_LUA = r"""
 local HDR, ROW, WINDOW, MAX_FILL = 32, 48, __WINDOW__, __MAX_FILL__
 local ttl = tonumber(ARGV[1])
@@ -68,15 +68,39 @@ for i = 1, #KEYS - 2 do
     pubs = string.sub(blob, HDR + ROW * n + 1, HDR + ROW * n + 8 * n)
     cums = string.sub(blob, HDR + ROW * n + 8 * n + 1, HDR + ROW * n + 16 * n)
   end
-  local function minute_at(k) return f64(rows, ROW * (k - 1) + 1) end
-  local function close_at(k) return f64(rows, ROW * (k - 1) + 33) end
-  local function cum_at(k) return f64(cums, 8 * (k - 1) + 1) end
+  -- In-order bars append to lists and trim by moving `drop` (or `a0`), so a batch of many bars costs one copy
+  -- of the value at the end; an out-of-order bar first folds the lists into the strings (`fold`).
+  local nb, drop, a0 = n, 0, 1  -- rows in the strings, of which the first `drop` are trimmed; lists from a0
+  local A_rows, A_pubs, A_cums = {}, {}, {}
+  local function minute_at(k)
+    if k <= nb - drop then return f64(rows, ROW * (k + drop - 1) + 1) end
+    return f64(A_rows[a0 + k - (nb - drop) - 1], 1)
+  end
+  local function close_at(k)
+    if k <= nb - drop then return f64(rows, ROW * (k + drop - 1) + 33) end
+    return f64(A_rows[a0 + k - (nb - drop) - 1], 33)
+  end
+  local function cum_at(k)
+    if k <= nb - drop then return f64(cums, 8 * (k + drop - 1) + 1) end
+    return f64(A_cums[a0 + k - (nb - drop) - 1], 1)
+  end
+  local function row_at(k)  -- the 48 bytes of row k
+    if k <= nb - drop then return string.sub(rows, ROW * (k + drop - 1) + 1, ROW * (k + drop)) end
+    return A_rows[a0 + k - (nb - drop) - 1]
+  end
+  local function fold()
+    if drop == 0 and a0 > #A_rows then return end
+    rows = string.sub(rows, ROW * drop + 1) .. table.concat(A_rows, '', a0)
+    pubs = string.sub(pubs, 8 * drop + 1) .. table.concat(A_pubs, '', a0)
+    cums = string.sub(cums, 8 * drop + 1) .. table.concat(A_cums, '', a0)
+    nb, drop, a0, A_rows, A_pubs, A_cums = n, 0, 1, {}, {}, {}
+  end
   local function slots_before(k)  -- slots the policy gives row k (k > 1): itself plus fills, none after a gap
     local miss = (minute_at(k) - minute_at(k - 1)) / 60 - 1
     if miss > MAX_FILL then return 1 end
     return 1 + miss
   end
-  local function recount(k)  -- slot counters of rows k..n after an insertion at k
+  local function recount(k)  -- slot counters of rows k..n after an insertion at k (strings folded)
     local parts = {string.sub(cums, 1, 8 * (k - 1))}
     local c = 0
     if k > 1 then c = cum_at(k - 1) end
@@ -87,21 +111,22 @@ for i = 1, #KEYS - 2 do
     cums = table.concat(parts)
   end
   local arg = ARGV[6 + i]
-  local nb = #arg / 56
+  local nbars = #arg / 56
   local late, conf = {}, {}
   local changed = false
-  for j = 0, nb - 1 do
+  for j = 0, nbars - 1 do
     local p = 56 * j + 1
     local t = f64(arg, p)
     local row, pub = string.sub(arg, p, p + 47), string.sub(arg, p + 48, p + 55)
-    if n == 0 then
-      rows, pubs, cums, n = row, pub, pack('<d', 0), 1
-      c_new, changed = c_new + 1, true
-    elseif t > minute_at(n) then  -- in order: append
-      local miss = (t - minute_at(n)) / 60 - 1
-      local c = cum_at(n) + 1
-      if miss <= MAX_FILL then c = c + miss end
-      rows, pubs, cums, n = rows .. row, pubs .. pub, cums .. pack('<d', c), n + 1
+    if n == 0 or t > minute_at(n) then  -- in order: append
+      local c = 0
+      if n > 0 then
+        local miss = (t - minute_at(n)) / 60 - 1
+        c = cum_at(n) + 1
+        if miss <= MAX_FILL then c = c + miss end
+      end
+      A_rows[#A_rows + 1], A_pubs[#A_pubs + 1], A_cums[#A_cums + 1] = row, pub, pack('<d', c)
+      n = n + 1
       c_new, changed = c_new + 1, true
     else
       local lo, hi = 1, n  -- the first row at or after t
@@ -111,7 +136,7 @@ for i = 1, #KEYS - 2 do
       end
       if minute_at(lo) == t then
         -- stored (or written earlier in this call): the first value stays; published_at may differ
-        if string.sub(rows, ROW * (lo - 1) + 9, ROW * lo) == string.sub(row, 9, 48) then
+        if string.sub(row_at(lo), 9) == string.sub(row, 9, 48) then
           c_dup = c_dup + 1
         else
           conf[#conf + 1] = j
@@ -119,20 +144,24 @@ for i = 1, #KEYS - 2 do
       elseif n >= retain and lo == 1 then
         late[#late + 1] = j  -- older than the oldest row of a full store: never among the newest `retain`
       else
+        fold()
         local a = lo - 1
         rows = string.sub(rows, 1, ROW * a) .. row .. string.sub(rows, ROW * a + 1)
         pubs = string.sub(pubs, 1, 8 * a) .. pub .. string.sub(pubs, 8 * a + 1)
         cums = string.sub(cums, 1, 8 * a) .. pack('<d', 0) .. string.sub(cums, 8 * a + 1)
         n = n + 1
+        nb = n
         recount(lo)
         c_new, changed = c_new + 1, true
       end
     end
     if n > retain then  -- trim the oldest row; the others keep their counters (the base does not matter)
-      rows, pubs, cums, n = string.sub(rows, ROW + 1), string.sub(pubs, 9), string.sub(cums, 9), n - 1
+      if drop < nb then drop = drop + 1 else a0 = a0 + 1 end
+      n = n - 1
     end
   end
-  c_in = c_in + nb
+  fold()
+  c_in = c_in + nbars
   c_late = c_late + #late
   c_conf = c_conf + #conf
   if changed then
