@@ -230,7 +230,7 @@ def sigkill_scenario(kafka: KafkaSettings, topics: Topics, client: Any, namespac
 @pytest.mark.faults
 def test_sigkill_mid_replay_then_flush_and_rebuild_give_the_clean_windows(
         topics: Topics, kafka: KafkaSettings, redis_client: Any, namespace: str,
-        workers: Callable[..., Any], clean_reference: Run) -> None:
+        workers: Callable[..., Any], clean_reference: Run, caplog: pytest.LogCaptureFixture) -> None:
     run, bars = sigkill_scenario(kafka, topics, redis_client, namespace, workers)
     sent = unique(bars)
     check_run(run, clean_reference, sent)
@@ -253,6 +253,24 @@ def test_sigkill_mid_replay_then_flush_and_rebuild_give_the_clean_windows(
     assert report["bars"] == len(bars) and report["tickers"] == len(TICKERS)
     assert snapshot(redis_client, namespace) == expected
     check_run(observe(redis_client, namespace, [], "rebuild_"), clean_reference, sent, events=False)
+
+    # ... and after an upgrade: yesterday's store (the v2 text hashes, with an applied record that must not
+    # vouch for the new layout) is dropped and rebuilt in v3 from the topic, said in one line.
+    delete_namespace_keys(redis_client, namespace)
+    keys = Keys(namespace)
+    for t in TICKERS:
+        redis_client.hset(f"{namespace}:win:{t}", mapping={str(OPEN): "1.0 1.0 1.0 1.0 1.0 None"})
+        redis_client.hset(f"{namespace}:winmeta:{t}", mapping={"max": OPEN})
+    redis_client.hset(keys.stream_applied(), mapping={"0": 10**9})
+    with caplog.at_level(logging.WARNING, logger="streams.rebuild"):
+        rebuild(StreamSettings())
+    said = [r.getMessage() for r in caplog.records if "v2 text layout" in r.getMessage()]
+    assert said == [f"window store: {len(TICKERS)} tickers in the v2 text layout (ns:win:*) dropped; rebuilding "
+                    "them from the bar topic in the v3 binary layout"]
+    assert snapshot(redis_client, namespace) == expected
+    assert not list(redis_client.scan_iter(match=f"{namespace}:win:*"))
+    assert not list(redis_client.scan_iter(match=f"{namespace}:winmeta:*"))
+    assert max(WindowStore(redis_client, keys, 3600).applied().values()) < 10**9
 
 
 @pytest.mark.faults
