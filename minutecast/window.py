@@ -73,6 +73,22 @@ def local_minutes(minutes: np.ndarray) -> np.ndarray:
     return minutes + offsets[inv.reshape(minutes.shape)]
 
 
+def from_local(local: np.ndarray) -> np.ndarray:
+    """New York local time (seconds since 1970-01-01 local, as :func:`local_minutes` gives) -> epoch seconds.
+    A wall time that occurs twice (the hour the clocks fall back) maps to its first occurrence (EDT); one that
+    does not occur (the hour they spring forward: no market has bars then) to the EST reading."""
+    local = np.asarray(local, dtype=np.int64)
+    edt = local + 4 * 3600
+    return np.where(local_minutes(edt) == local, edt, local + 5 * 3600)
+
+
+def shift_days(minutes: np.ndarray, days: int) -> np.ndarray:
+    """Epoch seconds moved ``days`` New York calendar days, each keeping its New York wall-clock time: a bar at
+    09:30 stays at 09:30 when the shift crosses a DST change (a shift by ``days * 86400`` UTC seconds would
+    land it at 08:30 or 10:30). The as-if-live replay shifts recorded sessions with it."""
+    return from_local(local_minutes(minutes) + int(days) * 86400)
+
+
 def session_ids(minutes: np.ndarray) -> np.ndarray:
     """Epoch seconds -> New York calendar day number (days since 1970-01-01, local)."""
     return local_minutes(minutes) // 86400

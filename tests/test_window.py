@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 import numpy as np
 from hypothesis import given, settings
@@ -33,10 +33,14 @@ from minutecast.window import (
     V,
     checksum,
     close_minute,
+    from_local,
+    local_minutes,
     market_columns,
+    minute_of_day,
     ready_windows,
     regular_hours,
     session_ids,
+    shift_days,
     slots,
     window_at,
     with_market,
@@ -258,3 +262,26 @@ def test_features_round_trip_to_log_moves() -> None:
     y = make_targets(w.values[ok], w.targets[ok], scaler)
     moves = to_log_moves(y[:, None], scaler)[:, 0]
     np.testing.assert_allclose(moves, np.log(w.targets[ok] / w.values[ok][:, -1, C]), rtol=1e-5)
+
+
+def test_shift_days_keeps_new_york_wall_clock_across_both_dst_changes() -> None:
+    def utc(y: int, mo: int, d: int, h: int, mi: int) -> int:
+        return int(datetime(y, mo, d, h, mi, tzinfo=UTC).timestamp())
+
+    # 2025-03-07 (EST, 09:30 = 14:30 UTC) shifted 7 days into EDT: 2025-03-14 09:30 = 13:30 UTC
+    assert shift_days(np.array([utc(2025, 3, 7, 14, 30)]), 7).tolist() == [utc(2025, 3, 14, 13, 30)]
+    # 2025-10-31 (EDT, 16:00 = 20:00 UTC) shifted 7 days into EST: 2025-11-07 16:00 = 21:00 UTC
+    assert shift_days(np.array([utc(2025, 10, 31, 20, 0)]), 7).tolist() == [utc(2025, 11, 7, 21, 0)]
+    # backwards too, and a whole session keeps every minute of day and its weekday (a multiple of 7 days)
+    day = utc(2025, 11, 7, 14, 30) + 60 * np.arange(390)
+    back = shift_days(day, -14)
+    assert (minute_of_day(back) == minute_of_day(day)).all()
+    assert (session_ids(day) - session_ids(back) == 14).all()
+    assert int(back[0]) == utc(2025, 10, 24, 13, 30)
+    # a UTC-seconds shift would have moved it an hour: the bug this replaces
+    assert (minute_of_day(day - 14 * 86400) != minute_of_day(day)).all()
+    # from_local inverts local_minutes (the repeated fall-back hour maps to its first occurrence)
+    m = utc(2025, 1, 1, 0, 0) + 3600 * np.arange(24 * 400)
+    once = np.ones_like(m, dtype=bool)
+    once[np.flatnonzero(np.diff(local_minutes(m)) == 0) + 1] = False  # the hour that repeats
+    assert (from_local(local_minutes(m))[once] == m[once]).all()
