@@ -37,7 +37,8 @@ from minutecast.model import build_model, get_preset
 from minutecast.registry import ServingModel
 from minutecast.window import RETAIN
 from streams.serving import check_outputs, make_forecast, prices_and_sigma
-from streams.window_store import WindowRow, windows_for
+from streams.window_store import WindowRow
+from streams.windows import windows_for
 
 GOAL_MS = 50.0
 TICKERS = 503

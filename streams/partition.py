@@ -57,7 +57,8 @@ from streams.serving import (
     prices_and_sigma,
     reject_reason,
 )
-from streams.window_store import decode_values, windows_for
+from streams.window_store import decode_values
+from streams.windows import windows_for
 
 log = logging.getLogger("minutecast.infer")
 

@@ -43,7 +43,7 @@ returns per ticker a few scalars: the newest minute, whether the window at it is
 ``published_at`` and the window announced last. No rows travel back to the worker.
 
 Readers fetch values with GET (one pipelined round trip for many tickers) and decode them with
-:func:`decode_value` (``np.frombuffer``; no per-row Python). A store written in the v2 text layout
+:func:`decode_value` (``np.frombuffer``; no per-row Python); :mod:`streams.windows` cuts windows from them. A store written in the v2 text layout
 (``ns:win:{T}`` hashes) is never read: :meth:`WindowStore.legacy_keys` finds it and ``minutecast rebuild``
 (or the worker's start-up) replaces it from the bar topic (:mod:`streams.rebuild`).
 """
@@ -61,7 +61,7 @@ import redis as redislib
 from minutecast.errors import MinutecastError
 from minutecast.keys import Keys
 from minutecast.schemas import Bar
-from minutecast.window import RETAIN, Slots, slots_many, with_market
+from minutecast.window import RETAIN
 from streams.window_lua import ANNOUNCE_LUA, MARK_LUA, STORE_LUA
 
 MAGIC = b"MCW3"
@@ -137,62 +137,6 @@ def to_rows(rows: np.ndarray) -> list[WindowRow]:
     """:func:`decode_value` rows -> :class:`WindowRow` (readers outside the hot path)."""
     return [WindowRow(int(r[0]), float(r[1]), float(r[2]), float(r[3]), float(r[4]), float(r[5]),
                       None if np.isnan(r[6]) else float(r[6])) for r in rows]
-
-
-def array_slots(rows: np.ndarray) -> Slots:
-    """:func:`decode_value` rows -> the window policy's slot timeline (:func:`minutecast.window.slots`)."""
-    return array_slots_many([rows])[0]
-
-
-def array_slots_many(rows: Sequence[np.ndarray]) -> list[Slots]:
-    """:func:`array_slots` of many tickers' rows in one :func:`~minutecast.window.slots_many` call."""
-    return slots_many([r[:, 0].astype(np.int64) for r in rows], [r[:, 1:6] for r in rows])
-
-
-def _matrix(rows: Sequence[WindowRow]) -> np.ndarray:
-    """WindowRows -> (n, 6) float64 minute, open, high, low, close, volume (what :func:`array_slots` reads)."""
-    return np.array([r[:6] for r in rows], dtype=np.float64).reshape(-1, 6)
-
-
-def row_slots(rows: Sequence[WindowRow]) -> Slots:
-    """Stored rows -> the window policy's slot timeline (:func:`minutecast.window.slots`)."""
-    return array_slots(_matrix(rows))
-
-
-def _as_array(rows: Sequence[WindowRow] | np.ndarray | None) -> np.ndarray | None:
-    return rows if rows is None or isinstance(rows, np.ndarray) else _matrix(rows)
-
-
-def windows_for(rows: Sequence[Sequence[WindowRow] | np.ndarray], minutes: Sequence[int],
-                market_rows: Sequence[WindowRow] | np.ndarray | None = None) -> list[np.ndarray | None]:
-    """The (WINDOW, N_COLUMNS) window ending at ``minutes[i]`` of the ticker whose stored rows are ``rows[i]``
-    (WindowRows, or :func:`decode_value` rows), under the window policy, with the market ticker's context
-    from ``market_rows`` (its stored rows; None or empty: no market context); None where that minute has no
-    ready window. All tickers are slotted in one call and the market's context computed in one vectorised
-    call for all windows (the Spark job's batch)."""
-    arrays = [_as_array(r) for r in rows]
-    stored = {i: a for i, a in enumerate(arrays) if a is not None and len(a)}
-    own: list[np.ndarray | None] = [None] * len(arrays)
-    for i, s in zip(stored, array_slots_many(list(stored.values())), strict=True):
-        bars = s.ready()
-        bars = bars[s.minutes[bars] == minutes[i]]
-        if bars.size:
-            own[i] = s.windows(bars)[0]
-    have = [(i, w) for i, w in enumerate(own) if w is not None]
-    out: list[np.ndarray | None] = [None] * len(own)
-    if have:
-        m = _as_array(market_rows)
-        market = array_slots(m) if m is not None and len(m) else None
-        full = with_market(np.stack([w for _, w in have]), market)
-        for j, (i, _) in enumerate(have):
-            out[i] = full[j]
-    return out
-
-
-def window_for(rows: Sequence[WindowRow] | np.ndarray, t: int,
-               market_rows: Sequence[WindowRow] | np.ndarray | None = None) -> np.ndarray | None:
-    """:func:`windows_for` of one ticker: its window ending at ``t``, or None."""
-    return windows_for([rows], [t], market_rows)[0]
 
 
 class Ready(NamedTuple):

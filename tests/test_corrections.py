@@ -24,7 +24,8 @@ from minutecast.topics import Topics
 from minutecast.window import HORIZON, C, checksum
 from streams.partition import COUNTS, WRITE_LUA
 from streams.serving import catch_up, closes_by_minute
-from streams.window_store import read_windows, window_for
+from streams.window_store import read_windows
+from streams.windows import window_for
 from tests.support.inference import T0, bars_for, ready_event, store_bars
 from tests.support.partition import forecast_rows, job_conf, run_partition
 

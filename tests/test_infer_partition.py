@@ -30,7 +30,8 @@ from minutecast.settings import RedisSettings
 from minutecast.topics import Topics
 from minutecast.window import HORIZON, WINDOW
 from streams.serving import catch_up, check_outputs
-from streams.window_store import WindowRow, read_windows, window_for, windows_for
+from streams.window_store import WindowRow, read_windows
+from streams.windows import window_for, windows_for
 from tests.support.inference import MARKET, SCALER, T0, bars_for, ready_event, store_bars, tiny_model_version
 from tests.support.partition import forecasts_of, job_conf, run_partition
 

@@ -44,7 +44,8 @@ from minutecast.window import GAP, MINUTE, RETAIN, checksum
 from streams.batch import DROP_SWITCH, DROP_SWITCH_GUARD, drop_switch
 from streams.faust_app import _lean_drain, _Resume
 from streams.rebuild import rebuild
-from streams.window_store import HEADER, WindowStore, read_window, window_for
+from streams.window_store import HEADER, WindowStore, read_window
+from streams.windows import window_for
 from tests.support.bars import (
     OPEN,
     Run,

@@ -16,7 +16,8 @@ from minutecast.features import Scaler, make_inputs
 from minutecast.keys import Keys
 from minutecast.schemas import Bar, parse_bar
 from minutecast.window import GAP, N_COLUMNS, OPEN_MIN, WINDOW, minute_of_day, regular_hours
-from streams.window_store import WindowStore, read_windows, window_for
+from streams.window_store import WindowStore, read_windows
+from streams.windows import window_for
 from training import data as D
 
 pytestmark = pytest.mark.integration

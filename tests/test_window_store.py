@@ -36,7 +36,8 @@ from minutecast.window import (
     window_at,
 )
 from streams.batch import BatchProcessor, Message, decode, readiness
-from streams.window_store import WindowRow, WindowStore, read_window, read_windows, row_slots, window_for
+from streams.window_store import WindowRow, WindowStore, read_window, read_windows
+from streams.windows import row_slots, window_for
 from tests.support.bars import OPEN, make_bars
 from tests.support.windows import state  # OPEN: 2025-10-01 09:30 New York, the regular session's open
 
