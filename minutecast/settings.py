@@ -162,7 +162,10 @@ class StreamSettings(CommonSettings):
 
     app_id: str = "minutecast-windows"
     take_max: int = 2000  # bars per batch taken from the stream
-    take_within_s: float = 0.05  # longest wait to fill a batch
+    take_within_s: float = 0.05  # longest wait to fill a batch (from its first bar; streams.faust_take)
+    # A batch also ends after this long without a new bar (s): a minute's burst is one batch, not cut by a
+    # clock tick (0: Faust's own take_events, which yields every take_within_s)
+    take_quiet_s: float = 0.01
     # Window keys of delisted tickers vanish after this; 5 days outlast a long weekend (Fri 20:00 -> Tue
     # 04:00 New York is 80 h), so the first window of the week still reaches back into Friday.
     window_ttl_s: int = 5 * 24 * 3600

@@ -4,7 +4,8 @@ Started by ``minutecast stream`` (see :mod:`streams.worker_cli`); this module is
 its topic, the agent, stalls and lag) and imports faust only inside :func:`create_app`. The batch logic
 (:class:`streams.batch.BatchProcessor`) lives apart, usable and testable without Faust.
 
-Per batch (``stream.take_events(take_max, within=take_within_s)``):
+Per batch (:func:`streams.faust_take.take_bursts`: a batch ends ``take_quiet_s`` after the last bar, or
+``take_within_s`` after its first, or at ``take_max`` bars, so a minute's burst is one batch):
 
 1. decode + validate every message in one tight loop (:func:`minutecast.schemas.parse_bar`); invalid
    ones become :class:`~minutecast.schemas.DeadLetter` records with their reason;
@@ -61,6 +62,7 @@ from minutecast.topics import Topics
 from minutecast.universe import allowlist
 from streams import failures
 from streams.batch import BatchProcessor, Metrics, Outcome, Record, drop_switch
+from streams.faust_take import take_bursts
 
 log = logging.getLogger(__name__)
 
@@ -291,7 +293,7 @@ def create_app(settings: StreamSettings, processor: BatchProcessor) -> Any:
 
     @app.agent(bars_topic)
     async def windows(stream: Any) -> None:
-        async for events in stream.take_events(settings.take_max, within=settings.take_within_s):
+        async for events in take_bursts(stream, settings.take_max, settings.take_within_s, settings.take_quiet_s):
             t0 = time.perf_counter()
             messages = [e.message for e in events]  # Faust's records as they are (batch.Record)
             task = asyncio.ensure_future(batch(messages))

@@ -43,9 +43,10 @@ returns per ticker a few scalars: the newest minute, whether the window at it is
 ``published_at`` and the window announced last. No rows travel back to the worker.
 
 Readers fetch values with GET (one pipelined round trip for many tickers) and decode them with
-:func:`decode_value` (``np.frombuffer``; no per-row Python); :mod:`streams.windows` cuts windows from them. A store written in the v2 text layout
-(``ns:win:{T}`` hashes) is never read: :meth:`WindowStore.legacy_keys` finds it and ``minutecast rebuild``
-(or the worker's start-up) replaces it from the bar topic (:mod:`streams.rebuild`).
+:func:`decode_value` (``np.frombuffer``; no per-row Python); :mod:`streams.windows` cuts windows from them.
+A store written in the v2 text layout (``ns:win:{T}`` hashes) is never read: :meth:`WindowStore.legacy_keys`
+finds it and ``minutecast rebuild`` (or the worker's start-up) replaces it from the bar topic
+(:mod:`streams.rebuild`).
 """
 
 from __future__ import annotations
