@@ -16,7 +16,9 @@ setup: ## install everything missing (apt packages, venv, horovod, Maven jars)
 # Recorded bars to replay when Yahoo does not answer (machines without internet).
 REPLAY_DATA ?= $(or $(MINUTECAST_REPLAY_DATA),$(wildcard $(CURDIR)/../shared/data/bars-1m))
 
-run: setup ## set up, start Kafka + Redis, run the whole pipeline and the dashboard (Ctrl-C stops it)
+# Forecasts first: horovod (only the trainer needs it) builds in the background; the trainer starts when it is in.
+run: ## set up, start Kafka + Redis, run the whole pipeline and the dashboard (Ctrl-C stops it)
+	@bash infra/bootstrap.sh --defer-horovod
 	@MINUTECAST_REPLAY_DATA="$(REPLAY_DATA)" $(VENV)/bin/minutecast run
 
 serve: ## the dashboard and HTTP API alone, on http://127.0.0.1:8080/ (`make run` starts it too)
