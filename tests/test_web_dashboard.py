@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,13 +25,9 @@ import pytest
 from playwright.sync_api import sync_playwright
 
 from benchmarks.api import make_forecast, store_forecast
-from minutecast.kafka import ensure_topics, make_admin
-from minutecast.keys import Keys
-from minutecast.redis import connect
 from minutecast.settings import InfraSettings, WebSettings
-from minutecast.topics import Topics
-from tests.support.services import free_port, unavailable
-from tests.test_web_browser import CHROMIUM, CHROMIUM_ARGS
+from tests.support.services import free_port
+from tests.support.web import chromium_page, web_namespace
 from web.server import BackgroundServer
 
 pytestmark = pytest.mark.integration
@@ -54,10 +49,12 @@ def forecasts(ticker: str, version: str, kind: str, *, v2: bool, now: float) -> 
 
 @pytest.fixture(scope="module")
 def served(services: InfraSettings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    ns = f"t{uuid.uuid4().hex[:12]}"
-    topics, keys = Topics(ns), Keys(ns)
-    ensure_topics(services.kafka, topics.specs(bar_partitions=3))
-    redis = connect(services.redis)
+    with web_namespace(services) as (ns, _topics, keys, redis):
+        yield from serve(ns, keys, redis, tmp_path_factory.mktemp("reports"))
+
+
+def serve(ns: str, keys: Any, redis: Any, reports: Path) -> Iterator[dict[str, Any]]:
+    """Forecasts of NVDA, MSFT (v1, persistence) and AAPL, yesterday's miss, a latest report; the server."""
     now = time.time()
     version = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(now - MODEL_AGE_S)) + "-0123456789ab"
     pipe = redis.pipeline(transaction=False)
@@ -70,15 +67,11 @@ def served(services: InfraSettings, tmp_path_factory: pytest.TempPathFactory) ->
         pipe.hset(keys.forecast_history("AAPL"), DAY0 - 86400 + 60 * i,
                   make_forecast("AAPL", DAY0 - 86400 + 60 * i, price, now=now - 86400).to_json().decode())
     pipe.execute()
-    reports = tmp_path_factory.mktemp("reports")
     (reports / "latest").mkdir()
     (reports / "latest" / "report.md").write_text("# the latest report\n")
     s = WebSettings(namespace=ns, serve_port=free_port(), serve_tickers_refresh_s=0.2, reports_dir=reports)
     with BackgroundServer(s) as url:
         yield {"url": url, "version": version}
-    for k in list(redis.scan_iter(match=keys.namespace_pattern(), count=1000)):
-        redis.delete(k)
-    make_admin(services.kafka).delete_topics([sp.name for sp in topics.specs()], operation_timeout=30)
 
 
 def test_coverage_api_counts_todays_known_outcomes(served: dict[str, Any]) -> None:
@@ -87,33 +80,24 @@ def test_coverage_api_counts_todays_known_outcomes(served: dict[str, Any]) -> No
 
 
 def test_header_and_table_show_model_kind_age_coverage_and_the_report(served: dict[str, Any]) -> None:
-    if not Path(CHROMIUM).exists():
-        unavailable(f"{CHROMIUM} not installed (apt package chromium; `make setup` installs it)")
     errors: list[str] = []
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
-            page.goto(served["url"])
-            page.wait_for_function("document.querySelectorAll('#forecasts tbody tr').length === 3", timeout=20_000)
-            model = dict(page.eval_on_selector_all(
-                "#forecasts tbody tr",
-                "rs => rs.map(r => [r.dataset.ticker, r.querySelector('td.model').textContent])"))
-            assert model == {"AAPL": "lstm · 2 h old", "NVDA": "lstm · 2 h old", "MSFT": "persistence"}
-            assert served["version"] not in page.inner_text("#forecasts tbody")  # the id only in the tooltip
-            assert page.get_attribute("#row-AAPL td.model", "title") == served["version"]
-            page.wait_for_function("document.querySelector('#model').textContent === 'model lstm · 2 h old'",
-                                   timeout=10_000)
-            page.wait_for_function("document.querySelector('#coverage').dataset.coverage !== undefined",
-                                   timeout=20_000)
-            assert page.inner_text("#coverage") == "live coverage 92.0% · nominal 80.0%"
-            assert "46 of 50" in (page.get_attribute("#coverage", "title") or "")
-            link = page.wait_for_selector("#latest-report:not([hidden])", timeout=30_000)
-            assert link is not None and link.get_attribute("href") == "/reports/latest/report.md"
-            report = page.request.get(served["url"].rstrip("/") + link.get_attribute("href"))
-            assert report.ok and "the latest report" in report.text()
-        finally:
-            browser.close()
+    with sync_playwright() as pw, chromium_page(pw, errors) as page:
+        page.goto(served["url"])
+        page.wait_for_function("document.querySelectorAll('#forecasts tbody tr').length === 3", timeout=20_000)
+        model = dict(page.eval_on_selector_all(
+            "#forecasts tbody tr",
+            "rs => rs.map(r => [r.dataset.ticker, r.querySelector('td.model').textContent])"))
+        assert model == {"AAPL": "lstm · 2 h old", "NVDA": "lstm · 2 h old", "MSFT": "persistence"}
+        assert served["version"] not in page.inner_text("#forecasts tbody")  # the id only in the tooltip
+        assert page.get_attribute("#row-AAPL td.model", "title") == served["version"]
+        page.wait_for_function("document.querySelector('#model').textContent === 'model lstm · 2 h old'",
+                               timeout=10_000)
+        page.wait_for_function("document.querySelector('#coverage').dataset.coverage !== undefined",
+                               timeout=20_000)
+        assert page.inner_text("#coverage") == "live coverage 92.0% · nominal 80.0%"
+        assert "46 of 50" in (page.get_attribute("#coverage", "title") or "")
+        link = page.wait_for_selector("#latest-report:not([hidden])", timeout=30_000)
+        assert link is not None and link.get_attribute("href") == "/reports/latest/report.md"
+        report = page.request.get(served["url"].rstrip("/") + link.get_attribute("href"))
+        assert report.ok and "the latest report" in report.text()
     assert not errors, errors
