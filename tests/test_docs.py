@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks import readme as bench_readme
+from minutecast import settings_doc
 from training import readme as quality_readme
 
 REPO = Path(__file__).resolve().parents[1]
@@ -52,6 +53,12 @@ def test_generated_pages_hold_their_generators_markers() -> None:
     assert perf.index(bench_readme.START) < perf.index(bench_readme.END)
     quality = quality_readme.PAGE.read_text()
     assert quality.index(quality_readme.START) < quality.index(quality_readme.END)
+
+
+def test_every_variable_table_is_current() -> None:
+    page = settings_doc.PAGE.read_text()
+    assert settings_doc.render(page) == page, "run `python -m minutecast.settings_doc` after changing settings.py"
+    assert "| `MINUTECAST_SERVE_TOKEN` |" in page and "### `TrainingSettings`" in page
 
 
 def test_strict_build_passes(tmp_path: Path) -> None:
