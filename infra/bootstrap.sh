@@ -76,7 +76,8 @@ if ! "$VENV/bin/python" -c 'import horovod.tensorflow' 2>/dev/null; then
   elif [ "$DEFER_HOROVOD" = 1 ]; then
     log "building horovod 0.28.1 in the background (about 4 minutes on 2 cores; only the trainer waits for it; log $HVD_LOG)"
     # setsid + nohup: the build outlives this script and a Ctrl-C of `make run`; it records its own result.
-    setsid nohup bash -c "$(declare -f build_horovod); VENV='$VENV'
+    # nice 19: on 2 cores the compiler would otherwise compete with the Spark job's start (first forecasts).
+    setsid nohup nice -n 19 bash -c "$(declare -f build_horovod); VENV='$VENV'
       if build_horovod; then echo ok > '$HVD_STATUS'; else echo \"failed \$?\" > '$HVD_STATUS'; fi" \
       >"$HVD_LOG" 2>&1 < /dev/null &
     echo "building $!" > "$HVD_STATUS"
