@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 export PYSPARK_PYTHON := $(PY)
 export PYSPARK_DRIVER_PYTHON := $(PY)
 
-.PHONY: help setup run serve test test-fast lint typecheck bench bench-quick infra-up infra-down infra-status compose-test clean
+.PHONY: help setup run serve docs docs-check test test-fast lint typecheck bench bench-quick infra-up infra-down infra-status compose-test clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-14s %s\n", $$1, $$2}'
@@ -16,14 +16,24 @@ setup: ## install everything missing (apt packages, venv, horovod, Maven jars)
 # Recorded bars to replay when Yahoo does not answer (machines without internet).
 REPLAY_DATA ?= $(or $(MINUTECAST_REPLAY_DATA),$(wildcard $(CURDIR)/../shared/data/bars-1m))
 
-run: setup ## set up, start Kafka + Redis, run the whole pipeline and the dashboard (Ctrl-C stops it)
+# Forecasts first: horovod (only the trainer needs it) builds in the background; the trainer starts when it is in.
+run: ## set up, start Kafka + Redis, run the whole pipeline and the dashboard (Ctrl-C stops it)
+	@bash infra/bootstrap.sh --defer-horovod
 	@MINUTECAST_REPLAY_DATA="$(REPLAY_DATA)" $(VENV)/bin/minutecast run
 
 serve: ## the dashboard and HTTP API alone, on http://127.0.0.1:8080/ (`make run` starts it too)
 	@$(VENV)/bin/minutecast serve
 
-test: setup ## set up, start the real services and run lint + the whole test suite
+docs: ## serve the documentation site (mkdocs, material) on http://127.0.0.1:8000/, rebuilt on each edit
+	@NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs serve
+
+# --strict: a broken link or anchor, a page missing from the nav or a nav entry without a page fails the build.
+docs-check: ## build the documentation site strictly into build/site
+	@NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir build/site
+
+test: setup ## set up, start the real services and run lint, the strict docs build and the whole test suite
 	@$(VENV)/bin/ruff check .
+	@$(MAKE) --no-print-directory docs-check
 	@$(VENV)/bin/minutecast infra up
 	@$(PY) -m pytest -p no:cacheprovider
 

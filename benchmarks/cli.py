@@ -3,7 +3,7 @@
     minutecast bench                  # full run (under 30 minutes); or `make bench`
     minutecast bench --quick          # small inputs (under 5 minutes); or `make bench-quick`
     minutecast bench --only ingest,e2e --out /tmp/results
-    minutecast bench --quick --readme # also regenerate README.md's Performance section
+    minutecast bench --quick --readme # also regenerate docs/performance.md
 
 Each benchmark also runs alone: ``python -m benchmarks.NAME [--quick]`` (NAME = ingest, state, inference,
 e2e, training, api). Targets are goals measured here, never test assertions: the exit status is 0 when every

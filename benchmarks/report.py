@@ -1,5 +1,5 @@
 """The benchmark report: each figure of the suite's results beside its same-run baseline, the seed's number and
-its target, as the table of ``latest.md`` and of README.md's Performance section.
+its target, as the table of ``latest.md`` and of the docs site's Performance page (docs/performance.md).
 
 :data:`FIGURES` defines the rows; :func:`figures` computes them from the benchmarks' JSON results;
 :func:`markdown` renders ``latest.md`` (:func:`write` writes it with ``latest.json``). Used by

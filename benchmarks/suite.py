@@ -244,7 +244,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"comma-separated subset of: {', '.join(b.name for b in BENCHES)}")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results directory (default %(default)s)")
     parser.add_argument("--readme", action="store_true",
-                        help="regenerate README.md's Performance section from the new latest.json")
+                        help="regenerate the docs' Performance page (docs/performance.md) from the new latest.json")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -1,14 +1,18 @@
 #!/usr/bin/env bash
 # Set up everything minutecast needs on a fresh Debian machine; idempotent and quick on repeats.
-#   bash infra/bootstrap.sh        (what `make setup` runs)
+#   bash infra/bootstrap.sh                   (what `make setup` and `make test` run)
+#   bash infra/bootstrap.sh --defer-horovod   (what `make run` runs: horovod builds in the background)
 # System packages (Java 17, Maven, redis-server, cmake, a C++ compiler, npm, chromium) come from apt when missing;
 # Python packages go into a virtualenv under the cache ($MINUTECAST_CACHE, default ~/.cache/minutecast);
-# horovod is built from source against the pinned TensorFlow; Maven jars land in the cache too.
+# horovod is built from source against the pinned TensorFlow (last: only the trainer needs it); Maven jars land
+# in the cache too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CACHE=${MINUTECAST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/minutecast}
 VENV=${MINUTECAST_VENV:-$CACHE/venv}
 log() { printf '[setup] %s\n' "$*"; }
+DEFER_HOROVOD=0
+[ "${1:-}" = --defer-horovod ] && DEFER_HOROVOD=1
 
 missing=()
 command -v java >/dev/null || missing+=(openjdk-17-jre-headless)
@@ -43,13 +47,44 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
 else
   "$VENV/bin/pip" install -q --no-deps -e . 2>/dev/null
 fi
-if ! "$VENV/bin/python" -c 'import horovod.tensorflow' 2>/dev/null; then
-  log "building horovod 0.28.1 (Gloo, TensorFlow) from source: about 4 minutes on 2 cores"
-  HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 HOROVOD_WITHOUT_PYTORCH=1 \
-  HOROVOD_WITHOUT_MXNET=1 "$VENV/bin/pip" install -q --no-build-isolation --no-cache-dir "horovod==0.28.1"
-fi
 log "vendoring the dashboard's browser libraries (npm ci, web/package-lock.json) into web/static/vendor"
 bash web/vendor.sh
 log "fetching Maven jars (Kafka broker, Spark Kafka connector) into $CACHE/jars"
 MINUTECAST_CACHE="$CACHE" "$VENV/bin/minutecast" infra fetch >/dev/null
+
+# horovod: only the trainer needs it. --defer-horovod (make run) builds it in the background, so the pipeline
+# starts now and the trainer when the build is done (infra/horovod_build.py reads the status file).
+HVD_STATUS="$VENV/.minutecast-horovod-build" HVD_LOG="$VENV/horovod-build.log"
+build_horovod() {
+  HOROVOD_WITH_TENSORFLOW=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 HOROVOD_WITHOUT_PYTORCH=1 \
+  HOROVOD_WITHOUT_MXNET=1 "$VENV/bin/pip" install -q --no-build-isolation --no-cache-dir "horovod==0.28.1"
+}
+hvd_building() {  # a background build of an earlier run still going
+  local s; s=$(cat "$HVD_STATUS" 2>/dev/null || true)
+  [[ $s == building\ * ]] && kill -0 "${s#building }" 2>/dev/null
+}
+if ! "$VENV/bin/python" -c 'import horovod.tensorflow' 2>/dev/null; then
+  if hvd_building; then
+    if [ "$DEFER_HOROVOD" = 1 ]; then
+      log "horovod: the background build is still running (log $HVD_LOG)"
+    else
+      log "waiting for the background horovod build (log $HVD_LOG)"
+      while hvd_building; do sleep 5; done
+      "$VENV/bin/python" -c 'import horovod.tensorflow' 2>/dev/null \
+        || { echo "the horovod build failed: see $HVD_LOG" >&2; exit 1; }
+    fi
+  elif [ "$DEFER_HOROVOD" = 1 ]; then
+    log "building horovod 0.28.1 in the background (about 4 minutes on 2 cores; only the trainer waits for it; log $HVD_LOG)"
+    # setsid + nohup: the build outlives this script and a Ctrl-C of `make run`; it records its own result.
+    # nice 19: on 2 cores the compiler would otherwise compete with the Spark job's start (first forecasts).
+    setsid nohup nice -n 19 bash -c "$(declare -f build_horovod); VENV='$VENV'
+      if build_horovod; then echo ok > '$HVD_STATUS'; else echo \"failed \$?\" > '$HVD_STATUS'; fi" \
+      >"$HVD_LOG" 2>&1 < /dev/null &
+    echo "building $!" > "$HVD_STATUS"
+  else
+    log "building horovod 0.28.1 (Gloo, TensorFlow) from source: about 4 minutes on 2 cores"
+    build_horovod
+    echo ok > "$HVD_STATUS"
+  fi
+fi
 log "ready: $VENV"

@@ -17,9 +17,7 @@ import sys
 from collections.abc import Sequence
 from typing import NamedTuple
 
-import pydantic
-
-from minutecast.errors import MinutecastError
+from minutecast.entry import run_main
 
 
 class Subcommand(NamedTuple):
@@ -56,7 +54,8 @@ def subcommand(argv: Sequence[str]) -> str | None:
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; only ``command``'s module is imported (the others are listed by name and help line)."""
     parser = argparse.ArgumentParser(prog="minutecast", description=__doc__.split("\n")[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging, and the traceback behind an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, spec in SUBCOMMANDS.items():
         if name != command:
@@ -81,18 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
-    try:
-        return int(args._run(args) or 0)
-    except MinutecastError as exc:
-        print(f"minutecast {args.command}: {exc}", file=sys.stderr)
-        return 1
-    except pydantic.ValidationError as exc:  # a bad MINUTECAST_* value: one line per field, no traceback
-        for err in exc.errors():
-            field = "_".join(str(p) for p in err.get("loc", ()))
-            print(f"minutecast {args.command}: MINUTECAST_{field.upper()}: {err.get('msg')}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    # An error a user can cause is one line naming what to do (-v: with its traceback); a bug keeps its traceback.
+    return run_main(lambda: args._run(args), f"minutecast {args.command}", verbose=args.verbose)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 
 class MinutecastError(Exception):
-    """Base of every error minutecast raises on purpose."""
+    """Base of every error minutecast raises on purpose. An entry point prints it as one line
+    (:func:`minutecast.entry.run_main`): the message, then ``hint`` (what to do) when the message lacks it."""
+
+    hint: str = ""
 
 
 class ConfigError(MinutecastError):
@@ -14,9 +17,13 @@ class ConfigError(MinutecastError):
 class ServiceUnavailable(MinutecastError):
     """A dependency (Kafka, Redis, Spark) did not answer in time."""
 
+    hint = "is it running? `minutecast infra up` starts the local Kafka and Redis, `minutecast status` checks them"
+
 
 class InfraError(MinutecastError):
     """Local services could not be set up or started (port taken, Java missing, ...)."""
+
+    hint = "`minutecast infra status` shows the local services; their logs are in ~/.minutecast/logs (MINUTECAST_HOME)"
 
 
 class Rejected(MinutecastError):

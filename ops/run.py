@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from infra import horovod_build
 from infra import services as infra
 from infra.procs import RestartBudget
 from minutecast.errors import ConfigError
@@ -210,6 +211,7 @@ def supervise(args: argparse.Namespace, s: Any, screen: Screen) -> int:
     failed: list[str] = []
     train_after = t0 + 120  # live sources: give the producer two minutes of bars before a first training
     warmed_up = False  # a live replay has published its history
+    hvd_wait = hvd_said = ""  # #26: what the trainer waits for (infra/horovod_build.py), what was said of it
     try:
         for svc in services:
             svc.start(logs, run_dir, s.namespace, s.stop_grace_s)
@@ -245,7 +247,13 @@ def supervise(args: argparse.Namespace, s: Any, screen: Screen) -> int:
                 say(f"{svc.name}: exited {rc}; restart {svc.budget.restarts}/{svc.budget.max_restarts} in "
                     f"{svc.budget.backoff_s():g} s")
             producer_done = services[2].done or warmed_up
-            if trainer is not None and trainer.proc is None and (producer_done or time.monotonic() > train_after):
+            due = producer_done or time.monotonic() > train_after
+            # -- #26: horovod may still be building in the background; the trainer starts once it is ready --
+            hvd_wait = "" if trainer is None or trainer.proc is not None else horovod_build.waiting_text()
+            if due and hvd_wait and hvd_wait != hvd_said:
+                hvd_said = hvd_wait
+                say(f"train: {hvd_wait}")
+            if trainer is not None and trainer.proc is None and due and not hvd_wait:
                 services.append(trainer)
                 trainer.start(logs, run_dir, s.namespace, s.stop_grace_s)
                 say(f"train: started (first model on what is in Kafka, then every {args.retrain_every})")
@@ -257,7 +265,8 @@ def supervise(args: argparse.Namespace, s: Any, screen: Screen) -> int:
                     warmed_up = warmed_up or info["replay"].get("phase") == "live"
                     say(f"[{time.strftime('%H:%M:%S')}] bars {info['bars']:,} | windows {info['windows']} | "
                         f"forecasts {info['tickers_forecast']} tickers (newest {info['newest_forecast_age_s']} s "
-                        f"old) | model {info['model']}{replay_text(info['replay'])}")
+                        f"old) | model {info['model']}{replay_text(info['replay'])}"
+                        + (f" | {hvd_wait}" if hvd_wait else ""))  # #26: the trainer waits for horovod
                     if args.until_forecasts and info["tickers_forecast"] >= args.until_forecasts:
                         say(f"{info['tickers_forecast']} tickers have forecasts; stopping as asked")
                         stopping = True

@@ -21,6 +21,7 @@ from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
+from infra import horovod_build
 from infra.services import status as infra_status
 from minutecast.errors import MinutecastError
 from minutecast.kafka import make_admin, make_consumer, watermarks
@@ -154,6 +155,7 @@ def collect(sample_s: float = 1.0, s: Any = None) -> dict[str, Any]:
                 out["consumer_lag"]["spark-infer"] = out["spark"]["lag"]
 
     out["model_version"] = Registry(s.models_dir).current_version() or "persistence (no model promoted)"
+    out["horovod"] = horovod_build.state()  # #26: built in the background by `make run`; the trainer waits
     return out
 
 
@@ -219,6 +221,8 @@ def screen(out: dict[str, Any]) -> Group:
         facts.add_row(Text("MEMORY", style="bold red") if mem["alert"] else "redis memory",
                       f"{mem['used_bytes'] / 2**20:,.1f} MiB of {limit} ({mem['policy']})")
     facts.add_row("model", str(out["model_version"]))
+    if out.get("horovod", "ready") != "ready":  # #26
+        facts.add_row("trainer", horovod_build.waiting_text())
     return Group(services, facts)
 
 

@@ -35,6 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--partitions", type=int, help="partitions per micro-batch = model calls (default 2)")
     p.add_argument("--metrics-port", type=int, help="Prometheus port (default 9103; 0 = off)")
     p.add_argument("--stats-jsonl", type=Path, help="append one JSON line of stats per micro-batch here")
+    p.add_argument("--wait", type=float, default=60.0, help="seconds to wait for Kafka/Redis to answer")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -45,8 +46,8 @@ def run(args: argparse.Namespace) -> int:
     if not settings.spark_jars:  # the connector's jars from the cache (fetched once from Maven Central)
         jars = ",".join(str(j) for j in spark_kafka_jars(default_cache()))
         settings = settings.model_copy(update={"spark_jars": jars})
-    wait_for_kafka(settings.kafka)
-    wait_for_redis(settings.redis).close()
+    wait_for_kafka(settings.kafka, args.wait)
+    wait_for_redis(settings.redis, args.wait).close()
     ensure_topics(settings.kafka, settings.topic_specs())
 
     from streams.infer import InferenceJob  # the pyspark driver

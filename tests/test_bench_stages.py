@@ -137,7 +137,7 @@ def test_readme_shows_where_the_time_goes_when_the_result_has_stages() -> None:
     res = {"p50_ms": 900.0, "tickers": 5000, "target_bars_per_s": 5000.0,
            "stages": stages.summarize([trace], batches)["stages"]}
     text = readme.section(results_with(res))
-    assert "### Where the time goes: `e2e` (5000 tickers, 5,000 bars/s)" in text
+    assert "## Where the time goes: `e2e` (5000 tickers, 5,000 bars/s)" in text
     assert stages.table(res["stages"]) in text
     assert "Where the time goes" not in readme.section(results_with({"p50_ms": 900.0}))  # older results
 

@@ -122,7 +122,7 @@ def test_readme_render_replaces_only_the_marked_section(tmp_path: Path) -> None:
     before, after = "# Title\n\nintro\n\n", "\n\n## Later\n\ntext <!-- not a marker -->\n"
     text = before + readme.START + "\nold stuff\n" + readme.END + after
     out = readme.render(text, canned())
-    assert out.startswith(before + readme.START + "\n## Performance\n") and out.endswith(readme.END + after)
+    assert out.startswith(before + readme.START + "\n# Performance\n") and out.endswith(readme.END + after)
     assert "old stuff" not in out and "quick" in out and "minutecast bench --quick" in out
     assert readme.render(out, canned()) == out  # idempotent
     with pytest.raises(ValueError, match="markers"):

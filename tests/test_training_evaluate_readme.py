@@ -1,4 +1,4 @@
-"""README Model quality generator (training.readme): replaces only its section, inserts the markers on the
+"""Docs Model quality page generator (training.readme): replaces only its section, inserts the markers on the
 first run, copies and links the plots, and shows the issue's targets. Synthetic report, tmp paths."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from training import readme as R
 from training import scoring as S
 from training.report import targets
 
-README = "# minutecast\n\nintro\n\n## Model quality\n\nold numbers\n\n## Versions\n\n| a | b |\n"
+README = "intro\n\n# Model quality\n\nold numbers\n\n# Versions\n\n| a | b |\n"
 
 
 @pytest.fixture(scope="module")
@@ -31,16 +31,16 @@ def test_first_run_inserts_markers_and_keeps_the_rest(tmp_path: Path, report_dir
     readme.write_text(README)
     R.update(report_dir / "report.json", readme, tmp_path / "docs" / "q", command="minutecast train --bars X")
     text = readme.read_text()
-    assert text.startswith("# minutecast\n\nintro\n\n" + R.START + "\n## Model quality\n")
-    assert "old numbers" not in text and text.endswith(R.END + "\n\n## Versions\n\n| a | b |\n")
+    assert text.startswith("intro\n\n" + R.START + "\n# Model quality\n")
+    assert "old numbers" not in text and text.endswith(R.END + "\n\n# Versions\n\n| a | b |\n")
     assert "| target (issue 14) | goal | measured | met |" in text and "minutecast train --bars X" in text
     report = json.loads((report_dir / "report.json").read_text())
     assert f"| `coverage_80` | {report['coverage_80']:.4f} |" in text
     for png in report["plots"]:
         assert (tmp_path / "docs" / "q" / png).exists() and f"](docs/q/{png})" in text
-    again = R.render(text, "## Model quality\n\nnew")  # later runs replace between the markers only
+    again = R.render(text, "# Model quality\n\nnew")  # later runs replace between the markers only
     assert again.count(R.START) == 1 and "new" in again and "| target (issue 14)" not in again
-    assert again.endswith(R.END + "\n\n## Versions\n\n| a | b |\n")
+    assert again.endswith(R.END + "\n\n# Versions\n\n| a | b |\n")
 
 
 def test_no_section_is_an_error() -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,13 +20,13 @@ from pydantic import ValidationError
 
 from benchmarks.api import make_forecast, store_forecast
 from minutecast.cli import main
-from minutecast.kafka import ensure_topics, make_admin, make_producer
+from minutecast.kafka import make_producer
 from minutecast.keys import Keys
-from minutecast.redis import connect
 from minutecast.settings import InfraSettings, WebSettings
 from minutecast.topics import Topics
 from ops import status
 from tests.support.services import free_port
+from tests.support.web import web_namespace
 from web.server import BackgroundServer
 
 pytestmark = pytest.mark.integration
@@ -39,17 +38,19 @@ HISTORY = 30
 @pytest.fixture(scope="module")
 def env(services: InfraSettings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """A namespace with topics and forecasts (AAPL v2 with quantiles, the others v1), reports, a server."""
-    ns = f"t{uuid.uuid4().hex[:12]}"
-    topics, keys = Topics(ns), Keys(ns)
-    ensure_topics(services.kafka, topics.specs(bar_partitions=3))
-    redis = connect(services.redis)
+    with web_namespace(services) as (ns, topics, keys, redis):
+        yield from serve(ns, topics, keys, redis, services, tmp_path_factory.mktemp("reports"))
+
+
+def serve(ns: str, topics: Topics, keys: Keys, redis: Any, services: InfraSettings,
+          reports: Path) -> Iterator[dict[str, Any]]:
+    """Forecasts of every ticker in Redis, a latest report, the server on the namespace."""
     t0 = int(time.time()) // 60 * 60 - 60 * HISTORY
     pipe = redis.pipeline(transaction=False)
     for t in TICKERS:
         for i in range(HISTORY):
             store_forecast(pipe, keys, make_forecast(t, t0 + 60 * i, 100 + 0.05 * i, v2=t == "AAPL"))
     pipe.execute()
-    reports = tmp_path_factory.mktemp("reports")
     (reports / "latest").mkdir()
     (reports / "latest" / "report.md").write_text("# report\n")
     (reports / "latest" / "pred.png").write_bytes(b"\x89PNG\r\n")
@@ -60,9 +61,6 @@ def env(services: InfraSettings, tmp_path_factory: pytest.TempPathFactory) -> It
         with BackgroundServer(s) as url:
             yield {"url": url, "ns": ns, "topics": topics, "keys": keys, "redis": redis, "t0": t0,
                    "kafka": services.kafka, "settings": s}
-    for k in list(redis.scan_iter(match=keys.namespace_pattern(), count=1000)):
-        redis.delete(k)
-    make_admin(services.kafka).delete_topics([sp.name for sp in topics.specs()], operation_timeout=30)
 
 
 def get(env: dict[str, Any], path: str, **kw: Any) -> httpx.Response:

@@ -29,15 +29,13 @@ from playwright.sync_api import sync_playwright
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from minutecast.settings import InfraSettings
-from tests.support.services import free_port, unavailable
+from tests.support.services import free_port
+from tests.support.web import chromium_page
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
 ARTIFACTS = REPO / "artifacts" / "web"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
 TICKERS = ("AAPL", "MSFT", "NVDA")
 DAYS = ("2025-12-01", "2025-12-02")
 
@@ -104,50 +102,39 @@ def wait_for_forecasts(url: str, n: int) -> dict[str, Any]:
 
 
 def test_dashboard_shows_live_forecasts_and_a_chart(pipeline: dict[str, Any]) -> None:
-    if not Path(CHROMIUM).exists():
-        unavailable(f"{CHROMIUM} not installed (apt package chromium; `make setup` installs it)")
-
     url = pipeline["url"]
     try:
         wait_for_forecasts(url, len(TICKERS))
     except (AssertionError, httpx.HTTPError) as exc:
         pytest.fail(f"no forecasts for {TICKERS} on {url}: {exc}\n{''.join(pipeline['out'])[-3000:]}")
     errors: list[str] = []
-    with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
-            page.on("requestfailed", lambda r: errors.append(f"request failed: {r.url}"))
-            page.goto(url)
-            page.wait_for_function(f"document.querySelectorAll('#forecasts tbody tr').length === {len(TICKERS)}",
-                                   timeout=20_000)
-            rows = page.eval_on_selector_all("#forecasts tbody tr",
-                                             "rs => rs.map(r => [r.dataset.ticker, r.dataset.asOf])")
-            assert sorted(t for t, _ in rows) == sorted(TICKERS)
-            page.wait_for_selector("#live.on", timeout=20_000)
-            # A row changes through the stream (the page is not reloaded).
-            before = dict(rows)
-            page.wait_for_function(
-                "(before) => [...document.querySelectorAll('#forecasts tbody tr')]"
-                ".some(r => Number(r.dataset.asOf) > Number(before[r.dataset.ticker]))", arg=before, timeout=60_000)
-            # A ticker's chart is drawn: a canvas with ink on it and the points from the API.
-            page.click("#row-MSFT")
-            page.wait_for_function("document.querySelector('#chart').dataset.ticker === 'MSFT' && "
-                                   "Number(document.querySelector('#chart').dataset.points) > 5", timeout=20_000)
-            ink = page.evaluate("""() => {
-                const c = document.querySelector('#chart canvas');
-                const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-                let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++;
-                return n; }""")
-            assert ink > 2000, f"the chart canvas is (nearly) blank: {ink} pixels"
-            assert "MSFT" in page.inner_text("#chart-title")
-            page.wait_for_function("document.querySelector('#pipeline-body dl') !== null", timeout=20_000)
-            assert "kafka" in page.inner_text("#pipeline-body")
-            ARTIFACTS.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "dashboard.png"))
-        finally:
-            browser.close()
+    with sync_playwright() as pw, chromium_page(pw, errors) as page:
+        page.goto(url)
+        page.wait_for_function(f"document.querySelectorAll('#forecasts tbody tr').length === {len(TICKERS)}",
+                               timeout=20_000)
+        rows = page.eval_on_selector_all("#forecasts tbody tr",
+                                         "rs => rs.map(r => [r.dataset.ticker, r.dataset.asOf])")
+        assert sorted(t for t, _ in rows) == sorted(TICKERS)
+        page.wait_for_selector("#live.on", timeout=20_000)
+        # A row changes through the stream (the page is not reloaded).
+        before = dict(rows)
+        page.wait_for_function(
+            "(before) => [...document.querySelectorAll('#forecasts tbody tr')]"
+            ".some(r => Number(r.dataset.asOf) > Number(before[r.dataset.ticker]))", arg=before, timeout=60_000)
+        # A ticker's chart is drawn: a canvas with ink on it and the points from the API.
+        page.click("#row-MSFT")
+        page.wait_for_function("document.querySelector('#chart').dataset.ticker === 'MSFT' && "
+                               "Number(document.querySelector('#chart').dataset.points) > 5", timeout=20_000)
+        ink = page.evaluate("""() => {
+            const c = document.querySelector('#chart canvas');
+            const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+            let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++;
+            return n; }""")
+        assert ink > 2000, f"the chart canvas is (nearly) blank: {ink} pixels"
+        assert "MSFT" in page.inner_text("#chart-title")
+        page.wait_for_function("document.querySelector('#pipeline-body dl') !== null", timeout=20_000)
+        assert "kafka" in page.inner_text("#pipeline-body")
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "dashboard.png"))
     assert not errors, errors
     assert "dashboard: http://127.0.0.1:" in "".join(pipeline["out"])

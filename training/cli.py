@@ -33,6 +33,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from minutecast.entry import ERROR_FILE_ENV
 from minutecast.errors import ConfigError, MinutecastError
 from minutecast.kafka import end_offsets, wait_for_kafka
 from minutecast.metrics import serve
@@ -95,8 +96,11 @@ def _run_in(settings: TrainingSettings, run_dir: Path) -> dict[str, Any]:
         log.info("training on %s up to offsets %s", topic, snapshot)
     cmd = train_command(settings, run_dir, offsets_file)
     log.info("running %s", " ".join(cmd))
-    rc = subprocess.run(cmd, env=os.environ.copy(), check=False).returncode
+    error_file = run_dir / "error.txt"  # the child's one-line MinutecastError (minutecast.entry.run_main)
+    rc = subprocess.run(cmd, env=os.environ | {ERROR_FILE_ENV: str(error_file)}, check=False).returncode
     result_file = run_dir / "result.json"
+    if rc != 0 and error_file.exists():
+        raise MinutecastError(error_file.read_text().strip())
     if rc != 0 or not result_file.exists():
         raise MinutecastError(f"training failed (exit {rc}); see the output above and {run_dir}")
     result: dict[str, Any] = json.loads(result_file.read_text())

@@ -1,11 +1,11 @@
-"""Regenerate README.md's Model quality section from an evaluation report (report.json + its PNGs).
+"""Regenerate docs/model-quality.md (the docs site's Model quality page) from an evaluation report + its PNGs.
 
     python -m training.readme --report ~/.minutecast/reports/latest/report.json
     python -m training.readme --report DIR/report.json --command "minutecast train --bars ../shared/data/bars-1m"
 
 The section lies between ``<!-- quality:start -->`` and ``<!-- quality:end -->``; on the first run (no
-markers yet) the ``## Model quality`` section up to the next ``## `` heading is replaced and the markers are
-put around it. Nothing else in README.md is touched. The report's plots (the reliability diagram and the
+markers yet) the ``# Model quality`` section up to the next ``# `` heading is replaced and the markers are
+put around it. Nothing else in the page is touched. The report's plots (the reliability diagram and the
 first few fan charts) are copied to ``--assets``
 (default ``docs/model-quality/``, in the repository) and linked from there.
 """
@@ -24,13 +24,14 @@ from training.report import distribution_lines, gate_lines, label, point_lines, 
 
 REPO = Path(__file__).resolve().parent.parent
 START, END = "<!-- quality:start -->", "<!-- quality:end -->"
-HEADING = "## Model quality"
+HEADING = "# Model quality"
+PAGE = REPO / "docs" / "model-quality.md"
 ASSETS = REPO / "docs" / "model-quality"
-README_FANS = 3  # fan charts shown in the README (the report has one per ticker)
+README_FANS = 3  # fan charts shown on the page (the report has one per ticker)
 
 
 def shown(report: dict[str, Any]) -> list[str]:
-    """The plots the README shows: every non-fan plot and the first :data:`README_FANS` fan charts."""
+    """The plots the page shows: every non-fan plot and the first :data:`README_FANS` fan charts."""
     plots = report.get("plots", [])
     fans = [p for p in plots if p.startswith("fan_")]
     return [p for p in plots if not p.startswith("fan_")] + fans[:README_FANS]
@@ -50,9 +51,9 @@ def section(report: dict[str, Any], *, command: str | None = None, assets: str =
              "was served them (online calibration replayed in time order). Targets are goals measured here, never "
              "test assertions.", "",
              *summary_lines(report), "",
-             "### Point forecast (median)", "", *point_lines(report), "",
-             "### Distribution", "", *distribution_lines(report), "",
-             "### Per ticker", "", *ticker_lines(report)]
+             "## Point forecast (median)", "", *point_lines(report), "",
+             "## Distribution", "", *distribution_lines(report), "",
+             "## Per ticker", "", *ticker_lines(report)]
     gl = gate_lines(report)
     if gl:
         lines += ["", *gl]
@@ -65,19 +66,19 @@ def section(report: dict[str, Any], *, command: str | None = None, assets: str =
 
 
 def render(readme_text: str, body: str) -> str:
-    """README text with the Model quality section replaced (see the module docstring)."""
+    """Page text with the Model quality section replaced (see the module docstring)."""
     i, j = readme_text.find(START), readme_text.find(END)
     if i >= 0 and j > i:
         return readme_text[:i + len(START)] + "\n" + body + "\n" + readme_text[j:]
     h = readme_text.find("\n" + HEADING + "\n")
     if h < 0:
-        raise ConfigError(f"README has neither {START} ... {END} markers nor a '{HEADING}' heading")
-    nxt = readme_text.find("\n## ", h + 1)
+        raise ConfigError(f"{PAGE.name} has neither {START} ... {END} markers nor a '{HEADING}' heading")
+    nxt = readme_text.find("\n# ", h + 1)
     end = len(readme_text) if nxt < 0 else nxt + 1
     return readme_text[:h + 1] + START + "\n" + body + "\n" + END + "\n\n" + readme_text[end:]
 
 
-def update(report_path: Path, readme_path: Path = REPO / "README.md", assets_dir: Path = ASSETS,
+def update(report_path: Path, readme_path: Path = PAGE, assets_dir: Path = ASSETS,
            command: str | None = None) -> Path:
     report = json.loads(Path(report_path).read_text())
     assets_dir.mkdir(parents=True, exist_ok=True)
@@ -94,8 +95,8 @@ def update(report_path: Path, readme_path: Path = REPO / "README.md", assets_dir
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--report", type=Path, required=True, help="report.json of an evaluation")
-    ap.add_argument("--readme", type=Path, default=REPO / "README.md")
-    ap.add_argument("--assets", type=Path, default=ASSETS, help="where the plots are copied (linked from README)")
+    ap.add_argument("--readme", type=Path, default=PAGE, help="the page holding the section")
+    ap.add_argument("--assets", type=Path, default=ASSETS, help="where the plots are copied (linked from the page)")
     ap.add_argument("--command", default=None, help="the command that produced the report (shown to reproduce)")
     args = ap.parse_args(argv)
     print(f"updated {update(args.report, args.readme, args.assets, args.command)} from {args.report}")

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from minutecast import intervals as I  # noqa: N812
+from minutecast.entry import run_main
 from minutecast.errors import MinutecastError
 from minutecast.features import N_FEATURES, Scaler, make_inputs, make_targets
 from minutecast.kafka import end_offsets
@@ -304,4 +305,4 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - one straight scr
 
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    raise SystemExit(main())
+    raise SystemExit(run_main(main, "training.train"))  # an expected error: one line (to minutecast train)

@@ -34,7 +34,7 @@ from minutecast.redis import connect_async
 from minutecast.settings import InfraSettings, WebSettings
 from minutecast.topics import Topics
 from ops import status
-from web import data, models
+from web import coverage, data, models
 from web.metrics import Metrics
 from web.stream import Broadcaster, events
 
@@ -57,6 +57,8 @@ class State:
                                        on_tickers=self.tickers.update)
         self.status: tuple[float, dict[str, Any]] | None = None
         self.status_lock = asyncio.Lock()
+        self.coverage: tuple[float, dict[str, Any]] | None = None
+        self.coverage_lock = asyncio.Lock()
 
     async def refresh_tickers(self) -> None:
         prefix = self.keys.forecast("")
@@ -147,6 +149,13 @@ def create_app(s: WebSettings | None = None) -> FastAPI:
     @api.get("/status", responses={200: {"model": models.Status}}, summary="what `minutecast status` shows")
     async def status() -> JSONResponse:
         return JSONResponse(await pipeline_status())
+
+    @api.get("/coverage", summary="live coverage of the served 80% intervals, today, all tickers")
+    async def live_coverage() -> JSONResponse:
+        async with st.coverage_lock:  # every ticker's history: computed at most once per cache period
+            if st.coverage is None or time.monotonic() - st.coverage[0] > coverage.CACHE_S:
+                st.coverage = (time.monotonic(), await coverage.live_coverage(st.redis, st.keys, set(st.tickers)))
+        return JSONResponse(st.coverage[1])
 
     @api.get("/stream", summary="Server-Sent Events: every forecast from the forecasts topic",
              response_class=StreamingResponse,
@@ -244,11 +253,12 @@ class _Wrap:
 
 
 def collect_status(s: WebSettings) -> dict[str, Any]:
-    """`minutecast status`'s dict plus the link to the served model's report."""
+    """`minutecast status`'s dict plus the links to the served model's report and to the latest report."""
 
     out = status.collect(sample_s=0.5, s=InfraSettings(namespace=s.namespace, home=s.home, kafka=s.kafka,
                                                        redis=s.redis))
     out["report"] = report_links(s.reports, str(out.get("model_version", "")))
+    out["latest_report"] = report_links(s.reports, "")  # the newest evaluation, promoted or not
     return out
 
 

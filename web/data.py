@@ -124,7 +124,12 @@ async def history(redis: Any, keys: Keys, ticker: str, n: int) -> list[dict[str,
     """The newest ``n`` forecasts of ``ticker`` from its history hash, oldest first."""
     if n <= 0:
         return []
-    raw = await redis.hgetall(keys.forecast_history(ticker))
+    return decode_history(await redis.hgetall(keys.forecast_history(ticker)), n)
+
+
+def decode_history(raw: dict[Any, Any], n: int) -> list[dict[str, Any]]:
+    """The newest ``n`` of a history hash's values (as-of minute -> Forecast JSON), decorated, oldest first;
+    a value that fails the schema is left out."""
     newest = sorted(raw, key=int)[-n:]
     out = []
     for k in newest:

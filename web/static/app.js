@@ -55,7 +55,18 @@ function rowHtml(f) {
     `<td>${esc(f.ticker)}</td><td class="num">${price(f.last_close)}</td><td class="num">${price(f.predicted_close)}</td>` +
     `<td class="num ${cls}">${mv >= 0 ? "+" : ""}${mv.toFixed(1)}</td><td class="num">${iv}</td>` +
     `<td class="num" title="${nyTime(f.as_of, true)} ET">${nyTime(f.as_of, false)}</td><td class="num age" data-at="${f.forecast_at}">${age(f.forecast_at)}</td>` +
-    `<td title="${esc(f.model_kind || "")}">${esc(f.model_version)}</td></tr>`;
+    `<td class="model" title="${esc(f.model_version)}">${esc(modelLabel(f))}</td></tr>`;
+}
+// A model version is "<UTC save time %Y%m%dT%H%M%SZ>-<digest>" (minutecast.registry); persistence has none.
+function modelSavedAt(version) {
+  const m = /^(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z/.exec(version || "");
+  return m ? Date.UTC(+m[1], m[2] - 1, +m[3], +m[4], +m[5], +m[6]) / 1000 : null;
+}
+const span = (s) => s < 3600 ? `${Math.max(1, Math.round(s / 60))} min` : s < 172800 ? `${Math.round(s / 3600)} h` : `${Math.round(s / 86400)} d`;
+function modelLabel(f) {       // "lstm · 2 h old", or "persistence"
+  const kind = f.model_kind || (String(f.model_version).startsWith("persistence") ? "persistence" : "model");
+  const saved = modelSavedAt(f.model_version);
+  return saved == null ? kind : `${kind} · ${span(Math.max(0, now() - saved))} old`;
 }
 const age = (at) => { const s = Math.max(0, now() - at); return s < 120 ? s.toFixed(0) + " s" : (s / 60).toFixed(0) + " min"; };
 
@@ -73,6 +84,8 @@ function render() {
     });
     $("#forecasts tbody").innerHTML = list.map(rowHtml).join("");
     $("#count").textContent = `${rows.size} tickers`;
+    const newest = list.length ? [...rows.values()].reduce((a, b) => (b.forecast_at > a.forecast_at ? b : a)) : null;
+    if (newest) { $("#model").textContent = "model " + modelLabel(newest); $("#model").title = newest.model_version; }
     flashing.clear();
   });
 }
@@ -81,7 +94,7 @@ $("#forecasts thead").addEventListener("click", (ev) => {
   const th = ev.target.closest("th");
   if (!th) return;
   const key = th.dataset.key;
-  sortDir = key === sortKey ? -sortDir : (key === "ticker" || key === "model_version" ? 1 : -1);
+  sortDir = key === sortKey ? -sortDir : (key === "ticker" || key === "model_kind" ? 1 : -1);
   sortKey = key;
   document.querySelectorAll("#forecasts th").forEach((h) => h.classList.remove("sorted", "asc", "desc"));
   th.classList.add("sorted", sortDir > 0 ? "asc" : "desc");
@@ -177,7 +190,7 @@ async function drawChart() {
   el.dataset.ticker = ticker;
   const l = d.latest, mv = (l.predicted_close / l.last_close - 1) * 1e4;
   $("#chart-title").innerHTML = `${esc(ticker)} <span class="muted">forecast ${price(l.predicted_close)} for ` +
-    `${nyTime(l.as_of + 60 * l.horizon_min)} ET (${mv >= 0 ? "+" : ""}${mv.toFixed(1)} bp), model ${esc(l.model_version)}</span>`;
+    `${nyTime(l.as_of + 60 * l.horizon_min)} ET (${mv >= 0 ? "+" : ""}${mv.toFixed(1)} bp), model ${esc(modelLabel(l))}</span>`;
   const n = d.chart.hits + d.chart.misses;
   $("#chart-score").innerHTML = n ? `<span class="hit">${d.chart.hits} hit</span> · <span class="miss">${d.chart.misses} miss</span>` +
     ` (${(100 * d.chart.hits / n).toFixed(0)}%${hasBands ? ", 80% interval" : ", direction"})` : "";
@@ -208,12 +221,35 @@ async function status() {
       <dt>replay</dt><dd>${replay}</dd>
       <dt>namespace</dt><dd>${esc(s.namespace)} · ${s.web ? s.web.sse_clients : 0} stream clients</dd></dl>`;
     $("#pipeline-body").classList.remove("muted");
+    const latest = s.latest_report;
+    if (latest) {
+      const a = $("#latest-report");
+      a.href = withToken(latest.report); a.title = "evaluation report " + latest.version; a.hidden = false;
+    }
     $("#status-age").textContent = "updated " + new Date().toLocaleTimeString("en-US", { hour12: false });
   } catch (e) {
     $("#status-age").textContent = "status unavailable";
   }
 }
 
+// ---- live coverage of the served 80% intervals (GET /api/coverage) ----------------------------------------
+async function coverage() {
+  try {
+    const c = await api("/api/coverage");
+    const el = $("#coverage");
+    const pct = (x) => (100 * x).toFixed(1) + "%";
+    el.textContent = c.coverage == null ? `live coverage – (nominal ${pct(c.nominal)})`
+      : `live coverage ${pct(c.coverage)} · nominal ${pct(c.nominal)}`;
+    el.dataset.coverage = c.coverage ?? "";
+    el.title = c.known ? `${c.held.toLocaleString()} of ${c.known.toLocaleString()} served 80% intervals held on ` +
+      `${c.day} (forecasts whose outcome is known, all tickers)` : "no outcome known yet today";
+  } catch (e) {
+    $("#coverage").textContent = "live coverage unavailable";
+  }
+}
+
 start().then(connect).catch(() => setTimeout(() => start().then(connect), 2000));
 status();
+coverage();
 setInterval(status, STATUS_EVERY_MS);
+setInterval(coverage, STATUS_EVERY_MS);
