@@ -56,6 +56,7 @@ from minutecast.schemas import Forecast
 from minutecast.window import HORIZON
 
 _HEX16 = re.compile(rb"[0-9a-f]{16}")
+_F64 = struct.Struct("<d")
 WRITTEN = {1: "forecasts", 2: "corrections", 0: "replayed"}  # the write script's first value -> counter
 
 
@@ -93,7 +94,7 @@ def unpack_strings(b: bytes) -> list[str | None]:
 def _tick(v: float, base: float) -> int | None:
     """``v`` as a count of :data:`TICK` after ``base`` if that is exact and fits an i32, else None."""
     k = (v - base) / TICK
-    if not k.is_integer() or not -2**31 <= k < 2**31 or base + int(k) * TICK != v:
+    if not k.is_integer() or not -2**31 <= k < 2**31 or _F64.pack(base + int(k) * TICK) != _F64.pack(v):
         return None
     return int(k)
 
@@ -116,30 +117,38 @@ class Encoded:
 
 def encode(f: Forecast, js: bytes | None = None) -> Encoded:
     """``f`` (whose JSON is ``js``: the topic's bytes, or ``f.to_json()`` when None) -> its record; compact
-    only if :func:`decode` gives ``js`` back byte for byte, raw otherwise."""
-    js = f.to_json() if js is None else js
+    only if :func:`decode` gives that JSON back byte for byte (:func:`_compact`), raw otherwise."""
     flag_sum, sum_b = _sum_bytes(f.window_checksum)
     try:
         return _compact(f, js, flag_sum, sum_b)
-    except (struct.error, TypeError, ValueError, OverflowError, Rejected, StoreCorrupt):
+    except (struct.error, TypeError, ValueError, OverflowError, UnicodeError, Rejected, StoreCorrupt):
         pass  # no exact compact form: stored raw
     rec = RECORD.pack(f.as_of, flag_sum | RAW, 0, f.window_ready_at, sum_b, 0, 0, *([0.0] * 9))
-    return Encoded(rec, b"", js)
+    return Encoded(rec, b"", f.to_json() if js is None else js)
 
 
-def _compact(f: Forecast, js: bytes, flag_sum: int, sum_b: bytes) -> Encoded:
+_FLOATS = ("predicted_close", "last_close", "q05", "q10", "q50", "q90", "q95", "sigma", "log_s80", "log_s90",
+           "window_ready_at", "forecast_at")
+def _compact(f: Forecast, js: bytes | None, flag_sum: int, sum_b: bytes) -> Encoded:
+    """The compact record of ``f``, or ValueError. Every field decodes to the same type and bits (so the
+    same JSON: ``to_json`` is a function of the fields); ``js`` given (bytes of another writer, such as the
+    topic's): decoded and compared byte for byte as well."""
     pub = None if f.published_at is None else _tick(f.published_at, f.window_ready_at)
     at = _tick(f.forecast_at, f.window_ready_at)
-    compact = (f.version == 2 and f.horizon_min == HORIZON and at is not None
-               and (pub is not None or f.published_at is None)
-               and (f.window_checksum is None or _HEX16.fullmatch(f.window_checksum.encode()) is not None))
-    if not compact:
+    if not (f.version == 2 and type(f.as_of) is int and type(f.horizon_min) is int and f.horizon_min == HORIZON
+            and at is not None and (pub is not None or f.published_at is None)
+            and all(isinstance(getattr(f, n), float) for n in _FLOATS)
+            and (f.published_at is None or isinstance(f.published_at, float))
+            and _F64.pack(f.q50) == _F64.pack(f.predicted_close)  # type: ignore[arg-type]
+            and all(isinstance(x, str) for x in (f.model_version, f.model_kind, f.interval_kind))
+            and (f.window_checksum is None or (isinstance(f.window_checksum, str)
+                                               and _HEX16.fullmatch(f.window_checksum.encode()) is not None))):
         raise ValueError("no compact form")
     flags = flag_sum | (NO_PUB if f.published_at is None else 0)
-    rec = RECORD.pack(f.as_of, flags, 0, f.window_ready_at, sum_b, pub or 0, at or 0, f.predicted_close,
+    rec = RECORD.pack(f.as_of, flags, 0, f.window_ready_at, sum_b, pub or 0, at, f.predicted_close,
                       f.last_close, f.q05, f.q10, f.q90, f.q95, f.sigma, f.log_s80, f.log_s90)
     strs = pack_strings(f.model_version, f.model_kind, f.interval_kind)
-    if decode(f.ticker, rec, {b"s:0": strs}) != js:
+    if js is not None and decode(f.ticker, rec, {b"s:0": strs}) != js:
         raise ValueError("the compact form does not give the JSON back")
     return Encoded(rec, strs, b"")
 

@@ -33,19 +33,31 @@ names = st.text(min_size=1, max_size=64).filter(lambda s: s.isprintable())
 
 
 @st.composite
-def forecasts(draw: Any) -> Forecast:
-    """Valid Forecasts (v2 mostly, v1 sometimes) with near or far timestamps, None fields and checksums."""
+def forecasts(draw: Any, served: bool = False) -> Forecast:
+    """Valid Forecasts (v2 mostly, v1 sometimes) with near or far timestamps, None fields and checksums;
+    ``served``: as the Spark job makes them (v2, horizon 5, wall-clock stamps, a 16-hex checksum or none)."""
+    if served:
+        f = draw(forecasts())
+        ready = draw(st.floats(min_value=1.1e9, max_value=2.1e9))
+        near = st.floats(min_value=-500, max_value=500).map(lambda d: ready + d)
+        q = sorted(draw(st.lists(prices, min_size=5, max_size=5)))
+        return dataclasses.replace(
+            f, horizon_min=5, window_ready_at=ready, forecast_at=draw(near), published_at=draw(st.none() | near),
+            predicted_close=q[2], q05=q[0], q10=q[1], q50=q[2], q90=q[3], q95=q[4], sigma=draw(small),
+            interval_kind=draw(st.sampled_from(["lstm", "baseline"])), log_s80=draw(small), log_s90=draw(small),
+            window_checksum=draw(st.none() | st.text("0123456789abcdef", min_size=16, max_size=16)))
     as_of = T0 + 60 * draw(st.integers(min_value=-10**6, max_value=10**6))
-    ready = draw(st.one_of(stamps, st.floats(min_value=0, max_value=600).map(lambda d: as_of + 60 + d)))
+    ready = draw(st.one_of(stamps, *[st.floats(min_value=0, max_value=600).map(lambda d: as_of + 60 + d)] * 3))
     near = st.floats(min_value=-400, max_value=400, allow_nan=False).map(lambda d: ready + d)
-    pub = draw(st.one_of(st.none(), near, stamps))
-    at = draw(st.one_of(near, stamps))
+    pub = draw(st.one_of(st.none(), near, near, stamps))
+    at = draw(st.one_of(near, near, near, stamps))
     q = sorted(draw(st.lists(prices, min_size=5, max_size=5)))
-    v1 = draw(st.booleans()) and draw(st.booleans())
+    v1 = draw(st.integers(0, 7)) == 0
     cs = draw(st.one_of(st.none(), st.text("0123456789abcdef", min_size=16, max_size=16),
+                        st.text("0123456789abcdef", min_size=16, max_size=16),
                         st.text("0123456789abcdef", min_size=1, max_size=64)))
     base = dict(ticker=draw(st.sampled_from(["AAPL", "BRK-B", "X"])), as_of=as_of,
-                horizon_min=draw(st.sampled_from([5, 5, 5, 1, 60])), predicted_close=q[2],
+                horizon_min=draw(st.sampled_from([5] * 8 + [1, 60])), predicted_close=q[2],
                 last_close=draw(prices), model_version=draw(st.one_of(st.sampled_from(["persistence", "20261205-1"]),
                                                                       names)),
                 model_kind=draw(st.sampled_from(["lstm", "persistence"])), published_at=pub,
@@ -72,9 +84,11 @@ SERVED = Forecast(ticker="AAPL", as_of=T0, horizon_min=5, predicted_close=273.19
                   log_s80=-0.004000000000000001, log_s90=0.016, window_checksum="0123456789abcdef")
 
 
-@given(forecasts())
+@given(forecasts() | forecasts(served=True))
 @example(SERVED)
 @example(dataclasses.replace(SERVED, published_at=None, window_checksum=None))
+@example(dataclasses.replace(SERVED, window_ready_at=1e9 + 0.3, forecast_at=1e9 + 0.55, published_at=1e9 + 0.1))
+@example(dataclasses.replace(SERVED, window_ready_at=2.0**31 - 0.1, forecast_at=2.0**31 + 0.3))
 @settings(max_examples=600, deadline=None)
 def test_every_forecast_reads_back_byte_identical(f: Forecast) -> None:
     got, e = roundtrip(f)
@@ -82,6 +96,13 @@ def test_every_forecast_reads_back_byte_identical(f: Forecast) -> None:
     assert decode_forecast(f.ticker, e.record[:5] + bytes([7 if e.strings else 0]) + e.record[6:],
                            {b"s:7": e.strings, b"j:%d" % f.as_of: e.raw}).to_json() == f.to_json()
     assert len(e.record) == fs.R
+
+
+@given(forecasts(served=True))
+@settings(max_examples=300, deadline=None)
+def test_served_forecasts_are_compact(f: Forecast) -> None:
+    got, e = roundtrip(f)
+    assert e.raw == b"" and got == f.to_json()
 
 
 def test_served_forecasts_are_compact_and_the_rest_raw() -> None:
@@ -103,7 +124,8 @@ def test_served_forecasts_are_compact_and_the_rest_raw() -> None:
 def test_timestamp_offsets_are_exact_or_refused() -> None:
     ready = T0 + 60.2345678
     assert fs._tick(ready + 0.25, ready) == 2**20
-    assert fs._tick(0.1, ready) is None  # another binade: not a whole number of ticks
+    assert fs._tick(0.1, ready) is None  # far away
+    assert fs._tick(1e9 + 0.1, 1e9) is None  # a finer binade: not a whole number of ticks
     assert fs._tick(ready + 1000.0, ready) is None  # beyond an i32 of ticks
     assert all(ready + fs._tick(ready + d, ready) * fs.TICK == ready + d  # type: ignore[operator]
                for d in (0.001, 0.1234567, -3.3, 511.9))
