@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 from typing import Any
 
@@ -21,6 +22,9 @@ from minutecast.forecast_store import ForecastStore, decode, decode_forecast, en
 from minutecast.intervals import OnlineScale
 from minutecast.keys import Keys
 from minutecast.schemas import Forecast
+from minutecast.settings import KafkaSettings
+from minutecast.topics import Topics
+from streams.repair import repair_forecasts
 
 integration = pytest.mark.integration
 T0 = 1_764_945_000  # 2025-12-05 14:30 UTC, a minute
@@ -209,3 +213,26 @@ def test_migration_from_layout_v1_keeps_every_byte(redis_client: Any, namespace:
     assert not any(redis_client.exists(k) for k in (keys.forecast_v1("AAPL"), keys.forecast_history_v1("AAPL"),
                                                      keys.calibration_v1("AAPL")))
     assert store.migrate(redis_client) == {"tickers": 0, "forecasts": 0, "dropped": 0}  # once
+
+
+@integration
+def test_the_spark_jobs_first_check_converts_a_v1_store_and_says_so(
+        redis_client: Any, namespace: str, kafka: KafkaSettings, topics: Topics,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """An upgrade: the Spark driver's first Redis check (``repair_forecasts``, run before the first batch)
+    converts what layout v1 left, in one log line; later checks of the same process do not scan again."""
+    keys = Keys(namespace)
+    hist = {SERVED.as_of + 60 * i: dataclasses.replace(SERVED, as_of=SERVED.as_of + 60 * i).to_json() for i in range(3)}
+    redis_client.hset(keys.forecast_history_v1("AAPL"), mapping=hist)
+    redis_client.hset(keys.forecast_v1("AAPL"), mapping={"json": hist[max(hist)]})
+    with caplog.at_level(logging.WARNING, logger="streams.repair"):
+        repair_forecasts(redis_client, kafka, namespace, 120, 3600)
+    assert [r.getMessage() for r in caplog.records if "upgraded" in r.getMessage()] == [
+        "forecast store upgraded: 1 tickers converted from layout v1 (4 forecasts, 0 unreadable dropped) in "
+        + caplog.records[0].getMessage().rsplit(" in ", 1)[1]]
+    store = ForecastStore(keys)
+    assert store.history_now(redis_client, "AAPL") == hist
+    redis_client.hset(keys.forecast_history_v1("AAPL"), mapping=hist)  # not looked for again by this process
+    caplog.clear()
+    repair_forecasts(redis_client, kafka, namespace, 120, 3600)
+    assert not [r for r in caplog.records if "upgraded" in r.getMessage()]
