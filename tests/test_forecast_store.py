@@ -14,17 +14,22 @@ import math
 from typing import Any
 
 import pytest
+from confluent_kafka import KafkaException
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from minutecast import forecast_store as fs
 from minutecast.forecast_store import ForecastStore, decode, decode_forecast, encode
 from minutecast.intervals import OnlineScale
+from minutecast.kafka import end_offsets
 from minutecast.keys import Keys
+from minutecast.redis import connect
 from minutecast.schemas import Forecast
-from minutecast.settings import KafkaSettings
+from minutecast.settings import KafkaSettings, RedisSettings
 from minutecast.topics import Topics
+from ops.forecast import fetch, forecast_times
 from streams.repair import repair_forecasts
+from tests.support.services import wait_until
 
 integration = pytest.mark.integration
 T0 = 1_764_945_000  # 2025-12-05 14:30 UTC, a minute
@@ -215,6 +220,13 @@ def test_migration_from_layout_v1_keeps_every_byte(redis_client: Any, namespace:
     assert store.migrate(redis_client) == {"tickers": 0, "forecasts": 0, "dropped": 0}  # once
 
 
+def _has_leaders(kafka: KafkaSettings, topic: str) -> bool:
+    try:
+        return bool(end_offsets(kafka, topic))
+    except KafkaException:
+        return False  # just created: a partition's leader is not elected yet
+
+
 @integration
 def test_the_spark_jobs_first_check_converts_a_v1_store_and_says_so(
         redis_client: Any, namespace: str, kafka: KafkaSettings, topics: Topics,
@@ -225,6 +237,7 @@ def test_the_spark_jobs_first_check_converts_a_v1_store_and_says_so(
     hist = {SERVED.as_of + 60 * i: dataclasses.replace(SERVED, as_of=SERVED.as_of + 60 * i).to_json() for i in range(3)}
     redis_client.hset(keys.forecast_history_v1("AAPL"), mapping=hist)
     redis_client.hset(keys.forecast_v1("AAPL"), mapping={"json": hist[max(hist)]})
+    wait_until(lambda: _has_leaders(kafka, topics.forecasts), 30, "the new forecasts topic's leaders")
     with caplog.at_level(logging.WARNING, logger="streams.repair"):
         repair_forecasts(redis_client, kafka, namespace, 120, 3600)
     assert [r.getMessage() for r in caplog.records if "upgraded" in r.getMessage()] == [
@@ -236,3 +249,17 @@ def test_the_spark_jobs_first_check_converts_a_v1_store_and_says_so(
     caplog.clear()
     repair_forecasts(redis_client, kafka, namespace, 120, 3600)
     assert not [r for r in caplog.records if "upgraded" in r.getMessage()]
+
+
+@integration
+def test_cli_readers_get_the_served_forecasts_even_on_a_text_client(
+        redis_client: Any, redis_settings: RedisSettings, namespace: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``minutecast forecast`` and ``status`` (ops/forecast.py) read through the store; ``status`` hands it a
+    ``decode_responses`` client, which must not try to read the binary records as text."""
+    keys = Keys(namespace)
+    msft = dataclasses.replace(SERVED, ticker="MSFT", forecast_at=SERVED.forecast_at + 1)
+    ForecastStore(keys).write_now(redis_client, [(SERVED, None), (msft, None)])
+    text_client = connect(redis_settings, decode_responses=True)
+    assert sorted(forecast_times(text_client, keys)) == [SERVED.forecast_at, msft.forecast_at]
+    monkeypatch.setenv("MINUTECAST_NAMESPACE", namespace)
+    assert fetch(["AAPL", "MSFT", "NVDA"]) == {"AAPL": SERVED, "MSFT": msft, "NVDA": None}
