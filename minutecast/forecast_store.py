@@ -58,6 +58,7 @@ from minutecast.window import HORIZON
 _HEX16 = re.compile(rb"[0-9a-f]{16}")
 _F64 = struct.Struct("<d")
 WRITTEN = {1: "forecasts", 2: "corrections", 0: "replayed"}  # the write script's first value -> counter
+CHUNK = 500  # tickers per call of the newest-records script in the *_now readers
 
 
 class StoreCorrupt(MinutecastError):
@@ -259,11 +260,11 @@ class ForecastStore:
     def write_now(self, client: Any, forecasts: Iterable[tuple[Forecast, bytes | None]],
                   state: Mapping[str, OnlineScale] | None = None) -> list[tuple[int, bytes]]:
         """Write ``(forecast, its JSON or None)`` pairs in one pipelined round trip (restore, tests, bench)."""
-        client = binary(client)
-        sha = self.shas(client)[WRITE_LUA]
-        pipe = client.pipeline(transaction=False)
+        pipe = binary(client).pipeline(transaction=False)
+        sha = self.queue_load(pipe)[WRITE_LUA]
         done = [(f, self.queue_write(pipe, sha, f, (state or {}).get(f.ticker), js)) for f, js in forecasts]
-        return [self.written(f, e, r) for (f, e), r in zip(done, pipe.execute() if done else [], strict=True)]
+        results = pipe.execute()[len(SCRIPTS):] if done else []
+        return [self.written(f, e, r) for (f, e), r in zip(done, results, strict=True)]
 
     # reads
     def queue_due(self, pipe: Any, sha: str, ticker: str, t: int) -> None:
@@ -310,11 +311,19 @@ class ForecastStore:
         return {t: cls.decode_part(t, parts[t]) if t in parts else [] for t in tickers}
 
     def newest_now(self, client: Any, tickers: Sequence[str], n: int = 1) -> dict[str, list[tuple[int, bytes]]]:
+        """{ticker: [(as-of, Forecast JSON)]} of the newest ``n``, one pipelined round trip (scripts of
+        :data:`CHUNK` tickers each, so that Redis is never held long by one)."""
         if not tickers:
             return {}
-        client = binary(client)
-        keys, args = self.newest_args(tickers, n)
-        return self.decode_newest(tickers, client.evalsha(self.shas(client)[NEWEST_LUA], len(keys), *keys, *args))
+        pipe = binary(client).pipeline(transaction=False)
+        sha = self.queue_load(pipe)[NEWEST_LUA]
+        chunks = [list(tickers[i:i + CHUNK]) for i in range(0, len(tickers), CHUNK)]
+        for chunk in chunks:
+            keys, args = self.newest_args(chunk, n)
+            pipe.evalsha(sha, len(keys), *keys, *args)
+        results = pipe.execute()[len(SCRIPTS):]
+        return {t: v for chunk, res in zip(chunks, results, strict=True)
+                for t, v in self.decode_newest(chunk, res).items()}
 
     def latest_now(self, client: Any, ticker: str) -> bytes | None:
         """The latest forecast's JSON (None: no forecast)."""

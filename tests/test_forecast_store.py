@@ -260,6 +260,7 @@ def test_cli_readers_get_the_served_forecasts_even_on_a_text_client(
     msft = dataclasses.replace(SERVED, ticker="MSFT", forecast_at=SERVED.forecast_at + 1)
     ForecastStore(keys).write_now(redis_client, [(SERVED, None), (msft, None)])
     text_client = connect(redis_settings, decode_responses=True)
+    monkeypatch.setattr(fs, "CHUNK", 1)  # one script call per ticker, all in one pipeline
     assert sorted(forecast_times(text_client, keys)) == [SERVED.forecast_at, msft.forecast_at]
     monkeypatch.setenv("MINUTECAST_NAMESPACE", namespace)
     assert fetch(["AAPL", "MSFT", "NVDA"]) == {"AAPL": SERVED, "MSFT": msft, "NVDA": None}
