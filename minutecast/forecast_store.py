@@ -18,9 +18,10 @@ Record (little endian, :data:`RECORD`): as_of u32, flags u8 (:data:`HAS_SUM`, :d
 spelling: its blake2b-64, then the record is raw), published_at and forecast_at as i32 counts of 2**-22 s
 after window_ready_at (exact: same binade), then predicted_close (= q50), last_close, q05, q10, q90, q95,
 sigma, log_s80, log_s90 as f64. A forecast is stored compact only if decoding the record gives back its
-JSON byte for byte (checked on every write); otherwise (a v1 forecast, a horizon other than 5, a timestamp
-too far from window_ready_at, JSON written by another encoder) the record is ``RAW`` and its JSON lives in
-the meta hash. So a read always returns the exact bytes that were written or published.
+JSON byte for byte (checked on every write: every field's type and bits, and a given JSON's bytes);
+otherwise (a v1 forecast, a horizon other than 5, a timestamp too far from window_ready_at, JSON written by
+another encoder) the record is ``RAW`` and its JSON lives in the meta hash. So a read always returns the
+exact bytes that were written or published.
 
 Write rules (:data:`WRITE_LUA`): one forecast per as-of, the first one, unless a *correction* replaces it:
 the new one has a checksum, a newer window_ready_at, and the stored one has no or another checksum; the
