@@ -214,7 +214,7 @@ def as_of_of(rec: bytes) -> int:
 class ForecastStore:
     """Queue-onto-a-pipeline methods (sync or asyncio redis-py pipelines: queuing is synchronous) and
     decoders of their results; ``*_now`` methods are one round trip on a sync client. Script SHAs: load
-    :data:`SCRIPTS` once (``client.script_load``) and pass the SHA, or let :meth:`shas` do it."""
+    :data:`SCRIPTS` once (``client.script_load``, or :meth:`queue_load` in the same pipeline) and pass the SHA."""
 
     keys: Keys
     history_len: int = 120
@@ -222,11 +222,6 @@ class ForecastStore:
 
     def pair(self, ticker: str) -> list[str]:
         return [self.keys.forecast(ticker), self.keys.forecast_meta(ticker)]
-
-    @staticmethod
-    def shas(client: Any) -> dict[str, str]:
-        """Lua source -> SHA, loaded on ``client``'s Redis (again after a NOSCRIPT)."""
-        return {src: client.script_load(src) for src in SCRIPTS}
 
     @staticmethod
     def queue_load(pipe: Any) -> dict[str, str]:
@@ -343,15 +338,16 @@ class ForecastStore:
 
     def migrate(self, client: Any) -> dict[str, int]:
         """Convert every ticker's layout-v1 keys (``Keys.forecast_v1_patterns``: latest hash, history hash
-        of JSON, calibration hash) into this layout, then delete them: history in as-of order through the
-        serving write (each JSON kept byte for byte), the latest too (a replay unless the history lost it),
-        the calibration as it was. Idempotent and safe to interrupt (the v1 keys go last); a v1 value that is
-        not a forecast of its ticker is dropped and counted. Returns {"tickers", "forecasts", "dropped"}."""
+        of JSON, calibration hash) into this layout, then delete them: the newest ``history_len`` forecasts
+        (each JSON kept byte for byte) and the calibration as it was. A ticker without v2 keys is built here
+        and set in one transaction (a v1 history holds one resolved forecast per as-of); one that has some
+        goes through the serving write, record by record. Idempotent and safe to interrupt (the v1 keys go
+        last); a v1 value that is not a forecast of its ticker is dropped and counted. Returns {"tickers",
+        "forecasts", "dropped"}."""
         client = binary(client)
         found: set[str] = set()
         for pat in self.keys.forecast_v1_patterns():
             found |= {_text(k)[len(pat) - 1:] for k in client.scan_iter(match=pat, count=1000)}
-        sha = self.shas(client)[WRITE_LUA]
         counts = {"tickers": 0, "forecasts": 0, "dropped": 0}
         for t in sorted(found):
             old = (self.keys.forecast_v1(t), self.keys.forecast_history_v1(t), self.keys.calibration_v1(t))
@@ -359,22 +355,59 @@ class ForecastStore:
             pipe.hget(old[0], "json")
             pipe.hgetall(old[1])
             pipe.hgetall(old[2])
-            latest, hist, calib = pipe.execute()
-            values = [v for _, v in sorted(hist.items(), key=lambda kv: int(kv[0]))] + ([latest] if latest else [])
-            pipe = client.pipeline(transaction=False)
-            for js in values:
+            pipe.exists(*self.pair(t))
+            latest, hist, calib, has_v2 = pipe.execute()
+            items = []
+            for js in [v for _, v in sorted(hist.items(), key=lambda kv: int(kv[0]))] + ([latest] if latest else []):
                 try:
-                    f = Forecast.from_json(js)
+                    f: Forecast | None = Forecast.from_json(js)
                 except Rejected:
                     f = None
                 if f is None or f.ticker != t:
                     counts["dropped"] += 1
-                    continue
-                self.queue_write(pipe, sha, f, None, bytes(js) if isinstance(js, bytes) else js.encode())
-                counts["forecasts"] += 1
-            if calib:
-                self.queue_calibration(pipe, sha, t, {_text(k): _text(v) for k, v in calib.items()})
+                else:
+                    items.append((f, bytes(js)))
+            fields = {k: _text(calib[k.encode()]) for k in ("through", "log_s80", "log_s90") if k.encode() in calib}
+            pipe = client.pipeline(transaction=not has_v2)
+            if has_v2:
+                sha = self.queue_load(pipe)[WRITE_LUA]
+                for f, js in items:
+                    self.queue_write(pipe, sha, f, None, js)
+                if fields:
+                    self.queue_calibration(pipe, sha, t, fields)
+            else:
+                self._queue_built(pipe, t, items, fields)
             pipe.delete(*old)
             pipe.execute()
             counts["tickers"] += 1
+            counts["forecasts"] += len(items)
         return counts
+
+    def _queue_built(self, pipe: Any, ticker: str, items: list[tuple[Forecast, bytes]], calib: dict[str, str],
+                     ) -> None:
+        """A ticker's keys built whole (what the serving write would leave after writing ``items`` in order
+        to empty keys: the first forecast per as-of, the newest ``history_len``; the calibration if any)."""
+        first: dict[int, tuple[Forecast, bytes]] = {}
+        for f, js in items:
+            first.setdefault(f.as_of, (f, js))
+        ids: dict[bytes, int] = {}
+        meta: dict[bytes, bytes] = {}
+        recs = []
+        for as_of in sorted(first)[-self.history_len:] if self.history_len > 0 else []:
+            e = encode(*first[as_of])
+            sid = ids.setdefault(e.strings, len(ids) + 1) if e.strings else 0
+            if sid > 255:
+                raise StoreCorrupt(f"{ticker}: over 255 string sets in one history")
+            recs.append(e.record[:5] + bytes([sid]) + e.record[6:])
+            if e.raw:
+                meta[b"j:%d" % as_of] = e.raw
+        meta |= {k: v for strs, i in ids.items() for k, v in ((b"s:%d" % i, strs), (b"i:" + strs, b"%d" % i))}
+        if float(calib.get("through", "0")) > 0:
+            meta |= {b"log_s80": calib.get("log_s80", "0.0").encode(), b"log_s90": calib.get("log_s90", "0.0").encode(),
+                     b"through": calib["through"].encode()}
+        records_key, meta_key = self.pair(ticker)
+        if recs:
+            pipe.set(records_key, b"".join(recs), ex=self.ttl_s)
+        if meta:
+            pipe.hset(meta_key, mapping=meta)  # type: ignore[arg-type]
+            pipe.expire(meta_key, self.ttl_s)

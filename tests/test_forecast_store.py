@@ -199,9 +199,12 @@ def test_a_foreign_value_is_refused_not_misread(redis_client: Any, namespace: st
 
 @integration
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(forecasts(), min_size=1, max_size=8))
-def test_migration_from_layout_v1_keeps_every_byte(redis_client: Any, namespace: str, fs_list: list[Forecast]) -> None:
-    """A v1 store (as the old WRITE_LUA left it) converts to v2: same latest, history and calibration."""
+@given(st.lists(forecasts(), min_size=1, max_size=8), st.booleans())
+def test_migration_from_layout_v1_keeps_every_byte(redis_client: Any, namespace: str, fs_list: list[Forecast],
+                                                   written_since: bool) -> None:
+    """A v1 store (as the old WRITE_LUA left it) converts to v2: same latest, history and calibration; built
+    whole, it holds the very records (and meta fields) the serving write leaves; a ticker the new job already
+    wrote to (an interrupted upgrade) is merged through the serving write."""
     keys = Keys(namespace)
     redis_client.delete(*redis_client.keys(keys.namespace_pattern()) or ["-"])
     hist = {f.as_of: dataclasses.replace(f, ticker="AAPL").to_json() for f in fs_list}
@@ -211,13 +214,27 @@ def test_migration_from_layout_v1_keeps_every_byte(redis_client: Any, namespace:
     calib = {"log_s80": "0.123", "log_s90": "-0.05", "through": str(T0)}
     redis_client.hset(keys.calibration_v1("AAPL"), mapping=calib)
     store = ForecastStore(keys, history_len=120, ttl_s=3600)
-    assert store.migrate(redis_client) == {"tickers": 1, "forecasts": len(hist) + 1, "dropped": 0}
+    if written_since:
+        pre = dataclasses.replace(SERVED, as_of=min(hist) - 60)
+        store.write_now(redis_client, [(pre, None)], {"AAPL": OnlineScale(0.5, 0.5, T0 + 60)})
+        hist[pre.as_of] = pre.to_json()
+        calib = {"through": str(T0 + 60), "log_s80": "0.5", "log_s90": "0.5"}
+    assert store.migrate(redis_client) == {"tickers": 1, "forecasts": len(fs_list and hist) + 1 - written_since,
+                                           "dropped": 0}
     assert store.history_now(redis_client, "AAPL") == hist
-    assert store.latest_now(redis_client, "AAPL") == newest
+    assert store.latest_now(redis_client, "AAPL") == hist[max(hist)]
     assert store.calibration_now(redis_client, "AAPL") == calib
+    assert all(0 < redis_client.ttl(k) <= 3600 for k in store.pair("AAPL"))
     assert not any(redis_client.exists(k) for k in (keys.forecast_v1("AAPL"), keys.forecast_history_v1("AAPL"),
                                                      keys.calibration_v1("AAPL")))
     assert store.migrate(redis_client) == {"tickers": 0, "forecasts": 0, "dropped": 0}  # once
+    if not written_since:  # the same forecasts through the serving write: byte-identical keys
+        ref = ForecastStore(Keys(f"{namespace}:ref"), history_len=120, ttl_s=3600)
+        ref.write_now(redis_client, [(Forecast.from_json(js), js) for js in [*hist.values(), newest]],
+                      {"AAPL": OnlineScale.from_dict(dict(calib))})
+        (records, meta), (ref_records, ref_meta) = store.pair("AAPL"), ref.pair("AAPL")
+        assert redis_client.get(records) == redis_client.get(ref_records)
+        assert redis_client.hgetall(meta) == redis_client.hgetall(ref_meta)
 
 
 def _has_leaders(kafka: KafkaSettings, topic: str) -> bool:
