@@ -4,7 +4,7 @@
     python -m benchmarks.api --quick    # 300 requests per route, SSE for 6 s
 
 In a uuid namespace: 503 tickers (the S&P 500 list) each get a latest v2 forecast and a history of 120 in
-Redis, laid out as the Spark job writes them (``minutecast.keys``). The server runs as its own process
+Redis, written as the Spark job writes them (``minutecast.forecast_store``). The server runs as its own process
 (``minutecast serve``, as deployed); one keep-alive client times sequential ``GET /api/forecasts/{ticker}``
 (random tickers, ``history=0``) and ``GET /api/forecasts`` (all 503) from request to the last byte. Then 50
 ``/api/stream`` clients connect and forecasts are produced on the topic (linger 0); each event's latency is
@@ -32,6 +32,7 @@ import numpy as np
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from minutecast.errors import ServiceUnavailable
+from minutecast.forecast_store import WRITE_LUA, ForecastStore
 from minutecast.kafka import ensure_topics, make_admin, make_producer
 from minutecast.keys import Keys
 from minutecast.redis import connect
@@ -57,11 +58,8 @@ def make_forecast(ticker: str, as_of: int, price: float, *, v2: bool = True, now
 
 
 def store_forecast(pipe: Any, keys: Any, f: Any) -> None:
-    """Write ``f`` as the latest forecast and into the history, in the layout of :mod:`minutecast.keys`."""
-    js = f.to_json().decode()
-    pipe.hset(keys.forecast_history(f.ticker), f.as_of, js)
-    fields = {k: "None" if v is None else repr(v) if isinstance(v, float) else str(v) for k, v in f.to_dict().items()}
-    pipe.hset(keys.forecast(f.ticker), mapping={"json": js, **fields})
+    """Queue the serving write of ``f`` (latest and history) onto ``pipe``, through the forecast store."""
+    ForecastStore(keys).queue_write(pipe, ForecastStore.queue_load(pipe)[WRITE_LUA], f)
 
 
 def seed(redis: Any, keys: Any, tickers: list[str], history: int) -> None:

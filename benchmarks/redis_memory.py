@@ -24,12 +24,13 @@ from collections import defaultdict
 from typing import Any
 
 from benchmarks.state import tickers
+from minutecast.forecast_store import ForecastStore
+from minutecast.intervals import OnlineScale
 from minutecast.keys import Keys
 from minutecast.redis import connect
 from minutecast.schemas import Bar, Forecast
 from minutecast.settings import CommonSettings, InferenceSettings
 from minutecast.window import HORIZON, RETAIN
-from streams.partition import WRITE_LUA
 from streams.window_store import WindowStore
 
 GOAL_BYTES = 16_000  # issue 24: <= 16 kB per ticker with full retention
@@ -81,17 +82,13 @@ def forecast(ticker: str, i: int, as_of: int) -> Forecast:
 
 
 def fill_forecasts(client: Any, keys: Keys, tickers: list[str], n: int = HISTORY) -> None:
-    """``n`` forecasts per ticker (one per minute) through the serving write script, a minute per pipeline."""
-    sha = client.script_load(WRITE_LUA)
+    """``n`` forecasts per ticker (one per minute) through the forecast store's serving write, a minute per call."""
+    store = ForecastStore(keys, HISTORY, 3600)
     t0 = 1_759_325_400 + 60 * RETAIN
     for m in range(n):
-        pipe = client.pipeline(transaction=False)
-        for i, t in enumerate(tickers):
-            f = forecast(t, i, t0 + 60 * m)
-            pipe.evalsha(sha, 3, keys.forecast(t), keys.forecast_history(t), keys.calibration(t), f.as_of, f.to_json(),
-                         HISTORY, f.as_of, repr(f.log_s80), repr(f.log_s90), 3600, f.window_checksum or "",
-                         repr(f.window_ready_at))
-        pipe.execute()
+        fs = [forecast(t, i, t0 + 60 * m) for i, t in enumerate(tickers)]
+        store.write_now(client, [(f, None) for f in fs],
+                        {f.ticker: OnlineScale(f.log_s80 or 0.0, f.log_s90 or 0.0, f.as_of) for f in fs})
 
 
 def main(argv: list[str] | None = None) -> int:

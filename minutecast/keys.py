@@ -12,14 +12,19 @@ key                            type     content
                                         counters); TTL ``window_ttl_s`` (5 days: outlasts a long
                                         weekend). v2's ``ns:win:{T}`` / ``ns:winmeta:{T}`` text
                                         hashes are never read: a rebuild replaces them
-``ns:fc:{T}``                  hash     the latest forecast: ``json`` = Forecast JSON, plus copies of its
-                                        ``as_of``, ``predicted_close`` and ``forecast_at`` (the JSON's own
-                                        number text); moves forward in as_of, or to a correction of its own as_of
-``ns:fchist:{T}``              hash     field = as-of minute, value = Forecast JSON (the first, or its
-                                        correction from a re-announced window); bounded
-``ns:calib:{T}``               hash     the ticker's online interval calibration
-                                        (``intervals.OnlineScale.to_dict()``: ``log_s80``, ``log_s90``,
-                                        ``through`` = newest target minute applied); only moves forward
+``ns:fc2:{T}``                 string   the ticker's forecasts (layout v2, ``minutecast.forecast_store``: its only
+                                        reader and writer): one 102-byte record per as-of minute (the first
+                                        forecast, or its correction from a re-announced window), sorted, the
+                                        newest ``history_len`` (120); the last record is the latest forecast;
+                                        TTL ``forecast_ttl_s``
+``ns:fc2m:{T}``                hash     the same ticker's calibration (``log_s80``, ``log_s90``, ``through`` =
+                                        newest target minute applied; only moves forward), string table
+                                        (``s:<id>``, ``i:<strings>``), and ``j:<as-of>`` = the Forecast JSON of a
+                                        record with no exact compact form; same TTL
+``ns:fc:{T}``                  hash     layout v1 latest forecast; with ``ns:fchist:{T}`` (history: JSON per
+                                        as-of) and ``ns:calib:{T}`` (calibration) read only by
+                                        ``forecast_store.migrate``, which converts them to v2 and deletes
+                                        them when the Spark job starts
 ``ns:stats``                   hash     counters (bars in, late, dead-lettered, ...); the window store
                                         writes ``stream_bars``, ``stream_new``, ``stream_dup``,
                                         ``stream_late``, ``stream_conflict``, ``stream_roundtrips``,
@@ -57,12 +62,20 @@ class Keys:
         return f"{self.namespace}:w3:{ticker}"  # 3: the value layout's version (streams.window_store)
 
     def forecast(self, ticker: str) -> str:
+        """The ticker's forecast records (exists iff it has a forecast)."""
+        return f"{self.namespace}:fc2:{ticker}"
+
+    def forecast_meta(self, ticker: str) -> str:
+        return f"{self.namespace}:fc2m:{ticker}"
+
+    def forecast_v1(self, ticker: str) -> str:
+        """Layout v1 (read only by the migration): latest hash, history hash, calibration hash."""
         return f"{self.namespace}:fc:{ticker}"
 
-    def forecast_history(self, ticker: str) -> str:
+    def forecast_history_v1(self, ticker: str) -> str:
         return f"{self.namespace}:fchist:{ticker}"
 
-    def calibration(self, ticker: str) -> str:
+    def calibration_v1(self, ticker: str) -> str:
         return f"{self.namespace}:calib:{ticker}"
 
     def stats(self) -> str:
@@ -95,4 +108,7 @@ class Keys:
         return f"{self.namespace}:win:*", f"{self.namespace}:winmeta:*"
 
     def forecast_pattern(self) -> str:
-        return f"{self.namespace}:fc:*"
+        return f"{self.namespace}:fc2:*"
+
+    def forecast_v1_patterns(self) -> tuple[str, ...]:
+        return (f"{self.namespace}:fc:*", f"{self.namespace}:fchist:*", f"{self.namespace}:calib:*")

@@ -19,6 +19,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+from minutecast.forecast_store import ForecastStore
 from minutecast.keys import Keys
 from minutecast.redis import connect
 from minutecast.schemas import Forecast
@@ -35,23 +36,17 @@ def fetch(tickers: list[str]) -> dict[str, object]:
     """Latest forecast per ticker (``Forecast`` or None), one pipelined round trip."""
 
     s = CommonSettings()
-    keys = Keys(s.namespace)
-    client = connect(s.redis, decode_responses=True)
-    pipe = client.pipeline(transaction=False)
-    for t in tickers:
-        pipe.hgetall(keys.forecast(t))
-    # The hash's ``json`` field is the forecast (the other fields are copies of three of its numbers).
-    return {t: Forecast.from_json(h["json"]) if "json" in h else None
-            for t, h in zip(tickers, pipe.execute(), strict=True)}
+    got = ForecastStore(Keys(s.namespace)).newest_now(connect(s.redis), tickers)
+    return {t: Forecast.from_json(got[t][-1][1]) if got[t] else None for t in tickers}
 
 
 def forecast_times(client: Any, keys: Any) -> list[float]:
-    """``forecast_at`` of every ticker's latest forecast in the namespace (one pipelined round trip)."""
-    fkeys = list(client.scan_iter(match=keys.forecast_pattern(), count=1000))
-    pipe = client.pipeline(transaction=False)
-    for k in fkeys:
-        pipe.hget(k, "forecast_at")
-    return [float(x) for x in pipe.execute() if x]
+    """``forecast_at`` of every ticker's latest forecast in the namespace (one round trip after the scan)."""
+    prefix = keys.forecast("")
+    tickers = [(k.decode() if isinstance(k, bytes) else k)[len(prefix):]
+               for k in client.scan_iter(match=keys.forecast_pattern(), count=1000)]
+    got = ForecastStore(keys).newest_now(client, tickers)
+    return [Forecast.from_json(v[-1][1]).forecast_at for v in got.values() if v]
 
 
 def _local(epoch: int) -> str:

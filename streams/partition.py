@@ -7,18 +7,19 @@ per worker and reloaded only after a ``NOSCRIPT``):
 
 1. keep the newest event per ticker (older ones in the same batch are *superseded* by design, counted);
 2. **read** (one pipelined round trip): every ticker's stored rows plus the market ticker's
-   (``MINUTECAST_MARKET_TICKER``), and per ticker its online-calibration state ``ns:calib:{T}`` and the
-   history entries whose outcome it has not applied yet (:data:`READ_LUA`);
+   (``MINUTECAST_MARKET_TICKER``), and per ticker its online-calibration state and the history entries
+   whose outcome it has not applied yet (the forecast store's read, :mod:`minutecast.forecast_store`);
 3. build the windows with the shared window policy, market context included;
 4. catch each ticker's :class:`~minutecast.intervals.OnlineScale` up with the outcomes it can see
    (:func:`streams.serving.catch_up`), call the model **once** on the whole partition for raw log quantiles
    (no promoted model: the calibrated window-vol baseline, labelled ``persistence`` / ``baseline``; a
    non-finite, crossing or absurd model row falls back to the baseline too, counted), and serve
    ``state.apply(raw)``;
-5. **write** (one pipelined round trip, :data:`WRITE_LUA`): history one forecast per as-of minute, the
-   first one unless a *correction* replaces it, the latest hash forward only, the calibration state forward
-   only (in ``through``), bounded history; the Kafka rows are the values Redis kept, so a replayed batch
-   republishes byte-identical forecasts and applies no outcome twice.
+5. **write** (one pipelined round trip, the forecast store's serving write): history one forecast per
+   as-of minute, the first one unless a *correction* replaces it, the latest forward only, the calibration
+   state forward only (in ``through``), bounded history; the Kafka rows are the values Redis kept (the store
+   gives each one's JSON back byte for byte), so a replayed batch republishes byte-identical forecasts and
+   applies no outcome twice.
 
 Corrections: a late bar that changes an announced window makes Faust re-announce the minute with the new
 checksum (and a later ``ready_at``). Each forecast carries the checksum of the window it was made from
@@ -42,12 +43,14 @@ import numpy as np
 import pandas as pd
 import redis as redislib
 
+from minutecast.forecast_store import READ_LUA, SCRIPTS, WRITE_LUA, WRITTEN, ForecastStore
 from minutecast.intervals import OnlineScale
 from minutecast.keys import Keys
 from minutecast.redis import connect
 from minutecast.registry import PERSISTENCE, Registry
+from minutecast.schemas import Forecast
 from minutecast.settings import RedisSettings
-from minutecast.window import HORIZON, C, checksum
+from minutecast.window import C, checksum
 from streams.serving import (
     catch_up,
     closes_by_minute,
@@ -62,75 +65,6 @@ from streams.windows import windows_for
 
 log = logging.getLogger("minutecast.infer")
 
-# KEYS[1] calibration hash, KEYS[2] history hash; ARGV[1] as-of minute t, ARGV[2] horizon (s).
-# Returns {calibration hash as a flat list, {as-of, JSON, ...} of the history entries whose target minute
-# (as-of + horizon) is in (through, t]}: only the outcomes not yet applied travel, not the whole history.
-READ_LUA = """
-local st = redis.call('HGETALL', KEYS[1])
-local through = 0
-for i = 1, #st, 2 do if st[i] == 'through' then through = tonumber(st[i + 1]) end end
-local t, h = tonumber(ARGV[1]), tonumber(ARGV[2])
-local want = {}
-for _, f in ipairs(redis.call('HKEYS', KEYS[2])) do
-  local target = tonumber(f) + h
-  if target > through and target <= t then want[#want + 1] = f end
-end
-local out = {}
-if #want > 0 then
-  local vals = redis.call('HMGET', KEYS[2], unpack(want))
-  for i = 1, #want do out[#out + 1] = want[i]; out[#out + 1] = vals[i] end
-end
-return {st, out}
-"""
-
-# KEYS[1] latest hash, KEYS[2] history hash, KEYS[3] calibration hash.
-# ARGV[1] as-of minute, ARGV[2] Forecast JSON, ARGV[3] history length, ARGV[4] the state's `through`,
-# ARGV[5] log_s80, ARGV[6] log_s90 (Python repr: exact). History holds one forecast per as-of (HSETNX): a
-# replay keeps the stored value and gets it back. ARGV[8] (optional: absent or '' = no checksum, plain
-# HSETNX) is the new forecast's window checksum, ARGV[9] its window_ready_at (repr): a stored forecast is
-# replaced (a correction) only when its window checksum differs (or it has none) and its window_ready_at is
-# older, so a replay (same ready_at) or an older event never undoes a correction. The latest hash moves
-# forward in as_of, or to a correction of its own as_of, and holds the stored JSON plus copies of three of
-# its numbers *as the JSON spells them* (one encoder: json.dumps; whether written now or restored from
-# history after the hash was lost). The calibration state only moves forward in `through`. ARGV[7]: TTL
-# (s) of all three keys, renewed by every write (a delisted ticker's keys expire).
-# Returns {1 written now / 2 corrected now / 0 kept, the stored JSON}.
-WRITE_LUA = r"""
-local asof = tonumber(ARGV[1])
-local new = redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2])
-local stored = ARGV[2]
-local function num(name)
-  return string.match(stored, '"' .. name .. '":(%-?%d[%d%.eE%+%-]*)') or ''
-end
-if new == 0 then
-  stored = redis.call('HGET', KEYS[2], ARGV[1])
-  local sum, ready = ARGV[8] or '', tonumber(ARGV[9] or '')
-  local was = tonumber(num('window_ready_at'))
-  if sum ~= '' and ready and was and ready > was and string.match(stored, '"window_checksum":"(%x+)"') ~= sum then
-    redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
-    stored, new = ARGV[2], 2
-  end
-end
-local cur = tonumber(redis.call('HGET', KEYS[1], 'as_of') or '-1')
-if asof > cur or (new == 2 and asof == cur) then
-  redis.call('DEL', KEYS[1])
-  redis.call('HSET', KEYS[1], 'json', stored, 'as_of', num('as_of'), 'predicted_close', num('predicted_close'),
-             'forecast_at', num('forecast_at'))
-end
-if tonumber(ARGV[4]) > tonumber(redis.call('HGET', KEYS[3], 'through') or '0') then
-  redis.call('HSET', KEYS[3], 'log_s80', ARGV[5], 'log_s90', ARGV[6], 'through', ARGV[4])
-end
-local n = tonumber(ARGV[3])
-if redis.call('HLEN', KEYS[2]) > n then
-  local fields = redis.call('HKEYS', KEYS[2])
-  table.sort(fields, function(a, b) return tonumber(a) < tonumber(b) end)
-  for i = 1, #fields - n do redis.call('HDEL', KEYS[2], fields[i]) end
-end
-local ttl = tonumber(ARGV[7])
-for i = 1, 3 do redis.call('EXPIRE', KEYS[i], ttl) end
-return {new, stored}
-"""
-
 NUMERIC = ("v", "minute", "published_at", "ready_at")  # event fields read as numbers (NaN: absent or bad)
 
 # Counters infer_partition reports (names of the stats accumulator's keys), per window-ready event.
@@ -139,7 +73,6 @@ NUMERIC = ("v", "minute", "published_at", "ready_at")  # event fields read as nu
 # whose window the stored forecast was already made from).
 COUNTS = ("events", "superseded_batch", "superseded_state", "dead_letter", "forecasts", "corrections",
           "replayed", "checksum_mismatch", "model_error", "non_finite", "crossing", "out_of_range")
-WRITTEN = {1: "forecasts", 2: "corrections", 0: "replayed"}  # WRITE_LUA's first return value -> counter
 # Other counters: calibration outcomes applied and Redis round trips made (2 per partition unless a
 # script had to be reloaded).
 SERVING_COUNTS = ("outcomes", "redis_roundtrips")
@@ -178,6 +111,7 @@ class _Context:
     def __init__(self, conf: JobConf) -> None:
         self.conf = conf
         self.keys = Keys(conf.namespace)
+        self.store = ForecastStore(self.keys, conf.history_len, conf.forecast_ttl_s)
         self.redis = connect(conf.redis)
         self.scripts: dict[str, str] = {}  # Lua source -> sha
         self._load_scripts()
@@ -185,7 +119,7 @@ class _Context:
         self.failed: tuple[str, float] | None = None  # (version, monotonic time) of the last failed load
 
     def _load_scripts(self) -> None:
-        self.scripts = {src: self.redis.script_load(src) for src in (READ_LUA, WRITE_LUA)}
+        self.scripts = {src: self.redis.script_load(src) for src in SCRIPTS}
 
     def execute(self, build: Callable[[Any], None]) -> tuple[list[Any], int]:
         """Run the commands ``build(pipe)`` queues as one pipelined round trip; returns (results, round
@@ -255,11 +189,11 @@ def _text(x: bytes | str) -> str:
 
 
 def read_partition(ctx: _Context, tickers: list[str], minutes: list[int]) -> tuple[
-        dict[str, np.ndarray], dict[str, OnlineScale], dict[str, dict[int, bytes]], int]:
+        dict[str, np.ndarray], dict[str, OnlineScale], dict[str, dict[int, Forecast]], int]:
     """One pipelined round trip: stored rows of ``tickers`` and the market ticker, each ticker's
-    calibration state and its history entries due at its as-of minute. Returns (rows by ticker incl. the
-    market's, as :func:`~streams.window_store.decode_value` arrays, states, due history {as-of: JSON} by
-    ticker, round trips)."""
+    calibration state and its history entries due at its as-of minute (the forecast store's read).
+    Returns (rows by ticker incl. the market's, as :func:`~streams.window_store.decode_value` arrays,
+    states, due history {as-of: Forecast} by ticker, round trips)."""
     market = ctx.conf.market_ticker
     window_tickers = list(dict.fromkeys([*tickers, market]))
     read_sha = ctx.scripts[READ_LUA]
@@ -268,16 +202,15 @@ def read_partition(ctx: _Context, tickers: list[str], minutes: list[int]) -> tup
         for t in window_tickers:
             pipe.get(ctx.keys.window(t))
         for t, m in zip(tickers, minutes, strict=True):
-            pipe.evalsha(read_sha, 2, ctx.keys.calibration(t), ctx.keys.forecast_history(t), m, 60 * HORIZON)
+            ctx.store.queue_due(pipe, read_sha, t, m)
 
     results, trips = ctx.execute(build)
     # Each ticker's value is its packed rows, sorted by minute: decoded with np.frombuffer, no parse.
     rows = dict(zip(window_tickers, decode_values(results[:len(window_tickers)]), strict=True))
     states: dict[str, OnlineScale] = {}
-    due: dict[str, dict[int, bytes]] = {}
-    for t, (st, hist) in zip(tickers, results[len(window_tickers):], strict=True):
-        states[t] = OnlineScale.from_dict({_text(st[i]): _text(st[i + 1]) for i in range(0, len(st), 2)})
-        due[t] = {int(hist[i]): hist[i + 1] for i in range(0, len(hist), 2) if hist[i + 1] is not None}
+    due: dict[str, dict[int, Forecast]] = {}
+    for t, res in zip(tickers, results[len(window_tickers):], strict=True):
+        states[t], due[t] = ctx.store.decode_due(t, res)
     return rows, states, due, trips
 
 
@@ -363,20 +296,17 @@ def infer_partition(conf: JobConf, stats: Any, latencies: Any,
                                                        strict=True)]
         t3 = time.perf_counter()
         write_sha = ctx.scripts[WRITE_LUA]
+        encoded: list[Any] = []
 
         def build(pipe: Any) -> None:
-            for f in forecasts:
-                st = states[f.ticker]
-                pipe.evalsha(write_sha, 3, ctx.keys.forecast(f.ticker), ctx.keys.forecast_history(f.ticker),
-                             ctx.keys.calibration(f.ticker), f.as_of, f.to_json(), conf.history_len, st.through,
-                             repr(st.log_s80), repr(st.log_s90), conf.forecast_ttl_s, f.window_checksum or "",
-                             repr(f.window_ready_at))
+            encoded[:] = [ctx.store.queue_write(pipe, write_sha, f, states[f.ticker]) for f in forecasts]
 
         results, trips = ctx.execute(build)
         counts["redis_roundtrips"] += trips
         t4 = time.perf_counter()
         lat: list[float] = []
-        for f, (new, js) in zip(forecasts, results, strict=True):
+        for f, e, res in zip(forecasts, encoded, results, strict=True):
+            new, js = ctx.store.written(f, e, res)
             out_rows.append((conf.forecasts_topic, f.ticker, _text(js)))
             counts[WRITTEN[new]] += 1
             if new == 1 and f.published_at is not None:  # a correction's delay is the late bar's, not ours

@@ -15,14 +15,15 @@ Two records make that loss impossible to miss, and both are repaired from Kafka,
 * **forecasts** (:func:`restore_forecasts`, run by the Spark job's driver): its progress record
   (``ns:infer:progress``) carries the ``run_id`` of the Redis it was written to. Another ``run_id`` means
   Redis restarted since; the forecasts published to Kafka since the record's time (less a margin) are
-  written back with the serving script itself (:data:`streams.partition.WRITE_LUA`: history first value
-  or newer correction, latest forward only), so history and latest equal what was served; each ticker's
-  calibration state catches up from that history on its next forecast.
+  written back with the serving write itself (:meth:`minutecast.forecast_store.ForecastStore.write_now`:
+  history first value or newer correction, latest forward only, each JSON kept byte for byte), so history
+  and latest equal what was served; each ticker's calibration state catches up from that history on its
+  next forecast. The first check of a process also converts a store of forecast layout v1 (an upgrade:
+  :meth:`~minutecast.forecast_store.ForecastStore.migrate`), saying so in one line.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -30,18 +31,20 @@ from collections.abc import Callable
 import redis as redislib
 from confluent_kafka import TopicPartition
 
-from minutecast.errors import ServiceUnavailable
+from minutecast.errors import Rejected, ServiceUnavailable
+from minutecast.forecast_store import WRITTEN, ForecastStore
 from minutecast.kafka import make_consumer, watermarks
 from minutecast.keys import Keys
+from minutecast.schemas import Forecast
 from minutecast.settings import KafkaSettings, StreamSettings
 from minutecast.topics import Topics
-from streams.partition import WRITE_LUA, WRITTEN
 from streams.rebuild import bar_watermarks, rebuild
 from streams.window_store import Gap, WindowStore
 
 log = logging.getLogger("streams.repair")
 
 RESTORE_MARGIN_S = 30.0  # forecasts restored from this long before the surviving progress record (s)
+_MIGRATED: set[str] = set()  # namespaces whose forecast layout this process has checked (once per process)
 
 
 class BarRepair:
@@ -116,6 +119,9 @@ def repair_forecasts(client: redislib.Redis, kafka: KafkaSettings, namespace: st
     :data:`RESTORE_MARGIN_S` (all of them without a record) are written back first; the record then names
     this Redis, so one restart restores once. One round trip when nothing happened."""
     keys = Keys(namespace)
+    if namespace not in _MIGRATED:
+        migrate_forecasts(client, ForecastStore(keys, history_len, ttl_s))
+        _MIGRATED.add(namespace)
     pipe = client.pipeline(transaction=False)
     pipe.hgetall(keys.infer_progress())
     pipe.info("server")
@@ -151,26 +157,30 @@ def _text(x: bytes | str) -> str:
     return x.decode() if isinstance(x, bytes) else x
 
 
+def migrate_forecasts(client: redislib.Redis, store: ForecastStore) -> dict[str, int]:
+    """Convert forecast layout v1 (``Keys.forecast_v1_patterns``) to the store's layout; one log line
+    when there was anything to convert."""
+    t0 = time.monotonic()
+    counts = store.migrate(client)
+    if counts["tickers"]:
+        log.warning("forecast store upgraded: %d tickers converted from layout v1 (%d forecasts, %d unreadable "
+                    "dropped) in %.1f s", counts["tickers"], counts["forecasts"], counts["dropped"],
+                    time.monotonic() - t0)
+    return counts
+
+
 def write_forecasts(client: redislib.Redis, keys: Keys, values: list[bytes], history_len: int, ttl_s: int,
                     ) -> dict[str, int]:
-    """Write Forecast JSON values (as the forecasts topic holds them) back with the serving script, in one
+    """Write Forecast JSON values (as the forecasts topic holds them) back with the serving write, in one
     pipelined round trip: {"forecasts": written, "corrections": replaced, "replayed": already stored}.
-    The calibration state is left alone (``through`` 0 never moves it): it catches up from the history."""
-    script = client.register_script(WRITE_LUA)
-    pipe = client.pipeline(transaction=False)
-    n = 0
+    The calibration state is left alone: it catches up from the history."""
+    items = []
     for v in values:
         try:
-            d = json.loads(v)
-            ticker, as_of = str(d["ticker"]), int(d["as_of"])
-            cs, ready = d.get("window_checksum") or "", d.get("window_ready_at")
-        except (ValueError, KeyError, TypeError):
+            items.append((Forecast.from_json(v), bytes(v)))
+        except Rejected:
             continue  # not ours: the topic's writer is the serving job itself
-        script(keys=[keys.forecast(ticker), keys.forecast_history(ticker), keys.calibration(ticker)],
-               args=[as_of, v, history_len, 0, "0", "0", ttl_s, cs, "" if ready is None else repr(float(ready))],
-               client=pipe)
-        n += 1
     counts = {"forecasts": 0, "corrections": 0, "replayed": 0}
-    for new, _ in pipe.execute() if n else []:
-        counts[WRITTEN[int(new)]] += 1
+    for new, _ in ForecastStore(keys, history_len, ttl_s).write_now(client, items):
+        counts[WRITTEN[new]] += 1
     return counts

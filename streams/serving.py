@@ -98,10 +98,11 @@ def model_or_baseline(model: Any, windows: np.ndarray, baseline_scale: Callable[
     return raw, use_model
 
 
-def catch_up(state: OnlineScale, history: Mapping[int, bytes | str], closes: Mapping[int, float], t: int) -> int:
+def catch_up(state: OnlineScale, history: Mapping[int, Forecast | bytes | str], closes: Mapping[int, float],
+             t: int) -> int:
     """Apply to ``state`` (in place) the outcomes visible at ``t``; returns how many were applied.
 
-    ``history``: as-of minute -> stored Forecast JSON (at least those whose target is in
+    ``history``: as-of minute -> stored Forecast (or its JSON) (at least those whose target is in
     ``(state.through, t]``; others are ignored); ``closes``: minute -> close of the real bars in the window
     store. Entries that are not v2 (no served quantiles) or whose target bar is absent are skipped.
     """
@@ -111,7 +112,7 @@ def catch_up(state: OnlineScale, history: Mapping[int, bytes | str], closes: Map
         if not state.through < target <= t:
             continue
         try:
-            f = Forecast.from_json(raw)
+            f = raw if isinstance(raw, Forecast) else Forecast.from_json(raw)
         except (Rejected, KeyError, TypeError, ValueError):
             continue  # not ours to judge here: an unreadable entry has no served interval to score
         q = f.quantiles

@@ -32,6 +32,7 @@ from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
 
 from infra.procs import terminate
 from minutecast.errors import ModelError
+from minutecast.forecast_store import ForecastStore
 from minutecast.kafka import end_offsets, make_admin, make_producer
 from minutecast.keys import Keys
 from minutecast.registry import Registry
@@ -283,7 +284,7 @@ def test_bad_messages_are_dead_lettered_counted_and_good_bars_still_forecast(
                          text=True, timeout=300)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     for t in GOOD:
-        raw = redis_client.hget(keys.forecast(t), "json")
+        raw = ForecastStore(keys).latest_now(redis_client, t)
         assert raw is not None, t
         f = Forecast.from_json(raw)
         assert f.as_of == T0 + 60 * 60 and f.model_version == v1 and f.model_kind == "lstm"

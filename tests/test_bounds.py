@@ -4,15 +4,18 @@ renewed by each write (a delisted ticker's keys vanish)."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
 
 from infra.services import LocalRedis
+from minutecast.forecast_store import ForecastStore
+from minutecast.intervals import OnlineScale
 from minutecast.keys import Keys
+from minutecast.schemas import Forecast
 from minutecast.settings import InfraSettings
 from ops.status import MEMORY_ALERT, healthy, redis_memory, render
-from streams.partition import WRITE_LUA
 
 pytestmark = pytest.mark.integration
 
@@ -47,12 +50,13 @@ def test_status_reports_memory_and_alerts_past_the_share(redis_client: Any) -> N
 
 def test_forecast_keys_expire_and_each_write_renews_them(redis_client: Any, namespace: str) -> None:
     keys = Keys(namespace)
-    fc, hist, cal = keys.forecast("AAPL"), keys.forecast_history("AAPL"), keys.calibration("AAPL")
-    sha = redis_client.script_load(WRITE_LUA)
-    doc = '{"as_of":1800000000,"predicted_close":101.5,"forecast_at":1800000001.25}'
-    redis_client.evalsha(sha, 3, fc, hist, cal, 1_800_000_000, doc, 120, 1_800_000_000, "0.1", "0.2", 600)
-    assert all(0 < redis_client.ttl(k) <= 600 for k in (fc, hist, cal))
+    store = ForecastStore(keys, history_len=120, ttl_s=600)
+    fc, meta = keys.forecast("AAPL"), keys.forecast_meta("AAPL")
+    f = Forecast("AAPL", 1_800_000_000, 5, 101.5, 101.0, "persistence", "persistence", None, 1_800_000_000.5,
+                 1_800_000_001.25)
+    store.write_now(redis_client, [(f, None)], {"AAPL": OnlineScale(0.1, 0.2, 1_800_000_000)})
+    assert all(0 < redis_client.ttl(k) <= 600 for k in (fc, meta))
     redis_client.expire(fc, 5)
-    redis_client.evalsha(sha, 3, fc, hist, cal, 1_800_000_060, doc.replace("1800000000", "1800000060"), 120,
-                         1_800_000_060, "0.1", "0.2", 600)
-    assert redis_client.ttl(fc) > 5 and redis_client.hget(fc, "as_of") == b"1800000060"
+    g = dataclasses.replace(f, as_of=1_800_000_060)
+    store.write_now(redis_client, [(g, None)], {"AAPL": OnlineScale(0.1, 0.2, 1_800_000_060)})
+    assert redis_client.ttl(fc) > 5 and store.latest_now(redis_client, "AAPL") == g.to_json()

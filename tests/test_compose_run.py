@@ -41,6 +41,7 @@ from confluent_kafka import ConsumerGroupState
 from confluent_kafka.admin import ConfigResource
 
 from infra import jars
+from minutecast.forecast_store import ForecastStore
 from minutecast.kafka import end_offsets, ensure_topics, make_admin, make_consumer, make_producer, wait_for_kafka
 from minutecast.keys import Keys
 from minutecast.schemas import Forecast
@@ -314,10 +315,11 @@ def test_compose_stack_forecasts_replayed_bars(podman_ready: None, shared_data: 
 
         client = redis_lib.Redis(host=rs.host, port=rs.port, password=redis_pw, decode_responses=True)
         for ticker, as_of in sorted(last):
-            stored = client.hgetall(keys.forecast(ticker))  # the latest forecast, written by the Spark job
+            stored = ForecastStore(keys).latest_now(client, ticker)  # the latest forecast, from the Spark job
             assert stored, f"no forecast of {ticker} in Redis"
-            assert int(float(stored["as_of"])) == as_of, (ticker, stored)
-            assert float(stored["predicted_close"]) == pytest.approx(got[(ticker, as_of)].predicted_close)
+            f = Forecast.from_json(stored)
+            assert f.as_of == as_of, (ticker, stored)
+            assert f.predicted_close == pytest.approx(got[(ticker, as_of)].predicted_close)
         client.close()
         _check_web(f"http://127.0.0.1:{web_port}/", web_token, {t for t, _ in last})
     except BaseException:

@@ -1,8 +1,9 @@
 """Corrections (a late bar changes an announced window; Faust re-announces it with a new checksum): the
 Spark job's partition function against the real Redis serves a corrected forecast (latest hash, history,
 the published row) and counts it; replays stay byte-identical and count no correction; an older event
-never undoes a correction; a correction applies no calibration outcome twice. Also the write script's
-ARGV contract (ARGV[8]/[9] optional) and the Forecast's optional ``window_checksum`` field.
+never undoes a correction; a correction applies no calibration outcome twice. Also the forecast store's
+write contract (a forecast without a checksum is write-once) and the Forecast's optional ``window_checksum``
+field.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ import numpy as np
 import pytest
 
 from minutecast.errors import Rejected
+from minutecast.forecast_store import ForecastStore
 from minutecast.intervals import OnlineScale, baseline_log_quantiles, to_prices
 from minutecast.keys import Keys
 from minutecast.schemas import REASONS, Bar, Forecast, WindowReady
 from minutecast.settings import RedisSettings
 from minutecast.topics import Topics
 from minutecast.window import HORIZON, C, checksum
-from streams.partition import COUNTS, WRITE_LUA
+from streams.partition import COUNTS
 from streams.serving import catch_up, closes_by_minute
 from streams.window_store import read_windows
 from streams.windows import window_for
@@ -47,7 +49,7 @@ def reannounced(bars: list[Bar], ticker: str, i: int, before: WindowReady) -> Wi
 
 
 def calibration(client: Any, keys: Keys, ticker: str) -> dict[str, object]:
-    return {k.decode(): v.decode() for k, v in client.hgetall(keys.calibration(ticker)).items()}
+    return dict(ForecastStore(keys).calibration_now(client, ticker))
 
 
 @integration
@@ -88,11 +90,10 @@ def test_reannounced_window_is_corrected_served_counted_and_never_undone(
     want = to_prices(served[None], np.array([w2[-1, C]]))[0]
     np.testing.assert_allclose(f2.quantiles or (), want, rtol=1e-12)
     assert f2.quantiles != f1.quantiles
-    # Served: the latest hash (same as_of: a correction may replace it), the history and the published row.
-    latest = redis_client.hgetall(keys.forecast("AAA"))
-    assert latest[b"json"].decode() == row2[2] == redis_client.hget(keys.forecast_history("AAA"), str(t)).decode()
-    for name in ("as_of", "predicted_close", "forecast_at"):
-        assert latest[name.encode()].decode() == json.dumps(json.loads(row2[2])[name])
+    # Served: the latest (same as_of: a correction may replace it), the history and the published row.
+    store = ForecastStore(keys)
+    latest = store.latest_now(redis_client, "AAA")
+    assert latest is not None and latest.decode() == row2[2] == store.history_now(redis_client, "AAA")[t].decode()
 
     # A replay of the correction's batch (and of both events together): the same bytes, no new correction.
     for items in ([second], [first, second]):
@@ -109,8 +110,8 @@ def test_reannounced_window_is_corrected_served_counted_and_never_undone(
     rows, stats = run_partition(conf, [first])
     assert forecast_rows(rows, topics) == [row2] and stats.get("corrections", 0) == 0
     assert stats["replayed"] == 1 and stats.get("checksum_mismatch", 0) == 0
-    assert redis_client.hgetall(keys.forecast("AAA")) == latest
-    assert redis_client.hget(keys.forecast_history("AAA"), str(t)).decode() == row2[2]
+    assert store.latest_now(redis_client, "AAA") == latest
+    assert store.history_now(redis_client, "AAA")[t].decode() == row2[2]
 
 
 @integration
@@ -125,19 +126,20 @@ def test_correction_of_an_older_as_of_keeps_the_latest_and_a_known_window_is_no_
     first = ready_event(early, "AAA", 74)
     run_partition(conf, [first])
     run_partition(conf, [ready_event(early, "AAA", 75)])  # the latest is at 75 now
-    latest = redis_client.hgetall(keys.forecast("AAA"))
+    store = ForecastStore(keys)
+    latest = store.latest_now(redis_client, "AAA")
     store_bars(redis_client, namespace, [b for b in bars if b.minute == minute(70)])
     rows, stats = run_partition(conf, [reannounced(bars, "AAA", 74, first)])
     (row,) = forecast_rows(rows, topics)
     assert stats["corrections"] == 1
-    assert redis_client.hget(keys.forecast_history("AAA"), str(minute(74))).decode() == row[2]
-    assert redis_client.hgetall(keys.forecast("AAA")) == latest  # the latest never moves back in as_of
+    assert store.history_now(redis_client, "AAA")[minute(74)].decode() == row[2]
+    assert store.latest_now(redis_client, "AAA") == latest  # the latest never moves back in as_of
 
     # A re-announcement whose window the stored forecast was already made from is no correction: the first
     # event of 75 was served after the late bar had landed (a checksum mismatch), its re-announcement
     # republishes what is stored.
     stale = ready_event(early, "AAA", 75)
-    redis_client.delete(keys.forecast_history("AAA"), keys.forecast("AAA"))
+    redis_client.delete(keys.forecast("AAA"))  # history and latest (the calibration stays, as it did in v1)
     rows1, stats1 = run_partition(conf, [stale])
     assert stats1["checksum_mismatch"] == 1 and stats1["forecasts"] == 1
     rows2, stats2 = run_partition(conf, [reannounced(bars, "AAA", 75, stale)])
@@ -173,7 +175,7 @@ def test_correction_applies_no_outcome_twice_and_later_outcomes_use_it(
     assert forecast_rows(rows, topics) == [row] and stats.get("outcomes", 0) == 0
 
     # The outcome of as-of 88 (target 93) is scored on the interval that was served last: the correction.
-    history = {int(k): v for k, v in redis_client.hgetall(keys.forecast_history("AAA")).items()}
+    history = ForecastStore(keys).history_now(redis_client, "AAA")
     assert history[minute(88)].decode() == row[2]
     store_bars(redis_client, namespace, [b for b in bars if b.minute > minute(88)])
     want = OnlineScale.from_dict(calib)
@@ -185,48 +187,48 @@ def test_correction_applies_no_outcome_twice_and_later_outcomes_use_it(
     assert want.through == minute(88) + 60 * HORIZON
 
 
-# -- the write script's contract (hand-made documents) -------------------------------------------------
+# -- the write script's contract (hand-made forecasts) ------------------------------------------------
 
 
-def doc(asof: int, ready: float, sum_: str | None, close: float = 101.5) -> str:
-    d: dict[str, Any] = {"as_of": asof, "predicted_close": close, "window_ready_at": ready, "forecast_at": ready + 1}
-    if sum_ is not None:
-        d["window_checksum"] = sum_
-    return json.dumps(d, separators=(",", ":"))
+def doc(asof: int, ready: float, sum_: str | None, close: float = 101.5) -> Forecast:
+    return Forecast("AAA", asof, 5, close, 101.0, "persistence", "persistence", None, ready, ready + 1,
+                    q05=99.0, q10=100.0, q50=close, q90=103.0, q95=104.0, sigma=0.001, interval_kind="baseline",
+                    log_s80=0.0, log_s90=0.0, window_checksum=sum_)
 
 
 @integration
 def test_write_script_replaces_only_for_a_newer_window_with_another_checksum(redis_client: Any,
                                                                               namespace: str) -> None:
-    keys = Keys(namespace)
-    fc, hist, cal = keys.forecast("AAA"), keys.forecast_history("AAA"), keys.calibration("AAA")
-    sha = redis_client.script_load(WRITE_LUA)
+    store = ForecastStore(Keys(namespace), history_len=120, ttl_s=600)
     t = 1_800_000_000
 
-    def write(d: str, *extra: object, asof: int = t) -> tuple[int, str]:
-        status, stored = redis_client.evalsha(sha, 3, fc, hist, cal, asof, d, 120, 0, "0.0", "0.0", 600, *extra)
-        return int(status), stored.decode()
+    def write(d: Forecast) -> tuple[int, Forecast]:
+        status, stored = store.write_now(redis_client, [(d, None)])[0]
+        return status, Forecast.from_json(stored)
 
-    a = doc(t, 10.0, "aa")
-    assert write(a, "aa", "10.0") == (1, a)
-    b = doc(t, 11.0, "bb", close=102.0)
-    assert write(b) == (0, a)  # 7 ARGV (no checksum): write-once as before
-    assert write(b, "", "11.0") == (0, a)  # an empty checksum is no checksum
-    assert write(doc(t, 10.0, "cc"), "cc", "10.0") == (0, a)  # a replay: same window_ready_at
-    assert write(doc(t, 11.0, "aa"), "aa", "11.0") == (0, a)  # a newer announcement of the same window
-    assert write(b, "bb", "11.0") == (2, b)  # newer and another window: corrected
-    assert redis_client.hget(fc, "json").decode() == b and redis_client.hget(fc, "predicted_close") == b"102.0"
-    assert write(doc(t, 10.5, "dd"), "dd", "10.5") == (0, b)  # older than the correction: kept
-    assert write(b, "bb", "11.0") == (0, b)  # the correction replayed
+    aa, bb, cc, dd, ee, ff = (c * 16 for c in "abcdef")
+    a = doc(t, 1.8e9 + 10.0, aa)
+    assert write(a) == (1, a)
+    b = doc(t, 1.8e9 + 11.0, bb, close=102.0)
+    assert write(dataclasses.replace(b, window_checksum=None)) == (0, a)  # no checksum: write-once as before
+    assert write(doc(t, 1.8e9 + 10.0, cc)) == (0, a)  # a replay: same window_ready_at
+    assert write(doc(t, 1.8e9 + 11.0, aa)) == (0, a)  # a newer announcement of the same window
+    assert write(b) == (2, b)  # newer and another window: corrected
+    assert store.latest_now(redis_client, "AAA") == b.to_json()
+    assert write(doc(t, 1.8e9 + 10.5, dd)) == (0, b)  # older than the correction: kept
+    assert write(b) == (0, b)  # the correction replayed
     # An entry written before forecasts carried a checksum is corrected by any newer announcement.
-    old = doc(t + 60, 20.0, None)
-    assert write(old, asof=t + 60) == (1, old)
-    new = doc(t + 60, 21.0, "ee")
-    assert write(new, "ee", "21.0", asof=t + 60) == (2, new)
+    old = doc(t + 60, 1.8e9 + 20.0, None)
+    assert write(old) == (1, old)
+    new = doc(t + 60, 1.8e9 + 21.0, ee)
+    assert write(new) == (2, new)
     # A correction of an older as-of goes to history only: the latest stays at t + 60.
-    c = doc(t, 12.0, "ff")
-    assert write(c, "ff", "12.0") == (2, c)
-    assert redis_client.hget(fc, "json").decode() == new and redis_client.hget(hist, str(t)).decode() == c
+    c = doc(t, 1.8e9 + 12.0, "f1")  # a checksum of another spelling (stored raw) corrects just the same
+    assert write(c) == (2, c)
+    assert write(dataclasses.replace(c, window_ready_at=1.8e9 + 13.0)) == (0, c)  # same window, later
+    assert write(doc(t, 1.8e9 + 14.0, ff)) == (2, doc(t, 1.8e9 + 14.0, ff))
+    assert store.latest_now(redis_client, "AAA") == new.to_json()
+    assert store.history_now(redis_client, "AAA")[t] == doc(t, 1.8e9 + 14.0, ff).to_json()
 
 
 # -- pure: the schema field and the counter ---------------------------------------------------------

@@ -22,6 +22,7 @@ import pytest
 import redis.connection
 
 from minutecast.features import N_FEATURES
+from minutecast.forecast_store import ForecastStore
 from minutecast.intervals import OnlineScale, baseline_log_quantiles, calibrate_in_time_order
 from minutecast.keys import Keys
 from minutecast.registry import Registry
@@ -86,32 +87,30 @@ def test_partition_accounting_idempotence_history(redis_client: Any, redis_setti
     assert stats["events"] == 6 and stats["forecasts"] == 2 and stats["superseded_batch"] == 1
     assert stats["superseded_state"] == 1 and stats["dead_letter"] == 2 and stats["model:persistence"] == 2
     assert stats["redis_roundtrips"] == 2  # one read, one write for the whole partition
-    latest = redis_client.hgetall(keys.forecast("AAA"))
-    assert Forecast.from_json(latest[b"json"]) == fc["AAA"]
-    # The latest hash has one encoder: its number fields are the JSON's own text of those numbers.
-    js = json.loads(latest[b"json"])
-    assert set(latest) == {b"json", b"as_of", b"predicted_close", b"forecast_at"}
-    for name in ("as_of", "predicted_close", "forecast_at"):
-        assert latest[name.encode()].decode() == json.dumps(js[name])
+    store = ForecastStore(keys)
+    latest = store.latest_now(redis_client, "AAA")
+    assert latest is not None and Forecast.from_json(latest) == fc["AAA"]
+    # The store gives back the very bytes that were published (one encoder, whatever the stored layout).
+    assert [latest.decode()] == [r[2] for r in rows if r[0] == topics.forecasts and r[1] == "AAA"]
 
     # A replayed batch (restart from the checkpoint) emits exactly what Redis kept the first time.
     rows2, stats2 = run_partition(conf, items)
     assert sorted(r for r in rows2 if r[0] == topics.forecasts) == sorted(r for r in rows if r[0] == topics.forecasts)
     assert stats2.get("forecasts", 0) == 0 and stats2["replayed"] == 2
-    # A lost latest hash is restored from history by the replay, with exactly the same bytes.
-    redis_client.delete(keys.forecast("AAA"))
-    run_partition(conf, items)
-    assert redis_client.hgetall(keys.forecast("AAA")) == latest
+    # The latest is the newest history entry itself (layout v2 keeps no separate copy that could be lost
+    # alone, which the v1 test here restored from history by a replay).
+    hist = store.history_now(redis_client, "AAA")
+    assert hist[max(hist)] == latest
 
     # An older as-of goes to history but never moves the latest forecast back.
     run_partition(conf, [ready_event(bars, "AAA", 62)])
-    assert int(redis_client.hget(keys.forecast("AAA"), "as_of")) == T0 + 60 * 65
+    assert Forecast.from_json(store.latest_now(redis_client, "AAA")).as_of == T0 + 60 * 65
     # History is bounded to the newest history_len as-of minutes.
     for i in (70, 71, 72, 73):
         run_partition(conf, [ready_event(bars, "AAA", i)])
-    hist = redis_client.hgetall(keys.forecast_history("AAA"))
-    assert sorted(int(k) for k in hist) == [T0 + 60 * i for i in (71, 72, 73)]
-    assert int(redis_client.hget(keys.forecast("AAA"), "as_of")) == T0 + 60 * 73
+    hist = store.history_now(redis_client, "AAA")
+    assert sorted(hist) == [T0 + 60 * i for i in (71, 72, 73)]
+    assert Forecast.from_json(store.latest_now(redis_client, "AAA")).as_of == T0 + 60 * 73
 
 
 @integration
@@ -146,7 +145,7 @@ def test_calibration_applied_once_per_outcome_as_evaluation_replays_it(
     got = np.stack([prices(Forecast.from_json(first[i][2])) for i in served_minutes])
     np.testing.assert_allclose(got, windows[:, -1, 3, None] * np.exp(served), rtol=1e-12)
     final = states["AAA"]
-    calib = {k.decode(): v.decode() for k, v in redis_client.hgetall(keys.calibration("AAA")).items()}
+    calib = ForecastStore(keys).calibration_now(redis_client, "AAA")
     assert OnlineScale.from_dict(calib) == final and final.log_s80 != 0.0
     # Every forecast whose target minute was not after the last as-of was applied exactly once.
     assert applied == sum(1 for e in ends if e + 60 * HORIZON <= ends[-1]) and final.through <= ends[-1]
@@ -156,7 +155,7 @@ def test_calibration_applied_once_per_outcome_as_evaluation_replays_it(
         rows, stats = run_partition(conf, [ready_event(bars, "AAA", i)])
         assert [r for r in rows if r[0] == topics.forecasts] == [first[i]]
         assert stats.get("outcomes", 0) == 0 and stats["replayed"] == 1
-    calib2 = {k.decode(): v.decode() for k, v in redis_client.hgetall(keys.calibration("AAA")).items()}
+    calib2 = ForecastStore(keys).calibration_now(redis_client, "AAA")
     assert calib2 == calib
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from minutecast.forecast_store import ForecastStore
 from minutecast.kafka import make_consumer, make_producer
 from minutecast.keys import Keys
 from minutecast.registry import Registry
@@ -296,15 +297,15 @@ def test_job_persistence_hot_reload_kill_restart(topics: Topics, kafka: KafkaSet
     fc_keys = {k.decode() for k in redis_client.scan_iter(match=keys.forecast_pattern(), count=1000)}
     assert fc_keys == {keys.forecast(t) for t in TICKERS}
     for t in TICKERS:
-        latest = Forecast.from_json(redis_client.hget(keys.forecast(t), "json"))
+        latest = Forecast.from_json(ForecastStore(keys).latest_now(redis_client, t))
         assert latest.as_of == T0 + 60 * 71 and latest.model_version == v1
         assert latest == out.as_of(71)[t]
         assert latest.published_at is not None and latest.published_at <= latest.window_ready_at <= latest.forecast_at
         # The online calibration has applied the outcomes it could see (targets up to minute 71) and
         # the latest forecast carries the scales it was served with.
-        calib = redis_client.hgetall(keys.calibration(t))
-        assert T0 + 60 * 65 <= int(calib[b"through"]) <= T0 + 60 * 71
-        assert latest.log_s80 == float(calib[b"log_s80"]) and latest.log_s90 == float(calib[b"log_s90"])
+        calib = ForecastStore(keys).calibration_now(redis_client, t)
+        assert T0 + 60 * 65 <= int(calib["through"]) <= T0 + 60 * 71
+        assert latest.log_s80 == float(calib["log_s80"]) and latest.log_s90 == float(calib["log_s90"])
         # ... and its last close is that minute's close.
         assert {f.last_close for _, f in out.forecasts if f.ticker == t and f.as_of == latest.as_of} == {
             b.close for b in bars if b.ticker == t and b.minute == latest.as_of}
@@ -316,7 +317,7 @@ def test_job_persistence_hot_reload_kill_restart(topics: Topics, kafka: KafkaSet
         by_key.setdefault((f.ticker, f.as_of), set()).add(raw)
     assert all(len(v) == 1 for v in by_key.values()), "a replay changed a forecast"
     for (t, as_of), raws in by_key.items():
-        assert redis_client.hget(keys.forecast_history(t), str(as_of)) in raws
+        assert ForecastStore(keys).history_now(redis_client, t)[as_of] in raws
 
     # Every record published is accounted for by the micro-batch that read it: a forecast, a due dead letter,
     # or a supersession counted in that batch by a newer minute of the same ticker which was served.
@@ -393,7 +394,7 @@ def test_real_faust_worker_then_available_now(topics: Topics, kafka: KafkaSettin
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     keys = Keys(namespace)
     for t in names:
-        f = Forecast.from_json(redis_client.hget(keys.forecast(t), "json"))
+        f = Forecast.from_json(ForecastStore(keys).latest_now(redis_client, t))
         assert f.as_of == T0 + 60 * 60 and f.model_kind == "persistence" and f.predicted_close == f.last_close
     out = Collector(kafka, topics)
     deadline = time.monotonic() + 60

@@ -21,6 +21,7 @@ import pytest
 from confluent_kafka import TopicPartition
 
 from infra.services import LocalRedis
+from minutecast.forecast_store import ForecastStore
 from minutecast.kafka import ensure_topics, make_consumer, make_producer
 from minutecast.keys import Keys
 from minutecast.redis import connect
@@ -162,10 +163,11 @@ def test_forecasts_restored_after_redis_loses_its_unsynced_writes(
     for i in range(100, 106):  # reach the page cache only; the reference makes these after the crash
         minute(i, (ns,))
     keys = Keys(ns)
-    hist_before = client.hlen(keys.forecast_history("AAA"))
+    store = ForecastStore(keys)
+    hist_before = len(store.history_now(client, "AAA"))
     crash(server, mark)
     client = connect(rs)
-    assert client.hlen(keys.forecast_history("AAA")) < hist_before, "the crash lost no forecast"
+    assert len(store.history_now(client, "AAA")) < hist_before, "the crash lost no forecast"
     for i in range(100, 106):
         minute(i, (ref_ns,))
     for i in range(106, 120):
@@ -177,8 +179,8 @@ def test_forecasts_restored_after_redis_loses_its_unsynced_writes(
         d = json.loads(value)
         published.setdefault(d["ticker"], {})[int(d["as_of"])] = value
     for t in tickers:
-        hist = {int(k): v for k, v in client.hgetall(keys.forecast_history(t)).items()}
+        hist = store.history_now(client, t)
         assert hist == published[t], f"{t}: history is not what was published"
-        assert client.hget(keys.forecast(t), "json") == published[t][max(published[t])]
-        assert client.hgetall(keys.calibration(t)) == client.hgetall(Keys(ref_ns).calibration(t))
+        assert store.latest_now(client, t) == published[t][max(published[t])]
+        assert store.calibration_now(client, t) == ForecastStore(Keys(ref_ns)).calibration_now(client, t)
     assert int(client.hget(keys.stats(), "infer_restored") or 0) > 0

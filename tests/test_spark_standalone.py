@@ -101,8 +101,7 @@ def test_standalone_cluster_gives_the_forecasts_of_local_mode(cluster: Cluster, 
     assert {f.model_version for f in local.values()} == {version}
 
     keys = Keys(namespace)  # forget what the local run served, so the cluster run computes it all again
-    redis_client.delete(*[k for t in TICKERS for k in (keys.forecast(t), keys.forecast_history(t),
-                                                       keys.calibration(t))])
+    redis_client.delete(*[k for t in TICKERS for k in (keys.forecast(t), keys.forecast_meta(t))])
     log = infer(env, tmp_path / "ckpt-cluster", master=cluster.url)
     both = forecasts(kafka, topics, 2 * len(TICKERS))  # topic order holds per partition only: by forecast_at
     remote = {f.ticker: f for f in both if f.forecast_at > local[f.ticker].forecast_at}

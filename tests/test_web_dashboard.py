@@ -64,8 +64,7 @@ def serve(ns: str, keys: Any, redis: Any, reports: Path) -> Iterator[dict[str, A
         store_forecast(pipe, keys, f)
     # The day before: a forecast and its outcome 5 minutes later, a miss (101 is outside 100's interval).
     for i, price in ((0, 100.0), (5, 101.0)):
-        pipe.hset(keys.forecast_history("AAPL"), DAY0 - 86400 + 60 * i,
-                  make_forecast("AAPL", DAY0 - 86400 + 60 * i, price, now=now - 86400).to_json().decode())
+        store_forecast(pipe, keys, make_forecast("AAPL", DAY0 - 86400 + 60 * i, price, now=now - 86400))
     pipe.execute()
     (reports / "latest").mkdir()
     (reports / "latest" / "report.md").write_text("# the latest report\n")

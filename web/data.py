@@ -1,8 +1,8 @@
 """What the API reads from Redis: the latest forecast of every ticker, one ticker's history and its chart.
 
-Keys come from :class:`minutecast.keys.Keys`, values are the ``Forecast`` JSON the Spark job stored (the
-``json`` field of ``<ns>:fc:{T}`` and the values of ``<ns>:fchist:{T}``), validated with
-:meth:`minutecast.schemas.Forecast.from_dict`. v2 fields (``q05`` .. ``q95``, ``sigma``,
+Everything is read through :class:`minutecast.forecast_store.ForecastStore` (the only code that knows the
+stored bytes), which gives back the ``Forecast`` JSON the Spark job served, byte for byte; each is validated
+with :meth:`minutecast.schemas.Forecast.from_dict`. v2 fields (``q05`` .. ``q95``, ``sigma``,
 ``interval_kind``) are passed through when a forecast has them and read with ``.get()``, so v1 works.
 """
 
@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from minutecast.errors import MinutecastError, Rejected
+from minutecast.forecast_store import NEWEST_LUA, ForecastStore
 from minutecast.keys import Keys
 from minutecast.schemas import TICKER_RE, Forecast
 
@@ -53,88 +54,97 @@ def decorate(d: dict[str, Any]) -> dict[str, Any]:
 class LatestCache:
     """Serialized latest forecasts per ticker, re-encoded only when Redis holds a new one.
 
-    ``GET /api/forecasts`` for 503 tickers is one pipelined round trip plus byte joins: each item is
-    validated and encoded once per new forecast, and ``age_s`` is appended per request.
+    ``GET /api/forecasts`` for 503 tickers is one round trip (the store's newest-records script) plus byte
+    joins: each item is decoded, validated and encoded once per new stored record, and ``age_s`` is
+    appended per request.
     """
 
     def __init__(self) -> None:
-        self._items: dict[str, tuple[bytes, bytes, float]] = {}  # ticker -> (raw, encoded w/o "}", forecast_at)
+        self._items: dict[str, tuple[Any, bytes, float]] = {}  # ticker -> (stored part, encoded w/o "}", forecast_at)
         self._script: Any = None
 
     def script(self, redis: Any) -> Any:
-        """:data:`LATEST_LUA` registered on ``redis`` (EVALSHA, reloaded by redis-py if Redis lost it)."""
+        """The store's :data:`~minutecast.forecast_store.NEWEST_LUA` registered on ``redis`` (EVALSHA,
+        reloaded by redis-py if Redis lost it)."""
         if self._script is None:
-            self._script = redis.register_script(LATEST_LUA)
+            self._script = redis.register_script(NEWEST_LUA)
         return self._script
 
-    def item(self, ticker: str, raw: bytes) -> tuple[bytes, float]:
+    def item(self, ticker: str, part: Any) -> tuple[bytes, float]:
+        """``part``: the ticker's undecoded newest record (:meth:`ForecastStore.split_newest`)."""
         hit = self._items.get(ticker)
-        if hit is not None and hit[0] == raw:
+        if hit is not None and hit[0] == part:
             return hit[1], hit[2]
-        d = decorate(json.loads(raw))
+        d = decorate(json.loads(ForecastStore.decode_part(ticker, part)[-1][1]))
         enc = json.dumps(d, separators=(",", ":")).encode()[:-1]
-        self._items[ticker] = (raw, enc, float(d["forecast_at"]))
+        self._items[ticker] = (part, enc, float(d["forecast_at"]))
         return enc, float(d["forecast_at"])
 
-    def encode(self, ticker: str, raw: bytes, now: float) -> bytes:
-        enc, at = self.item(ticker, raw)
+    def encode(self, ticker: str, part: Any, now: float) -> bytes:
+        enc, at = self.item(ticker, part)
         return enc + b',"age_s":%.3f}' % (now - at)
 
 
-# The stored JSON of many latest-forecast hashes in one command (one reply to parse instead of N).
-LATEST_LUA = """
-local out = {}
-for i, k in ipairs(KEYS) do out[i] = redis.call('HGET', k, 'json') end
-return out
-"""
+async def _newest(redis: Any, keys: Keys, tickers: list[str], n: int, cache: LatestCache | None = None,
+                  ) -> dict[str, Any]:
+    """The newest ``n`` stored records of each of ``tickers``, undecoded (tickers without any left out)."""
+    script = (cache or LatestCache()).script(redis)
+    k, a = ForecastStore(keys).newest_args(tickers, n)
+    return ForecastStore.split_newest(tickers, await script(keys=k, args=a))
 
 
 async def latest_many(redis: Any, keys: Keys, tickers: list[str], cache: LatestCache) -> bytes:
     """``{"now":..,"count":..,"forecasts":[...]}`` for ``tickers`` (those without a forecast are left out)."""
-    raws = await cache.script(redis)(keys=[keys.forecast(t) for t in tickers]) if tickers else []
+    parts = await _newest(redis, keys, tickers, 1, cache) if tickers else {}
     now = time.time()
-    parts = []
-    for t, raw in zip(tickers, raws, strict=False):  # Lua drops trailing nils: missing tickers at the end
-        if raw:
+    out = []
+    for t in tickers:
+        if t in parts:
             try:
-                parts.append(cache.encode(t, raw, now))
+                out.append(cache.encode(t, parts[t], now))
             except (MinutecastError, ValueError, KeyError, TypeError):
                 continue  # a value that fails the schema is not served
-    return b'{"now":%.3f,"count":%d,"forecasts":[' % (now, len(parts)) + b",".join(parts) + b"]}"
+    return b'{"now":%.3f,"count":%d,"forecasts":[' % (now, len(out)) + b",".join(out) + b"]}"
 
 
 async def latest_one(redis: Any, keys: Keys, ticker: str) -> dict[str, Any]:
-    raw = await redis.hget(keys.forecast(ticker), "json")
-    if not raw:
+    parts = await _newest(redis, keys, [ticker], 1)
+    if ticker not in parts:
         raise UnknownTicker(f"no forecast for {ticker}")
-    out = decorate(json.loads(raw))
+    out = decorate(json.loads(ForecastStore.decode_part(ticker, parts[ticker])[-1][1]))
     out["age_s"] = round(time.time() - float(out["forecast_at"]), 3)
     return out
 
 
 async def latest_one_encoded(redis: Any, keys: Keys, ticker: str, cache: LatestCache) -> bytes:
     """:func:`latest_one` as JSON bytes through ``cache`` (validated and encoded once per new forecast)."""
-    raw = await redis.hget(keys.forecast(ticker), "json")
-    if not raw:
+    parts = await _newest(redis, keys, [ticker], 1, cache)
+    if ticker not in parts:
         raise UnknownTicker(f"no forecast for {ticker}")
-    return cache.encode(ticker, raw, time.time())
+    return cache.encode(ticker, parts[ticker], time.time())
 
 
 async def history(redis: Any, keys: Keys, ticker: str, n: int) -> list[dict[str, Any]]:
-    """The newest ``n`` forecasts of ``ticker`` from its history hash, oldest first."""
+    """The newest ``n`` forecasts of ``ticker`` from its history, oldest first."""
     if n <= 0:
         return []
-    return decode_history(await redis.hgetall(keys.forecast_history(ticker)), n)
+    parts = await _newest(redis, keys, [ticker], n)
+    return decode_history(ticker, parts.get(ticker))
 
 
-def decode_history(raw: dict[Any, Any], n: int) -> list[dict[str, Any]]:
-    """The newest ``n`` of a history hash's values (as-of minute -> Forecast JSON), decorated, oldest first;
-    a value that fails the schema is left out."""
-    newest = sorted(raw, key=int)[-n:]
+async def newest_parts(redis: Any, keys: Keys, tickers: list[str], n: int) -> dict[str, Any]:
+    """The newest ``n`` stored forecasts of each of ``tickers``, undecoded (one script call; for
+    :func:`decode_history`, which a caller may run in a thread)."""
+    return await _newest(redis, keys, tickers, n) if tickers else {}
+
+
+def decode_history(ticker: str, part: Any) -> list[dict[str, Any]]:
+    """A ticker's undecoded newest records (:func:`newest_parts`) as decorated forecasts, oldest first; a value
+    that fails the schema is left out."""
     out = []
-    for k in newest:
+    for _, js in ForecastStore.decode_part(ticker, part) if part is not None else []:
         try:
-            out.append(decorate(json.loads(raw[k])))
+            out.append(decorate(json.loads(js)))
         except (MinutecastError, ValueError, KeyError, TypeError):
             continue
     return out
