@@ -49,8 +49,8 @@ def summarise(histories: Iterable[list[dict[str, Any]]]) -> dict[str, Any]:
 
 
 async def live_coverage(redis: Any, keys: Keys, tickers: Iterable[str]) -> dict[str, Any]:
-    """:func:`summarise` over every ticker's history in Redis: one read per CHUNK tickers, the decoding in a thread (about
-    60k forecasts at 503 tickers: the event loop keeps serving the stream meanwhile)."""
+    """:func:`summarise` over every ticker's history in Redis: one read per CHUNK tickers, the decoding in a
+    thread (about 60k forecasts at 503 tickers: the event loop keeps serving the stream meanwhile)."""
     names = sorted(tickers)
     parts: dict[str, Any] = {}
     for i in range(0, len(names), CHUNK):
