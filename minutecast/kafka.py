@@ -6,14 +6,14 @@ bootstrap settings are spelled once.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
+from minutecast import dependency
 from minutecast.errors import ServiceUnavailable
 from minutecast.settings import KafkaSettings
 from minutecast.topics import TopicSpec, replication
@@ -61,7 +61,15 @@ def make_producer(ks: KafkaSettings, **overrides: Any) -> Producer:
         "delivery.timeout.ms": 300_000,
     }
     conf |= overrides
+    conf.setdefault("error_cb", _report_broker_errors)
     return Producer(conf)
+
+
+def _report_broker_errors(err: KafkaError) -> None:
+    """librdkafka's client-level errors: "all brokers down" means Kafka is away (the client keeps retrying and
+    buffers; :mod:`minutecast.dependency` reports the wait until a delivery succeeds again)."""
+    if err.code() == KafkaError._ALL_BROKERS_DOWN:
+        dependency.mark_down("kafka", err.str())
 
 
 def make_consumer(ks: KafkaSettings, group: str, **overrides: Any) -> Consumer:
@@ -80,17 +88,16 @@ def make_admin(ks: KafkaSettings, **overrides: Any) -> AdminClient:
     return AdminClient(client_config(ks) | overrides)
 
 
-def wait_for_kafka(ks: KafkaSettings, timeout_s: float = 60.0) -> None:
-    """Block until a broker answers a metadata request, or raise :class:`ServiceUnavailable`."""
-    deadline = time.monotonic() + timeout_s
-    admin = make_admin(ks, log_level=0)  # quiet: "connection refused" is expected while it starts
+def wait_for_kafka(ks: KafkaSettings, timeout_s: float | None = None) -> None:
+    """Block until a broker answers a metadata request, or raise :class:`ServiceUnavailable` after
+    ``timeout_s`` (None: ``MINUTECAST_DEPENDENCY_WAIT_S``, by default no limit: a service waits the outage
+    out, reported by :mod:`minutecast.dependency`)."""
+    admin = make_admin(ks, log_level=0)  # quiet: "connection refused" is expected while it is away
     try:
-        for attempt in Retrying(stop=stop_after_delay(timeout_s), wait=wait_fixed(0.5),
-                                retry=retry_if_exception_type(KafkaException), reraise=True):
-            with attempt:
-                admin.list_topics(timeout=min(5.0, max(0.5, deadline - time.monotonic())))
+        dependency.wait("kafka", lambda: admin.list_topics(timeout=5.0),
+                        lambda e: isinstance(e, KafkaException), timeout_s)
     except KafkaException as exc:
-        raise ServiceUnavailable(f"Kafka at {ks.bootstrap} did not answer within {timeout_s:.0f} s ({exc})") from exc
+        raise ServiceUnavailable(f"Kafka at {ks.bootstrap} did not answer in time ({exc})") from exc
 
 
 def ensure_topics(ks: KafkaSettings, specs: Iterable[TopicSpec], timeout_s: float = 30.0) -> list[str]:
