@@ -32,9 +32,26 @@ def client_config(ks: KafkaSettings) -> dict[str, Any]:
     return conf
 
 
+# Spark's Kafka source and sink ride out a broker outage instead of failing the query (a failed query costs a
+# restart of the job: a Spark session and TensorFlow again, a minute on two cores). Each is a wait, never a
+# skip: the sink's producer blocks for metadata and retries a delivery (its defaults, 60 s and 120 s, failed
+# the batch: "Topic ... not present in metadata after 60000 ms"), the source retries its offset requests and
+# polls. Source options are ignored by the sink and the sink's client properties by the source's consumers.
+OUTAGE_MS = 7 * 24 * 3600 * 1000
+SPARK_RIDE_OUT = {
+    "kafka.max.block.ms": str(OUTAGE_MS),
+    "kafka.delivery.timeout.ms": str(2**31 - 1),  # an int: the longest librdkafka's Java cousin takes (~24 days)
+    "fetchOffset.numRetries": str(1_000_000),
+    "fetchOffset.retryIntervalMs": "1000",
+    "kafkaConsumer.pollTimeoutMs": str(OUTAGE_MS),
+}
+
+
 def spark_options(ks: KafkaSettings) -> dict[str, str]:
-    """Options for Spark's Kafka source and sink (``kafka.``-prefixed client properties)."""
-    opts = {"kafka.bootstrap.servers": ks.bootstrap, "kafka.security.protocol": ks.security_protocol}
+    """Options for Spark's Kafka source and sink (``kafka.``-prefixed client properties, and the waits that
+    ride out a broker outage: :data:`SPARK_RIDE_OUT`)."""
+    opts = {"kafka.bootstrap.servers": ks.bootstrap, "kafka.security.protocol": ks.security_protocol,
+            **SPARK_RIDE_OUT}
     if ks.security_protocol.startswith("SASL"):
         assert ks.sasl_password is not None
         module = ("org.apache.kafka.common.security.plain.PlainLoginModule" if ks.sasl_mechanism == "PLAIN"

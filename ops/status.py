@@ -124,6 +124,7 @@ def collect(sample_s: float = 1.0, s: Any = None) -> dict[str, Any]:
     for name, deps in out["waiting"].items():
         if name in out["services"]:
             out["services"][name] |= {"state": "waiting", "waiting_for": deps, "detail": dependency.describe(deps)}
+    out["model_version"] = Registry(s.models_dir).current_version() or "persistence (no model promoted)"
     if not out["services"]["kafka"]["up"]:
         return out
     consumer = make_consumer(s.kafka, group="minutecast-status")
@@ -162,7 +163,6 @@ def collect(sample_s: float = 1.0, s: Any = None) -> dict[str, Any]:
             if out["spark"] and "lag" in out["spark"]:
                 out["consumer_lag"]["spark-infer"] = out["spark"]["lag"]
 
-    out["model_version"] = Registry(s.models_dir).current_version() or "persistence (no model promoted)"
     return out
 
 
