@@ -221,7 +221,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def describe(down: dict[str, float]) -> str:
-    """``waiting for Redis since 14:45:02`` (local clock) for {dependency: since}."""
-    return ", ".join(f"waiting for {NAMES.get(d, d)} since {time.strftime('%H:%M:%S', time.localtime(t))}"
+def describe(down: dict[str, float], template: str = "waiting for {name} since {since}") -> str:
+    """``waiting for Redis since 14:45:02`` (local clock) for {dependency: since}, one per dependency."""
+    return ", ".join(template.format(name=NAMES.get(d, d), since=time.strftime("%H:%M:%S", time.localtime(t)))
                      for d, t in sorted(down.items(), key=lambda x: x[1]))

@@ -262,7 +262,7 @@ def supervise(args: argparse.Namespace, s: Any, screen: Screen) -> int:
                 if away:  # a dependency is away: not a crash of ours, restarted without spending its budget
                     svc.budget.crashed(outage=True)
                     svc.restart_at = now + OUTAGE_RESTART_S
-                    say(f"{svc.name}: exited {rc} while {describe(away).replace('waiting for ', '')} away; "
+                    say(f"{svc.name}: exited {rc} while {describe(away, '{name} is away (since {since})')}; "
                         f"restart in {OUTAGE_RESTART_S:g} s (not counted against its restart budget)")
                     continue
                 if not svc.budget.crashed():

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import redis as redislib
@@ -28,6 +29,7 @@ from minutecast.metrics import register_dependencies
 from minutecast.redis import connect, wait_for_redis
 from minutecast.settings import RedisSettings
 from ops import status
+from ops.supervisor import Outages
 from tests.support.services import free_port, kill_pidfile
 
 
@@ -146,3 +148,22 @@ def test_a_waiting_client_rides_out_a_redis_restart(private_redis: tuple[LocalRe
     assert time.monotonic() - t0 >= 3.5
     assert seen and "redis" in seen[0].get("unit", {}), seen
     assert dependency.is_up("redis") and dependency.waiting(reports, "ns") == {}
+
+
+def test_the_supervisor_counts_a_crash_soon_after_an_outage_as_the_outage_s(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outages: what its probes see away, what the services report waiting for, and a grace after the return
+    (a service failing on a timeout that ran out during the outage)."""
+    now = [0.0]
+    o = Outages(SimpleNamespace(home=tmp_path, namespace="ns"), grace_s=60.0, clock=lambda: now[0])
+    up = {"redis": False, "kafka": True}
+    monkeypatch.setattr(o, "_probe", lambda dep: up[dep])
+    assert set(o.outage()) == {"redis"}
+    up["redis"] = True
+    now[0] = 30.0
+    assert set(o.outage()) == {"redis"}  # back 30 s ago: still the outage's
+    now[0] = 91.0
+    assert o.outage() == {}
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / f"deps.ns.infer.{os.getpid()}.json").write_text(json.dumps({"kafka": 5.0}))
+    assert o.outage() == {"kafka": 5.0}  # a service reports waiting although the probe got through
