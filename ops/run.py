@@ -15,7 +15,10 @@ trainer trains a first model on what is in Kafka once the history is in, then re
 ``minutecast serve`` runs beside them (the dashboard's URL is printed; ``--no-serve`` leaves it out).
 Ctrl-C stops everything cleanly, and no service outlives the run however it ends (``ops/supervisor.py``);
 a second run of the same namespace is refused while one runs; a later run resumes (Faust offsets, Spark
-checkpoint, registry, replay timeline). Logs: ``<home>/logs/<service>.log``.
+checkpoint, registry, replay timeline). Logs: ``<home>/logs/<service>.log``. Kafka or Redis away (a restart, a
+blip) is waited out: the services wait and resume by themselves (:mod:`minutecast.dependency`), the summary
+line says what is away since when and who waits, and a service that ends meanwhile is restarted without
+spending its restart budget (``MINUTECAST_RESTART_MAX`` counts crashes of ours, not outages).
 """
 
 from __future__ import annotations

@@ -3,10 +3,10 @@
     minutecast stream [--web-port N] [--metrics-port N] [--loglevel info]
 
 Scale out by starting more processes with the same ``MINUTECAST_NAMESPACE``: they join one consumer group
-(``{app_id}-{namespace}``) and share the bar topic's partitions. Waits for Kafka and Redis, creates missing
-topics, rebuilds the windows from the bar topic when Redis has none for the namespace, then runs until
-SIGTERM/SIGINT; a batch that finds Redis behind the topic (it lost acknowledged writes) is preceded by a
-repair from Kafka (:mod:`streams.repair`).
+(``{app_id}-{namespace}``) and share the bar topic's partitions. Waits for Kafka and Redis (as long as they
+are away, reported: :mod:`minutecast.dependency`), creates missing topics, rebuilds the windows from the bar
+topic when Redis has none for the namespace, then runs until SIGTERM/SIGINT; a batch that finds Redis behind
+the topic (it lost acknowledged writes) is preceded by a repair from Kafka (:mod:`streams.repair`).
 """
 
 from __future__ import annotations
