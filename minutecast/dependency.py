@@ -138,7 +138,7 @@ def wait(dep: str, probe: Callable[[], T], retryable: Callable[[BaseException], 
     ``limit_s`` (None: ``MINUTECAST_DEPENDENCY_WAIT_S``, 0 or inf: no limit) bounds the wait (then the last
     error is raised). The wait is reported while it lasts."""
     s = DependencySettings()
-    limit = s.dependency_wait_s if limit_s is None else limit_s
+    limit = limit_of(limit_s)
     stop = stop_never if not limit or math.isinf(limit) else stop_after_delay(limit)
     retrying = Retrying(stop=stop, wait=wait_exponential(multiplier=0.25, max=s.dependency_backoff_max_s),
                         retry=retry_if_exception(retryable), reraise=True,
@@ -150,6 +150,11 @@ def wait(dep: str, probe: Callable[[], T], retryable: Callable[[BaseException], 
         raise
     mark_up(dep)
     return result
+
+
+def limit_of(limit_s: float | None) -> float:
+    """The wait's limit in seconds: ``limit_s``, or ``MINUTECAST_DEPENDENCY_WAIT_S`` when None (0: none)."""
+    return DependencySettings().dependency_wait_s if limit_s is None else limit_s
 
 
 class WaitingRetry(Retry):

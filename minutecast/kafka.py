@@ -114,7 +114,8 @@ def wait_for_kafka(ks: KafkaSettings, timeout_s: float | None = None) -> None:
         dependency.wait("kafka", lambda: admin.list_topics(timeout=5.0),
                         lambda e: isinstance(e, KafkaException), timeout_s)
     except KafkaException as exc:
-        raise ServiceUnavailable(f"Kafka at {ks.bootstrap} did not answer in time ({exc})") from exc
+        raise ServiceUnavailable(f"Kafka at {ks.bootstrap} did not answer within "
+                                 f"{dependency.limit_of(timeout_s):.0f} s ({exc})") from exc
 
 
 def ensure_topics(ks: KafkaSettings, specs: Iterable[TopicSpec], timeout_s: float = 30.0) -> list[str]:

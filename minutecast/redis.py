@@ -53,7 +53,8 @@ def wait_for_redis(rs: RedisSettings, timeout_s: float | None = None, *, wait: b
     except redislib.AuthenticationError as exc:
         raise ConfigError(f"Redis at {rs.host}:{rs.port} refused our password") from exc
     except redislib.RedisError as exc:
-        raise ServiceUnavailable(f"Redis at {rs.host}:{rs.port} did not answer in time ({exc})") from exc
+        raise ServiceUnavailable(f"Redis at {rs.host}:{rs.port} did not answer within "
+                                 f"{dependency.limit_of(timeout_s):.0f} s ({exc})") from exc
     finally:
         probe.close()
     return client
