@@ -267,11 +267,14 @@ class RestartBudget:
     def started(self) -> None:
         self.up_since = self.clock()
 
-    def crashed(self) -> bool:
-        """Count a crash; True when the service may be restarted."""
+    def crashed(self, outage: bool = False) -> bool:
+        """Count a crash; True when the service may be restarted. ``outage``: it ended while a dependency (Kafka,
+        Redis) was away: not a crash of ours, not counted (the budget is for crash-looping bugs)."""
         if self.up_since is not None and self.clock() - self.up_since >= self.healthy_s:
             self.restarts = 0
         self.up_since = None
+        if outage:
+            return True
         self.restarts += 1
         return self.restarts <= self.max_restarts
 

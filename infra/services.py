@@ -49,6 +49,15 @@ def _host_port(bootstrap: str) -> tuple[str, int]:
     return host or "127.0.0.1", int(port)
 
 
+def new_cluster_id() -> str:
+    """A random KRaft cluster id (base64url of a uuid) that does not start with "-": kafka-storage would read
+    one that does as an option ("argument --cluster-id/-t: expected one argument", 1 format in 64)."""
+    while True:
+        cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cid.startswith("-"):
+            return cid
+
+
 class LocalKafka:
     """KRaft broker+controller ``node`` (1-based) of a local cluster of ``nodes``, run with the installed Java
     from Maven jars. Node i listens on the bootstrap port + 2(i-1), its controller one port above; node 1
@@ -126,15 +135,14 @@ class LocalKafka:
         """One id for every node of the cluster (KRaft refuses a node formatted with another)."""
         path = self.s.home / "run" / "kafka-cluster-id"
         if not path.exists():
-            path.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=") + "\n")
+            path.write_text(new_cluster_id() + "\n")
         return path.read_text().strip()
 
     def _format(self, java: str) -> None:
         if (self.data / "meta.properties").exists():
             return
         self.data.mkdir(parents=True, exist_ok=True)
-        cluster_id = self._cluster_id() if self.nodes > 1 else \
-            base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        cluster_id = self._cluster_id() if self.nodes > 1 else new_cluster_id()
         proc = subprocess.run(
             [java, "-cp", self._classpath(), f"-Dlog4j2.configurationFile={CONF_DIR / 'log4j2.properties'}",
              "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(self.config)],

@@ -6,14 +6,14 @@ bootstrap settings are spelled once.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
 
+from minutecast import dependency
 from minutecast.errors import ServiceUnavailable
 from minutecast.settings import KafkaSettings
 from minutecast.topics import TopicSpec, replication
@@ -32,9 +32,26 @@ def client_config(ks: KafkaSettings) -> dict[str, Any]:
     return conf
 
 
+# Spark's Kafka source and sink ride out a broker outage instead of failing the query (a failed query costs a
+# restart of the job: a Spark session and TensorFlow again, a minute on two cores). Each is a wait, never a
+# skip: the sink's producer blocks for metadata and retries a delivery (its defaults, 60 s and 120 s, failed
+# the batch: "Topic ... not present in metadata after 60000 ms"), the source retries its offset requests and
+# polls. Source options are ignored by the sink and the sink's client properties by the source's consumers.
+OUTAGE_MS = 7 * 24 * 3600 * 1000
+SPARK_RIDE_OUT = {
+    "kafka.max.block.ms": str(OUTAGE_MS),
+    "kafka.delivery.timeout.ms": str(2**31 - 1),  # an int: the longest librdkafka's Java cousin takes (~24 days)
+    "fetchOffset.numRetries": str(1_000_000),
+    "fetchOffset.retryIntervalMs": "1000",
+    "kafkaConsumer.pollTimeoutMs": str(OUTAGE_MS),
+}
+
+
 def spark_options(ks: KafkaSettings) -> dict[str, str]:
-    """Options for Spark's Kafka source and sink (``kafka.``-prefixed client properties)."""
-    opts = {"kafka.bootstrap.servers": ks.bootstrap, "kafka.security.protocol": ks.security_protocol}
+    """Options for Spark's Kafka source and sink (``kafka.``-prefixed client properties, and the waits that
+    ride out a broker outage: :data:`SPARK_RIDE_OUT`)."""
+    opts = {"kafka.bootstrap.servers": ks.bootstrap, "kafka.security.protocol": ks.security_protocol,
+            **SPARK_RIDE_OUT}
     if ks.security_protocol.startswith("SASL"):
         assert ks.sasl_password is not None
         module = ("org.apache.kafka.common.security.plain.PlainLoginModule" if ks.sasl_mechanism == "PLAIN"
@@ -61,7 +78,15 @@ def make_producer(ks: KafkaSettings, **overrides: Any) -> Producer:
         "delivery.timeout.ms": 300_000,
     }
     conf |= overrides
+    conf.setdefault("error_cb", _report_broker_errors)
     return Producer(conf)
+
+
+def _report_broker_errors(err: KafkaError) -> None:
+    """librdkafka's client-level errors: "all brokers down" means Kafka is away (the client keeps retrying and
+    buffers; :mod:`minutecast.dependency` reports the wait until a delivery succeeds again)."""
+    if err.code() == KafkaError._ALL_BROKERS_DOWN:
+        dependency.mark_down("kafka", err.str())
 
 
 def make_consumer(ks: KafkaSettings, group: str, **overrides: Any) -> Consumer:
@@ -80,17 +105,17 @@ def make_admin(ks: KafkaSettings, **overrides: Any) -> AdminClient:
     return AdminClient(client_config(ks) | overrides)
 
 
-def wait_for_kafka(ks: KafkaSettings, timeout_s: float = 60.0) -> None:
-    """Block until a broker answers a metadata request, or raise :class:`ServiceUnavailable`."""
-    deadline = time.monotonic() + timeout_s
-    admin = make_admin(ks, log_level=0)  # quiet: "connection refused" is expected while it starts
+def wait_for_kafka(ks: KafkaSettings, timeout_s: float | None = None) -> None:
+    """Block until a broker answers a metadata request, or raise :class:`ServiceUnavailable` after
+    ``timeout_s`` (None: ``MINUTECAST_DEPENDENCY_WAIT_S``, by default no limit: a service waits the outage
+    out, reported by :mod:`minutecast.dependency`)."""
+    admin = make_admin(ks, log_level=0)  # quiet: "connection refused" is expected while it is away
     try:
-        for attempt in Retrying(stop=stop_after_delay(timeout_s), wait=wait_fixed(0.5),
-                                retry=retry_if_exception_type(KafkaException), reraise=True):
-            with attempt:
-                admin.list_topics(timeout=min(5.0, max(0.5, deadline - time.monotonic())))
+        dependency.wait("kafka", lambda: admin.list_topics(timeout=5.0),
+                        lambda e: isinstance(e, KafkaException), timeout_s)
     except KafkaException as exc:
-        raise ServiceUnavailable(f"Kafka at {ks.bootstrap} did not answer within {timeout_s:.0f} s ({exc})") from exc
+        raise ServiceUnavailable(f"Kafka at {ks.bootstrap} did not answer within "
+                                 f"{dependency.limit_of(timeout_s):.0f} s ({exc})") from exc
 
 
 def ensure_topics(ks: KafkaSettings, specs: Iterable[TopicSpec], timeout_s: float = 30.0) -> list[str]:

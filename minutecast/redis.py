@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import redis as redislib
 import redis.asyncio as aioredis
-from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_fixed
 
+from minutecast import dependency
 from minutecast.errors import ConfigError, ServiceUnavailable
 from minutecast.settings import RedisSettings
 
@@ -18,9 +18,18 @@ def _options(rs: RedisSettings) -> dict[str, object]:
             "socket_timeout": 10, "socket_connect_timeout": 5, "health_check_interval": 30}
 
 
-def connect(rs: RedisSettings, **kwargs: object) -> redislib.Redis:
-    """A client for ``rs``. Raises :class:`ConfigError` when no password is configured."""
-    return redislib.Redis(**(_options(rs) | kwargs))  # type: ignore[arg-type]
+def connect(rs: RedisSettings, *, wait: bool | None = None, **kwargs: object) -> redislib.Redis:
+    """A client for ``rs``. Raises :class:`ConfigError` when no password is configured.
+
+    ``wait``: every command waits out a Redis outage (retried with back-off for as long as Redis is away, and
+    reported: :mod:`minutecast.dependency`) instead of raising ConnectionError after redis-py's few retries.
+    The services' clients wait; tools that must answer at once (`status`) do not. Default: ``rs.wait``
+    (``MINUTECAST_REDIS_WAIT``), which the services' entry points turn on and which travels with the
+    settings to Spark's executors."""
+    options = _options(rs)
+    if rs.wait if wait is None else wait:
+        options["retry"] = dependency.WaitingRetry(dependency.DependencySettings().dependency_backoff_max_s)
+    return redislib.Redis(**(options | kwargs))  # type: ignore[arg-type]
 
 
 def connect_async(rs: RedisSettings, **kwargs: object) -> redislib.asyncio.Redis:
@@ -29,18 +38,23 @@ def connect_async(rs: RedisSettings, **kwargs: object) -> redislib.asyncio.Redis
     return aioredis.Redis(**(_options(rs) | kwargs))  # type: ignore[arg-type]
 
 
-def wait_for_redis(rs: RedisSettings, timeout_s: float = 30.0) -> redislib.Redis:
-    """Block until Redis answers PING with our password, or raise :class:`ServiceUnavailable`."""
-    client = connect(rs)
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, redislib.RedisError) and not isinstance(exc, redislib.AuthenticationError)
+
+
+def wait_for_redis(rs: RedisSettings, timeout_s: float | None = None, *, wait: bool | None = None) -> redislib.Redis:
+    """Block until Redis answers PING with our password, or raise :class:`ServiceUnavailable` after
+    ``timeout_s`` (None: ``MINUTECAST_DEPENDENCY_WAIT_S``, by default no limit: a service waits the outage
+    out, reported by :mod:`minutecast.dependency`). Returns the client (``wait``: as :func:`connect`)."""
+    client = connect(rs, wait=wait)
+    probe = connect(rs, wait=False)  # one ping per try: the back-off and the report are dependency.wait's
     try:
-        for attempt in Retrying(stop=stop_after_delay(timeout_s), wait=wait_fixed(0.3), reraise=True,
-                                retry=retry_if_exception(lambda e: isinstance(e, redislib.RedisError)
-                                                         and not isinstance(e, redislib.AuthenticationError))):
-            with attempt:
-                client.ping()
+        dependency.wait("redis", probe.ping, _retryable, timeout_s)
     except redislib.AuthenticationError as exc:
         raise ConfigError(f"Redis at {rs.host}:{rs.port} refused our password") from exc
     except redislib.RedisError as exc:
-        raise ServiceUnavailable(f"Redis at {rs.host}:{rs.port} did not answer within {timeout_s:.0f} s ({exc})") \
-            from exc
+        raise ServiceUnavailable(f"Redis at {rs.host}:{rs.port} did not answer within "
+                                 f"{dependency.limit_of(timeout_s):.0f} s ({exc})") from exc
+    finally:
+        probe.close()
     return client

@@ -61,6 +61,9 @@ class RedisSettings(BaseSettings):
     db: int = 0
     # Falls back to the file `minutecast infra up` writes (mode 0600) when the env var is unset.
     password: SecretStr | None = None
+    # Clients wait out a Redis outage inside every command instead of failing (minutecast.redis.connect): the
+    # services turn it on (their entry points, `minutecast run`); tools that must answer at once leave it off.
+    wait: bool = False
 
     @model_validator(mode="after")
     def _password_from_file(self) -> RedisSettings:
@@ -145,7 +148,7 @@ class ProducerSettings(CommonSettings):
     compression: Literal["lz4", "zstd", "snappy", "gzip", "none"] = "lz4"
     flush_timeout_s: float = 60.0
     metrics_port: int = 9101
-    connect_timeout_s: float = 20.0  # how long to wait for a broker at start before failing
+    connect_timeout_s: float = 20.0  # how long to wait for a broker at start before failing (0: no limit)
     poll_every: int = 2000  # serve delivery reports every N produced messages (poll(0))
     yf_batch_size: int = 100  # tickers per yf.download call (yfinance threads fetch them in parallel)
     yf_min_interval_s: float = 2.0  # least time between two yf.download calls, across all processes

@@ -15,13 +15,15 @@ trainer trains a first model on what is in Kafka once the history is in, then re
 ``minutecast serve`` runs beside them (the dashboard's URL is printed; ``--no-serve`` leaves it out).
 Ctrl-C stops everything cleanly, and no service outlives the run however it ends (``ops/supervisor.py``);
 a second run of the same namespace is refused while one runs; a later run resumes (Faust offsets, Spark
-checkpoint, registry, replay timeline). Logs: ``<home>/logs/<service>.log``.
+checkpoint, registry, replay timeline). Logs: ``<home>/logs/<service>.log``. Kafka or Redis away (a restart, a
+blip) is waited out: the services wait and resume by themselves (:mod:`minutecast.dependency`), the summary
+line says what is away since when and who waits, and a service that ends meanwhile is restarted without
+spending its restart budget (``MINUTECAST_RESTART_MAX`` counts crashes of ours, not outages).
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 import math
 import os
@@ -35,6 +37,8 @@ from typing import Any
 from infra import horovod_build
 from infra import services as infra
 from infra.procs import RestartBudget
+from minutecast import dependency
+from minutecast.dependency import describe
 from minutecast.errors import ConfigError
 from minutecast.kafka import end_offsets
 from minutecast.keys import Keys
@@ -44,7 +48,9 @@ from minutecast.settings import RunSettings, WebSettings
 from minutecast.topics import Topics
 from minutecast.window import SESSION_TZ
 from ops.forecast import forecast_times
-from ops.supervisor import FAKE_SERVICE, Screen, Service, claim, mark_done
+from ops.supervisor import FAKE_SERVICE, Outages, Screen, Service, claim, mark_done
+
+OUTAGE_RESTART_S = 5.0  # a service that ended while Kafka or Redis is away is restarted this soon (it waits)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -119,7 +125,7 @@ def summary(s: Any) -> dict[str, Any]:
     """Bars in Kafka, windows and forecasts in Redis, the served model: for the screen."""
 
     keys = Keys(s.namespace)
-    client = connect(s.redis, decode_responses=True)
+    client = connect(s.redis, wait=False, decode_responses=True)
     stamps = forecast_times(client, keys)
     return {
         "bars": sum(end_offsets(s.kafka, Topics(s.namespace).bars).values()),
@@ -129,6 +135,25 @@ def summary(s: Any) -> dict[str, Any]:
         "model": Registry(s.models_dir).current_version() or "persistence",
         "replay": client.hgetall(keys.replay_state()),
     }
+
+
+def summary_line(s: Any, outages: Outages | None) -> tuple[str, dict[str, Any] | None]:
+    """The supervisor's summary line and :func:`summary`'s dict (None while Kafka or Redis is away: the line
+    then says what is away since when, and which services wait for it)."""
+    stamp = f"[{time.strftime('%H:%M:%S')}]"
+    away = outages.check() if outages else {}
+    waiting = outages.waiting() if outages else {}
+    who = " | waiting: " + ", ".join(f"{name} ({', '.join(dependency.NAMES.get(d, d) for d in deps)})"
+                                     for name, deps in waiting.items()) if waiting else ""
+    if away:
+        return f"{stamp} {describe(away)}; the services wait and resume by themselves{who}", None
+    try:
+        info = summary(s)
+    except Exception as exc:  # noqa: BLE001 - said, never silent: the next line tries again
+        return f"{stamp} no summary this time ({type(exc).__name__}: {str(exc)[:160]}){who}", None
+    return (f"{stamp} bars {info['bars']:,} | windows {info['windows']} | forecasts {info['tickers_forecast']} "
+            f"tickers (newest {info['newest_forecast_age_s']} s old) | model {info['model']}"
+            f"{replay_text(info['replay'])}{who}"), info
 
 
 def replay_text(state: dict[str, str], now: float | None = None) -> str:
@@ -198,6 +223,7 @@ def supervise(args: argparse.Namespace, s: Any, screen: Screen) -> int:
     for svc in [*services, *([trainer] if trainer else [])]:
         svc.budget = RestartBudget(s.restart_max, s.restart_healthy_s)
     stopping = False
+    outages = None if args.fake_services else Outages(s)
 
     def _stop(_sig: int, _frame: object) -> None:
         nonlocal stopping
@@ -237,6 +263,13 @@ def supervise(args: argparse.Namespace, s: Any, screen: Screen) -> int:
                     mark_done(run_dir, s.namespace, svc.name)
                     say(f"{svc.name}: finished")
                     continue
+                away = outages.outage() if outages else {}
+                if away:  # a dependency is away: not a crash of ours, restarted without spending its budget
+                    svc.budget.crashed(outage=True)
+                    svc.restart_at = now + OUTAGE_RESTART_S
+                    say(f"{svc.name}: exited {rc} while {describe(away, '{name} is away (since {since})')}; "
+                        f"restart in {OUTAGE_RESTART_S:g} s (not counted against its restart budget)")
+                    continue
                 if not svc.budget.crashed():
                     failed.append(svc.name)
                     say(f"{svc.name}: exited {rc}, crash {svc.budget.restarts} in a row, over its budget of "
@@ -260,13 +293,10 @@ def supervise(args: argparse.Namespace, s: Any, screen: Screen) -> int:
             now = time.monotonic()
             if now >= next_summary:
                 next_summary = now + args.summary_every
-                with contextlib.suppress(Exception):
-                    info = summary(s)
+                line, info = summary_line(s, outages)
+                say(line + (f" | {hvd_wait}" if hvd_wait else ""))  # #26: the trainer waits for horovod
+                if info:
                     warmed_up = warmed_up or info["replay"].get("phase") == "live"
-                    say(f"[{time.strftime('%H:%M:%S')}] bars {info['bars']:,} | windows {info['windows']} | "
-                        f"forecasts {info['tickers_forecast']} tickers (newest {info['newest_forecast_age_s']} s "
-                        f"old) | model {info['model']}{replay_text(info['replay'])}"
-                        + (f" | {hvd_wait}" if hvd_wait else ""))  # #26: the trainer waits for horovod
                     if args.until_forecasts and info["tickers_forecast"] >= args.until_forecasts:
                         say(f"{info['tickers_forecast']} tickers have forecasts; stopping as asked")
                         stopping = True

@@ -3,6 +3,9 @@
     minutecast status
     minutecast status --json      # the same as one JSON object (last line)
 
+A service waiting for Kafka or Redis (an outage it rides out) shows as ``waiting for Redis since 14:45:02``
+(JSON: ``services.<name>.waiting_for`` and ``waiting``: {service: {dependency: epoch s since}}).
+
 :func:`collect` gathers the data (one dict); :func:`render` turns it into the text screen. ``minutecast
 serve`` returns the same dict as ``GET /api/status``.
 """
@@ -23,6 +26,7 @@ from rich.text import Text
 
 from infra import horovod_build
 from infra.services import status as infra_status
+from minutecast import dependency
 from minutecast.errors import MinutecastError
 from minutecast.kafka import make_admin, make_consumer, watermarks
 from minutecast.keys import Keys
@@ -98,7 +102,7 @@ def _reachable(s: Any, name: str) -> bool:
         if name == "kafka":
             make_admin(s.kafka, log_level=0).list_topics(timeout=2)
         else:
-            connect(s.redis).ping()
+            connect(s.redis, wait=False).ping()
     except (MinutecastError, Exception):  # noqa: BLE001 - any failure means: not reachable
         return False
     return True
@@ -116,6 +120,12 @@ def collect(sample_s: float = 1.0, s: Any = None) -> dict[str, Any]:
     # This namespace's `minutecast run` services; "done": a one-shot replay that finished (not DOWN).
     for name, state in service_states(s.home / "run", s.namespace).items():
         out["services"][name] = {"up": state != "down"} | ({"state": state} if state == "done" else {})
+    # What services wait for while Kafka or Redis is away (minutecast.dependency): {service: {dep: since}}.
+    out["waiting"] = dependency.waiting(s.home / "run", s.namespace)
+    for name, deps in out["waiting"].items():
+        if name in out["services"]:
+            out["services"][name] |= {"state": "waiting", "waiting_for": deps, "detail": dependency.describe(deps)}
+    out["model_version"] = Registry(s.models_dir).current_version() or "persistence (no model promoted)"
     if not out["services"]["kafka"]["up"]:
         return out
     consumer = make_consumer(s.kafka, group="minutecast-status")
@@ -133,7 +143,7 @@ def collect(sample_s: float = 1.0, s: Any = None) -> dict[str, Any]:
     finally:
         consumer.close()
     if out["services"]["redis"]["up"]:
-        client = connect(s.redis, decode_responses=True)
+        client = connect(s.redis, wait=False, decode_responses=True)
         stamps = forecast_times(client, keys)
         out["tickers_with_forecast"] = len(stamps)
         out["last_forecast_age_s"] = round(time.time() - max(stamps), 1) if stamps else None
@@ -154,7 +164,6 @@ def collect(sample_s: float = 1.0, s: Any = None) -> dict[str, Any]:
             if out["spark"] and "lag" in out["spark"]:
                 out["consumer_lag"]["spark-infer"] = out["spark"]["lag"]
 
-    out["model_version"] = Registry(s.models_dir).current_version() or "persistence (no model promoted)"
     out["horovod"] = horovod_build.state()  # #26: built in the background by `make run`; the trainer waits
     return out
 
@@ -186,8 +195,9 @@ def screen(out: dict[str, Any]) -> Group:
     for col in ("service", "state", "version", "address"):
         services.add_column(col)
     for name, svc in out["services"].items():
-        state = svc.get("state") or ("up" if svc["up"] else "DOWN")
-        services.add_row(name, Text(state if state != "down" else "DOWN", style="green" if svc["up"] else "bold red"),
+        state = svc.get("detail") or svc.get("state") or ("up" if svc["up"] else "DOWN")
+        style = "bold yellow" if svc.get("waiting_for") else "green" if svc["up"] else "bold red"
+        services.add_row(name, Text(state if state != "down" else "DOWN", style=style),
                          str(svc.get("version", "")), str(svc.get("address", "")))
     facts = Table.grid(padding=(0, 2))
     facts.add_column(style="bold")

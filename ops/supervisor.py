@@ -25,7 +25,10 @@ from pathlib import Path
 from typing import IO, Any
 
 from infra import procs
+from minutecast import dependency
 from minutecast.errors import MinutecastError
+from minutecast.kafka import make_admin
+from minutecast.redis import connect
 from minutecast.settings import RunSettings
 
 # `--fake-services` (a test hook, hidden from --help): every service runs this instead, through the same guard,
@@ -206,8 +209,11 @@ class Service:
         # Own session (Ctrl-C reaches only us, and we stop the services in order), under a guard that ends
         # the service and all it started when we stop it or die.
         cmd = procs.guard_command(os.getpid(), service_tag(namespace, self.name), self.command(), grace_s)
+        # Its name (what it waits for is reported under it: minutecast.dependency); a producer waits for the
+        # broker at start without a limit (standalone it fails fast after MINUTECAST_CONNECT_TIMEOUT_S).
+        env = os.environ | {"MINUTECAST_SERVICE": self.name, "MINUTECAST_CONNECT_TIMEOUT_S": "0"}
         self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=True)
+                                     start_new_session=True, env=env)
         service_pidfile(run_dir, namespace, self.name).write_text(f"{self.proc.pid}\n")
         self.restart_at = None
         self.budget.started()
@@ -232,3 +238,61 @@ class Service:
         if self.log is not None:
             self.log.close()
             self.log = None
+
+
+class Outages:
+    """Whether Kafka or Redis is away, as the supervisor sees it: its own probes (:meth:`check`, on each crash
+    and each summary) and what the services report waiting for (:func:`minutecast.dependency.waiting`). A
+    service that ends during an outage, or within ``grace_s`` after one, is restarted without spending its
+    restart budget (:meth:`infra.procs.RestartBudget.crashed`)."""
+
+    def __init__(self, s: Any, grace_s: float = 60.0, clock: Any = time.monotonic) -> None:
+        self.s, self.grace_s, self.clock = s, grace_s, clock
+        self.down: dict[str, float] = {}  # dependency -> epoch s it was first seen away (this outage)
+        self.last_down: dict[str, float] = {}  # dependency -> monotonic s it was last seen away
+        self._admin: Any = None
+
+    def _probe(self, dep: str) -> bool:
+        try:
+            if dep == "redis":
+                client = connect(self.s.redis, wait=False, socket_timeout=2, socket_connect_timeout=2)
+                try:
+                    client.ping()
+                finally:
+                    client.close()
+            else:
+                if self._admin is None:
+                    self._admin = make_admin(self.s.kafka, log_level=0)
+                self._admin.list_topics(timeout=3)
+        except Exception:  # noqa: BLE001 - any failure means: away
+            return False
+        return True
+
+    def check(self) -> dict[str, float]:
+        """Probe both now; returns {dependency: since} of those away (services' reports included)."""
+        for dep in dependency.DEPENDENCIES:
+            if self._probe(dep):
+                self.down.pop(dep, None)
+            else:
+                self.down.setdefault(dep, time.time())
+                self.last_down[dep] = self.clock()
+        return self.away_now()
+
+    def waiting(self) -> dict[str, dict[str, float]]:
+        return dependency.waiting(self.s.home / "run", self.s.namespace)
+
+    def away_now(self) -> dict[str, float]:
+        away = dict(self.down)
+        for deps in self.waiting().values():
+            for dep, since in deps.items():
+                away[dep] = min(since, away.get(dep, since))
+        return away
+
+    def outage(self) -> dict[str, float]:
+        """{dependency: since} away now or within ``grace_s`` (a crash this soon after is the outage's)."""
+        away = self.check()
+        now = self.clock()
+        for dep, at in self.last_down.items():
+            if dep not in away and now - at < self.grace_s:
+                away[dep] = time.time() - (now - at)
+        return away

@@ -234,7 +234,12 @@ def run_live(pub: Any, frame: pd.DataFrame, redis: Any, *, sessions: int = 1, sp
         log.info("live replay: copy %d, market day %s, speed %s", k,
                  time.strftime("%Y-%m-%d", time.gmtime(int(p.live["minute"].min()) + shift)), speed)
         source = "replay" if k == 0 else LOOP_SOURCE
-        for piece in pieces(p.live, p.paced, shift, speed, pub.stop_requested):
+        live = p.live
+        if res is not None and res.watermarks:
+            # Minutes already delivered (a restarted replay) are left out before pacing, not after: the first
+            # new minute goes out at once instead of after one paced step per minute already played.
+            live = live[res.above_mask(live["ticker"], live["minute"].to_numpy(dtype="int64") + shift)]
+        for piece in pieces(live, p.paced, shift, speed, pub.stop_requested):
             if res is not None:
                 piece = res.above(piece)
                 if piece.empty:

@@ -27,6 +27,7 @@ from typing import Any
 import pandas as pd
 from confluent_kafka import KafkaError, Message
 
+from minutecast import dependency
 from minutecast.kafka import ensure_topics, make_producer, wait_for_kafka
 from minutecast.schemas import DeadLetter
 from minutecast.settings import ProducerSettings
@@ -97,6 +98,8 @@ class Publisher:
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is None:
             self.stats.delivered += 1
+            if not dependency.is_up("kafka"):  # acknowledged again after the broker was away
+                dependency.mark_up("kafka")
             return
         self._failed(err, msg, _bar_minute(msg.value()))
 

@@ -4,7 +4,8 @@
 (:mod:`producers.parallel`). A replay resumes after its per-ticker watermarks in Redis
 (:class:`producers.watermark.Watermarks`, moved only after the broker acked the bars, never past a bar whose
 delivery failed: those are re-sent first), so a killed replay restarts where it stopped; ``--no-resume``
-replays from scratch (failed deliveries are re-sent at the end).
+replays from scratch (failed deliveries are re-sent at the end). Its Redis client waits out a Redis
+outage (:func:`minutecast.redis.connect` with ``wait``): the producer pauses, reports it, and goes on.
 """
 
 from __future__ import annotations
@@ -59,14 +60,14 @@ def _replay(args: argparse.Namespace, pub: Publisher, tickers: list[str] | None,
         raise ConfigError(NO_PATH)
     frame = replay.load(args.path, tickers, limit)
     if getattr(args, "as_if_live", False):
-        run_live(pub, frame, wait_for_redis(pub.s.redis), sessions=args.live_sessions, speed=args.speed,
+        run_live(pub, frame, wait_for_redis(pub.s.redis, wait=True), sessions=args.live_sessions, speed=args.speed,
                  lead_days=args.lead_days, resume=not args.no_resume)
         return
     if args.shift_to_now:
         frame = replay.shift_to_now(frame)
     resume = None
     if not getattr(args, "no_resume", False):
-        resume = Watermarks(wait_for_redis(pub.s.redis), pub.s.namespace, frame["ticker"].unique().tolist(),
+        resume = Watermarks(wait_for_redis(pub.s.redis, wait=True), pub.s.namespace, frame["ticker"].unique().tolist(),
                             label="replay")
         before = len(frame)
         frame = resume.above(frame)
@@ -108,7 +109,7 @@ def _synthetic(args: argparse.Namespace, pub: Publisher, tickers: list[str], ind
 
 def _yfinance(args: argparse.Namespace, pub: Publisher, tickers: list[str], settings: ProducerSettings,
               throttle_state: tuple[Any, Any] | None) -> None:
-    redis = wait_for_redis(settings.redis)
+    redis = wait_for_redis(settings.redis, wait=True)
     throttle = Throttle(settings.yf_min_interval_s, settings.yf_max_backoff_s, settings.yf_max_retries,
                         shared=throttle_state)
     src = YFinanceSource(pub, redis, tickers, throttle=throttle, batch_size=settings.yf_batch_size,

@@ -88,8 +88,11 @@ class Watermarks:
         """The bars of ``frame`` above their ticker's watermark."""
         if frame.empty or not self.watermarks:
             return frame
-        wm = frame["ticker"].map(self.watermarks).fillna(-1).to_numpy(dtype="int64")
-        return frame[frame["minute"].to_numpy(dtype="int64") > wm]
+        return frame[self.above_mask(frame["ticker"], frame["minute"].to_numpy(dtype="int64"))]
+
+    def above_mask(self, tickers: pd.Series, minutes: np.ndarray) -> np.ndarray:
+        """Which of the (ticker, minute) rows lie above their ticker's watermark."""
+        return minutes > tickers.map(self.watermarks).fillna(-1).to_numpy(dtype="int64")
 
     def send(self, pub: Sink, piece: pd.DataFrame, source: str, now: float | None = None, *,
              sleep: Callable[[float], None] = time.sleep) -> int:

@@ -34,6 +34,7 @@ import redis as redislib
 from aiokafka.errors import KafkaError, KafkaTimeoutError
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, wait_random_exponential
 
+from minutecast import dependency
 from minutecast.errors import ServiceUnavailable
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,7 @@ class Stall:
         self.metrics.stalled.set(1)
         self.metrics.stalled_seconds.set(now - (self.since or now))
         self.metrics.retries.labels(what).inc()
+        dependency.mark_down("redis" if isinstance(exc, redislib.RedisError) else "kafka", exc)
         log.warning("%s failed (%s: %s); worker stalled %.0f s, retrying in %.1f s", what, type(exc).__name__,
                     str(exc)[:200], now - (self.since or now), wait_s)
         if first:
@@ -109,6 +111,8 @@ class Stall:
             return
         log.info("worker moving again after a %.1f s stall", time.time() - self.since)
         self.since = None
+        for dep in dependency.DEPENDENCIES:
+            dependency.mark_up(dep)
         self.metrics.stalled.set(0)
         self.metrics.stalled_seconds.set(0)
         self._write({"stream_stalled_since": 0, "stream_stall_reason": ""})

@@ -4,7 +4,8 @@
     minutecast infer --available-now                  # process what is on the topic, then exit
     minutecast infer --master spark://host:7077 --trigger-ms 500
 
-Waits for Kafka and Redis, creates missing topics, then runs until stopped (SIGTERM/SIGINT stop the
+Waits for Kafka and Redis (as long as they are away: :mod:`minutecast.dependency`), creates missing
+topics, then runs until stopped (SIGTERM/SIGINT stop the
 query between micro-batches; a SIGKILL is safe too: the checkpoint replays the unfinished batch).
 """
 
@@ -35,7 +36,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--partitions", type=int, help="partitions per micro-batch = model calls (default 2)")
     p.add_argument("--metrics-port", type=int, help="Prometheus port (default 9103; 0 = off)")
     p.add_argument("--stats-jsonl", type=Path, help="append one JSON line of stats per micro-batch here")
-    p.add_argument("--wait", type=float, default=60.0, help="seconds to wait for Kafka/Redis to answer")
+    p.add_argument("--wait", type=float, default=None,
+                   help="seconds to wait for Kafka/Redis at start-up (default: MINUTECAST_DEPENDENCY_WAIT_S, no limit)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -46,6 +48,9 @@ def run(args: argparse.Namespace) -> int:
     if not settings.spark_jars:  # the connector's jars from the cache (fetched once from Maven Central)
         jars = ",".join(str(j) for j in spark_kafka_jars(default_cache()))
         settings = settings.model_copy(update={"spark_jars": jars})
+    # Every Redis client of the job (driver and executors: the settings travel with the tasks) waits out a
+    # Redis outage inside its commands, so a micro-batch pauses instead of failing the query.
+    settings = settings.model_copy(update={"redis": settings.redis.model_copy(update={"wait": True})})
     wait_for_kafka(settings.kafka, args.wait)
     wait_for_redis(settings.redis, args.wait).close()
     ensure_topics(settings.kafka, settings.topic_specs())

@@ -3,10 +3,10 @@
     minutecast stream [--web-port N] [--metrics-port N] [--loglevel info]
 
 Scale out by starting more processes with the same ``MINUTECAST_NAMESPACE``: they join one consumer group
-(``{app_id}-{namespace}``) and share the bar topic's partitions. Waits for Kafka and Redis, creates missing
-topics, rebuilds the windows from the bar topic when Redis has none for the namespace, then runs until
-SIGTERM/SIGINT; a batch that finds Redis behind the topic (it lost acknowledged writes) is preceded by a
-repair from Kafka (:mod:`streams.repair`).
+(``{app_id}-{namespace}``) and share the bar topic's partitions. Waits for Kafka and Redis (as long as they
+are away, reported: :mod:`minutecast.dependency`), creates missing topics, rebuilds the windows from the bar
+topic when Redis has none for the namespace, then runs until SIGTERM/SIGINT; a batch that finds Redis behind
+the topic (it lost acknowledged writes) is preceded by a repair from Kafka (:mod:`streams.repair`).
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--metrics-port", type=int, default=None, help="Prometheus port (0: off)")
     parser.add_argument("--loglevel", default=None, help="worker log level (default MINUTECAST_LOG_LEVEL)")
     parser.add_argument("--no-rebuild", action="store_true", help="skip the start-up rebuild check")
-    parser.add_argument("--wait", type=float, default=60.0, help="seconds to wait for Kafka/Redis to answer")
+    parser.add_argument("--wait", type=float, default=None,
+                        help="seconds to wait for Kafka/Redis to answer at start (default: no limit, reported)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
                  if v is not None}
     settings = StreamSettings(**overrides)
     wait_for_kafka(settings.kafka, args.wait)
-    client = wait_for_redis(settings.redis, args.wait)
+    # No waiting inside commands: a batch that finds Redis away is retried by the worker itself (streams.failures).
+    client = wait_for_redis(settings.redis, args.wait, wait=False)
     ensure_topics(settings.kafka, settings.topic_specs())
 
     store = WindowStore(client, Keys(settings.namespace), settings.window_ttl_s)

@@ -65,6 +65,8 @@ class Status(BaseModel):
     model_version: str | None = None
     report: dict[str, Any] | None = None
     replay: dict[str, str] | None = None
+    # {service: {dependency: epoch s}}: services waiting for Kafka or Redis while it is away (an outage)
+    waiting: dict[str, dict[str, float]] | None = None
 
 
 class Error(BaseModel):
