@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -286,6 +286,17 @@ class Catalog:
                 part = idx[lo:lo + MATERIALISE_CHUNK]
                 windows[part] = with_market(self.series[str(t)].windows(self.bars[part]), self.market)
         return Samples(self.tickers.copy(), self.ends.copy(), windows, self.targets.copy())
+
+    def chunks(self, size: int) -> Iterator[Samples]:
+        """The samples in catalogue order, ``size`` windows at a time (each row built exactly as by
+        :meth:`samples`: the same windows, bit for bit, without holding them all)."""
+        for lo in range(0, len(self), max(1, size)):
+            yield self.take(np.arange(lo, min(lo + size, len(self)))).samples()
+
+    def ranges(self) -> dict[str, tuple[int, int]]:
+        """Each ticker's [start, stop) in the catalogue (a ticker's samples are contiguous, in time order)."""
+        names, first, counts = np.unique(self.tickers, return_index=True, return_counts=True)
+        return {str(t): (int(f), int(f + n)) for t, f, n in zip(names, first, counts, strict=True)}
 
 
 def catalog(bars: BarSet, market_ticker: str | None, market: Series | None = None) -> Catalog:
