@@ -157,6 +157,9 @@ def test_chunked_evaluation_gives_the_whole_evaluation_figures() -> None:
     pieces = [E.score(c, model, current, (1.05, 1.1)) for c in E.ticker_chunks(test, 3000)]
     _close(_figures(E.report_of(E.Scored.concat(pieces), model, current, baseline_scale=(1.05, 1.1))),
            _figures(whole))
+    into = E.score_all(E.ticker_chunks(test, 3000), len(test), model, current, (1.05, 1.1))  # what training does
+    assert len(into) == len(test)
+    _close(_figures(E.report_of(into, model, current, baseline_scale=(1.05, 1.1))), _figures(whole))
 
 
 def test_a_ticker_split_across_chunks_changes_the_figures() -> None:

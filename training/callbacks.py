@@ -62,12 +62,9 @@ def allgather_arrays(hvd_tf: Any, *arrays: np.ndarray) -> list[np.ndarray]:
     return [np.asarray(hvd_tf.allgather(tf.constant(np.asarray(a))).numpy()) for a in arrays]
 
 
-def gather_scored(hvd_tf: Any, parts: list[Scored], names: list[str]) -> Scored:
-    """Every rank's scored test samples (:func:`training.evaluate.score`; ``names``: the forecasters, the same
-    on every rank), concatenated in rank order (:func:`allgather_arrays`; tickers go as codes)."""
-    empty = Scored(np.empty(0, "<U12"), np.empty(0, np.int64), np.empty(0), np.empty(0), np.empty(0),
-                   {n: np.empty((0, len(QUANTILES))) for n in names})
-    s = Scored.concat([empty, *parts]) if any(len(p) for p in parts) else empty
+def gather_scored(hvd_tf: Any, s: Scored, names: list[str]) -> Scored:
+    """Every rank's scored test samples (:func:`training.evaluate.score_all`; ``names``: the forecasters, the
+    same on every rank), concatenated in rank order (:func:`allgather_arrays`; tickers go as codes)."""
     if hvd_tf.size() == 1:
         return s
     names_t, codes = np.unique(s.tickers, return_inverse=True)

@@ -20,7 +20,7 @@ re-exports them, so callers use ``training.evaluate`` only.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,7 +38,7 @@ from training.scoring import ready_share, ready_share_of
 
 __all__ = ["COVERAGE_TOL", "DM_ALPHA", "Scored", "apply_gate", "build_report", "forecaster_names", "forecasts",
            "gate", "load_current", "markdown", "predict_log_quantiles", "ready_share", "ready_share_of", "report_of",
-           "score", "ticker_chunks", "write_report"]
+           "score", "score_all", "ticker_chunks", "write_report"]
 
 EVAL_BATCH = 65_536  # windows per predict call when evaluating (bounds memory; serving sends one batch)
 POINT = ("model", "current", "persistence")  # point forecasters (medians; persistence = last close)
@@ -127,6 +127,27 @@ def score(test: Samples, model: ServingModel | None, current: ServingModel | Non
         return Scored(test.tickers, test.ends, test.targets, test.targets, test.targets, {})
     return Scored(test.tickers, test.ends, test.targets, test.last_close.copy(), window_sigma(test.windows),  # no view
                   forecasts(test, model, current, baseline_scale))
+
+
+def score_all(chunks: Iterable[Samples], n: int, model: ServingModel | None, current: ServingModel | None,
+              baseline_scale: tuple[float, float]) -> Scored:
+    """:func:`score` of each chunk (whole tickers), written into arrays for ``n`` samples allocated once (no
+    concatenation: one copy of the scored samples at a time)."""
+    names = forecaster_names(model, current)
+    out = Scored(np.empty(n, "<U12"), np.empty(n, np.int64), np.empty(n), np.empty(n), np.empty(n),
+                 {k: np.empty((n, 5)) for k in names})
+    pos = 0
+    for c in chunks:
+        s = score(c, model, current, baseline_scale)
+        if pos + len(s) > n:
+            raise ConfigError(f"more than the {n} test samples counted")
+        for a, b in ((out.tickers, s.tickers), (out.ends, s.ends), (out.targets, s.targets),
+                     (out.last_close, s.last_close), (out.sigma, s.sigma), *((out.preds[k], s.preds[k]) for k in
+                                                                              (names if len(s) else []))):
+            a[pos:pos + len(s)] = b
+        pos += len(s)
+    return Scored(out.tickers[:pos], out.ends[:pos], out.targets[:pos], out.last_close[:pos], out.sigma[:pos],
+                  {k: v[:pos] for k, v in out.preds.items()})
 
 
 def ticker_chunks(test: Samples, size: int = EVAL_BATCH) -> Iterator[Samples]:

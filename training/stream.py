@@ -213,10 +213,9 @@ def regular(c: D.Catalog) -> np.ndarray:
 
 
 def _merge(parts: list[D.Catalog]) -> D.Catalog:
-    """Catalogues of one group (the same series and market), one after the other."""
-    if len(parts) == 1:
-        return parts[0]
-    series = {k: v for c in parts for k, v in c.series.items()}
+    """Catalogues one after the other, holding only the series of their own tickers (a part taken from a
+    group's catalogue refers to every series of the group: carried on, they would pile up pass long)."""
+    series = {str(t): c.series[str(t)] for c in parts for t in np.unique(c.tickers)}
     cat = np.concatenate
     return D.Catalog(series, parts[0].market, cat([c.tickers for c in parts]), cat([c.bars for c in parts]),
                      cat([c.ends for c in parts]), cat([c.targets for c in parts]))

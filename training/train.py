@@ -295,8 +295,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - one straight scr
         raise MinutecastError(f"the ranks see different current models {seen}: every host needs the same registry")
     candidate = ServingModel(version="candidate", kind="lstm", scaler=scaler, keras_model=model,
                              meta={"bucket_scales": bucket_scales.tolist()})
-    scored = [E.score(c, candidate, current, baseline_scale)
-              for c in split_chunks("test_all", whole=True, keep=ST.regular)]  # reports score regular hours
+    scored = E.score_all(split_chunks("test_all", whole=True, keep=ST.regular), mine_n["test"], candidate,
+                         current, baseline_scale)  # reports score regular hours
     test_all = gather_scored(hvd_tf, scored, E.forecaster_names(candidate, current))
     del scored
     scratch.cleanup()
