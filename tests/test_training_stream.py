@@ -81,6 +81,19 @@ def test_streamed_samples_equal_materialised_ones(files: list[Path], whole: D.Ba
     assert len(list(tmp_path.glob("bars-*.npz"))) == (len(files) if cached else 0)
 
 
+def test_history_in_memory_moves_to_scratch_files(whole: D.BarSet, tmp_path: Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Kafka path: the bars read go into scratch files a group each, and come back the same, every pass."""
+    monkeypatch.setattr(ST, "GROUP_TICKERS", 3)
+    groups = ST.Groups(bars=dict(whole), scratch=tmp_path)
+    assert groups.bars is None and len(list(tmp_path.glob("bars-*.npz"))) == 2
+    for _ in range(2):
+        got = {t: s for g in groups for t, s in g.items()}
+        assert list(got) == sorted(whole)
+        for t, s in whole.items():
+            assert got[t].minutes.tobytes() == s.minutes.tobytes() and got[t].ohlcv.tobytes() == s.ohlcv.tobytes()
+
+
 def test_ticker_spanning_files_falls_back_to_one_group(files: list[Path], whole: D.BarSet, tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """A layout with a ticker in several files (e.g. a file per day) still gives whole series."""

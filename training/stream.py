@@ -46,7 +46,7 @@ class Groups:
     """The rank's bar history as groups of whole tickers, re-read on every pass. ``files``: recorded files
     (read and checked :data:`GROUP_FILES` at a time on the first pass, :func:`training.data.read_files`; later
     passes load each group's checked bars back from ``scratch``, uncompressed numpy, ~48 bytes a bar); or
-    ``bars``: a history already in memory (the rank's Kafka partitions)."""
+    ``bars``: a history read into memory (the rank's Kafka partitions), moved into ``scratch`` at once."""
 
     def __init__(self, files: list[Path] | None = None, tickers: list[str] | None = None,
                  bars: D.BarSet | None = None, scratch: Path | None = None) -> None:
@@ -55,17 +55,23 @@ class Groups:
         self.passes = 0
         self.single = False  # a ticker spans several file groups: one group of every file
         self.cached: list[Path] = []
+        self.ready = False  # every group is in ``cached``
+        if bars is not None and scratch is not None:  # out of memory into scratch files, a group each
+            names, step = sorted(bars), GROUP_TICKERS
+            self.cached = [_save_group(scratch / f"bars-{k:05d}.npz", {t: bars[t] for t in names[lo:lo + step]})
+                           for k, lo in enumerate(range(0, len(names), step))]
+            self.bars, self.ready = None, True
 
     def __iter__(self) -> Iterator[D.BarSet]:
         self.passes += 1
+        if self.ready:
+            for path in self.cached:
+                yield _load_group(path)
+            return
         if self.bars is not None:
             names = sorted(self.bars)
             for lo in range(0, len(names), GROUP_TICKERS):
                 yield {t: self.bars[t] for t in names[lo:lo + GROUP_TICKERS]}
-            return
-        if self.passes > 1 and self.scratch is not None:
-            for path in self.cached:
-                yield _load_group(path)
             return
         files = self.files or []
         step = len(files) if self.single else GROUP_FILES
@@ -76,10 +82,11 @@ class Groups:
             if self.scratch is not None:
                 self.cached.append(_save_group(self.scratch / f"bars-{k:05d}.npz", bars))
             yield bars
+        self.ready = self.scratch is not None
 
     def restart(self) -> None:
         """Back to before the first pass, as one group of every file."""
-        self.single, self.passes, self.firsts = True, 0, D.FirstValues()
+        self.single, self.passes, self.firsts, self.cached, self.ready = True, 0, D.FirstValues(), [], False
 
 
 def _save_group(path: Path, bars: D.BarSet) -> Path:

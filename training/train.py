@@ -12,10 +12,14 @@ each rank, with every flag given overriding its field (``--epochs 0`` included; 
 Reads the bar topic of ``MINUTECAST_NAMESPACE`` from the beginning up to a snapshot of its end offsets
 (``--offsets FILE`` from the CLI, else rank 0 takes one and broadcasts it); each rank reads only its
 share of the partitions. ``--bars DIR`` trains from recorded files instead (each rank its share of files).
-Splits by date, fits the scaler on training samples (allreduced sufficient statistics), trains with
-hvd.DistributedOptimizer (LR x size), keeps the weights with the best global validation pinball loss
-(epoch 0 = the untrained model), and on rank 0: evaluates model vs persistence vs the current model on all
-test samples (gathered from every rank), saves a registry version, writes the report and ``result.json``,
+Streamed (:mod:`training.stream`): nothing holds every window. Pass 1 over the rank's bars, a group of
+tickers at a time, counts samples per ticker and date (split by date and subsample from the counts alone);
+pass 2 fits the scaler on training samples (allreduced sufficient statistics) and the baseline; pass 3
+writes the training and validation inputs to scratch files; training reads shuffled batches back. It trains
+with hvd.DistributedOptimizer (LR x size), keeps the weights with the best global validation pinball loss
+(epoch 0 = the untrained model); pass 4: every rank scores its test samples a chunk of whole tickers at a
+time (no windows kept), and rank 0 evaluates model vs persistence vs the current model on all of them
+(gathered from every rank), saves a registry version, writes the report and ``result.json``,
 and removes old runs, checkpoints and reports beyond the last ``keep_runs`` / ``keep_versions``
 (:mod:`training.cleanup`). A minute's first bar wins (:func:`training.data.keep_first`, serving's rule); the
 repeats left out are counted in the report's ``data`` (``duplicates``, ``conflicting_duplicates``).
@@ -193,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - one straight scr
         bars, krange = D.read_topic(settings.kafka, snapshot["topic"], offsets, rank=rank, size=size,
                                     allowed=allowlist(settings))  # the same records the Faust worker accepts
         source = {"topic": snapshot["topic"], "end_offsets": offsets}
-        groups = ST.Groups(bars=bars)
+        groups = ST.Groups(bars=bars, scratch=Path(scratch.name))  # into scratch files: memory freed below
         groups.firsts = D.FirstValues(krange.duplicates, krange.conflicts)
         log.info("read %d bars of %d tickers from partitions %s", krange.bars, len(bars), krange.partitions)
         del bars
