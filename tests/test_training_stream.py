@@ -109,6 +109,15 @@ def test_ticker_spanning_files_falls_back_to_one_group(files: list[Path], whole:
     assert int(plan.days["AMD"][1].sum()) == len(ref)
 
 
+def test_catalog_ticker_chunks_are_whole_tickers_in_order(whole: D.BarSet) -> None:
+    """What `minutecast evaluate` scores a chunk at a time: the catalogue's samples, bit for bit."""
+    cat = D.regular(D.catalog(whole, "SPY"))
+    parts = list(cat.ticker_chunks(30_000))
+    assert len(parts) > 1 and all(len(set(p.tickers.tolist()) & set(q.tickers.tolist())) == 0
+                                  for p, q in zip(parts, parts[1:], strict=False))
+    _same(D.Samples.concat(parts), cat.samples())
+
+
 def test_ready_share_from_gathered_counts_equals_whole(whole: D.BarSet) -> None:
     days = np.unique(np.concatenate([S.session_ids(s.minutes) for s in whole.values()]))[-5:]
     expected = S.ready_share(whole, days=days.tolist())

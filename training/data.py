@@ -309,6 +309,19 @@ class Catalog:
         for lo in range(0, len(self), max(1, size)):
             yield self.take(np.arange(lo, min(lo + size, len(self)))).samples()
 
+    def ticker_chunks(self, size: int) -> Iterator[Samples]:
+        """The samples, whole tickers at a time (several per chunk up to about ``size`` windows), in order."""
+        picked: list[np.ndarray] = []
+        n = 0
+        for lo, hi in self.ranges().values():
+            if picked and n + hi - lo > size:
+                yield self.take(np.concatenate(picked)).samples()
+                picked, n = [], 0
+            picked.append(np.arange(lo, hi))
+            n += hi - lo
+        if picked:
+            yield self.take(np.concatenate(picked)).samples()
+
     def ranges(self) -> dict[str, tuple[int, int]]:
         """Each ticker's [start, stop) in the catalogue (a ticker's samples are contiguous, in time order)."""
         names, first, counts = np.unique(self.tickers, return_index=True, return_counts=True)

@@ -41,6 +41,7 @@ __all__ = ["COVERAGE_TOL", "DM_ALPHA", "Scored", "apply_gate", "build_report", "
            "score", "score_all", "ticker_chunks", "write_report"]
 
 EVAL_BATCH = 65_536  # windows per predict call when evaluating (bounds memory; serving sends one batch)
+EVAL_CHUNK = 16_384  # windows built at once for scoring (whole tickers: a larger ticker is a chunk alone)
 POINT = ("model", "current", "persistence")  # point forecasters (medians; persistence = last close)
 # Per-ticker table columns: (report key, forecaster, metric).
 TICKER_COLUMNS = (("coverage_80", "served", "coverage_80"), ("coverage_90", "served", "coverage_90"),
@@ -150,7 +151,7 @@ def score_all(chunks: Iterable[Samples], n: int, model: ServingModel | None, cur
                   {k: v[:pos] for k, v in out.preds.items()})
 
 
-def ticker_chunks(test: Samples, size: int = EVAL_BATCH) -> Iterator[Samples]:
+def ticker_chunks(test: Samples, size: int = EVAL_CHUNK) -> Iterator[Samples]:
     """``test`` in chunks of whole tickers of about ``size`` samples (a larger ticker is a chunk alone), in
     order of first appearance."""
     names, first = np.unique(test.tickers, return_index=True)
@@ -169,7 +170,7 @@ def ticker_chunks(test: Samples, size: int = EVAL_BATCH) -> Iterator[Samples]:
 
 def build_report(test: Samples, model: ServingModel | None, current: ServingModel | None = None, *,
                  baseline_scale: tuple[float, float] = (1.0, 1.0), extra: dict[str, Any] | None = None,
-                 chunk: int = EVAL_BATCH) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+                 chunk: int = EVAL_CHUNK) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """:func:`report_of` the samples ``test``, scored a chunk of whole tickers at a time (:func:`score`),
     and the forecasts behind it (forecaster -> (N, 5) price quantiles on all of ``test`` with a target, in
     its order when each ticker's samples are together) for the plots."""
