@@ -154,9 +154,10 @@ def rss_command(bars: Path, out: Path, max_samples: int, tickers: str | None = N
 
 def trainer_rss(bars: Path, max_samples: int, tickers: str | None = None, timeout_s: float = 3600,
                 ranks: int = 1) -> dict[str, Any]:
-    """Peak RSS (MiB) of one training run (:func:`rss_command`) in a scratch MINUTECAST_HOME: ``ru_maxrss`` from
-    ``wait4`` (Linux: KiB; the largest of the process and its waited-for descendants, so with horovodrun the
-    largest rank), beside each rank's own peak as the run reports it (``peak_rss_mb_per_rank``)."""
+    """Peak RSS (MiB) of one training run (:func:`rss_command`) in a scratch MINUTECAST_HOME: the largest of
+    ``ru_maxrss`` from ``wait4`` (Linux: KiB; the trainer itself when it runs alone) and each rank's own peak
+    as the run reports it (``peak_rss_mb_per_rank``; rank 0's taken after the report: ``peak_rss_mb_rank0``),
+    since horovodrun's ranks are not necessarily among its waited-for descendants."""
     with tempfile.TemporaryDirectory(prefix="minutecast-rss-") as home:
         cmd = rss_command(bars, Path(home) / "run", max_samples, tickers, ranks)
         env = ENV | {"MINUTECAST_HOME": home, "MINUTECAST_PROMOTE": "false"}
@@ -178,7 +179,9 @@ def trainer_rss(bars: Path, max_samples: int, tickers: str | None = None, timeou
         if proc.returncode != 0 or not result_file.exists():
             raise InfraError(f"training run for the RSS measurement failed (exit {proc.returncode}): {output[-3000:]}")
         result = json.loads(result_file.read_text())
-    per_rank = result.get("peak_rss_mb_per_rank") or []
+    per_rank = list(result.get("peak_rss_mb_per_rank") or [])
+    if per_rank and result.get("peak_rss_mb_rank0"):  # rank 0's peak with the report (after the gather)
+        per_rank[0] = max(per_rank[0], result["peak_rss_mb_rank0"])
     peak = round(max([usage.ru_maxrss / 1024, *per_rank]), 1)
     print(f"  trainer peak RSS: {peak:.0f} MiB per rank at most ({ranks} rank(s), {seconds:.0f} s; samples "
           f"{result['samples']}; {result.get('samples_per_s')} samples/s)", flush=True)

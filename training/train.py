@@ -334,6 +334,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - one straight scr
         "samples_per_s": round(epochs_run * steps * cfg_preset.batch_size * size / fit_s, 1) if fit_s > 0 else None,
         "total_seconds": round(time.time() - t_start, 2),
         "peak_rss_mb_per_rank": peak_rss_mb,  # each rank's peak resident set before the report (MiB)
+        "peak_rss_mb_rank0": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),  # report too
     }
     out = args.out or cleanup.runs_root(settings) / run_id
     out.mkdir(parents=True, exist_ok=True)
