@@ -3,7 +3,8 @@
     python -m benchmarks.training            # full: ~3 minutes on 2 free cores
     python -m benchmarks.training --quick    # fewer steps, no accuracy table
     python -m benchmarks.training --tiny     # smoke run for the tests: 1 and 2 ranks, a few small steps only
-    python -m benchmarks.training --rss-only # just the trainer's peak RSS on the full shared data (~5 min)
+    python -m benchmarks.training --rss-only # just the trainer's peak RSS on the full shared data (~2 min)
+    python -m benchmarks.training --rss-only --tickers 503 --days 45 --ranks 2   # synthetic bars, 2 ranks
 
 Throughput: the default preset's training step (forward, backward, Horovod allreduce, Adam) on synthetic
 input of the real shape (the values do not change the cost), each rank ONE TensorFlow thread
@@ -16,11 +17,15 @@ promoted) vs persistence on the test dates (last 15%) of the shared data.
 Memory: the peak resident set (``ru_maxrss`` of the trainer process, from ``wait4``) of one real training
 run, ``python -m training.train --bars <shared data>`` on one rank in a scratch MINUTECAST_HOME (nothing
 promoted): the tiny network for 1 epoch, but the default preset's sample cap (``--max-samples``), since
-the data, the catalogue and the materialised windows (~5.8 kB each) set the peak, not the network.
-``--tiny`` takes two tickers and 2,000 samples instead.
+what the trainer holds of the data sets the peak, not the network: streamed (training/stream.py), a group
+of tickers' bars and a chunk of windows at a time, so the peak is bounded by the group, chunk and sample-cap
+sizes and by the scored test samples (~0.3 kB each), not by the windows (~5.8 kB each). ``--tiny`` takes two
+tickers and 2,000 samples instead. ``--tickers N --days D``: the same run on synthetic bars of the recorded
+data's shape (:mod:`benchmarks.training_bars`), ``--ranks R`` under horovodrun (the peak is per rank).
 
 Last stdout line: one JSON object with samples_per_s_1rank, samples_per_s_2ranks, scaling, gpu_epoch_s, runs,
-accuracy, trainer_peak_rss_mb and trainer_rss (the run's command, data, samples and seconds).
+accuracy, trainer_peak_rss_mb and trainer_rss (the run's command, data, samples, seconds, samples/s, load);
+with ``--rss-only``: trainer_peak_rss_mb, samples_per_s, seconds and trainer_rss.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.training_bars import synthetic_bars
 from minutecast.errors import InfraError
 from minutecast.features import N_FEATURES
 from minutecast.model import build_model, get_preset, make_loss
@@ -135,20 +141,28 @@ def control(batch: int, steps: int, warmup: int) -> float:
 RSS_TINY_TICKERS = "SPY,AAPL"  # --tiny: the market ticker and one more
 
 
-def rss_command(bars: Path, out: Path, max_samples: int, tickers: str | None = None) -> list[str]:
-    """One training run on one rank: the tiny network for 1 epoch on ``bars``, no promotion."""
+def rss_command(bars: Path, out: Path, max_samples: int, tickers: str | None = None, ranks: int = 1) -> list[str]:
+    """One training run: the tiny network for 1 epoch on ``bars``, no promotion; ``ranks`` > 1 via horovodrun."""
     cmd = [sys.executable, "-m", "training.train", "--bars", str(bars), "--preset", "tiny", "--epochs", "1",
            "--batch-size", "512", "--max-samples", str(max_samples), "--no-promote", "--out", str(out)]
-    return cmd + (["--tickers", tickers] if tickers else [])
+    cmd += ["--tickers", tickers] if tickers else []
+    if ranks > 1:
+        hvdrun = shutil.which("horovodrun") or str(Path(sys.executable).parent / "horovodrun")
+        cmd = [hvdrun, "-np", str(ranks), "-H", f"localhost:{ranks}", *cmd]
+    return cmd
 
 
-def trainer_rss(bars: Path, max_samples: int, tickers: str | None = None, timeout_s: float = 1200) -> dict[str, Any]:
-    """Peak RSS (MiB) of one training run (:func:`rss_command`) in a scratch MINUTECAST_HOME: ``ru_maxrss`` of
-    the trainer process from ``wait4`` (Linux: KiB), so no other child of this benchmark counts."""
+def trainer_rss(bars: Path, max_samples: int, tickers: str | None = None, timeout_s: float = 3600,
+                ranks: int = 1) -> dict[str, Any]:
+    """Peak RSS (MiB) of one training run (:func:`rss_command`) in a scratch MINUTECAST_HOME: the largest of
+    ``ru_maxrss`` from ``wait4`` (Linux: KiB; the trainer itself when it runs alone) and each rank's own peak
+    as the run reports it (``peak_rss_mb_per_rank``; rank 0's taken after the report: ``peak_rss_mb_rank0``),
+    since horovodrun's ranks are not necessarily among its waited-for descendants."""
     with tempfile.TemporaryDirectory(prefix="minutecast-rss-") as home:
-        cmd = rss_command(bars, Path(home) / "run", max_samples, tickers)
+        cmd = rss_command(bars, Path(home) / "run", max_samples, tickers, ranks)
         env = ENV | {"MINUTECAST_HOME": home, "MINUTECAST_PROMOTE": "false"}
         t0 = time.monotonic()
+        load0 = os.getloadavg()[0]
         with open(Path(home) / "train.log", "w+") as logf:
             proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=logf, stderr=subprocess.STDOUT)
             timer = threading.Timer(timeout_s, proc.kill)  # wait4 has no timeout of its own
@@ -165,10 +179,18 @@ def trainer_rss(bars: Path, max_samples: int, tickers: str | None = None, timeou
         if proc.returncode != 0 or not result_file.exists():
             raise InfraError(f"training run for the RSS measurement failed (exit {proc.returncode}): {output[-3000:]}")
         result = json.loads(result_file.read_text())
-    peak = round(usage.ru_maxrss / 1024, 1)
-    print(f"  trainer peak RSS: {peak:.0f} MiB ({seconds:.0f} s; samples {result['samples']})", flush=True)
-    return {"peak_rss_mb": peak, "seconds": round(seconds, 1), "bars": str(bars), "tickers": tickers or "all",
-            "max_samples": max_samples, "samples": result["samples"], "command": " ".join(cmd[1:])}
+    per_rank = list(result.get("peak_rss_mb_per_rank") or [])
+    if per_rank and result.get("peak_rss_mb_rank0"):  # rank 0's peak with the report (after the gather)
+        per_rank[0] = max(per_rank[0], result["peak_rss_mb_rank0"])
+    peak = round(max([usage.ru_maxrss / 1024, *per_rank]), 1)
+    print(f"  trainer peak RSS: {peak:.0f} MiB per rank at most ({ranks} rank(s), {seconds:.0f} s; samples "
+          f"{result['samples']}; {result.get('samples_per_s')} samples/s)", flush=True)
+    return {"peak_rss_mb": peak, "peak_rss_mb_per_rank": per_rank, "ranks": ranks, "seconds": round(seconds, 1),
+            "train_seconds": result.get("train_seconds"), "samples_per_s": result.get("samples_per_s"),
+            "bars": str(bars), "tickers": tickers or "all", "max_samples": max_samples, "samples": result["samples"],
+            "figures": {k: result.get(k) for k in ("coverage_80", "interval_score_80", "baseline_interval_score_80",
+                                                   "model_rmse", "persistence_rmse", "ready_share_regular_hours")},
+            "load_avg_1m": [round(load0, 2), round(os.getloadavg()[0], 2)], "command": " ".join(cmd[1:])}
 
 
 def accuracy_table() -> dict[str, Any] | None:
@@ -208,18 +230,28 @@ def main() -> None:
     p.add_argument("--passes", type=int, default=1, help="backward passes per allreduce")
     p.add_argument("--no-rss", action="store_true", help="skip the trainer's peak RSS measurement")
     p.add_argument("--rss-only", action="store_true", help="only the trainer's peak RSS on the shared data")
+    p.add_argument("--tickers", type=int, default=None,
+                   help="the RSS run on this many synthetic tickers (benchmarks.training_bars), not the shared data")
+    p.add_argument("--days", type=int, default=45, help="sessions of synthetic bars (with --tickers)")
+    p.add_argument("--ranks", type=int, default=1, help="Horovod ranks of the RSS run")
     args = p.parse_args()
     if args.worker:
         worker(args)
         return
     rss = None
-    if not args.no_rss and SHARED.is_dir():  # first, on an idle machine: nothing else of ours is running
-        cap = 2000 if args.tiny else get_preset("default").max_samples or 400_000
-        rss = trainer_rss(SHARED, cap, RSS_TINY_TICKERS if args.tiny else None)
+    cap = 2000 if args.tiny else get_preset("default").max_samples or 400_000
+    if args.tickers:
+        bars = synthetic_bars(args.tickers, args.days)
+        print(f"synthetic bars: {args.tickers} tickers x {args.days} sessions ({bars})", flush=True)
+        rss = trainer_rss(bars, cap, ranks=args.ranks) | {"synthetic": {"tickers": args.tickers, "days": args.days}}
+    elif not args.no_rss and SHARED.is_dir():  # first, on an idle machine: nothing else of ours is running
+        rss = trainer_rss(SHARED, cap, RSS_TINY_TICKERS if args.tiny else None, ranks=args.ranks)
     elif not args.no_rss:
         print(f"  trainer peak RSS: skipped (no shared data at {SHARED})")
     if args.rss_only:
-        print(json.dumps({"trainer_peak_rss_mb": rss and rss["peak_rss_mb"], "trainer_rss": rss}))
+        print(json.dumps({"trainer_peak_rss_mb": rss and rss["peak_rss_mb"],
+                          "samples_per_s": rss and rss["samples_per_s"], "seconds": rss and rss["seconds"],
+                          "trainer_rss": rss}))
         return
     small, large = (40, 12) if args.quick else (400, 120)  # measured steps at batch 256 / 1024 (~5-10 s each)
     print(f"training throughput, default preset, CPU, {os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}:")

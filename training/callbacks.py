@@ -19,11 +19,13 @@ import tensorflow as tf
 
 from minutecast.intervals import bucket_index, bucket_scales, interval_scores
 from minutecast.schemas import QUANTILES
-from training.data import Samples
+from training.evaluate import Scored
 from training.scoring import diebold_mariano
+from training.stream import Spill
 
 _LEVELS = np.asarray(QUANTILES, dtype=np.float64)
 PREDICT_BATCH = 8192  # windows per predict call on validation samples
+PREDICT_ROWS = 4 * PREDICT_BATCH  # inputs read from a scratch file at once (~100 MB; whole batches)
 
 
 def pinball_sum(pred: np.ndarray, y: np.ndarray) -> float:
@@ -32,11 +34,16 @@ def pinball_sum(pred: np.ndarray, y: np.ndarray) -> float:
     return float(np.maximum(_LEVELS * err, (_LEVELS - 1.0) * err).sum())
 
 
-def predict(model: Any, x: np.ndarray) -> np.ndarray:
-    """The model's outputs (N, 5) float64 on ``x`` (normalised windows), in batches."""
+def predict(model: Any, x: np.ndarray | Spill) -> np.ndarray:
+    """The model's outputs (N, 5) float64 on ``x`` (normalised windows, or a scratch file of them read
+    :data:`PREDICT_ROWS` at a time), in batches of :data:`PREDICT_BATCH`."""
     if not len(x):
         return np.zeros((0, len(QUANTILES)))
-    return np.asarray(model.predict(x, batch_size=PREDICT_BATCH, verbose=0), dtype=np.float64)
+    if isinstance(x, np.ndarray):
+        return np.asarray(model.predict(x, batch_size=PREDICT_BATCH, verbose=0), dtype=np.float64)
+    return np.concatenate([np.asarray(model.predict(x.range(lo, lo + PREDICT_ROWS), batch_size=PREDICT_BATCH,
+                                                    verbose=0), dtype=np.float64)
+                           for lo in range(0, len(x), PREDICT_ROWS)])
 
 
 def allreduce_sum(hvd_tf: Any, values: Any) -> np.ndarray:
@@ -55,38 +62,26 @@ def allgather_arrays(hvd_tf: Any, *arrays: np.ndarray) -> list[np.ndarray]:
     return [np.asarray(hvd_tf.allgather(tf.constant(np.asarray(a))).numpy()) for a in arrays]
 
 
-def gather_samples(hvd_tf: Any, s: Samples) -> Samples:
-    """Every rank's samples, on every rank, in rank order (:func:`allgather_arrays`; tickers go as codes)."""
+def gather_scored(hvd_tf: Any, s: Scored, names: list[str]) -> Scored:
+    """Every rank's scored test samples (:func:`training.evaluate.score_all`; ``names``: the forecasters, the
+    same on every rank), concatenated in rank order (:func:`allgather_arrays`; tickers go as codes)."""
     if hvd_tf.size() == 1:
         return s
-    names, codes = np.unique(s.tickers, return_inverse=True)
-    lookup = np.asarray(sorted(set().union(*hvd_tf.allgather_object(set(names.tolist())))), dtype=s.tickers.dtype)
-    mine = np.asarray(np.searchsorted(lookup, names))[codes.reshape(-1)].astype(np.int32)
-    codes_all, ends, windows, targets = allgather_arrays(hvd_tf, mine, s.ends, s.windows, s.targets)
-    return Samples(lookup[codes_all], ends, windows, targets)
-
-
-def gather_minutes(hvd_tf: Any, minutes: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Every rank's {ticker: bar minutes}, merged (a ticker lives on one rank), on every rank."""
-    if hvd_tf.size() == 1:
-        return dict(minutes)
-    names = sorted(minutes)
-    index = hvd_tf.allgather_object([(t, int(minutes[t].size)) for t in names])
-    (flat,) = allgather_arrays(hvd_tf, np.concatenate([minutes[t] for t in names] or [np.empty(0, np.int64)]))
-    out: dict[str, np.ndarray] = {}
-    pos = 0
-    for part in index:
-        for t, n in part:
-            out[t] = flat[pos:pos + n]
-            pos += n
-    return out
+    names_t, codes = np.unique(s.tickers, return_inverse=True)
+    lookup = np.asarray(sorted(set().union(*hvd_tf.allgather_object(set(names_t.tolist())))), dtype="<U12")
+    mine = np.asarray(np.searchsorted(lookup, names_t), dtype=np.int32)[codes.reshape(-1)]
+    stacked = np.stack([s.preds[n] for n in names], axis=1) if len(s) else np.empty((0, len(names), len(QUANTILES)))
+    codes_all, ends, targets, last, sigma, preds = allgather_arrays(hvd_tf, mine, s.ends, s.targets, s.last_close,
+                                                                     s.sigma, stacked)
+    return Scored(lookup[codes_all], ends, targets, last, sigma, {n: preds[:, k] for k, n in enumerate(names)})
 
 
 class GlobalValidation(tf.keras.callbacks.Callback):
     """Validation pinball loss over ALL ranks' validation samples (sums allreduced), best-weights tracking
     from epoch 0 (the untrained model) and early stopping; identical decisions on every rank."""
 
-    def __init__(self, hvd_tf: Any, x_val: np.ndarray, y_val: np.ndarray, patience: int, log: Any = None) -> None:
+    def __init__(self, hvd_tf: Any, x_val: np.ndarray | Spill, y_val: np.ndarray, patience: int,
+                 log: Any = None) -> None:
         super().__init__()
         self.hvd, self.x, self.y, self.patience, self.log = hvd_tf, x_val, y_val, patience, log
         self.best, self.best_epoch, self.best_weights = math.inf, 0, None

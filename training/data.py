@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,6 +41,7 @@ from producers.replay import list_files, load
 log = logging.getLogger(__name__)
 MATERIALISE_CHUNK = 50_000  # windows built per step (bounds the float64 temporaries)
 MAX_EXAMPLES = 5  # conflicting duplicates named in the log
+FLUSH_BARS = 500_000  # bars read from Kafka between moves into arrays (bounds the Python objects: ~100 MB)
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,7 @@ def read_topic(ks: KafkaSettings, topic: str, end_offsets: dict[int, int], *, ra
     """
     mine = [p for p in shard(list(end_offsets), rank, size) if end_offsets[p] > 0]
     cols: dict[str, tuple[list[int], list[tuple[float, float, float, float, float]]]] = {}
+    done: dict[str, list[Series]] = {}  # each ticker's bars read so far, as arrays (~48 bytes a bar)
     rejected: dict[str, int] = {}
     n_bars = 0
     looped = 0
@@ -153,6 +155,8 @@ def read_topic(ks: KafkaSettings, topic: str, end_offsets: dict[int, int], *, ra
                     m.append(bar.minute)
                     x.append((bar.open, bar.high, bar.low, bar.close, bar.volume))
                     n_bars += 1
+                    if n_bars % FLUSH_BARS == 0:
+                        _flush(cols, done)
                 # A partition whose last offsets were deleted by retention/compaction: stop at its end.
                 for p in list(todo):
                     _, high = consumer.get_watermark_offsets(TopicPartition(topic, p), cached=True)
@@ -161,8 +165,10 @@ def read_topic(ks: KafkaSettings, topic: str, end_offsets: dict[int, int], *, ra
                         del todo[p]
         finally:
             consumer.close()
-    bars, firsts = keep_first({t: Series(np.asarray(m, np.int64), np.asarray(x, np.float64).reshape(-1, 5))
-                               for t, (m, x) in cols.items()})  # a ticker lives in one partition: offset order
+    _flush(cols, done)
+    bars, firsts = keep_first({t: Series(np.concatenate([p.minutes for p in parts]),
+                                         np.concatenate([p.ohlcv for p in parts]))
+                               for t, parts in done.items()})  # a ticker lives in one partition: offset order
     if firsts.conflicts:
         log.warning("left out %d conflicting duplicates in %s (a minute keeps its first value, as in serving; "
                     "e.g. %s)", firsts.conflicts, topic, ", ".join(firsts.examples))
@@ -172,6 +178,16 @@ def read_topic(ks: KafkaSettings, topic: str, end_offsets: dict[int, int], *, ra
         log.warning("skipped %d invalid bars in %s (dead-lettered upstream): %s", sum(rejected.values()), topic,
                     rejected)
     return bars, KafkaRange(topic, dict(end_offsets), mine, n_bars, rejected, firsts.duplicates, firsts.conflicts)
+
+
+def _flush(cols: dict[str, tuple[list[int], list[tuple[float, float, float, float, float]]]],
+           done: dict[str, list[Series]]) -> None:
+    """Move the bars collected as Python objects (~200 bytes a bar) into arrays, in arrival order."""
+    for t, (m, x) in cols.items():
+        if m:
+            done.setdefault(t, []).append(Series(np.asarray(m, np.int64), np.asarray(x, np.float64).reshape(-1, 5)))
+            m.clear()
+            x.clear()
 
 
 def bar_files(root: Path | str) -> list[Path]:
@@ -286,6 +302,30 @@ class Catalog:
                 part = idx[lo:lo + MATERIALISE_CHUNK]
                 windows[part] = with_market(self.series[str(t)].windows(self.bars[part]), self.market)
         return Samples(self.tickers.copy(), self.ends.copy(), windows, self.targets.copy())
+
+    def chunks(self, size: int) -> Iterator[Samples]:
+        """The samples in catalogue order, ``size`` windows at a time (each row built exactly as by
+        :meth:`samples`: the same windows, bit for bit, without holding them all)."""
+        for lo in range(0, len(self), max(1, size)):
+            yield self.take(np.arange(lo, min(lo + size, len(self)))).samples()
+
+    def ticker_chunks(self, size: int) -> Iterator[Samples]:
+        """The samples, whole tickers at a time (several per chunk up to about ``size`` windows), in order."""
+        picked: list[np.ndarray] = []
+        n = 0
+        for lo, hi in self.ranges().values():
+            if picked and n + hi - lo > size:
+                yield self.take(np.concatenate(picked)).samples()
+                picked, n = [], 0
+            picked.append(np.arange(lo, hi))
+            n += hi - lo
+        if picked:
+            yield self.take(np.concatenate(picked)).samples()
+
+    def ranges(self) -> dict[str, tuple[int, int]]:
+        """Each ticker's [start, stop) in the catalogue (a ticker's samples are contiguous, in time order)."""
+        names, first, counts = np.unique(self.tickers, return_index=True, return_counts=True)
+        return {str(t): (int(f), int(f + n)) for t, f, n in zip(names, first, counts, strict=True)}
 
 
 def catalog(bars: BarSet, market_ticker: str | None, market: Series | None = None) -> Catalog:

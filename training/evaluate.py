@@ -20,6 +20,8 @@ re-exports them, so callers use ``training.evaluate`` only.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -32,12 +34,14 @@ from training import scoring as S
 from training.data import Samples
 from training.gate import COVERAGE_TOL, DM_ALPHA, apply_gate, gate, load_current
 from training.report import markdown, write_report
-from training.scoring import ready_share
+from training.scoring import ready_share, ready_share_of
 
-__all__ = ["COVERAGE_TOL", "DM_ALPHA", "apply_gate", "build_report", "forecasts", "gate", "load_current",
-           "markdown", "predict_log_quantiles", "ready_share", "write_report"]
+__all__ = ["COVERAGE_TOL", "DM_ALPHA", "Scored", "apply_gate", "build_report", "forecaster_names", "forecasts",
+           "gate", "load_current", "markdown", "predict_log_quantiles", "ready_share", "ready_share_of", "report_of",
+           "score", "score_all", "ticker_chunks", "write_report"]
 
 EVAL_BATCH = 65_536  # windows per predict call when evaluating (bounds memory; serving sends one batch)
+EVAL_CHUNK = 16_384  # windows built at once for scoring (whole tickers: a larger ticker is a chunk alone)
 POINT = ("model", "current", "persistence")  # point forecasters (medians; persistence = last close)
 # Per-ticker table columns: (report key, forecaster, metric).
 TICKER_COLUMNS = (("coverage_80", "served", "coverage_80"), ("coverage_90", "served", "coverage_90"),
@@ -74,38 +78,129 @@ def forecasts(test: Samples, model: ServingModel | None, current: ServingModel |
     return {name: to_prices(q, last) for name, q in log_q.items()}
 
 
+def forecaster_names(model: ServingModel | None, current: ServingModel | None) -> list[str]:
+    """The forecasters :func:`forecasts` returns for ``model`` and ``current``, in its order."""
+    names = ["model_raw", "model"] if model is not None else []
+    if current is not None and (model is None or current.version != model.version):
+        names.append("current")
+    return [*names, "naive", "baseline", "baseline_online"]
+
+
 def _iso(epoch_s: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch_s))
 
 
-def build_report(test: Samples, model: ServingModel | None, current: ServingModel | None = None, *,
-                 baseline_scale: tuple[float, float] = (1.0, 1.0),
-                 extra: dict[str, Any] | None = None) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    """The report dict and the forecasts behind it (forecaster -> (N, 5) price quantiles on all of ``test``,
-    in its order) for the plots. ``model`` None: the report is about what serving publishes without a
-    model (persistence + the calibrated baseline with online calibration). ``extra`` is merged in last
-    (e.g. :func:`ready_share` of the bars the samples came from)."""
+@dataclass(frozen=True)
+class Scored:
+    """Test samples once scored: what the report needs of them, without windows (~300 B a sample instead of
+    ~5.8 kB). ``preds``: forecaster -> (N, 5) price quantiles. Samples without a usable target are not in it."""
+
+    tickers: np.ndarray  # (N,) str
+    ends: np.ndarray  # (N,) int64 as-of minutes
+    targets: np.ndarray  # (N,) float64 actual close at t + HORIZON
+    last_close: np.ndarray  # (N,) float64 close at t
+    sigma: np.ndarray  # (N,) window_sigma of the window (1-minute log-return std)
+    preds: dict[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return int(self.ends.shape[0])
+
+    @staticmethod
+    def concat(parts: Sequence[Scored]) -> Scored:
+        """One Scored of ``parts`` in order (they hold the same forecasters)."""
+        parts = [p for p in parts if len(p)]
+        if not parts:
+            raise ConfigError("no test samples (with a target) to evaluate on")
+        cat = np.concatenate
+        return Scored(cat([p.tickers for p in parts]), cat([p.ends for p in parts]),
+                      cat([p.targets for p in parts]), cat([p.last_close for p in parts]),
+                      cat([p.sigma for p in parts]), {n: cat([p.preds[n] for p in parts]) for n in parts[0].preds})
+
+
+def score(test: Samples, model: ServingModel | None, current: ServingModel | None,
+          baseline_scale: tuple[float, float]) -> Scored:
+    """Every forecaster on ``test`` (whole tickers: the online calibration replays each ticker in time order
+    from a fresh state, :func:`forecasts`). Samples without a usable target are left out."""
     ok = np.isfinite(test.targets) & (test.targets > 0)
-    if not ok.any():
-        raise ConfigError("no test samples (with a target) to evaluate on")
     if not ok.all():
         test = Samples(test.tickers[ok], test.ends[ok], test.windows[ok], test.targets[ok])
-    preds = forecasts(test, model, current, baseline_scale)
+    if not len(test):
+        return Scored(test.tickers, test.ends, test.targets, test.targets, test.targets, {})
+    return Scored(test.tickers, test.ends, test.targets, test.last_close.copy(), window_sigma(test.windows),  # no view
+                  forecasts(test, model, current, baseline_scale))
+
+
+def score_all(chunks: Iterable[Samples], n: int, model: ServingModel | None, current: ServingModel | None,
+              baseline_scale: tuple[float, float]) -> Scored:
+    """:func:`score` of each chunk (whole tickers), written into arrays for ``n`` samples allocated once (no
+    concatenation: one copy of the scored samples at a time)."""
+    names = forecaster_names(model, current)
+    out = Scored(np.empty(n, "<U12"), np.empty(n, np.int64), np.empty(n), np.empty(n), np.empty(n),
+                 {k: np.empty((n, 5)) for k in names})
+    pos = 0
+    for c in chunks:
+        s = score(c, model, current, baseline_scale)
+        if pos + len(s) > n:
+            raise ConfigError(f"more than the {n} test samples counted")
+        for a, b in ((out.tickers, s.tickers), (out.ends, s.ends), (out.targets, s.targets),
+                     (out.last_close, s.last_close), (out.sigma, s.sigma), *((out.preds[k], s.preds[k]) for k in
+                                                                              (names if len(s) else []))):
+            a[pos:pos + len(s)] = b
+        pos += len(s)
+    return Scored(out.tickers[:pos], out.ends[:pos], out.targets[:pos], out.last_close[:pos], out.sigma[:pos],
+                  {k: v[:pos] for k, v in out.preds.items()})
+
+
+def ticker_chunks(test: Samples, size: int = EVAL_CHUNK) -> Iterator[Samples]:
+    """``test`` in chunks of whole tickers of about ``size`` samples (a larger ticker is a chunk alone), in
+    order of first appearance."""
+    names, first = np.unique(test.tickers, return_index=True)
+    picked: list[np.ndarray] = []
+    n = 0
+    for t in names[np.argsort(first, kind="stable")]:
+        idx = np.flatnonzero(test.tickers == t)
+        if picked and n + idx.size > size:
+            yield test.take(np.concatenate(picked))
+            picked, n = [], 0
+        picked.append(idx)
+        n += idx.size
+    if picked:
+        yield test.take(np.concatenate(picked))
+
+
+def build_report(test: Samples, model: ServingModel | None, current: ServingModel | None = None, *,
+                 baseline_scale: tuple[float, float] = (1.0, 1.0), extra: dict[str, Any] | None = None,
+                 chunk: int = EVAL_CHUNK) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """:func:`report_of` the samples ``test``, scored a chunk of whole tickers at a time (:func:`score`),
+    and the forecasts behind it (forecaster -> (N, 5) price quantiles on all of ``test`` with a target, in
+    its order when each ticker's samples are together) for the plots."""
+    scored = Scored.concat([score(c, model, current, baseline_scale) for c in ticker_chunks(test, chunk)]
+                           if len(test) else [])
+    return report_of(scored, model, current, baseline_scale=baseline_scale, extra=extra), scored.preds
+
+
+def report_of(scored: Scored, model: ServingModel | None, current: ServingModel | None = None, *,
+              baseline_scale: tuple[float, float] = (1.0, 1.0), extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The report dict of scored test samples (:func:`score`, :meth:`Scored.concat`). ``model`` None: the
+    report is about what serving publishes without a model (persistence + the calibrated baseline with
+    online calibration). ``extra`` is merged in last (e.g. :func:`ready_share` of the bars the samples
+    came from)."""
     served_name = "model" if model is not None else "baseline_online"
-    reg = np.flatnonzero(regular_hours(test.ends))
+    reg = np.flatnonzero(regular_hours(scored.ends))
     if reg.size == 0:
         raise ConfigError("no test samples with an as-of minute in regular hours")
-    tickers, ends, actual = test.tickers[reg], test.ends[reg], test.targets[reg]
-    last = test.windows[reg, -1, C]
+    every = reg.size == len(scored)  # training scores regular hours only: no copies then
+    preds = scored.preds if every else {k: v[reg] for k, v in scored.preds.items()}
+    tickers, ends, actual, last, sigma = (a if every else a[reg] for a in (
+        scored.tickers, scored.ends, scored.targets, scored.last_close, scored.sigma))
     bucket = S.time_buckets(ends)
-    sigma = window_sigma(test.windows[reg])
     tercile, cuts = S.terciles(sigma)
 
     points: dict[str, np.ndarray] = {}
     if model is not None:
-        points["model"] = preds["model"][reg, 2]
+        points["model"] = preds["model"][:, 2]
     if "current" in preds:
-        points["current"] = preds["current"][reg, 2]
+        points["current"] = preds["current"][:, 2]
     points["persistence"] = last
     point = {name: S.point_metrics(p, actual, last) for name, p in points.items()}
     dm = None
@@ -113,14 +208,16 @@ def build_report(test: Samples, model: ServingModel | None, current: ServingMode
         dm = S.diebold_mariano((points["model"] - actual) ** 2, (last - actual) ** 2, times=ends) | {
             "loss": "squared error ($), model median vs persistence, per-minute sums (panel)"}
         dm["stat"] = S.finite(dm["stat"])  # +-inf (losses differ by a constant) is not JSON
-    dist = {name: S.interval_metrics(q[reg], actual, last, bucket, tercile) for name, q in preds.items()}
+    dist = {name: S.interval_metrics(q, actual, last, bucket, tercile) for name, q in preds.items()}
 
     per_ticker = []
-    for t in np.unique(tickers):
-        m = tickers == t
-        row: dict[str, Any] = {"ticker": str(t), "samples": int(m.sum())}
+    order = np.argsort(tickers, kind="stable")  # each ticker's samples in their order, without a mask per ticker
+    names, starts = np.unique(tickers[order], return_index=True)
+    for t, lo, hi in zip(names, starts, [*starts[1:], order.size], strict=True):
+        m = order[lo:hi]
+        row: dict[str, Any] = {"ticker": str(t), "samples": int(m.size)}
         for key, name, metric in TICKER_COLUMNS:
-            q = preds[served_name if name == "served" else name][reg][m]
+            q = preds[served_name if name == "served" else name][m]
             row[key] = S.interval_metrics(q, actual[m], last[m], bucket[m], tercile[m])[metric]
         for name, p in points.items():
             row[f"{name}_rmse"] = S.point_metrics(p[m], actual[m], last[m])["rmse"]
@@ -137,8 +234,8 @@ def build_report(test: Samples, model: ServingModel | None, current: ServingMode
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "tickers": int(np.unique(tickers).size),
         "samples": int(reg.size),  # regular-hours test samples: what every figure is over
-        "samples_all_hours": len(test),
-        "period": {"start": _iso(int(test.ends.min())), "end": _iso(int(test.ends.max()))},
+        "samples_all_hours": len(scored),
+        "period": {"start": _iso(int(scored.ends.min())), "end": _iso(int(scored.ends.max()))},
         "baseline_scale": [float(baseline_scale[0]), float(baseline_scale[1])],
         "volatility_tercile_cuts": cuts,  # window_sigma (1-minute log-return std) cut points
         # top level, for scripts
@@ -170,4 +267,4 @@ def build_report(test: Samples, model: ServingModel | None, current: ServingMode
         if isinstance(value, dict) and "ready_share_regular_hours" in value:
             report |= value
     report |= extra or {}
-    return report, preds
+    return report

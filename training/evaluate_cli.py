@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         cuts = D.split_days(days.tolist(), settings.val_frac, settings.test_frac)
         parts = D.split(cat, cuts)
         test_cat, train_cat = parts["test"], parts["train"]
-    test = D.regular(test_cat).samples()
+    test = D.regular(test_cat)  # positions only: windows are built a chunk of whole tickers at a time below
     if not len(test):
         raise ConfigError(f"no regular-hours test samples in {args.bars}")
 
@@ -97,10 +97,11 @@ def run(args: argparse.Namespace) -> int:
                        "all_dates": bool(args.all_dates)},
     }
     current = E.load_current(registry) if model is not None and registry.current_version() != version else None
-    report, preds = E.build_report(test, model, current, baseline_scale=scale, extra=extra)
+    scored_test = E.score_all(test.ticker_chunks(E.EVAL_CHUNK), len(test), model, current, scale)
+    report = E.report_of(scored_test, model, current, baseline_scale=scale, extra=extra)
     out = args.out or settings.reports / (version or PERSISTENCE) / time.strftime("files-%Y%m%dT%H%M%SZ",
                                                                                    time.gmtime())
-    E.write_report(report, test, preds, out)
+    E.write_report(report, scored_test, scored_test.preds, out)
     report["report_dir"] = str(out)
     if args.json:
         print(json.dumps(report))

@@ -10,8 +10,9 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import matplotlib.dates as mdates
 import numpy as np
@@ -19,12 +20,35 @@ from matplotlib.figure import Figure
 
 from minutecast.intervals import LEVELS, PAIRS
 from minutecast.schemas import QUANTILE_FIELDS, QUANTILES
-from minutecast.window import HORIZON, C, local_minutes, regular_hours, session_ids
-from training.data import Samples
+from minutecast.window import HORIZON, local_minutes, regular_hours, session_ids
 from training.scoring import BUCKETS, TERCILES
 
 PLOT_TICKERS = 30  # a fan chart per ticker, at most this many (most samples first)
 RELIABILITY_PNG = "reliability.png"
+
+
+class ScoredSamples(Protocol):
+    """What the plots read of the test samples: :class:`training.data.Samples` or the windowless
+    :class:`training.evaluate.Scored` (each (N,) in the order of the forecasts)."""
+
+    @property
+    def tickers(self) -> np.ndarray: ...
+    @property
+    def ends(self) -> np.ndarray: ...
+    @property
+    def targets(self) -> np.ndarray: ...
+    @property
+    def last_close(self) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class _Kept:
+    tickers: np.ndarray
+    ends: np.ndarray
+    targets: np.ndarray
+    last_close: np.ndarray
+
+
 ORDER = ("model", "model_raw", "current", "naive", "baseline", "baseline_online")  # table row order
 
 
@@ -226,7 +250,7 @@ def plot_reliability(report: dict[str, Any], out: Path) -> str:
     return RELIABILITY_PNG
 
 
-def plot_fans(report: dict[str, Any], test: Samples, preds: dict[str, np.ndarray], out: Path) -> list[str]:
+def plot_fans(report: dict[str, Any], test: ScoredSamples, preds: dict[str, np.ndarray], out: Path) -> list[str]:
     """Fan charts (actual close, median, 80/90% bands of the served forecaster) on each of the
     :data:`PLOT_TICKERS` largest tickers' last test date, regular hours, x in New York time."""
     q = preds[report.get("served", "model")]
@@ -247,7 +271,7 @@ def plot_fans(report: dict[str, Any], test: Samples, preds: dict[str, np.ndarray
                             label=f"{round(level * 100)}% interval")
         ax.plot(x, q[idx, 2], color="tab:blue", linewidth=0.8, label="median forecast")
         ax.plot(x, test.targets[idx], color="black", linewidth=1.0, label="actual close")
-        ax.plot(x, test.windows[idx, -1, C], color="grey", linewidth=0.6, alpha=0.6,
+        ax.plot(x, test.last_close[idx], color="grey", linewidth=0.6, alpha=0.6,
                 label=f"close {HORIZON} min earlier")
         ax.set_title(f"{t}: {HORIZON}-minute-ahead forecast ({report.get('served')}) by target minute, New York time")
         ax.set_ylabel("price")
@@ -261,7 +285,7 @@ def plot_fans(report: dict[str, Any], test: Samples, preds: dict[str, np.ndarray
     return files
 
 
-def write_report(report: dict[str, Any], test: Samples, preds: dict[str, np.ndarray], out_dir: Path,
+def write_report(report: dict[str, Any], test: ScoredSamples, preds: dict[str, np.ndarray], out_dir: Path,
                  latest: Path | None = None) -> Path:
     """report.json + report.md + plots into ``out_dir`` (written aside, then renamed); copy to ``latest``.
     ``test`` and ``preds`` are what :func:`training.evaluate.build_report` was given and returned."""
@@ -271,7 +295,7 @@ def write_report(report: dict[str, Any], test: Samples, preds: dict[str, np.ndar
     try:
         ok = np.isfinite(test.targets) & (test.targets > 0)  # build_report scored (and predicted) these
         if not ok.all():
-            test = Samples(test.tickers[ok], test.ends[ok], test.windows[ok], test.targets[ok])
+            test = _Kept(test.tickers[ok], test.ends[ok], test.targets[ok], test.last_close[ok])
         report["plots"] = [plot_reliability(report, tmp), *plot_fans(report, test, preds, tmp)]
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         (tmp / "report.md").write_text(markdown(report))

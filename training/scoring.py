@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -171,6 +172,35 @@ def _minutes_of(v: Any) -> np.ndarray:
     return np.asarray(getattr(v, "minutes", v), dtype=np.int64)
 
 
+@dataclass(frozen=True)
+class ReadyCounts:
+    """One ticker's part of :func:`ready_share`, small enough to gather from every rank: its minutes with a ready
+    window in regular hours per New York date (``days`` (k,), ``n_all`` (k,), ``n_first`` (k,) in the first
+    hour), and the dates on which it has a regular-hours bar with that date's session length in minutes."""
+
+    days: np.ndarray
+    n_all: np.ndarray
+    n_first: np.ndarray
+    reg_days: np.ndarray
+    reg_len: np.ndarray
+
+
+def ready_counts(v: Any) -> ReadyCounts:
+    """:class:`ReadyCounts` of one ticker's bar minutes (n,) int64 epoch s (or anything with ``.minutes``)."""
+    m = _minutes_of(v)
+    reg = m[regular_hours(m)]
+    reg_days, first = np.unique(session_ids(reg), return_index=True)
+    reg_len = close_minute(reg[first]) - OPEN_MIN if reg_days.size else np.empty(0, np.int64)
+    s = slots(m, np.ones((m.size, 5)))  # readiness depends on the minutes only
+    rm = s.minutes[s.bar_slot >= WINDOW - 1]
+    rm = rm[regular_hours(rm)]
+    days, inv = np.unique(session_ids(rm), return_inverse=True)
+    first_hour = (minute_of_day(rm) < OPEN_MIN + FIRST_HOUR_MIN).astype(np.int64)
+    return ReadyCounts(days, np.bincount(inv.ravel(), minlength=days.size).astype(np.int64),
+                       np.bincount(inv.ravel(), weights=first_hour, minlength=days.size).astype(np.int64),
+                       reg_days, np.asarray(reg_len, np.int64))
+
+
 def ready_share(bars: Mapping[str, Any], days: Iterable[int] | None = None) -> dict[str, Any]:
     """Share of regular-hours minutes (09:30 up to the close) of each ticker that had a ready window.
 
@@ -181,26 +211,26 @@ def ready_share(bars: Mapping[str, Any], days: Iterable[int] | None = None) -> d
     present in the data (a date with a regular-hours bar of any ticker), optionally only ``days`` (New York
     day numbers, e.g. the test dates); minutes without any bar count as not forecast. Also the same within
     each date's first hour (09:30..10:29). Returns the per-ticker shares and, at the top level, the minimum
-    over tickers and the pooled share."""
-    minutes = {t: _minutes_of(v) for t, v in bars.items()}
-    all_m = np.concatenate([m for m in minutes.values()]) if minutes else np.empty(0, np.int64)
-    reg = all_m[regular_hours(all_m)]
-    day_of = session_ids(reg)
-    uniq, first = np.unique(day_of, return_index=True)
+    over tickers and the pooled share. (:func:`ready_share_of` of each ticker's :func:`ready_counts`.)"""
+    return ready_share_of({t: ready_counts(v) for t, v in bars.items()}, days)
+
+
+def ready_share_of(counts: Mapping[str, ReadyCounts], days: Iterable[int] | None = None) -> dict[str, Any]:
+    """:func:`ready_share` from each ticker's :class:`ReadyCounts` (gathered from the ranks that read them)."""
+    parts = list(counts.values())
+    all_days = np.concatenate([c.reg_days for c in parts]) if parts else np.empty(0, np.int64)
+    all_len = np.concatenate([c.reg_len for c in parts]) if parts else np.empty(0, np.int64)
+    uniq, first = np.unique(all_days, return_index=True)
     if days is not None:
         keep = np.isin(uniq, np.fromiter(days, dtype=np.int64))
         uniq, first = uniq[keep], first[keep]
-    session_len = close_minute(reg[first]) - OPEN_MIN if uniq.size else np.empty(0, np.int64)
-    denom_all, denom_first = int(session_len.sum()), FIRST_HOUR_MIN * int(uniq.size)
+    denom_all, denom_first = int(all_len[first].sum()), FIRST_HOUR_MIN * int(uniq.size)
     per: dict[str, dict[str, Any]] = {}
     num_all = num_first = 0
-    for t in sorted(minutes):
-        m = minutes[t]
-        s = slots(m, np.ones((m.size, 5)))  # readiness depends on the minutes only
-        rm = s.minutes[s.bar_slot >= WINDOW - 1]
-        rm = rm[regular_hours(rm) & np.isin(session_ids(rm), uniq)]
-        n_all = int(rm.size)
-        n_first = int(np.count_nonzero(minute_of_day(rm) < OPEN_MIN + FIRST_HOUR_MIN))
+    for t in sorted(counts):
+        c = counts[t]
+        sel = np.isin(c.days, uniq)
+        n_all, n_first = int(c.n_all[sel].sum()), int(c.n_first[sel].sum())
         num_all, num_first = num_all + n_all, num_first + n_first
         per[t] = {"regular_hours": n_all / denom_all if denom_all else None, "ready_minutes": n_all,
                   "first_hour": n_first / denom_first if denom_first else None}

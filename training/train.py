@@ -12,10 +12,14 @@ each rank, with every flag given overriding its field (``--epochs 0`` included; 
 Reads the bar topic of ``MINUTECAST_NAMESPACE`` from the beginning up to a snapshot of its end offsets
 (``--offsets FILE`` from the CLI, else rank 0 takes one and broadcasts it); each rank reads only its
 share of the partitions. ``--bars DIR`` trains from recorded files instead (each rank its share of files).
-Splits by date, fits the scaler on training samples (allreduced sufficient statistics), trains with
-hvd.DistributedOptimizer (LR x size), keeps the weights with the best global validation pinball loss
-(epoch 0 = the untrained model), and on rank 0: evaluates model vs persistence vs the current model on all
-test samples (gathered from every rank), saves a registry version, writes the report and ``result.json``,
+Streamed (:mod:`training.stream`): nothing holds every window. Pass 1 over the rank's bars, a group of
+tickers at a time, counts samples per ticker and date (split by date and subsample from the counts alone);
+pass 2 fits the scaler on training samples (allreduced sufficient statistics) and the baseline; pass 3
+writes the training and validation inputs to scratch files; training reads shuffled batches back. It trains
+with hvd.DistributedOptimizer (LR x size), keeps the weights with the best global validation pinball loss
+(epoch 0 = the untrained model); pass 4: every rank scores its test samples a chunk of whole tickers at a
+time (no windows kept), and rank 0 evaluates model vs persistence vs the current model on all of them
+(gathered from every rank), saves a registry version, writes the report and ``result.json``,
 and removes old runs, checkpoints and reports beyond the last ``keep_runs`` / ``keep_versions``
 (:mod:`training.cleanup`). A minute's first bar wins (:func:`training.data.keep_first`, serving's rule); the
 repeats left out are counted in the report's ``data`` (``duplicates``, ``conflicting_duplicates``).
@@ -28,7 +32,10 @@ import json
 import logging
 import math
 import os
+import resource
+import tempfile
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,13 +55,14 @@ from minutecast.window import WINDOW, regular_hours
 from training import cleanup
 from training import data as D
 from training import evaluate as E
+from training import stream as ST
 from training.config import RUN_FIELDS, add_flags, from_args, options
 
 # Headline figures of every run: result.json, the model's meta and the README's Model quality table.
 SUMMARY_KEYS = ("coverage_80", "coverage_90", "interval_score_80", "baseline_interval_score_80",
                 "interval_score_gain_80", "model_rmse", "persistence_rmse", "dm_stat", "dm_pvalue",
                 "model_directional_accuracy", "ready_share_regular_hours")
-FEATURE_CHUNK = 50_000  # windows per step of scaler_stats / inputs (~1 GB of float64 temporaries at most)
+SHUFFLE_BUFFER = 200_000  # training samples in the shuffle buffer (indexes: 8 bytes each)
 
 
 def parse_config(argv: list[str] | None = None) -> tuple[TrainingSettings, Preset, argparse.Namespace]:
@@ -73,18 +81,46 @@ def parse_config(argv: list[str] | None = None) -> tuple[TrainingSettings, Prese
     return settings, preset, args
 
 
-def scaler_stats(s: D.Samples) -> np.ndarray:
-    """:meth:`Scaler.stats` (sums) of ``s``, chunk by chunk: bounded temporaries."""
-    return sum((Scaler.stats(s.windows[lo:lo + FEATURE_CHUNK], s.targets[lo:lo + FEATURE_CHUNK])
-                for lo in range(0, len(s), FEATURE_CHUNK)), np.zeros(Scaler.N_STATS))
+def train_stats(chunks: Iterable[D.Samples]) -> tuple[np.ndarray, np.ndarray]:
+    """:meth:`Scaler.stats` (sums) of the training samples and the baseline's ratios on those of them in regular
+    hours (the baseline is calibrated where it is scored), a chunk at a time."""
+    stats = np.zeros(Scaler.N_STATS)
+    ratios = [np.empty(0)]
+    for s in chunks:
+        stats += Scaler.stats(s.windows, s.targets)
+        reg = regular_hours(s.ends)
+        ratios.append(I.baseline_ratios(s.windows[reg], s.targets[reg]))
+    return stats, np.concatenate(ratios)
 
 
-def inputs(s: D.Samples, scaler: Scaler) -> np.ndarray:
-    """:func:`make_inputs` of ``s``, chunk by chunk into one float32 array: bounded temporaries."""
-    out = np.empty((len(s), WINDOW, N_FEATURES), np.float32)
-    for lo in range(0, len(s), FEATURE_CHUNK):
-        out[lo:lo + FEATURE_CHUNK] = make_inputs(s.windows[lo:lo + FEATURE_CHUNK], scaler)
-    return out
+def spill(chunks: Iterable[D.Samples], scaler: Scaler,
+          path: Path) -> tuple[ST.Spill, np.ndarray, np.ndarray, np.ndarray]:
+    """Model inputs of the samples into a scratch file (:class:`training.stream.Spill`, float32 rows
+    (WINDOW, N_FEATURES)), and their targets (float32, scaled), last closes and as-of minutes in memory."""
+    x = ST.Spill(path, (WINDOW, N_FEATURES))
+    y, last, ends = [np.empty(0, np.float32)], [np.empty(0)], [np.empty(0, np.int64)]
+    for s in chunks:
+        x.append(make_inputs(s.windows, scaler))
+        y.append(make_targets(s.windows, s.targets, scaler))
+        last.append(s.last_close.copy())  # a copy: the view would keep the chunk's windows alive
+        ends.append(s.ends)
+    return x, np.concatenate(y), np.concatenate(last), np.concatenate(ends)
+
+
+def batches(tf: Any, x: ST.Spill, y: np.ndarray, batch_size: int, seed: int, buffer: int = SHUFFLE_BUFFER) -> Any:
+    """Training batches, endlessly: the sample indexes shuffled as ``Dataset.from_tensor_slices((x, y))`` was
+    shuffled before (the same buffer and seed: the same order), each batch's rows read from the scratch file."""
+
+    def rows(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return x.read(idx), y[idx]
+
+    def load(idx: Any) -> tuple[Any, Any]:
+        xb, yb = tf.numpy_function(rows, [idx], (tf.float32, tf.float32), stateful=False)
+        return tf.ensure_shape(xb, (None, WINDOW, N_FEATURES)), tf.ensure_shape(yb, (None,))
+
+    return (tf.data.Dataset.range(len(y))
+            .shuffle(min(len(y), buffer), seed=seed, reshuffle_each_iteration=True)
+            .repeat().batch(batch_size, drop_remainder=False).map(load).prefetch(tf.data.AUTOTUNE))
 
 
 def main(argv: list[str] | None = None) -> int:  # noqa: C901 - one straight script, read top to bottom
@@ -110,8 +146,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - one straight scr
         GlobalValidation,
         allgather_arrays,
         fit_bucket_scales,
-        gather_minutes,
-        gather_samples,
+        gather_scored,
         predict,
         shrink_median,
     )
@@ -142,14 +177,14 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - one straight scr
     if is_chief:
         log.info("run %s: %d rank(s), preset %s, config %s", run_id, size, cfg_preset.name, json.dumps(config))
 
-    # -- data: this rank's share of the source ------------------------------------------------------------
+    # -- data: this rank's share of the source, re-read a group of tickers at a time on each pass ----------
     source: dict[str, Any]
-    bars: D.BarSet = {}
+    scratch = tempfile.TemporaryDirectory(prefix="minutecast-train-")  # checked bars, inputs: removed at the end
     if settings.bars is not None:
         files = D.bar_files(settings.bars)
         mine = [files[i] for i in D.shard(list(range(len(files))), rank, size)]
         tickers = settings.tickers.split(",") if settings.tickers else None
-        bars, firsts = D.read_files(mine, tickers)  # a minute's first value wins, as in serving
+        groups = ST.Groups(files=mine, tickers=tickers, scratch=Path(scratch.name))  # first value wins, as serving
         source = {"bars_dir": str(settings.bars.resolve()), "files": [f.name for f in files]}
     else:
         topic = Topics(settings.namespace).bars
@@ -163,50 +198,51 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - one straight scr
         bars, krange = D.read_topic(settings.kafka, snapshot["topic"], offsets, rank=rank, size=size,
                                     allowed=allowlist(settings))  # the same records the Faust worker accepts
         source = {"topic": snapshot["topic"], "end_offsets": offsets}
-        firsts = D.FirstValues(krange.duplicates, krange.conflicts)
+        groups = ST.Groups(bars=bars, scratch=Path(scratch.name))  # into scratch files: memory freed below
+        groups.firsts = D.FirstValues(krange.duplicates, krange.conflicts)
         log.info("read %d bars of %d tickers from partitions %s", krange.bars, len(bars), krange.partitions)
+        del bars
+    market_ticker = settings.market_ticker
+    plan = ST.plan(groups, market_ticker)  # pass 1: samples per ticker and date, ready minutes; no windows
     # Repeats of a minute left out on every rank (conflicting ones serving dead-lettered): in the report.
-    repeats = hvd_tf.allgather_object((firsts.duplicates, firsts.conflicts))
+    repeats = hvd_tf.allgather_object((groups.firsts.duplicates, groups.firsts.conflicts))
     source |= {"duplicates": sum(r[0] for r in repeats), "conflicting_duplicates": sum(r[1] for r in repeats)}
     if is_chief:
         log.info("left out repeated minutes (first value wins): %d identical, %d conflicting",
                  source["duplicates"], source["conflicting_duplicates"])
     # The market ticker lives on one rank: it shares the series with the others (market context).
-    market_ticker = settings.market_ticker
-    shared = hvd_tf.allgather_object(bars.get(market_ticker))
-    market = next((m for m in shared if m is not None), None)
-    all_minutes = gather_minutes(hvd_tf, {t: s.minutes for t, s in bars.items()})  # for the ready share
-    catalog = D.catalog(bars, market_ticker, market)
-    del bars
+    market = next((m for m in hvd_tf.allgather_object(plan.market) if m is not None), None)
+    ready = {t: c for part in hvd_tf.allgather_object(plan.ready) for t, c in part.items()}  # the ready share
 
-    # -- split by date (the same cut dates on every rank), subsample, build windows -----------------------
-    all_days = sorted(set().union(*hvd_tf.allgather_object(set(np.unique(catalog.days).tolist()))))
+    # -- split by date (the same cut dates on every rank), subsample: positions only, no windows ---------
+    all_days = sorted(set().union(*hvd_tf.allgather_object({int(d) for v in plan.days.values() for d in v[0]})))
     cuts = D.split_days(all_days, settings.val_frac, settings.test_frac)
-    parts = D.split(catalog, cuts)
+    plan.split(cuts)
     per_rank_cap = None if cfg_preset.max_samples is None else math.ceil(cfg_preset.max_samples / size)
-    train = D.subsample(parts["train"], per_rank_cap, seed=settings.seed + rank).samples()
-    val = D.subsample(parts["val"], per_rank_cap, seed=settings.seed + rank).samples()
-    test = D.regular(parts["test"]).samples()  # reports and the gate score regular hours
-    counts = hvd_tf.allgather_object({"train": len(train), "val": len(val), "test": len(test)})
+    mine_n = {"train": plan.subsample("train", per_rank_cap, seed=settings.seed + rank),
+              "val": plan.subsample("val", per_rank_cap, seed=settings.seed + rank), "test": plan.test_regular()}
+    counts = hvd_tf.allgather_object(mine_n)
     totals = {k: sum(c[k] for c in counts) for k in ("train", "val", "test")}
     if min(c["train"] for c in counts) == 0:
         raise MinutecastError(f"a rank has no training samples (per rank: {counts}); use fewer ranks")
     if totals["val"] == 0 or totals["test"] == 0:
         raise MinutecastError(f"empty validation or test period ({totals})")
 
-    # -- scaler and the calibrated baseline, on training samples only -------------------------------------
-    stats = hvd_tf.allreduce(tf.constant(scaler_stats(train), tf.float64), op=hvd_tf.Sum)
-    scaler = Scaler.from_stats(stats.numpy())
-    reg = regular_hours(train.ends)  # the baseline is calibrated where it is scored: regular hours
-    (ratios,) = allgather_arrays(hvd_tf, I.baseline_ratios(train.windows[reg], train.targets[reg]))
+    def split_chunks(which: str, chunk: int = ST.CHUNK, **kw: Any) -> Iterator[D.Samples]:
+        return ST.chunks(groups, plan, which, market_ticker, market, chunk, **kw)
+
+    # -- pass 2: scaler and the calibrated baseline, on training samples only -------------------------------
+    stats, ratios_mine = train_stats(split_chunks("train"))
+    scaler = Scaler.from_stats(hvd_tf.allreduce(tf.constant(stats, tf.float64), op=hvd_tf.Sum).numpy())
+    (ratios,) = allgather_arrays(hvd_tf, ratios_mine)
     baseline_scale = I.scale_from_ratios(ratios)
-    x_train, y_train = inputs(train, scaler), make_targets(train.windows, train.targets, scaler)
-    x_val, y_val = inputs(val, scaler), make_targets(val.windows, val.targets, scaler)
-    val_last, val_ends = val.last_close, val.ends
-    del train, val
+    # -- pass 3: model inputs of the training and validation samples into scratch files -------------------
+    x_train, y_train, _, _ = spill(split_chunks("train"), scaler, Path(scratch.name) / "train.f32")
+    x_val, y_val, val_last, val_ends = spill(split_chunks("val"), scaler, Path(scratch.name) / "val.f32")
     if is_chief:
-        log.info("samples train %d / val %d / test %d (all ranks); scaler %s; baseline scale c80 %.3f c90 %.3f",
-                 totals["train"], totals["val"], totals["test"], scaler.to_dict(), *baseline_scale)
+        log.info("samples train %d / val %d / test %d (all ranks); scaler %s; baseline scale c80 %.3f c90 %.3f; "
+                 "%d pass(es) over the bars so far", totals["train"], totals["val"], totals["test"],
+                 scaler.to_dict(), *baseline_scale, groups.passes)
 
     # -- model, distributed optimizer ---------------------------------------------------------------------
     model = build_model(cfg_preset, seed=settings.seed)
@@ -219,10 +255,7 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - one straight scr
 
     # Every rank takes the same number of steps (ranks with fewer samples cycle through theirs).
     steps = max(1, math.ceil(totals["train"] / cfg_preset.batch_size / size))
-    ds = (tf.data.Dataset.from_tensor_slices((x_train, y_train))
-          .shuffle(min(len(y_train), 200_000), seed=settings.seed + rank, reshuffle_each_iteration=True)
-          .repeat().batch(cfg_preset.batch_size, drop_remainder=False).prefetch(tf.data.AUTOTUNE))
-    del x_train, y_train  # the dataset holds its own copy
+    ds = batches(tf, x_train, y_train, cfg_preset.batch_size, settings.seed + rank)
     validation = GlobalValidation(hvd_tf, x_val, y_val, cfg_preset.patience, log if is_chief else None)
     callbacks: list[Any] = [
         hvd.callbacks.BroadcastGlobalVariablesCallback(0),  # rank 0's weights and optimizer state everywhere
@@ -256,18 +289,29 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - one straight scr
         log.info("median moves x %.3f (%s); validation pinball %.5f; time-of-day scales (80%%, 90%%) %s", shrink,
                  shrink_test, val_pinball, np.round(bucket_scales, 3).tolist())
 
-    # -- rank 0: evaluate on every rank's test samples, save, gate, report --------------------------------
-    test_all = gather_samples(hvd_tf, test)
-    del test
-    if not is_chief:
-        return 0
+    x_val.close()
+    x_train.close()
+
+    # -- pass 4: every rank scores its test samples a chunk of whole tickers at a time; rank 0 reports -----
     registry = Registry(settings.models_dir, keep=settings.keep_versions)
     current = E.load_current(registry)
+    seen = hvd_tf.allgather_object(current.version if current is not None else None)
+    if len(set(seen)) > 1:
+        raise MinutecastError(f"the ranks see different current models {seen}: every host needs the same registry")
     candidate = ServingModel(version="candidate", kind="lstm", scaler=scaler, keras_model=model,
                              meta={"bucket_scales": bucket_scales.tolist()})
+    scored = E.score_all(split_chunks("test_all", whole=True, keep=ST.regular), mine_n["test"], candidate,
+                         current, baseline_scale)  # reports score regular hours
+    test_all = gather_scored(hvd_tf, scored, E.forecaster_names(candidate, current))
+    del scored
+    scratch.cleanup()
+    peak_rss_mb = hvd_tf.allgather_object(round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
+    if not is_chief:
+        return 0
     test_days = [d for d in all_days if d >= cuts[1]]
-    report, preds = E.build_report(test_all, candidate, current, baseline_scale=baseline_scale,
-                                   extra={"ready": E.ready_share(all_minutes, days=test_days)})
+    report = E.report_of(test_all, candidate, current, baseline_scale=baseline_scale,
+                         extra={"ready": E.ready_share_of(ready, days=test_days)})
+    preds = test_all.preds
     data_range = {"val_start_day": cuts[0], "test_start_day": cuts[1], "samples": totals,
                   "market_ticker": market_ticker, "tickers": int(np.unique(test_all.tickers).size), **source}
     meta = {
@@ -290,6 +334,8 @@ def main(argv: list[str] | None = None) -> int:  # noqa: C901 - one straight scr
         "epochs_run": epochs_run, "train_seconds": round(fit_s, 2),
         "samples_per_s": round(epochs_run * steps * cfg_preset.batch_size * size / fit_s, 1) if fit_s > 0 else None,
         "total_seconds": round(time.time() - t_start, 2),
+        "peak_rss_mb_per_rank": peak_rss_mb,  # each rank's peak resident set before the report (MiB)
+        "peak_rss_mb_rank0": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),  # report too
     }
     out = args.out or cleanup.runs_root(settings) / run_id
     out.mkdir(parents=True, exist_ok=True)
