@@ -15,6 +15,8 @@ job's Redis layout whose outcomes are known by construction:
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,7 +72,7 @@ def serve(ns: str, keys: Any, redis: Any, reports: Path) -> Iterator[dict[str, A
     (reports / "latest" / "report.md").write_text("# the latest report\n")
     s = WebSettings(namespace=ns, serve_port=free_port(), serve_tickers_refresh_s=0.2, reports_dir=reports)
     with BackgroundServer(s) as url:
-        yield {"url": url, "version": version}
+        yield {"url": url, "version": version, "namespace": ns, "home": s.home}
 
 
 def test_coverage_api_counts_todays_known_outcomes(served: dict[str, Any]) -> None:
@@ -100,3 +102,27 @@ def test_header_and_table_show_model_kind_age_coverage_and_the_report(served: di
         report = page.request.get(served["url"].rstrip("/") + link.get_attribute("href"))
         assert report.ok and "the latest report" in report.text()
     assert not errors, errors
+
+
+def test_pipeline_panel_shows_a_dependency_the_services_wait_for(served: dict[str, Any]) -> None:
+    # a service of this namespace reports that it waits for Redis (the file minutecast.dependency writes for
+    # a live process: this one), as during an outage; /api/status and the panel say so, then stop saying it
+    since = 1764945000.0  # 09:30 New York
+    report = served["home"] / "run" / f"deps.{served['namespace']}.stream.{os.getpid()}.json"
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(json.dumps({"redis": since}))
+    errors: list[str] = []
+    try:
+        body = httpx.get(served["url"] + "api/status", timeout=60).json()
+        assert body["waiting"] == {"stream": {"redis": since}}
+        with sync_playwright() as pw, chromium_page(pw, errors) as page:
+            page.goto(served["url"])
+            waiting = page.wait_for_selector("#waiting", timeout=30_000)
+            assert waiting is not None and waiting.inner_text() == \
+                "waiting for Redis since 09:30 ET: the services resume by themselves (stream)"
+            assert page.get_attribute(".svc.waiting", "title") == "waiting for Redis since " + \
+                time.strftime("%H:%M:%S", time.localtime(since))
+    finally:
+        report.unlink(missing_ok=True)
+    assert not httpx.get(served["url"] + "api/status", timeout=60).json().get("waiting")
+    assert errors == []

@@ -201,7 +201,14 @@ window.addEventListener("resize", () => { if (chart) chart.setSize({ width: $("#
 async function status() {
   try {
     const s = await api("/api/status");
-    const svcs = Object.entries(s.services || {}).map(([n, v]) => `<span class="svc ${v.up ? "up" : "down"}">${esc(n)}</span>`).join("");
+    const waiting = s.waiting || {};  // {service: {dependency: since}}: an outage the services ride out
+    const svcs = Object.entries(s.services || {}).map(([n, v]) => `<span class="svc ${waiting[n] ? "waiting" : v.up ? "up" : "down"}"` +
+      ` title="${esc(v.detail || "")}">${esc(n)}</span>`).join("");
+    const away = {};
+    for (const deps of Object.values(waiting)) for (const [d, t] of Object.entries(deps)) away[d] = Math.min(t, away[d] ?? t);
+    const names = { redis: "Redis", kafka: "Kafka" };
+    const waitRow = Object.keys(away).length ? `<dt>waiting</dt><dd id="waiting" class="waiting">` + Object.entries(away).map(([d, t]) =>
+      `waiting for ${esc(names[d] || d)} since ${nyTime(t, false)} ET`).join("; ") + `: the services resume by themselves (${Object.keys(waiting).map(esc).join(", ")})</dd>` : "";
     const lag = Object.entries(s.consumer_lag || {}).map(([g, v]) => `${esc(g)}: ${v.toLocaleString()}`).join("<br>") || "–";
     const dl = s.dead_letters || { total: 0, by_reason: {} };
     const reasons = Object.entries(dl.by_reason || {}).map(([r, v]) => `${esc(r)} ${v}`).join(", ");
@@ -212,7 +219,7 @@ async function status() {
     const replay = r.phase === "live" ? `as if live, loop ${esc(r.copy)}, market time ${nyTime(Number(r.market_minute), true)} ET, ${esc(r.speed)}x`
       : r.phase ? "history (warm-up)" : "–";
     $("#pipeline-body").innerHTML = `<dl class="kv">
-      <dt>services</dt><dd>${svcs}</dd>
+      <dt>services</dt><dd>${svcs}</dd>${waitRow}
       <dt>bars</dt><dd>${(s.bars_total ?? 0).toLocaleString()} in the topic, ${s.bars_per_s ?? "?"} bars/s now</dd>
       <dt>consumer lag</dt><dd>${lag}</dd>
       <dt>dead letters</dt><dd>${(dl.total ?? 0).toLocaleString()}${reasons ? " (" + reasons + ")" : ""}</dd>
