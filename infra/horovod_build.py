@@ -11,9 +11,10 @@ and logs the build to ``<venv>/horovod-build.log``. The supervisor (``minutecast
 from __future__ import annotations
 
 import importlib.util
-import os
 import sys
 from pathlib import Path
+
+from infra.procs import alive
 
 STATUS_FILE = ".minutecast-horovod-build"
 LOG_FILE = "horovod-build.log"
@@ -24,21 +25,11 @@ def venv_dir() -> Path:
     return Path(sys.prefix)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def state(venv: Path | None = None) -> str:
     """``ready`` (importable), ``building`` (the background build runs), ``failed`` or ``missing``."""
     venv = venv or venv_dir()
     text = (venv / STATUS_FILE).read_text().split() if (venv / STATUS_FILE).is_file() else []
-    if text[:1] == ["building"] and len(text) > 1 and text[1].isdigit() and _alive(int(text[1])):
+    if text[:1] == ["building"] and len(text) > 1 and text[1].isdigit() and alive(int(text[1])):
         return "building"  # (pip may be copying files: importable is not yet ready)
     if text[:1] == ["ok"] or (venv == venv_dir() and importlib.util.find_spec("horovod") is not None):
         return "ready"
