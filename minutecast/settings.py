@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from minutecast.schemas import TICKER_RE
@@ -143,11 +143,16 @@ class RunSettings(InfraSettings):
 class ProducerSettings(CommonSettings):
     """`minutecast produce`."""
 
+    model_config = SettingsConfigDict(env_prefix="MINUTECAST_", extra="ignore", populate_by_name=True)
+
     linger_ms: int = 20  # batch up to 20 ms of bars per partition before sending
     batch_bytes: int = 1_000_000
     compression: Literal["lz4", "zstd", "snappy", "gzip", "none"] = "lz4"
     flush_timeout_s: float = 60.0
-    metrics_port: int = 9101
+    # MINUTECAST_PRODUCER_METRICS_PORT wins over this one, which every service reads (under `minutecast run`
+    # setting it gives them all one port, and the first to bind keeps it)
+    metrics_port: int = Field(default=9101, validation_alias=AliasChoices("MINUTECAST_PRODUCER_METRICS_PORT",
+                                                                          "MINUTECAST_METRICS_PORT"))
     connect_timeout_s: float = 20.0  # how long to wait for a broker at start before failing (0: no limit)
     poll_every: int = 2000  # serve delivery reports every N produced messages (poll(0))
     yf_batch_size: int = 100  # tickers per yf.download call (yfinance threads fetch them in parallel)
