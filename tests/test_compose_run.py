@@ -38,7 +38,6 @@ import pytest
 import redis as redis_lib
 import yaml
 from confluent_kafka import ConsumerGroupState
-from confluent_kafka.admin import ConfigResource
 
 from infra import jars
 from minutecast.forecast_store import ForecastStore
@@ -49,7 +48,7 @@ from minutecast.settings import KafkaSettings, RedisSettings, StreamSettings
 from minutecast.topics import Topics
 from minutecast.window import ready_windows
 from tests.support.compose import ha_env
-from tests.support.kafka import read_topic
+from tests.support.kafka import read_topic, topic_config
 from tests.support.services import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -375,8 +374,7 @@ def test_compose_ha_profile_replicates_every_bar_across_three_brokers(podman_rea
         admin = make_admin(ks)  # held: a client dropped early destroys the handle under its futures
         md = admin.list_topics(topics.bars, timeout=30).topics[topics.bars]
         assert all(len(p.replicas) == 3 and len(p.isrs) == 3 for p in md.partitions.values())
-        cfg = admin.describe_configs([ConfigResource("topic", topics.bars)])
-        conf = next(iter(cfg.values())).result(timeout=30)
+        conf = topic_config(admin, topics.bars)  # asked again while a broker has not applied the new topic yet
         assert conf["min.insync.replicas"].value == "2" and conf["unclean.leader.election.enable"].value == "false"
         producer = make_producer(ks)
         sent = [f"{i:05d}".encode() for i in range(600)]

@@ -18,12 +18,9 @@ import uuid
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import ConfigResource
-from tenacity import retry, retry_if_exception, stop_after_delay, wait_fixed
+from confluent_kafka import KafkaError
 
 from infra import services
 from infra.procs import read_pid
@@ -31,7 +28,7 @@ from infra.services import LocalKafka
 from minutecast.kafka import ensure_topics, make_admin, make_consumer, make_producer
 from minutecast.settings import InfraSettings, KafkaSettings
 from minutecast.topics import Topics
-from tests.support.kafka import read_topic
+from tests.support.kafka import read_topic, topic_config
 from tests.support.services import free_port_run
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.ha, pytest.mark.slow]
@@ -76,17 +73,6 @@ def check_exactly_once(records: list[tuple[bytes | None, bytes]], sent: int) -> 
 def leader_of(ha: KafkaSettings, topic: str, partition: int) -> int:
     md = make_admin(ha, log_level=0).list_topics(topic, timeout=10)
     return md.topics[topic].partitions[partition].leader
-
-
-def _unknown_topic(exc: BaseException) -> bool:
-    return isinstance(exc, KafkaException) and exc.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART
-
-
-@retry(retry=retry_if_exception(_unknown_topic), stop=stop_after_delay(30), wait=wait_fixed(0.5), reraise=True)
-def topic_config(admin: Any, topic: str) -> Any:
-    """The topic's config. Right after creation a broker that has not applied the new metadata yet (KRaft
-    propagates it asynchronously) answers "unknown topic": asked again until it knows it (30 s at most)."""
-    return next(iter(admin.describe_configs([ConfigResource("topic", topic)]).values())).result(timeout=30)
 
 
 def kill(node: LocalKafka) -> None:

@@ -8,7 +8,9 @@ from datetime import datetime
 from typing import Any
 
 import pandas as pd
-from confluent_kafka import TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import ConfigResource
+from tenacity import retry, retry_if_exception, stop_after_delay, wait_fixed
 
 from minutecast.kafka import end_offsets, make_consumer
 from minutecast.settings import KafkaSettings, StreamSettings
@@ -75,3 +77,14 @@ def topic_bars(ks: KafkaSettings, topic: str) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=["ticker", "time", "open", "high", "low", "close", "volume"])
     df["minute"] = df["time"].map(lambda s: int(datetime.fromisoformat(s).timestamp())).astype("int64")
     return df
+
+
+def _unknown_topic(exc: BaseException) -> bool:
+    return isinstance(exc, KafkaException) and exc.args[0].code() == KafkaError.UNKNOWN_TOPIC_OR_PART
+
+
+@retry(retry=retry_if_exception(_unknown_topic), stop=stop_after_delay(30), wait=wait_fixed(0.5), reraise=True)
+def topic_config(admin: Any, topic: str) -> Any:
+    """The topic's config. Right after creation a broker that has not applied the new metadata yet (KRaft
+    propagates it asynchronously) answers "unknown topic": asked again until it knows it (30 s at most)."""
+    return next(iter(admin.describe_configs([ConfigResource("topic", topic)]).values())).result(timeout=30)
