@@ -8,14 +8,16 @@ The recorded bars are split by New York session (calendar date, the window polic
 * **warm-up**: every session but the last ``--live-sessions`` (default 1) is published as fast as possible,
   so windows, forecasts and the trainer's history exist within seconds;
 * **live**: the last sessions follow at ``--speed`` x real time (default 60: one market minute per second),
-  and then again and again, each copy shifted one period (the live sessions' calendar days) later, so
+  and then again and again, each copy shifted to the weekdays after the previous one, so
   time only moves forward and every copy brings new minutes: producer watermarks, the window store's
   first-value-wins and the forecasts' move-forward rule all hold as for a real feed.
 
-The whole timeline is shifted by whole days (a session stays one New York date) so that the live part starts
-``--lead-days`` (default 28) before now. Bars are never in the future (the schema refuses bars past the
+The whole timeline is shifted by New York calendar days (a session stays one New York date and keeps its
+wall-clock times across DST changes: 09:30 stays 09:30) so that the live part starts ``--lead-days``
+(default 28) to 35 before now: the warm-up moves by whole weeks (every session keeps its weekday) and each
+copy of the live part starts on the next weekdays. Bars are never in the future (the schema refuses bars past the
 clock), so a pace above real time can only last while the replay is behind the clock: 60x, one session per
-copy, spends the 28 days in about 2.5 hours; after that each minute is released when it has closed, as a
+copy, spends those 20 to 25 weekdays in 2 to 3 hours; after that each minute is released when it has closed, as a
 live feed does (the copy of today's session then plays in real time). Inside a live session only its
 dense minutes are paced (from the first minute with bars of more than half the tickers to the last one, plus
 the horizon: the regular session, in practice); the sparse pre- and post-market pass at full speed, so a
@@ -41,7 +43,7 @@ import pandas as pd
 
 from minutecast.errors import ConfigError
 from minutecast.keys import Keys
-from minutecast.window import HORIZON, session_ids
+from minutecast.window import HORIZON, session_ids, shift_days
 from producers.delivery import DeliveryFailed, deliver
 from producers.replay import StopFlag
 from producers.watermark import Watermarks
@@ -97,41 +99,64 @@ def plan(frame: pd.DataFrame, sessions: int = 1) -> LivePlan:
     is_live = days >= live_days[0]
     warm, live = frame[~is_live], frame[is_live]
     period = int(live_days[-1] - live_days[0]) + 1
-    fp = f"{len(frame)}:{int(frame['minute'].min())}:{int(frame['minute'].max())}:{len(live_days)}"
+    # "ny": shifts count New York calendar days (a state from the UTC-seconds timeline is not resumed)
+    fp = f"ny:{len(frame)}:{int(frame['minute'].min())}:{int(frame['minute'].max())}:{len(live_days)}"
     return LivePlan(warm, live, period, _paced_spans(live, days[is_live]), fp)
 
 
-def base_shift(p: LivePlan, now: float, lead_days: float) -> int:
-    """Whole-day shift (seconds) placing the live part's first minute at most ``lead_days`` before ``now``."""
+def _ny_date(epoch_s: float) -> np.datetime64:
+    """The New York calendar date of an instant, as numpy's business-day functions take it."""
+    return np.datetime64(int(session_ids(np.array([int(epoch_s)]))[0]), "D")
+
+
+def base_days(p: LivePlan, now: float, lead_days: float) -> int:
+    """The warm-up's shift in New York calendar days: a multiple of 7 (every session keeps its weekday) placing the
+    live part's first minute at most ``lead_days`` (and less than ``lead_days`` + 7) before ``now``."""
     first = int(p.live["minute"].min())
-    return int(math.floor((now - lead_days * DAY - first) / DAY)) * DAY
+    target = int(now - lead_days * DAY)
+    days = 7 * math.floor((_ny_date(target) - _ny_date(first)) // np.timedelta64(7, "D"))
+    while int(shift_days(np.array([first]), days)[0]) > target:  # same date, later wall clock: a week earlier
+        days -= 7
+    return days
 
 
-def copy_shift(p: LivePlan, base: int, k: int) -> int:
-    return base + k * p.period_days * DAY
+def _copy_step(p: LivePlan) -> int:
+    """Weekdays one copy of the live part takes: copy k+1 starts that many weekdays after copy k."""
+    first = _ny_date(int(p.live["minute"].min()))
+    return max(1, int(np.busday_count(first, first + np.timedelta64(p.period_days, "D"))))
+
+
+def copy_days(p: LivePlan, base: int, k: int) -> int:
+    """Shift (New York calendar days) of copy ``k``: copy 0 where the warm-up left off (``base``), each later copy
+    on the following weekdays, so sessions stay on weekdays (a live part spanning a weekend keeps its own gap)."""
+    first = _ny_date(int(p.live["minute"].min()))
+    start = np.busday_offset(first + np.timedelta64(base, "D"), k * _copy_step(p), roll="forward")
+    return int((start - first) // np.timedelta64(1, "D"))
 
 
 def first_copy(p: LivePlan, base: int, now: float, lead_days: float, watermark: int | None) -> int:
-    """The copy to play first: after the newest minute already delivered, and not more than ``lead_days``
-    behind the clock (a replay restarted days later jumps forward instead of replaying the gap)."""
+    """The copy to play first: after the newest minute already delivered, and no earlier than where a replay
+    started now would begin (a replay restarted days later jumps forward instead of replaying the gap)."""
     first, last = int(p.live["minute"].min()), int(p.live["minute"].max())
-    step = p.period_days * DAY
-    k = max(0, math.floor((now - lead_days * DAY - first - base) / step))
+    day0 = _ny_date(first)
+    fresh = base_days(p, now, lead_days)
+    behind = int(np.busday_count(day0 + np.timedelta64(base, "D"), day0 + np.timedelta64(fresh, "D")))
+    k = max(0, behind // _copy_step(p))
     if watermark is not None:
-        while last + copy_shift(p, base, k) <= watermark:
+        while int(shift_days(np.array([last]), copy_days(p, base, k))[0]) <= watermark:
             k += 1
     return k
 
 
-def pieces(frame: pd.DataFrame, spans: tuple[tuple[int, int], ...], shift: int, speed: float,
+def pieces(frame: pd.DataFrame, spans: tuple[tuple[int, int], ...], days: int, speed: float,
            stop: StopFlag | None = None, clock: Callable[[], float] = time.monotonic,
            wall: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep,
            chunk: int = FAST_CHUNK) -> Iterator[pd.DataFrame]:
-    """One copy of the live part, shifted by ``shift`` seconds, as pieces to publish in order.
+    """One copy of the live part, shifted ``days`` New York calendar days, as pieces to publish in order.
 
     Minutes inside ``spans`` (unshifted) come one minute per piece, each ``delta / speed`` seconds after the
     previous paced one (``speed`` <= 0: no pacing); the rest come in pieces of up to ``chunk`` bars at once.
-    No minute is released before it has closed on the wall clock (``wall() >= minute + shift + 60``).
+    No minute is released before it has closed on the wall clock (``wall() >= shifted minute + 60``).
     """
     if frame.empty:
         return
@@ -141,8 +166,9 @@ def pieces(frame: pd.DataFrame, spans: tuple[tuple[int, int], ...], shift: int, 
         in_span |= (minutes >= a) & (minutes <= b)
     cuts = np.flatnonzero(np.diff(minutes)) + 1
     starts, ends = np.concatenate([[0], cuts]), np.concatenate([cuts, [len(frame)]])
+    moved = shift_days(minutes, days)
     shifted = frame.copy()
-    shifted["minute"] = minutes + shift
+    shifted["minute"] = moved
     pending: list[tuple[int, int]] = []  # fast rows waiting to go out as one piece
     last_due: float | None = None
     last_minute = 0
@@ -154,7 +180,7 @@ def pieces(frame: pd.DataFrame, spans: tuple[tuple[int, int], ...], shift: int, 
 
     for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
         m = int(minutes[a])
-        closes_at = m + shift + 60
+        closes_at = int(moved[a]) + 60
         paced = bool(in_span[a]) and speed > 0
         if not paced and closes_at <= wall():
             pending.append((a, b))
@@ -202,8 +228,8 @@ def run_live(pub: Any, frame: pd.DataFrame, redis: Any, *, sessions: int = 1, sp
     state = LiveState(redis, pub.s.namespace)
     now = time.time() if now is None else now
     old = state.read() if resume else {}
-    base = int(old["base"]) if old.get("fingerprint") == p.fingerprint and "base" in old else base_shift(p, now,
-                                                                                                           lead_days)
+    same = old.get("fingerprint") == p.fingerprint and "base" in old
+    base = int(old["base"]) if same else base_days(p, now, lead_days)  # New York calendar days
     tickers = frame["ticker"].unique().tolist()
     res = Watermarks(redis, pub.s.namespace, tickers, label="replay") if resume else None
     state.write(base=base, fingerprint=p.fingerprint, phase="warm-up", copy=-1, speed=speed,
@@ -217,11 +243,11 @@ def run_live(pub: Any, frame: pd.DataFrame, redis: Any, *, sessions: int = 1, sp
             raise DeliveryFailed("bars still undelivered after every re-send")
 
     warm = p.warm.copy()
-    warm["minute"] = warm["minute"].to_numpy(dtype="int64") + base
+    warm["minute"] = shift_days(warm["minute"].to_numpy(dtype="int64"), base)
     if res is not None:
         warm = res.above(warm)
-    log.info("live replay: warm-up %d bars (%d sessions kept live, %d paced spans), base shift %.1f days",
-             len(warm), sessions, len(p.paced), base / DAY)
+    log.info("live replay: warm-up %d bars (%d sessions kept live, %d paced spans), base shift %d days "
+             "(New York dates, wall clock kept)", len(warm), sessions, len(p.paced), base)
     for a in range(0, len(warm), FAST_CHUNK):
         if pub.stop_requested.is_set():
             return
@@ -229,17 +255,17 @@ def run_live(pub: Any, frame: pd.DataFrame, redis: Any, *, sessions: int = 1, sp
     watermark = res.newest() if res is not None else None
     k = first_copy(p, base, time.time(), lead_days, watermark)
     while not pub.stop_requested.is_set():
-        shift = copy_shift(p, base, k)
-        state.write(phase="live", copy=k, shift=shift)
+        days = copy_days(p, base, k)
+        state.write(phase="live", copy=k, shift_days=days)
         log.info("live replay: copy %d, market day %s, speed %s", k,
-                 time.strftime("%Y-%m-%d", time.gmtime(int(p.live["minute"].min()) + shift)), speed)
+                 _ny_date(int(shift_days(p.live["minute"].to_numpy(dtype="int64")[:1], days)[0])), speed)
         source = "replay" if k == 0 else LOOP_SOURCE
         live = p.live
         if res is not None and res.watermarks:
             # Minutes already delivered (a restarted replay) are left out before pacing, not after: the first
             # new minute goes out at once instead of after one paced step per minute already played.
-            live = live[res.above_mask(live["ticker"], live["minute"].to_numpy(dtype="int64") + shift)]
-        for piece in pieces(live, p.paced, shift, speed, pub.stop_requested):
+            live = live[res.above_mask(live["ticker"], shift_days(live["minute"].to_numpy(dtype="int64"), days))]
+        for piece in pieces(live, p.paced, days, speed, pub.stop_requested):
             if res is not None:
                 piece = res.above(piece)
                 if piece.empty:

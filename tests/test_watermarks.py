@@ -28,6 +28,7 @@ from confluent_kafka import KafkaError
 from minutecast.keys import Keys
 from minutecast.settings import KafkaSettings, ProducerSettings
 from minutecast.topics import Topics
+from minutecast.window import shift_days
 from producers import delivery, live, replay, runner
 from producers.bars import COLUMNS, sort_events
 from producers.delivery import DeliveryFailed
@@ -227,9 +228,9 @@ def test_live_replay_resends_failed_minutes_of_warm_up_and_paced_copies(
         monkeypatch: pytest.MonkeyPatch) -> None:
     f = live_frame()
     p = live.plan(f, 1)
-    base = live.base_shift(p, time.time(), lead_days=1.5)
-    warm_lost = ("AAA", int(p.warm["minute"].iloc[60]) + base)
-    copy_lost = ("BBB", int(p.live["minute"].iloc[100]) + live.copy_shift(p, base, 0))
+    base = live.base_days(p, time.time(), lead_days=1.5)
+    warm_lost = ("AAA", int(shift_days(p.warm["minute"].to_numpy()[60:61], base)[0]))
+    copy_lost = ("BBB", int(shift_days(p.live["minute"].to_numpy()[100:101], live.copy_days(p, base, 0))[0]))
     if variant == "broken":
         disable_resend(monkeypatch)
     pub, _ = flaky_publisher(namespace, {warm_lost: 1, copy_lost: 1})
@@ -247,8 +248,9 @@ def test_live_replay_resends_failed_minutes_of_warm_up_and_paced_copies(
     pub.close()
 
     got = topic_bars(kafka, topics.bars)
-    copies = [f.assign(minute=f["minute"] + base)[f["minute"] < p.live["minute"].min()]]
-    copies += [p.live.assign(minute=p.live["minute"] + live.copy_shift(p, base, k)) for k in range(2)]
+    copies = [f.assign(minute=shift_days(f["minute"].to_numpy(), base))[f["minute"] < p.live["minute"].min()]]
+    copies += [p.live.assign(minute=shift_days(p.live["minute"].to_numpy(), live.copy_days(p, base, k)))
+               for k in range(2)]
     want = pd.concat(copies)
     newest = got.groupby("ticker")["minute"].max()
     want = want[want["minute"] <= want["ticker"].map(newest)]  # copy 1 stops wherever the clock is
