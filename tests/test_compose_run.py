@@ -48,7 +48,7 @@ from minutecast.settings import KafkaSettings, RedisSettings, StreamSettings
 from minutecast.topics import Topics
 from minutecast.window import ready_windows
 from tests.support.compose import ha_env
-from tests.support.kafka import read_topic, topic_config
+from tests.support.kafka import read_topic, replicated_partitions, topic_config
 from tests.support.services import free_port
 
 REPO = Path(__file__).resolve().parents[1]
@@ -372,8 +372,8 @@ def test_compose_ha_profile_replicates_every_bar_across_three_brokers(podman_rea
         wait_for_kafka(ks, 300)
         ensure_topics(ks, topics.specs(3, 1), timeout_s=300)  # waits for all three (min_brokers), as `topics` does
         admin = make_admin(ks)  # held: a client dropped early destroys the handle under its futures
-        md = admin.list_topics(topics.bars, timeout=30).topics[topics.bars]
-        assert all(len(p.replicas) == 3 and len(p.isrs) == 3 for p in md.partitions.values())
+        spec = next(t for t in topics.specs(3, 1) if t.name == topics.bars)
+        parts = replicated_partitions(admin, topics.bars, spec.partitions, 3)  # fails unless RF 3, all in sync
         conf = topic_config(admin, topics.bars)  # asked again while a broker has not applied the new topic yet
         assert conf["min.insync.replicas"].value == "2" and conf["unclean.leader.election.enable"].value == "false"
         producer = make_producer(ks)
@@ -381,7 +381,7 @@ def test_compose_ha_profile_replicates_every_bar_across_three_brokers(podman_rea
         for v in sent[:300]:
             producer.produce(topics.bars, v, b"AAPL", partition=0)
         assert producer.flush(60) == 0
-        leader = md.partitions[0].leader  # node id = the service's KAFKA_NODE_ID
+        leader = parts[0].leader  # node id = the service's KAFKA_NODE_ID
         service = "kafka" if leader == 1 else f"kafka-{leader}"
         victim = next(n for n in stack.names("ps") if n.endswith(f"_{service}_1"))  # podman-compose 1.0 names
         stack.podman("kill", "--signal", "KILL", victim)

@@ -28,7 +28,7 @@ from infra.services import LocalKafka
 from minutecast.kafka import ensure_topics, make_admin, make_consumer, make_producer
 from minutecast.settings import InfraSettings, KafkaSettings
 from minutecast.topics import Topics
-from tests.support.kafka import read_topic, topic_config
+from tests.support.kafka import read_topic, replicated_partitions, topic_config
 from tests.support.services import free_port_run
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.ha, pytest.mark.slow]
@@ -90,8 +90,8 @@ def test_leader_killed_then_a_second_broker_loses_and_duplicates_nothing(cluster
     topic = Topics(ns).bars
     ensure_topics(ha, Topics(ns).specs(3, 1))
     admin = make_admin(ha)  # kept: a future outlives no client
-    md = admin.list_topics(topic, timeout=10).topics[topic]
-    assert all(len(p.replicas) == 3 for p in md.partitions.values())
+    spec = next(t for t in Topics(ns).specs(3, 1) if t.name == topic)
+    replicated_partitions(admin, topic, spec.partitions, 3)  # fails unless RF 3 with all replicas in sync
     config = topic_config(admin, topic)
     assert config["min.insync.replicas"].value == "2" and config["unclean.leader.election.enable"].value == "false"
 

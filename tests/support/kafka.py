@@ -88,3 +88,24 @@ def topic_config(admin: Any, topic: str) -> Any:
     """The topic's config. Right after creation a broker that has not applied the new metadata yet (KRaft
     propagates it asynchronously) answers "unknown topic": asked again until it knows it (30 s at most)."""
     return next(iter(admin.describe_configs([ConfigResource("topic", topic)]).values())).result(timeout=30)
+
+
+class _NotReplicated(Exception):
+    pass
+
+
+@retry(retry=retry_if_exception(lambda e: isinstance(e, (_NotReplicated, KafkaException))), stop=stop_after_delay(60),
+       wait=wait_fixed(0.5), reraise=True)
+def replicated_partitions(admin: Any, topic: str, partitions: int, replicas: int) -> dict[int, Any]:
+    """The topic's partition metadata once every one of ``partitions`` has a leader, ``replicas`` replicas and all
+    of them in sync. Right after creation the broker answering may list only the partitions it has applied so far
+    (KRaft propagates new topics asynchronously): asked again until the picture is whole (60 s at most)."""
+    md = admin.list_topics(topic, timeout=30).topics[topic]
+    parts = md.partitions
+    whole = (md.error is None and sorted(parts) == list(range(partitions))
+             and all(p.error is None and p.leader >= 0 and len(p.replicas) == replicas and len(p.isrs) == replicas
+                     for p in parts.values()))
+    if not whole:
+        raise _NotReplicated(f"{topic}: {len(parts)} of {partitions} partitions listed, "
+                             f"isrs {[len(p.isrs) for p in parts.values()]}")
+    return dict(parts)
