@@ -1,0 +1,89 @@
+"""The HAR-style baseline (minutecast/har.py): features read from raw windows, a fit from running sums equal to a
+one-shot least-squares fit, calibration to nominal coverage on the training samples, New York buckets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from minutecast import har as HAR
+from minutecast.errors import ModelError
+from minutecast.window import GAP, MINUTE, MKT_BAR, MKT_RET, N_COLUMNS, PREV, WINDOW, C, H, L
+
+rng = np.random.default_rng(7)
+
+
+def ny(ts: str) -> int:
+    return int(pd.Timestamp(ts, tz="America/New_York").timestamp())
+
+
+def windows(n: int, vol: np.ndarray | float, start: int = ny("2025-11-03 10:30")) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` raw windows whose one-minute log returns have std ``vol`` (per window), and their target closes
+    five minutes on with the same volatility."""
+    vol = np.broadcast_to(np.asarray(vol, dtype=np.float64), (n,))
+    r = rng.standard_normal((n, WINDOW + 5)) * vol[:, None]
+    close = 100.0 * np.exp(np.cumsum(r, axis=1))
+    w = np.zeros((n, WINDOW, N_COLUMNS))
+    w[..., C] = close[:, :WINDOW]
+    w[..., PREV] = np.concatenate([np.full((n, 1), 100.0), close[:, :WINDOW - 1]], axis=1)
+    w[..., H] = w[..., C] * np.exp(np.abs(r[:, :WINDOW]))
+    w[..., L] = w[..., C]
+    w[..., MINUTE] = start + 60 * (np.arange(WINDOW) - WINDOW + 1) + 60 * rng.integers(0, 300, n)[:, None]
+    w[..., MKT_RET] = rng.standard_normal((n, WINDOW)) * 5e-4
+    w[..., MKT_BAR] = 1.0
+    return w, close[:, -1]
+
+
+def test_diurnal_buckets_follow_new_york_wall_clock_across_dst() -> None:
+    for day in ("2025-07-01", "2025-12-01"):  # EDT and EST: the same buckets
+        m = np.array([ny(f"{day} 09:30"), ny(f"{day} 09:44"), ny(f"{day} 09:45"), ny(f"{day} 15:59"),
+                      ny(f"{day} 08:00"), ny(f"{day} 16:30")])
+        assert HAR.diurnal_bucket(m).tolist() == [0, 0, 1, 25, 26, 26]
+
+
+def test_design_reads_volatility_from_the_window_and_skips_gaps() -> None:
+    w, _ = windows(2, np.array([1e-4, 1e-3]))
+    x = HAR.design(w)
+    assert x.shape == (2, HAR.N_FEATURES)
+    rv60 = HAR.FEATURES.index("log_rv60")
+    assert x[1, rv60] - x[0, rv60] == pytest.approx(np.log(10.0), abs=0.3)
+    assert x[:, HAR.FEATURES.index("gap")].tolist() == [0.0, 0.0] and (x[:, -HAR.N_DIURNAL:].sum(axis=1) == 1).all()
+    gapped = w.copy()
+    gapped[0, 10, PREV] = gapped[0, 10, C] / 1.2  # a 20% overnight jump, flagged as a collapsed gap
+    gapped[0, 10, GAP] = 1.0
+    g = HAR.design(gapped)
+    assert g[0, rv60] == pytest.approx(x[0, rv60], abs=0.05) and g[0, HAR.FEATURES.index("gap")] == 1.0
+
+
+def test_a_fit_from_chunks_equals_one_least_squares_fit() -> None:
+    w, t = windows(3000, rng.uniform(2e-4, 3e-3, 3000))
+    whole = HAR.HarFit()
+    whole.add(w, t)
+    parts = HAR.HarFit()
+    for lo in range(0, 3000, 700):
+        parts.add(w[lo:lo + 700], t[lo:lo + 700])
+    assert parts.n == whole.n == 3000
+    np.testing.assert_allclose(parts.solve(), whole.solve(), rtol=1e-9, atol=1e-9)
+    x, y = HAR.design(w), HAR.target(w, t)
+    ls = np.linalg.lstsq(x, y, rcond=None)[0]  # the fitted values: coefficients of collinear columns are not unique
+    np.testing.assert_allclose(x @ whole.solve(), x @ ls, atol=1e-4)
+    with pytest.raises(ModelError):
+        HAR.HarFit().solve()
+
+
+def test_the_fit_tracks_volatility_and_covers_its_levels_on_training() -> None:
+    vol = rng.uniform(2e-4, 3e-3, 6000)
+    w, t = windows(6000, vol)
+    har = HAR.fit([(w[:3000], t[:3000]), (w[3000:], t[3000:])])
+    s = har.sigma(w)
+    assert np.corrcoef(np.log(s), np.log(vol))[0, 1] > 0.9  # the scale follows the true volatility
+    q = har.log_quantiles(w)
+    move = np.log(t / w[:, -1, C])
+    assert ((q[:, 1] <= move) & (move <= q[:, 3])).mean() == pytest.approx(0.8, abs=0.005)
+    assert ((q[:, 0] <= move) & (move <= q[:, 4])).mean() == pytest.approx(0.9, abs=0.005)
+    assert (q[:, 2] == 0).all() and (np.diff(q, axis=1) >= 0).all()
+    again = HAR.Har.from_dict(har.to_dict())
+    np.testing.assert_array_equal(again.log_quantiles(w), q)
+    with pytest.raises(ModelError, match="another specification"):
+        HAR.Har.from_dict(har.to_dict() | {"spec": "har-v0"})
