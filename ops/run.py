@@ -37,6 +37,7 @@ from typing import Any
 from infra import horovod_build
 from infra import services as infra
 from infra.procs import RestartBudget
+from infra.runstate import mark_done
 from minutecast import dependency
 from minutecast.dependency import describe
 from minutecast.errors import ConfigError
@@ -45,10 +46,10 @@ from minutecast.keys import Keys
 from minutecast.redis import connect
 from minutecast.registry import Registry
 from minutecast.settings import RunSettings, WebSettings
+from minutecast.status import forecast_times
 from minutecast.topics import Topics
 from minutecast.window import SESSION_TZ
-from ops.forecast import forecast_times
-from ops.supervisor import FAKE_SERVICE, Outages, Screen, Service, claim, mark_done
+from ops.supervisor import FAKE_SERVICE, Outages, Screen, Service, claim
 
 OUTAGE_RESTART_S = 5.0  # a service that ended while Kafka or Redis is away is restarted this soon (it waits)
 

@@ -11,8 +11,9 @@ from typing import Any
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
+from infra.runstate import local
+from minutecast import status as core
 from minutecast.settings import InfraSettings, WebSettings
-from ops import status as ops_status
 from web import models
 from web.deps import State, StateDep
 
@@ -43,8 +44,8 @@ def _text(x: bytes | str) -> str:
 def collect_status(s: WebSettings) -> dict[str, Any]:
     """`minutecast status`'s dict plus the links to the served model's report and to the latest report."""
 
-    out = ops_status.collect(sample_s=0.5, s=InfraSettings(namespace=s.namespace, home=s.home, kafka=s.kafka,
-                                                           redis=s.redis))
+    infra = InfraSettings(namespace=s.namespace, home=s.home, kafka=s.kafka, redis=s.redis)
+    out = core.collect(infra, local(infra), sample_s=0.5)
     out["report"] = report_links(s.reports, str(out.get("model_version", "")))
     out["latest_report"] = report_links(s.reports, "")  # the newest evaluation, promoted or not
     return out
