@@ -17,13 +17,13 @@ import argparse
 import json
 import time
 from datetime import UTC, datetime
-from typing import Any
 
 from minutecast.forecast_store import ForecastStore
 from minutecast.keys import Keys
 from minutecast.redis import connect
 from minutecast.schemas import Forecast
 from minutecast.settings import CommonSettings
+from minutecast.status import forecast_times as forecast_times  # noqa: F401 - its old home (tests import it)
 from minutecast.window import SESSION_TZ
 
 
@@ -38,15 +38,6 @@ def fetch(tickers: list[str]) -> dict[str, object]:
     s = CommonSettings()
     got = ForecastStore(Keys(s.namespace)).newest_now(connect(s.redis), tickers)
     return {t: Forecast.from_json(got[t][-1][1]) if got[t] else None for t in tickers}
-
-
-def forecast_times(client: Any, keys: Any) -> list[float]:
-    """``forecast_at`` of every ticker's latest forecast in the namespace (one round trip after the scan)."""
-    prefix = keys.forecast("")
-    tickers = [(k.decode() if isinstance(k, bytes) else k)[len(prefix):]
-               for k in client.scan_iter(match=keys.forecast_pattern(), count=1000)]
-    got = ForecastStore(keys).newest_now(client, tickers)
-    return [Forecast.from_json(v[-1][1]).forecast_at for v in got.values() if v]
 
 
 def _local(epoch: int) -> str:

@@ -37,6 +37,7 @@ from typing import Any
 from infra import horovod_build
 from infra import services as infra
 from infra.procs import RestartBudget
+from infra.runstate import mark_done
 from minutecast import dependency
 from minutecast.dependency import describe
 from minutecast.errors import ConfigError
@@ -45,10 +46,10 @@ from minutecast.keys import Keys
 from minutecast.redis import connect
 from minutecast.registry import Registry
 from minutecast.settings import RunSettings, WebSettings
+from minutecast.status import forecast_times
 from minutecast.topics import Topics
 from minutecast.window import SESSION_TZ
-from ops.forecast import forecast_times
-from ops.supervisor import FAKE_SERVICE, Outages, Screen, Service, claim, mark_done
+from ops.supervisor import FAKE_SERVICE, Outages, Screen, Service, claim
 
 OUTAGE_RESTART_S = 5.0  # a service that ended while Kafka or Redis is away is restarted this soon (it waits)
 
@@ -215,97 +216,140 @@ def plan(args: argparse.Namespace, s: Any, say: Any) -> tuple[list[Service], Ser
 
 
 def supervise(args: argparse.Namespace, s: Any, screen: Screen) -> int:
-    say = screen.say
-    services, trainer, source, url = plan(args, s, say)
+    """Start the planned services, watch them until asked to stop (or one is over its restart budget), then
+    stop them all in order. 1 if a service was given up on."""
+    services, trainer, source, url = plan(args, s, screen.say)
     if not args.fake_services:
         s = RunSettings()  # the Redis password exists now
-    run_dir, logs = s.home / "run", s.logs_dir
-    for svc in [*services, *([trainer] if trainer else [])]:
-        svc.budget = RestartBudget(s.restart_max, s.restart_healthy_s)
-    stopping = False
-    outages = None if args.fake_services else Outages(s)
-
-    def _stop(_sig: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-
+    sup = Supervision(args, s, screen, services, trainer)
     # SIGHUP too: a closed terminal stops the run cleanly (its default would kill us without stopping anything).
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, _stop)
-    t0 = time.monotonic()
-    next_summary = math.inf if args.fake_services else t0 + 5
-    failed: list[str] = []
-    train_after = t0 + 120  # live sources: give the producer two minutes of bars before a first training
-    warmed_up = False  # a live replay has published its history
-    hvd_wait = hvd_said = ""  # #26: what the trainer waits for (infra/horovod_build.py), what was said of it
+        signal.signal(sig, sup.request_stop)
     try:
-        for svc in services:
-            svc.start(logs, run_dir, s.namespace, s.stop_grace_s)
-        say(f"running: {', '.join(x.name for x in services)} (source {source}); logs in {logs}; Ctrl-C stops")
-        if url:
-            say(f"dashboard: {url}")
-        while not stopping and not screen.gone():
+        sup.start(source, url)
+        while not sup.stopping and not screen.gone():
             time.sleep(0.5)
-            now = time.monotonic()
-            for svc in services:
-                if svc.done or svc.proc is None:
-                    continue
-                if svc.restart_at is not None:  # crashed, waiting out its back-off
-                    if now >= svc.restart_at:
-                        svc.start(logs, run_dir, s.namespace, s.stop_grace_s)
-                    continue
-                rc = svc.proc.poll()
-                if rc is None:
-                    continue
-                svc.ended()
-                if svc.oneshot and rc == 0:
-                    svc.done = True
-                    mark_done(run_dir, s.namespace, svc.name)
-                    say(f"{svc.name}: finished")
-                    continue
-                away = outages.outage() if outages else {}
-                if away:  # a dependency is away: not a crash of ours, restarted without spending its budget
-                    svc.budget.crashed(outage=True)
-                    svc.restart_at = now + OUTAGE_RESTART_S
-                    say(f"{svc.name}: exited {rc} while {describe(away, '{name} is away (since {since})')}; "
-                        f"restart in {OUTAGE_RESTART_S:g} s (not counted against its restart budget)")
-                    continue
-                if not svc.budget.crashed():
-                    failed.append(svc.name)
-                    say(f"{svc.name}: exited {rc}, crash {svc.budget.restarts} in a row, over its budget of "
-                        f"{svc.budget.max_restarts} restarts; giving up (see {logs}/{svc.name}.log)")
-                    stopping = True
-                    break
-                svc.restart_at = now + svc.budget.backoff_s()
-                say(f"{svc.name}: exited {rc}; restart {svc.budget.restarts}/{svc.budget.max_restarts} in "
-                    f"{svc.budget.backoff_s():g} s")
-            producer_done = services[2].done or warmed_up
-            due = producer_done or time.monotonic() > train_after
-            # -- #26: horovod may still be building in the background; the trainer starts once it is ready --
-            hvd_wait = "" if trainer is None or trainer.proc is not None else horovod_build.waiting_text()
-            if due and hvd_wait and hvd_wait != hvd_said:
-                hvd_said = hvd_wait
-                say(f"train: {hvd_wait}")
-            if trainer is not None and trainer.proc is None and due and not hvd_wait:
-                services.append(trainer)
-                trainer.start(logs, run_dir, s.namespace, s.stop_grace_s)
-                say(f"train: started (first model on what is in Kafka, then every {args.retrain_every})")
-            now = time.monotonic()
-            if now >= next_summary:
-                next_summary = now + args.summary_every
-                line, info = summary_line(s, outages)
-                say(line + (f" | {hvd_wait}" if hvd_wait else ""))  # #26: the trainer waits for horovod
-                if info:
-                    warmed_up = warmed_up or info["replay"].get("phase") == "live"
-                    if args.until_forecasts and info["tickers_forecast"] >= args.until_forecasts:
-                        say(f"{info['tickers_forecast']} tickers have forecasts; stopping as asked")
-                        stopping = True
-            if args.duration and now - t0 >= args.duration:
-                stopping = True
+            sup.tick()
     finally:
-        say("stopping: " + ", ".join(x.name for x in reversed(services)))
-        order = {"produce": 0, "stream": 1, "infer": 2, "train": 3, "web": 4}
-        for svc in sorted(services, key=lambda x: order.get(x.name, 9)):
-            svc.stop(run_dir, s.namespace, s.stop_grace_s)
-    say("stopped; Kafka and Redis keep running (`minutecast infra down` stops them)")
-    return 1 if failed else 0
+        sup.stop()
+    screen.say("stopped; Kafka and Redis keep running (`minutecast infra down` stops them)")
+    return 1 if sup.failed else 0
+
+
+class Supervision:
+    """One `minutecast run`'s services and what the loop knows of them (:meth:`tick` every 0.5 s)."""
+
+    ORDER = {"produce": 0, "stream": 1, "infer": 2, "train": 3, "web": 4}  # stop order: sources first
+
+    def __init__(self, args: argparse.Namespace, s: Any, screen: Screen, services: list[Service],
+                 trainer: Service | None) -> None:
+        self.args, self.s, self.say = args, s, screen.say
+        self.services, self.trainer = services, trainer
+        self.producer = next(x for x in services if x.name == "produce")  # a replay ends: the trainer may start
+        self.run_dir, self.logs = s.home / "run", s.logs_dir
+        for svc in [*services, *([trainer] if trainer else [])]:
+            svc.budget = RestartBudget(s.restart_max, s.restart_healthy_s)
+        self.outages = None if args.fake_services else Outages(s)
+        self.stopping = False
+        self.failed: list[str] = []
+        self.t0 = time.monotonic()
+        self.next_summary = math.inf if args.fake_services else self.t0 + 5
+        self.train_after = self.t0 + 120  # live sources: give the producer two minutes of bars before a first training
+        self.warmed_up = False  # a live replay has published its history
+        self.hvd_wait = self.hvd_said = ""  # #26: what the trainer waits for (infra/horovod_build.py), what was said
+
+    def request_stop(self, _sig: int, _frame: object) -> None:
+        self.stopping = True
+
+    def start(self, source: str, url: str | None) -> None:
+        for svc in self.services:
+            self._start(svc)
+        self.say(f"running: {', '.join(x.name for x in self.services)} (source {source}); logs in {self.logs}; "
+                 "Ctrl-C stops")
+        if url:
+            self.say(f"dashboard: {url}")
+
+    def tick(self) -> None:
+        """One pass: each service's exit handled, the trainer started when due, the summary line, --for."""
+        now = time.monotonic()
+        for svc in self.services:
+            if not svc.done and svc.proc is not None and not self.watch(svc, now):
+                break
+        self.start_trainer_when_due()
+        self.summarise()
+        if self.args.duration and time.monotonic() - self.t0 >= self.args.duration:
+            self.stopping = True
+
+    def watch(self, svc: Service, now: float) -> bool:
+        """Restart ``svc`` once its back-off is over; handle its exit (finished, an outage, a crash). False when
+        it is given up on (the run stops)."""
+        if svc.restart_at is not None:  # crashed, waiting out its back-off
+            if now >= svc.restart_at:
+                self._start(svc)
+            return True
+        rc = svc.proc.poll() if svc.proc is not None else None
+        if rc is None:
+            return True
+        svc.ended()
+        if svc.oneshot and rc == 0:
+            svc.done = True
+            mark_done(self.run_dir, self.s.namespace, svc.name)
+            self.say(f"{svc.name}: finished")
+            return True
+        return self.restart_later(svc, rc, now)
+
+    def restart_later(self, svc: Service, rc: int, now: float) -> bool:
+        """A service that exited: restart it after an outage (free) or its back-off; give up past its budget."""
+        away = self.outages.outage() if self.outages else {}
+        if away:  # a dependency is away: not a crash of ours, restarted without spending its budget
+            svc.budget.crashed(outage=True)
+            svc.restart_at = now + OUTAGE_RESTART_S
+            self.say(f"{svc.name}: exited {rc} while {describe(away, '{name} is away (since {since})')}; "
+                     f"restart in {OUTAGE_RESTART_S:g} s (not counted against its restart budget)")
+            return True
+        if not svc.budget.crashed():
+            self.failed.append(svc.name)
+            self.say(f"{svc.name}: exited {rc}, crash {svc.budget.restarts} in a row, over its budget of "
+                     f"{svc.budget.max_restarts} restarts; giving up (see {self.logs}/{svc.name}.log)")
+            self.stopping = True
+            return False
+        svc.restart_at = now + svc.budget.backoff_s()
+        self.say(f"{svc.name}: exited {rc}; restart {svc.budget.restarts}/{svc.budget.max_restarts} in "
+                 f"{svc.budget.backoff_s():g} s")
+        return True
+
+    def start_trainer_when_due(self) -> None:
+        """The first training starts once the producer has its history in (a replay finished, a live replay
+        went live) or two minutes passed, and horovod is built (#26: it may still build in the background)."""
+        trainer = self.trainer
+        due = self.producer.done or self.warmed_up or time.monotonic() > self.train_after
+        self.hvd_wait = "" if trainer is None or trainer.proc is not None else horovod_build.waiting_text()
+        if due and self.hvd_wait and self.hvd_wait != self.hvd_said:
+            self.hvd_said = self.hvd_wait
+            self.say(f"train: {self.hvd_wait}")
+        if trainer is not None and trainer.proc is None and due and not self.hvd_wait:
+            self.services.append(trainer)
+            self._start(trainer)
+            self.say(f"train: started (first model on what is in Kafka, then every {self.args.retrain_every})")
+
+    def summarise(self) -> None:
+        """Every --summary-every s: the summary line; notes a live replay's warm-up; --until-forecasts."""
+        now = time.monotonic()
+        if now < self.next_summary:
+            return
+        self.next_summary = now + self.args.summary_every
+        line, info = summary_line(self.s, self.outages)
+        self.say(line + (f" | {self.hvd_wait}" if self.hvd_wait else ""))  # #26: the trainer waits for horovod
+        if info:
+            self.warmed_up = self.warmed_up or info["replay"].get("phase") == "live"
+            if self.args.until_forecasts and info["tickers_forecast"] >= self.args.until_forecasts:
+                self.say(f"{info['tickers_forecast']} tickers have forecasts; stopping as asked")
+                self.stopping = True
+
+    def stop(self) -> None:
+        self.say("stopping: " + ", ".join(x.name for x in reversed(self.services)))
+        for svc in sorted(self.services, key=lambda x: self.ORDER.get(x.name, 9)):
+            svc.stop(self.run_dir, self.s.namespace, self.s.stop_grace_s)
+
+    def _start(self, svc: Service) -> None:
+        svc.start(self.logs, self.run_dir, self.s.namespace, self.s.stop_grace_s)

@@ -15,27 +15,20 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import time
-from collections import Counter
 from typing import Any
 
-from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 from rich.console import Console, Group
 from rich.table import Table
 from rich.text import Text
 
 from infra import horovod_build
-from infra.services import status as infra_status
-from minutecast import dependency
-from minutecast.errors import MinutecastError
-from minutecast.kafka import make_admin, make_consumer, watermarks
-from minutecast.keys import Keys
-from minutecast.redis import connect
-from minutecast.registry import Registry
+from infra.runstate import local
+from minutecast import status as core
 from minutecast.settings import InfraSettings
-from minutecast.topics import Topics
-from ops.forecast import forecast_times
-from ops.supervisor import service_states
+
+# Their old home: tests/test_bounds.py imports them from here.
+from minutecast.status import MEMORY_ALERT as MEMORY_ALERT  # noqa: F401
+from minutecast.status import redis_memory as redis_memory  # noqa: F401
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -43,150 +36,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sample-s", type=float, default=1.0, help="seconds between two offset samples (bars/s)")
 
 
-def _topic_end(consumer: Any, topic: str) -> dict[int, int]:
-    return {p: high for p, (_, high) in watermarks(consumer, topic).items()}
-
-
-def _group_lag(admin: Any, ends: dict[str, dict[int, int]]) -> dict[str, int]:
-    """Lag (messages) of every consumer group that reads one of our topics."""
-
-    lags: dict[str, int] = {}
-    groups = admin.list_consumer_groups(request_timeout=10).result().valid
-    for g in groups:
-        try:
-            res = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(g.group_id)])
-            parts = res[g.group_id].result().topic_partitions
-        except Exception:  # noqa: BLE001, S112 - a group that vanished meanwhile
-            continue
-        lag, ours = 0, False
-        for tp in parts:
-            if tp.topic in ends and tp.offset >= 0:
-                ours = True
-                lag += max(0, ends[tp.topic].get(tp.partition, 0) - tp.offset)
-        if ours:
-            lags[g.group_id] = lag
-    return lags
-
-
-def _spark(client: Any, keys: Keys, ends: dict[int, int]) -> dict[str, Any] | None:
-    """The Spark job's own progress record (``Keys.infer_progress``): its lag behind the window-ready topic's
-    end, the age of its newest finished micro-batch, and that batch's id (Spark commits no group offsets)."""
-    rec = client.hgetall(keys.infer_progress())
-    if not rec:
-        return None
-    try:
-        done = {int(p): int(o) for p, o in json.loads(rec.get("ready_offsets") or "{}").items()}
-        at, batch_id = float(rec["at"]), int(rec["batch_id"])
-    except (ValueError, KeyError, TypeError, AttributeError):
-        return {"unreadable": True}
-    return {"lag": sum(max(0, e - done.get(p, 0)) for p, e in ends.items()), "age_s": round(time.time() - at, 1),
-            "batch_id": batch_id}
-
-
-MEMORY_ALERT = 0.8  # share of Redis's maxmemory from which `status` warns (past maxmemory, writes fail)
-
-
-def redis_memory(client: Any) -> dict[str, Any]:
-    """Redis's used memory against its ``maxmemory`` (0: no limit) and whether it is past the alert level."""
-    info = client.info("memory")
-    used, limit = int(info.get("used_memory", 0)), int(info.get("maxmemory", 0))
-    share = used / limit if limit else None
-    return {"used_bytes": used, "max_bytes": limit, "share": None if share is None else round(share, 4),
-            "policy": info.get("maxmemory_policy"), "alert": share is not None and share >= MEMORY_ALERT}
-
-
-def _reachable(s: Any, name: str) -> bool:
-    """Whether Kafka/Redis answer with these settings (brokers not started by `minutecast infra`: compose)."""
-
-    try:
-        if name == "kafka":
-            make_admin(s.kafka, log_level=0).list_topics(timeout=2)
-        else:
-            connect(s.redis, wait=False).ping()
-    except (MinutecastError, Exception):  # noqa: BLE001 - any failure means: not reachable
-        return False
-    return True
-
-
 def collect(sample_s: float = 1.0, s: Any = None) -> dict[str, Any]:
-    """Everything `minutecast status` shows, as one JSON-ready dict (``s``: settings, default InfraSettings)."""
-
+    """Everything `minutecast status` shows, as one JSON-ready dict (``s``: settings, default InfraSettings):
+    :func:`minutecast.status.collect` over this machine's processes (:func:`infra.runstate.local`)."""
     s = s or InfraSettings()
-    topics, keys = Topics(s.namespace), Keys(s.namespace)
-    out: dict[str, Any] = {"namespace": s.namespace, "services": {}}
-    for row in infra_status(s):
-        up = row.up or _reachable(s, row.name)
-        out["services"][row.name] = {"up": up, "version": row.version, "address": row.address}
-    # This namespace's `minutecast run` services; "done": a one-shot replay that finished (not DOWN).
-    for name, state in service_states(s.home / "run", s.namespace).items():
-        out["services"][name] = {"up": state != "down"} | ({"state": state} if state == "done" else {})
-    # What services wait for while Kafka or Redis is away (minutecast.dependency): {service: {dep: since}}.
-    out["waiting"] = dependency.waiting(s.home / "run", s.namespace)
-    for name, deps in out["waiting"].items():
-        if name in out["services"]:
-            out["services"][name] |= {"state": "waiting", "waiting_for": deps, "detail": dependency.describe(deps)}
-    out["model_version"] = Registry(s.models_dir).current_version() or "persistence (no model promoted)"
-    if not out["services"]["kafka"]["up"]:
-        return out
-    consumer = make_consumer(s.kafka, group="minutecast-status")
-    try:
-        names = [topics.bars, topics.ready, topics.forecasts, topics.deadletter]
-        first = {t: _topic_end(consumer, t) for t in names}
-        time.sleep(sample_s)
-        ends = {t: _topic_end(consumer, t) for t in names}
-        ready_ends = ends[topics.ready]
-        out["bars_total"] = sum(ends[topics.bars].values())
-        out["bars_per_s"] = round((out["bars_total"] - sum(first[topics.bars].values())) / sample_s, 1)
-        out["forecasts_total"] = sum(ends[topics.forecasts].values())
-        out["consumer_lag"] = _group_lag(make_admin(s.kafka), ends)
-        out["dead_letters"] = _dead_letters(consumer, topics.deadletter, ends[topics.deadletter])
-    finally:
-        consumer.close()
-    if out["services"]["redis"]["up"]:
-        client = connect(s.redis, wait=False, decode_responses=True)
-        stamps = forecast_times(client, keys)
-        out["tickers_with_forecast"] = len(stamps)
-        out["last_forecast_age_s"] = round(time.time() - max(stamps), 1) if stamps else None
-        out["windows"] = sum(1 for _ in client.scan_iter(match=keys.window_pattern(), count=1000))
-        # A Faust worker that retries (Redis/Kafka unavailable) or stopped on a fatal error says so here.
-        since, reason, fatal, repairs, restored = client.hmget(
-            keys.stats(), "stream_stalled_since", "stream_stall_reason", "stream_fatal", "stream_repairs",
-            "infer_restored")
-        # Redis lost acknowledged writes (a crash before its fsync) and the services repaired from Kafka.
-        out["redis_repairs"] = {"window_partitions": int(repairs or 0), "forecasts_restored": int(restored or 0)}
-        stalled = float(since or 0)
-        out["stream_stalled_s"] = round(time.time() - stalled, 1) if stalled > 0 else None
-        out["stream_stall_reason"] = reason if stalled > 0 else None
-        out["stream_fatal"] = fatal or None
-        out["redis_memory"] = redis_memory(client)
-        if "consumer_lag" in out:
-            out["spark"] = _spark(client, keys, ready_ends)
-            if out["spark"] and "lag" in out["spark"]:
-                out["consumer_lag"]["spark-infer"] = out["spark"]["lag"]
-
-    out["horovod"] = horovod_build.state()  # #26: built in the background by `make run`; the trainer waits
-    return out
-
-
-def _dead_letters(consumer: Any, topic: str, ends: dict[int, int], last: int = 5000) -> dict[str, Any]:
-    """Total dead letters and the reasons of the newest ``last`` of them."""
-
-    total = sum(ends.values())
-    reasons: Counter[str] = Counter()
-    if total:
-        consumer.assign([TopicPartition(topic, p, max(0, e - last)) for p, e in ends.items()])
-        want, seen = min(total, last * len(ends)), 0
-        deadline = time.monotonic() + 10
-        while seen < want and time.monotonic() < deadline:
-            for msg in consumer.consume(1000, timeout=0.5):
-                if msg.error() is None:
-                    seen += 1
-                    try:
-                        reasons[json.loads(msg.value())["reason"]] += 1
-                    except (ValueError, KeyError, TypeError):
-                        reasons["unreadable"] += 1
-        consumer.unassign()
-    return {"total": total, "by_reason": dict(reasons.most_common())}
+    return core.collect(s, local(s), sample_s)
 
 
 def screen(out: dict[str, Any]) -> Group:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import glob
 import os
 import select
 import signal
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from infra import procs
+from infra.runstate import DONE, service_pidfile, service_pidfiles, service_pids, service_tag
 from minutecast import dependency
 from minutecast.errors import MinutecastError
 from minutecast.kafka import make_admin
@@ -39,48 +39,6 @@ FAKE_SERVICE = ["sh", "-c", "sleep 600 & sleep 600"]
 
 class AlreadyRunning(MinutecastError):
     """Services of this namespace are running already (another `minutecast run`, or its leftovers)."""
-
-
-def service_tag(namespace: str, name: str) -> str:
-    """Marks a service's guard command line: a pid file is believed only while its pid carries this."""
-    return f"minutecast-run:{namespace}:{name}"
-
-
-def service_pidfile(run_dir: Path, namespace: str, name: str) -> Path:
-    return run_dir / f"svc.{namespace}.{name}.pid"
-
-
-def service_pidfiles(run_dir: Path, namespace: str) -> dict[str, Path]:
-    """This namespace's pid files by service name (service names hold no dot; namespaces may)."""
-    prefix = f"svc.{namespace}."
-    found = {p.name[len(prefix):-len(".pid")]: p for p in run_dir.glob(f"{glob.escape(prefix)}*.pid")}
-    return {name: p for name, p in sorted(found.items()) if name and "." not in name}
-
-
-def service_pids(run_dir: Path, namespace: str) -> dict[str, int | None]:
-    """Each recorded service of the namespace: its guard's pid while it runs, else None (`minutecast status`)."""
-    return {name: procs.read_tagged_pid(p, service_tag(namespace, name))[0]
-            for name, p in service_pidfiles(run_dir, namespace).items()}
-
-
-DONE = "done"  # a one-shot service's pid file after it finished (exit 0): not a crash, not running
-
-
-def mark_done(run_dir: Path, namespace: str, name: str) -> None:
-    """Record that a one-shot service (a replay) finished, so `minutecast status` does not call it DOWN."""
-    service_pidfile(run_dir, namespace, name).write_text(f"{DONE}\n")
-
-
-def service_states(run_dir: Path, namespace: str) -> dict[str, str]:
-    """Each recorded service of the namespace: ``up`` (its guard runs), ``done`` (finished) or ``down``."""
-    states = {}
-    for name, path in service_pidfiles(run_dir, namespace).items():
-        with contextlib.suppress(OSError):
-            if path.read_text().strip() == DONE:
-                states[name] = DONE
-                continue
-        states[name] = "up" if procs.read_tagged_pid(path, service_tag(namespace, name))[0] else "down"
-    return states
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ from pathlib import Path
 from types import FrameType
 
 from infra.jars import spark_kafka_jars
+from minutecast.flags import Flag, add_flags, settings_from
 from minutecast.kafka import ensure_topics, wait_for_kafka
 from minutecast.redis import wait_for_redis
 from minutecast.settings import InferenceSettings, default_cache
@@ -27,24 +28,29 @@ from minutecast.spark import build_session
 log = logging.getLogger("minutecast.infer")
 
 
+# Field of InferenceSettings -> its flag (minutecast.flags).
+FLAGS = {
+    "master": Flag("--master", str, "Spark master (default: MINUTECAST_MASTER or local[*])"),
+    "trigger_ms": Flag("--trigger-ms", int, "micro-batch trigger interval (default 200)"),
+    "checkpoint_dir": Flag("--checkpoint", Path, "checkpoint directory (default <home>/checkpoints/infer)",
+                           dest="checkpoint"),
+    "partitions": Flag("--partitions", int, "partitions per micro-batch = model calls (default 2)"),
+    "metrics_port": Flag("--metrics-port", int, "Prometheus port (default 9103; 0 = off)"),
+}
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--master", help="Spark master (default: MINUTECAST_MASTER or local[*])")
-    p.add_argument("--trigger-ms", type=int, help="micro-batch trigger interval (default 200)")
+    add_flags(p, FLAGS, ["master", "trigger_ms"])
     p.add_argument("--once", "--available-now", dest="available_now", action="store_true",
                    help="process every event on the topic, then exit")
-    p.add_argument("--checkpoint", type=Path, help="checkpoint directory (default <home>/checkpoints/infer)")
-    p.add_argument("--partitions", type=int, help="partitions per micro-batch = model calls (default 2)")
-    p.add_argument("--metrics-port", type=int, help="Prometheus port (default 9103; 0 = off)")
+    add_flags(p, FLAGS, ["checkpoint_dir", "partitions", "metrics_port"])
     p.add_argument("--stats-jsonl", type=Path, help="append one JSON line of stats per micro-batch here")
     p.add_argument("--wait", type=float, default=None,
                    help="seconds to wait for Kafka/Redis at start-up (default: MINUTECAST_DEPENDENCY_WAIT_S, no limit)")
 
 
 def run(args: argparse.Namespace) -> int:
-    overrides = {k: v for k, v in {
-        "master": args.master, "trigger_ms": args.trigger_ms, "checkpoint_dir": args.checkpoint,
-        "partitions": args.partitions, "metrics_port": args.metrics_port}.items() if v is not None}
-    settings = InferenceSettings(**overrides)
+    settings = settings_from(InferenceSettings, args, FLAGS)
     if not settings.spark_jars:  # the connector's jars from the cache (fetched once from Maven Central)
         jars = ",".join(str(j) for j in spark_kafka_jars(default_cache()))
         settings = settings.model_copy(update={"spark_jars": jars})

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from minutecast.flags import Flag, add_flags, settings_from
 from minutecast.kafka import ensure_topics, wait_for_kafka
 from minutecast.keys import Keys
 from minutecast.metrics import serve
@@ -28,9 +29,15 @@ from streams.window_store import WindowStore
 log = logging.getLogger(__name__)
 
 
+# Field of StreamSettings -> its flag (minutecast.flags).
+FLAGS = {
+    "web_port": Flag("--web-port", int, "Faust web port (0: off); default settings"),
+    "metrics_port": Flag("--metrics-port", int, "Prometheus port (0: off)"),
+}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--web-port", type=int, default=None, help="Faust web port (0: off); default settings")
-    parser.add_argument("--metrics-port", type=int, default=None, help="Prometheus port (0: off)")
+    add_flags(parser, FLAGS)
     parser.add_argument("--loglevel", default=None, help="worker log level (default MINUTECAST_LOG_LEVEL)")
     parser.add_argument("--no-rebuild", action="store_true", help="skip the start-up rebuild check")
     parser.add_argument("--wait", type=float, default=None,
@@ -40,9 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import faust
 
-    overrides = {k: v for k, v in (("web_port", args.web_port), ("metrics_port", args.metrics_port))
-                 if v is not None}
-    settings = StreamSettings(**overrides)
+    settings = settings_from(StreamSettings, args, FLAGS)
     wait_for_kafka(settings.kafka, args.wait)
     # No waiting inside commands: a batch that finds Redis away is retried by the worker itself (streams.failures).
     client = wait_for_redis(settings.redis, args.wait, wait=False)

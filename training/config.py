@@ -11,23 +11,13 @@ resolved options to the ``python -m training.train`` child that way (the child i
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import pydantic
-
-from minutecast.errors import ConfigError
+from minutecast import flags
+from minutecast.flags import Flag
 from minutecast.settings import TrainingSettings
-
-
-@dataclass(frozen=True)
-class Flag:
-    flag: str  # the command-line spelling
-    type: Callable[[str], Any] | None  # None: a boolean, --x / --no-x
-    help: str
-
 
 # Field -> its flag (the field's meaning, units and default: minutecast/settings.py).
 FLAGS: dict[str, Flag] = {
@@ -63,30 +53,13 @@ CLI_FIELDS = ("np", "every", "first_preset")
 
 def add_flags(p: argparse.ArgumentParser, fields: Iterable[str]) -> None:
     """A flag per field, default None (not given): the environment's value (or the field's default) stays."""
-    for name in fields:
-        f = FLAGS[name]
-        text = f"{f.help} (MINUTECAST_{name.upper()})".replace("%", "%%")
-        if f.type is None:
-            p.add_argument(f.flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=text)
-        else:
-            p.add_argument(f.flag, dest=name, type=f.type, default=None, help=text)
+    flags.add_flags(p, FLAGS, fields, env_in_help=True)
 
 
 def from_args(args: argparse.Namespace) -> TrainingSettings:
     """The settings from the environment, each flag given in ``args`` over its field. A bad value is a
     ConfigError naming the flag (when given) or the variable it came from."""
-    given = {name: v for name in FLAGS if (v := getattr(args, name, None)) is not None}
-    try:
-        return TrainingSettings(**given)
-    except pydantic.ValidationError as exc:
-        raise ConfigError("; ".join(f"{_origin(err['loc'], given)}: {err['msg']}" for err in exc.errors())) from None
-
-
-def _origin(loc: tuple[int | str, ...], given: dict[str, Any]) -> str:
-    field = "_".join(str(part) for part in loc)
-    if field in given:
-        return f"{FLAGS[field].flag} {given[field]}"
-    return f"MINUTECAST_{field.upper()}"
+    return flags.settings_from(TrainingSettings, args, FLAGS)
 
 
 def as_flags(settings: TrainingSettings, fields: Iterable[str] = RUN_FIELDS) -> list[str]:

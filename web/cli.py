@@ -13,27 +13,26 @@ from __future__ import annotations
 import argparse
 
 import uvicorn
-from pydantic import ValidationError
 
-from minutecast.errors import ConfigError
+from minutecast.flags import Flag, add_flags, settings_from
 from minutecast.settings import WebSettings
 from web.app import create_app
 
+# Field of WebSettings -> its flag (minutecast.flags).
+FLAGS = {
+    "serve_host": Flag("--host", str, "address to bind (default MINUTECAST_SERVE_HOST, 127.0.0.1)", dest="host"),
+    "serve_port": Flag("--port", int, "port (default MINUTECAST_SERVE_PORT, 8080)", dest="port"),
+}
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host", help="address to bind (default MINUTECAST_SERVE_HOST, 127.0.0.1)")
-    p.add_argument("--port", type=int, help="port (default MINUTECAST_SERVE_PORT, 8080)")
+    add_flags(p, FLAGS)
     p.add_argument("--log-level", default="warning", help="uvicorn's log level (default warning)")
 
 
 def settings(args: argparse.Namespace) -> WebSettings:
     """WebSettings from the environment with --host/--port applied; a bad combination is a ConfigError."""
-
-    overrides = {k: v for k, v in (("serve_host", args.host), ("serve_port", args.port)) if v is not None}
-    try:
-        return WebSettings(**overrides)
-    except ValidationError as exc:
-        raise ConfigError("; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())) from exc
+    return settings_from(WebSettings, args, FLAGS)
 
 
 def run(args: argparse.Namespace) -> int:
