@@ -46,7 +46,7 @@ import redis as redislib
 from minutecast.forecast_store import READ_LUA, SCRIPTS, WRITE_LUA, WRITTEN, ForecastStore
 from minutecast.intervals import OnlineScale
 from minutecast.keys import Keys
-from minutecast.redis import connect
+from minutecast.redis import connect, text
 from minutecast.registry import PERSISTENCE, Registry
 from minutecast.schemas import Forecast
 from minutecast.settings import RedisSettings
@@ -184,10 +184,6 @@ def _context(conf: JobConf) -> _Context:
     return ctx
 
 
-def _text(x: bytes | str) -> str:
-    return x.decode() if isinstance(x, bytes) else x
-
-
 def read_partition(ctx: _Context, tickers: list[str], minutes: list[int]) -> tuple[
         dict[str, np.ndarray], dict[str, OnlineScale], dict[str, dict[int, Forecast]], int]:
     """One pipelined round trip: stored rows of ``tickers`` and the market ticker, each ticker's
@@ -307,7 +303,7 @@ def infer_partition(conf: JobConf, stats: Any, latencies: Any,
         lat: list[float] = []
         for f, e, res in zip(forecasts, encoded, results, strict=True):
             new, js = ctx.store.written(f, e, res)
-            out_rows.append((conf.forecasts_topic, f.ticker, _text(js)))
+            out_rows.append((conf.forecasts_topic, f.ticker, text(js)))
             counts[WRITTEN[new]] += 1
             if new == 1 and f.published_at is not None:  # a correction's delay is the late bar's, not ours
                 lat.append(f.forecast_at - f.published_at)
