@@ -115,7 +115,7 @@ class _Context:
         self.redis = connect(conf.redis)
         self.scripts: dict[str, str] = {}  # Lua source -> sha
         self._load_scripts()
-        self.model: Any = None  # minutecast.registry.ServingModel once one is promoted and loaded
+        self.model: Any = None  # minutecast.serving_model.ServingModel once one is promoted and loaded
         self.failed: tuple[str, float] | None = None  # (version, monotonic time) of the last failed load
 
     def _load_scripts(self) -> None:
