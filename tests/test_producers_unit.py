@@ -39,6 +39,11 @@ def test_encode_is_byte_identical_to_bar_to_json() -> None:
         assert value == Bar(t, m, o, h, lo, c, v, "replay", 1763700000.123).to_json()
         assert key == t.encode()
         assert parse_bar(value, key, now=T0 + 3600).ticker == t
+    # any source the schema takes (a quote, a percent sign, non-ASCII) is written as json.dumps writes it
+    for source in ('re"play', "100%s", "r\u00e9play"):
+        keys, bodies = bars.encode(f.iloc[:1], source)
+        assert bodies[0] + bars.stamp_suffix(1763700000.1) == Bar("AAPL", T0, 253.38, 253.5, 252.16, 252.52, 3395.0,
+                                                                  source, 1763700000.1).to_json()
 
 
 def test_check_counts_nan_rows_and_rejects_invalid_bars() -> None:

@@ -11,10 +11,11 @@ from typing import Any
 from minutecast import decoding
 from minutecast.decoding import FUTURE_SLACK_S, MAX_TIME, MIN_TIME, is_ticker, iso_minute, parse_time
 from minutecast.errors import Rejected
+from minutecast.schemas.bar_wire import FIELDS, OPTIONAL_FIELDS
 from minutecast.schemas.common import BAR_VERSION, MAX_PAYLOAD_BYTES, MAX_PRICE, MAX_VOLUME
 
-_BAR_FIELDS = ("v", "ticker", "time", "open", "high", "low", "close", "volume", "source")
-_BAR_OPTIONAL = ("published_at",)
+_BAR_FIELDS = FIELDS  # the wire format's one definition (minutecast.schemas.bar_wire)
+_BAR_OPTIONAL = OPTIONAL_FIELDS
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +33,7 @@ class Bar:
     published_at: float | None = None  # producer's clock when it published (epoch s), for latency
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON object, fields in the wire format's order (:data:`minutecast.schemas.bar_wire.WIRE`)."""
         d: dict[str, Any] = {
             "v": BAR_VERSION,
             "ticker": self.ticker,
@@ -48,6 +50,7 @@ class Bar:
         return d
 
     def to_json(self) -> bytes:
+        """The reference encoding (the producers' and the worker's fast paths are proven equal to it)."""
         return json.dumps(self.to_dict(), separators=(",", ":")).encode()
 
     def validate(self, now: float | None = None, allowed: frozenset[str] | None = None) -> Bar:
