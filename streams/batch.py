@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from minutecast.errors import ConfigError, Rejected
 from minutecast.schemas import MAX_PAYLOAD_BYTES, Bar, DeadLetter, WindowReady, parse_bar_record
-from minutecast.schemas.bar_wire import canonical_pattern
+from minutecast.schemas.bar_wire import SOURCE_KEPT, canonical_pattern
 from streams import failures
 from streams.window_store import Gap, StateBehind, TickerResult, WindowStore
 
@@ -129,7 +129,7 @@ def fast_bar(key: bytes | None, value: bytes | None, now: float, allowed: frozen
         return None
     pub = g[11]
     bar = Bar(key.decode(), day + 3600 * hour + 60 * minute, float(g[5]), float(g[6]), float(g[7]), float(g[8]),
-              float(g[9]), g[10].decode(), None if pub is None else float(pub))
+              float(g[9]), g[10].decode()[:SOURCE_KEPT], None if pub is None else float(pub))
     try:
         return bar.validate(now, allowed)
     except Exception:  # noqa: BLE001 - Rejected, or anything else: the reference parser (in decode's guard) decides

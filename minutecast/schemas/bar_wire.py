@@ -23,6 +23,8 @@ WIRE: tuple[tuple[str, str], ...] = (
     ("low", "number"), ("close", "number"), ("volume", "number"), ("source", "source"))
 # Written last and only when set (the publisher stamps it at send time).
 OPTIONAL: tuple[tuple[str, str], ...] = (("published_at", "number"),)
+SOURCE_MAX = 64  # characters of a source a decoder takes (longer: bad_source) ...
+SOURCE_KEPT = 32  # ... of which the decoded Bar keeps this many
 FIELDS = tuple(name for name, _ in WIRE)
 OPTIONAL_FIELDS = tuple(name for name, _ in OPTIONAL)
 
@@ -37,7 +39,7 @@ _PATTERN = {
     "ticker": rb'"([A-Z0-9.\-]{1,12})"',
     "time": rb'"([0-9]{4}-[0-9]{2}-[0-9]{2})T([0-9]{2}):([0-9]{2}):00Z"',
     "number": _NUM,
-    "source": rb'"([A-Za-z0-9_.\-]{1,32})"',
+    "source": rb'"([A-Za-z0-9_.\-]{1,%d})"' % SOURCE_MAX,  # cut to SOURCE_KEPT by the decoder, as the reference
 }
 # The fast encoder's %-format of each form: a ticker (validated, so no escaping), numpy's ISO seconds of the
 # minute ("YYYY-MM-DDTHH:MM:SS", the Z is added here) and floats as repr, exactly as json.dumps writes them.
