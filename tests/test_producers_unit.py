@@ -17,6 +17,7 @@ from minutecast.schemas import TICKER_RE, Bar, parse_bar
 from minutecast.window import SESSION_TZ
 from producers import bars, cli, replay, universe
 from producers.publisher import Stats, _bar_minute
+from producers.runner import ProduceOptions
 from producers.synthetic import Synthetic, regular_minutes, synthetic_tickers
 from producers.throttle import RateLimited, Throttle
 from producers.watermark import Published, Watermarks
@@ -240,6 +241,10 @@ def test_cli_arguments() -> None:
     a = p.parse_args(["--source", "yfinance", "--backfill-days", "7", "--live", "--tickers", "AAPL"])
     assert a.live and a.backfill_days == 7 and cli._universe(a) == ["AAPL"]
     assert len(cli._universe(p.parse_args(["--source", "yfinance"])) or []) >= 495
+    # the flags become the producers' options once; their defaults are the options' defaults
+    o = cli.options_from(p.parse_args(["--source", "replay", "--path", "x", "--as-if-live", "--no-resume"]))
+    assert (o.speed, o.as_if_live, o.resume, o.path) == (60.0, True, False, Path("x"))
+    assert cli.options_from(p.parse_args(["--source", "synthetic"])) == ProduceOptions(source="synthetic")
 
 
 class _FakeRedis:
