@@ -31,7 +31,6 @@ from redis.exceptions import RedisError
 from minutecast.errors import Rejected
 from minutecast.keys import Keys
 from minutecast.redis import connect_async
-from minutecast.redis import text as _text
 from minutecast.settings import InfraSettings, WebSettings
 from minutecast.topics import Topics
 from ops import status
@@ -237,6 +236,10 @@ def create_app(s: WebSettings | None = None) -> FastAPI:
         log.warning("%s is missing: run `make setup` (npm ci) for the chart library", VENDOR)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app
+
+
+def _text(x: bytes | str) -> str:
+    return x.decode() if isinstance(x, bytes) else x
 
 
 class _Wrap:
