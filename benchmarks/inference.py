@@ -34,7 +34,7 @@ import numpy as np
 from minutecast.features import Scaler, make_inputs
 from minutecast.intervals import OnlineScale
 from minutecast.model import build_model, get_preset
-from minutecast.registry import ServingModel
+from minutecast.serving_model import ServingModel
 from minutecast.window import RETAIN
 from streams.serving import check_outputs, make_forecast, prices_and_sigma
 from streams.window_store import WindowRow

@@ -53,6 +53,7 @@ from minutecast.forecast_lua import (  # noqa: F401 - re-exported: the store's o
 )
 from minutecast.intervals import OnlineScale
 from minutecast.keys import Keys
+from minutecast.redis import text
 from minutecast.schemas import Forecast
 from minutecast.window import HORIZON
 
@@ -67,10 +68,6 @@ class StoreCorrupt(MinutecastError):
 
 
 # --- the record codec (pure) ------------------------------------------------------------------------------
-def _text(x: bytes | str) -> str:
-    return x.decode() if isinstance(x, bytes) else x
-
-
 def pack_strings(*xs: str | None) -> bytes:
     """model_version, model_kind, interval_kind -> the string table's entry (u16 length + UTF-8; 0xFFFF: None)."""
     out = b""
@@ -271,7 +268,7 @@ class ForecastStore:
     def decode_due(ticker: str, result: Sequence[Any]) -> tuple[OnlineScale, dict[int, Forecast]]:
         through, s80, s90, blob, flat = result
         named = (("through", through), ("log_s80", s80), ("log_s90", s90))
-        st: dict[str, object] = {k: _text(v) for k, v in named if v}
+        st: dict[str, object] = {k: text(v) for k, v in named if v}
         aux = aux_dict(flat)
         due: dict[int, Forecast] = {}
         for rec in records(bytes(blob)):
@@ -333,7 +330,7 @@ class ForecastStore:
     def calibration_now(self, client: Any, ticker: str) -> dict[str, str]:
         """The calibration state's text fields (``through``, ``log_s80``, ``log_s90``; {} when none)."""
         vals = client.hmget(self.keys.forecast_meta(ticker), "through", "log_s80", "log_s90")
-        return {k: _text(v) for k, v in zip(("through", "log_s80", "log_s90"), vals, strict=True) if v is not None}
+        return {k: text(v) for k, v in zip(("through", "log_s80", "log_s90"), vals, strict=True) if v is not None}
 
 
     def migrate(self, client: Any) -> dict[str, int]:
@@ -347,7 +344,7 @@ class ForecastStore:
         client = binary(client)
         found: set[str] = set()
         for pat in self.keys.forecast_v1_patterns():
-            found |= {_text(k)[len(pat) - 1:] for k in client.scan_iter(match=pat, count=1000)}
+            found |= {text(k)[len(pat) - 1:] for k in client.scan_iter(match=pat, count=1000)}
         counts = {"tickers": 0, "forecasts": 0, "dropped": 0}
         for t in sorted(found):
             old = (self.keys.forecast_v1(t), self.keys.forecast_history_v1(t), self.keys.calibration_v1(t))
@@ -367,7 +364,7 @@ class ForecastStore:
                     counts["dropped"] += 1
                 else:
                     items.append((f, bytes(js)))
-            fields = {k: _text(calib[k.encode()]) for k in ("through", "log_s80", "log_s90") if k.encode() in calib}
+            fields = {k: text(calib[k.encode()]) for k in ("through", "log_s80", "log_s90") if k.encode() in calib}
             pipe = client.pipeline(transaction=not has_v2)
             if has_v2:
                 sha = self.queue_load(pipe)[WRITE_LUA]

@@ -10,6 +10,11 @@ from minutecast.errors import ConfigError, ServiceUnavailable
 from minutecast.settings import RedisSettings
 
 
+def text(x: bytes | str) -> str:
+    """A Redis reply as text: clients without ``decode_responses`` hand back bytes (UTF-8), others str."""
+    return x.decode() if isinstance(x, bytes) else x
+
+
 def _options(rs: RedisSettings) -> dict[str, object]:
     """Connection options of both clients (one definition). Raises :class:`ConfigError` without a password."""
     if rs.password is None:

@@ -35,7 +35,6 @@ import shutil
 import subprocess
 import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,11 +42,10 @@ import numpy as np
 
 import minutecast
 from minutecast.errors import ModelError
-from minutecast.features import FEATURE_SPEC, N_FEATURES, Scaler, make_inputs, to_log_moves
-from minutecast.intervals import N_BUCKETS, apply_bucket_scales
+from minutecast.features import FEATURE_SPEC, N_FEATURES, Scaler
 from minutecast.modelcheck import MAX_META_BYTES, MAX_MODEL_BYTES, check_archive, parse_meta, read_capped
-from minutecast.schemas import QUANTILES
-from minutecast.window import MINUTE, N_COLUMNS, WINDOW, slots, with_market
+from minutecast.serving_model import N_OUTPUTS, ServingModel
+from minutecast.window import WINDOW, slots, with_market
 
 PERSISTENCE = "persistence"  # model_version/kind of forecasts made before any model is promoted
 MODEL_FILE = "model.keras"
@@ -55,7 +53,6 @@ META_FILE = "meta.json"
 CURRENT_FILE = "CURRENT"
 KEEP_VERSIONS = 10  # versions kept by save(): the newest ten (about 1 MB each) and always CURRENT
 BASELINE_FILE = "BASELINE.json"  # the window-vol baseline's scale (c80, c90) fitted by the newest training run
-N_OUTPUTS = len(QUANTILES)
 KIND = "lstm"
 _VERSION_RE = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}$")
 
@@ -97,49 +94,6 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
-
-
-@dataclass
-class ServingModel:
-    """A loaded, validated model ready for batched inference."""
-
-    version: str
-    kind: str
-    scaler: Scaler
-    meta: dict[str, Any]
-    keras_model: Any = field(repr=False)
-    _fn: Any = field(default=None, repr=False)
-    # (N_BUCKETS, 2) time-of-day interval scales fitted on the validation dates (None: raw intervals)
-    bucket_scales: np.ndarray | None = field(default=None, repr=False)
-
-    def __post_init__(self) -> None:
-        import tensorflow as tf
-
-        scales = self.meta.get("bucket_scales")
-        if scales is not None:
-            arr = np.asarray(scales, dtype=np.float64)
-            if arr.shape != (N_BUCKETS, 2) or not np.all(np.isfinite(arr)) or np.any(arr <= 0):
-                raise ModelError(f"model {self.version}: bucket_scales must be {N_BUCKETS}x2 positive numbers")
-            self.bucket_scales = arr
-
-        model = self.keras_model
-        # One graph for every batch size: (None, WINDOW, N_FEATURES) float32 -> (None, N_OUTPUTS).
-        self._fn = tf.function(lambda x: model(x, training=False),
-                               input_signature=[tf.TensorSpec([None, WINDOW, N_FEATURES], tf.float32)])
-
-    def predict_log_quantiles(self, windows: np.ndarray) -> np.ndarray:
-        """Raw windows (N, WINDOW, N_COLUMNS) -> (N, 5) log moves log(close_{t+5}/close_t) at the levels of
-        :data:`minutecast.schemas.QUANTILES`, with the model's time-of-day scales applied (before the online
-        calibration)."""
-        w = np.asarray(windows, dtype=np.float64)
-        if w.ndim != 3 or w.shape[1:] != (WINDOW, N_COLUMNS):
-            raise ModelError(f"windows must have shape (N, {WINDOW}, {N_COLUMNS}), got {w.shape}")
-        if w.shape[0] == 0:
-            return np.empty((0, N_OUTPUTS), dtype=np.float64)
-
-        out = np.sort(self._fn(make_inputs(w, self.scaler)).numpy().astype(np.float64), axis=1)
-        return apply_bucket_scales(to_log_moves(out, self.scaler), w[:, -1, MINUTE].astype(np.int64),
-                                   self.bucket_scales)
 
 
 def probe_window() -> np.ndarray:

@@ -191,7 +191,7 @@ class StreamSettings(CommonSettings):
     cython_optimizations: bool = True
     # Hand each fetched record to Faust's conductor directly when that does not block (the usual case),
     # instead of Faust's four tasks per record; a record that would block (full queue, rebalance) still
-    # takes Faust's way, which abandons it when the flow is suspended (streams.faust_app._lean_drain).
+    # takes Faust's way, which abandons it when the flow is suspended (streams.faust_patches.lean_drain).
     lean_drain: bool = True
     commit_interval_s: float = 1.0  # how often Faust commits acked offsets
     retry_s: float = 1.0  # first back-off while Redis/Kafka are unavailable (the batch is retried, never skipped)

@@ -18,7 +18,8 @@ import numpy as np
 import pandas as pd
 
 from minutecast.errors import Rejected
-from minutecast.schemas import BAR_VERSION, Bar
+from minutecast.schemas import Bar
+from minutecast.schemas.bar_wire import encoder_template, stamp_template
 
 COLUMNS = ["ticker", "minute", "open", "high", "low", "close", "volume"]
 PRICES = ["open", "high", "low", "close"]
@@ -102,28 +103,27 @@ def encode(frame: pd.DataFrame, source: str) -> tuple[list[bytes], list[bytes]]:
     """Keys and *open* bodies of valid rows: ``Bar.to_json()`` minus its closing ``}``.
 
     The publisher appends ``,"published_at":<epoch s>}`` (see :func:`stamp_suffix`); the result
-    equals ``Bar(..., published_at=p).to_json()`` byte for byte. Tickers passed validation, so they
+    equals ``Bar(..., published_at=p).to_json()`` byte for byte. The format is the wire format's one
+    definition (:func:`minutecast.schemas.bar_wire.encoder_template`): tickers passed validation, so they
     need no JSON escaping; floats use ``repr`` exactly as ``json.dumps`` does.
     """
     if frame.empty:
         return [], []
-    src = json.dumps(source)
+    template = encoder_template(source)
     iso = (frame["minute"].to_numpy(dtype="int64").astype("datetime64[s]").astype(str)).tolist()
     tick = frame["ticker"].tolist()
     o, h, lo, c, v = (frame[n].to_numpy(dtype="float64").tolist() for n in ("open", "high", "low", "close", "volume"))
-    head = f'{{"v":{BAR_VERSION},"ticker":"'
-    bodies = [
-        f'{head}{t}","time":"{ts}Z","open":{a!r},"high":{b!r},"low":{d!r},"close":{e!r},'
-        f'"volume":{f!r},"source":{src}'.encode()
-        for t, ts, a, b, d, e, f in zip(tick, iso, o, h, lo, c, v, strict=True)
-    ]
+    bodies = [(template % row).encode() for row in zip(tick, iso, o, h, lo, c, v, strict=True)]
     keys = [t.encode() for t in tick]
     return keys, bodies
 
 
+_STAMP = stamp_template()
+
+
 def stamp_suffix(published_at: float) -> bytes:
     """The tail of an encoded bar: its publish time (epoch s, ms resolution) and the closing brace."""
-    return f',"published_at":{round(published_at, 3)!r}}}'.encode()
+    return (_STAMP % round(published_at, 3)).encode()
 
 
 def sort_events(frame: pd.DataFrame) -> pd.DataFrame:

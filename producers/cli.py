@@ -26,8 +26,10 @@ from minutecast.errors import ConfigError
 from producers import replay, universe
 from producers.parallel import run_sharded
 from producers.publisher import Stats
-from producers.runner import NO_PATH, run_shard
+from producers.runner import NO_PATH, ProduceOptions, run_shard
 from producers.synthetic import synthetic_tickers
+
+D = ProduceOptions  # its field defaults are the flags' defaults
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -46,18 +48,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     r.add_argument("--as-if-live", action="store_true",
                    help="history fast, then the last --live-sessions at --speed shifted towards now, looping "
                         "forward in time until stopped (see producers/live.py)")
-    r.add_argument("--live-sessions", type=int, default=1, help="--as-if-live: sessions played at pace (default 1)")
-    r.add_argument("--lead-days", type=float, default=28.0,
+    r.add_argument("--live-sessions", type=int, default=D.live_sessions,
+                   help="--as-if-live: sessions played at pace (default 1)")
+    r.add_argument("--lead-days", type=float, default=D.lead_days,
                    help="--as-if-live: the live part starts this many days before now (the budget of a pace "
                         "above real time; bars are never in the future)")
     r.add_argument("--no-resume", action="store_true",
                    help="replay from scratch instead of skipping minutes at or below each ticker's Redis watermark")
     s = p.add_argument_group("synthetic")
     s.add_argument("--tickers-count", type=int, default=500, help="synthetic tickers S00000.. (unless --tickers)")
-    s.add_argument("--minutes", type=int, default=390, help="regular-hours minutes ending at the last completed one")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--minutes", type=int, default=D.minutes,
+                   help="regular-hours minutes ending at the last completed one")
+    s.add_argument("--seed", type=int, default=D.seed)
     y = p.add_argument_group("yfinance")
-    y.add_argument("--backfill-days", type=float, default=0.0, help="publish the last N days first (at most 29)")
+    y.add_argument("--backfill-days", type=float, default=D.backfill_days,
+                   help="publish the last N days first (at most 29)")
     y.add_argument("--live", action="store_true", help="then poll a few seconds after every minute closes")
     y.add_argument("--prepost", action="store_true", help="include pre- and post-market bars")
     y.add_argument("--no-progress", action="store_true", help="no progress bar on backfill")
@@ -82,23 +87,32 @@ def _replay_tickers(path: Path) -> list[str]:
     return sorted({replay.ticker_of(f) for f in files})
 
 
+def options_from(args: argparse.Namespace) -> ProduceOptions:
+    """The flags as the producers take them (once, here); ``--speed`` defaults to 60 with ``--as-if-live``."""
+    speed = args.speed if args.speed is not None else (60.0 if args.as_if_live else 0.0)
+    return ProduceOptions(source=args.source, limit=args.limit, speed=speed, path=args.path,
+                          shift_to_now=args.shift_to_now, as_if_live=args.as_if_live,
+                          live_sessions=args.live_sessions, lead_days=args.lead_days, resume=not args.no_resume,
+                          seed=args.seed, minutes=args.minutes, backfill_days=args.backfill_days, live=args.live,
+                          prepost=args.prepost, progress=not args.no_progress)
+
+
 def run(args: argparse.Namespace) -> int:
-    if args.speed is None:
-        args.speed = 60.0 if getattr(args, "as_if_live", False) else 0.0
+    options = options_from(args)
     tickers = _universe(args)
-    if args.source == "replay" and args.processes > 1 and tickers is None:
-        if args.path is None:
+    if options.source == "replay" and args.processes > 1 and tickers is None:
+        if options.path is None:
             raise ConfigError(NO_PATH)
-        tickers = _replay_tickers(args.path)
+        tickers = _replay_tickers(options.path)
     t0 = time.monotonic()
     if args.processes <= 1:
         indices = list(range(len(tickers))) if tickers is not None else None
-        stats: Stats = run_shard(args, tickers, indices, args.limit)
+        stats: Stats = run_shard(options, tickers, indices, options.limit)
         errors: list[str] = []
     else:
-        stats, errors = run_sharded(args, tickers or [], args.processes)
+        stats, errors = run_sharded(options, tickers or [], args.processes)
     dt = time.monotonic() - t0
-    print(f"produce {args.source}: {stats.line()} in {dt:.1f} s ({stats.delivered / max(dt, 1e-9):,.0f} bars/s)",
+    print(f"produce {options.source}: {stats.line()} in {dt:.1f} s ({stats.delivered / max(dt, 1e-9):,.0f} bars/s)",
           flush=True)
     for e in errors:
         print(f"produce: {e}", flush=True)

@@ -8,7 +8,6 @@ report their counts; the parent adds them up.
 
 from __future__ import annotations
 
-import argparse
 import math
 import multiprocessing as mp
 import os
@@ -19,15 +18,15 @@ from typing import Any
 
 from minutecast.errors import MinutecastError
 from producers.publisher import Stats
-from producers.runner import run_shard
+from producers.runner import ProduceOptions, run_shard
 from producers.throttle import Throttle
 from producers.universe import shard
 
 
-def _child(args: argparse.Namespace, tickers: list[str], indices: list[int], limit: int | None,
+def _child(options: ProduceOptions, tickers: list[str], indices: list[int], limit: int | None,
            throttle_state: tuple[Any, Any], out: Any) -> None:
     try:
-        stats = run_shard(args, tickers, indices, limit, throttle_state)
+        stats = run_shard(options, tickers, indices, limit, throttle_state)
         out.put((os.getpid(), asdict(stats), None))
     except MinutecastError as exc:
         out.put((os.getpid(), None, str(exc)))
@@ -35,14 +34,14 @@ def _child(args: argparse.Namespace, tickers: list[str], indices: list[int], lim
         out.put((os.getpid(), None, f"{type(exc).__name__}: {exc}"))
 
 
-def run_sharded(args: argparse.Namespace, tickers: list[str], n: int) -> tuple[Stats, list[str]]:
+def run_sharded(options: ProduceOptions, tickers: list[str], n: int) -> tuple[Stats, list[str]]:
     ctx = mp.get_context("fork")  # children inherit the shared throttle values and loaded modules
     out = ctx.Queue()
     throttle_state = Throttle().shared()
     n = max(1, min(n, len(tickers))) if tickers else 1
-    limit = math.ceil(args.limit / n) if args.limit else None
+    limit = math.ceil(options.limit / n) if options.limit else None
     all_idx = list(range(len(tickers)))
-    procs = [ctx.Process(target=_child, args=(args, shard(tickers, k, n), shard(all_idx, k, n), limit,  # type: ignore[arg-type]
+    procs = [ctx.Process(target=_child, args=(options, shard(tickers, k, n), shard(all_idx, k, n), limit,  # type: ignore[arg-type]
                                               throttle_state, out), name=f"producer-{k}")
              for k in range(n)]
     for p in procs:

@@ -20,7 +20,8 @@ import redis as redislib
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from minutecast.errors import ConfigError, Rejected
-from minutecast.schemas import BAR_VERSION, MAX_PAYLOAD_BYTES, Bar, DeadLetter, WindowReady, parse_bar_record
+from minutecast.schemas import MAX_PAYLOAD_BYTES, Bar, DeadLetter, WindowReady, parse_bar_record
+from minutecast.schemas.bar_wire import SOURCE_KEPT, canonical_pattern
 from streams import failures
 from streams.window_store import Gap, StateBehind, TickerResult, WindowStore
 
@@ -98,17 +99,10 @@ class Outcome:
     late: int = 0
 
 
-# The canonical bar JSON our producers write (Bar.to_json, producers.bars.encode): fixed field order, no
-# whitespace, ASCII names without escapes, a minute-aligned UTC time, numbers without a sign (every valid
-# price, volume and publish time is positive; "-0" would decode to 0.0 as JSON but -0.0 as a float) and
-# integers of at most 15 digits (exact as floats, as parse_bar's 2**53 bound requires). Anything else takes
-# the reference parser. Groups: ticker, date, hour, minute, open, high, low, close, volume, source,
-# published_at (optional).
-_NUM = rb"((?:0|[1-9][0-9]{0,14})(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?)"
-_CANONICAL = re.compile(
-    rb'\{"v":' + str(BAR_VERSION).encode() + rb',"ticker":"([A-Z0-9.\-]{1,12})","time":"([0-9]{4}-[0-9]{2}-[0-9]{2})T'
-    rb'([0-9]{2}):([0-9]{2}):00Z","open":' + _NUM + rb',"high":' + _NUM + rb',"low":' + _NUM + rb',"close":'
-    + _NUM + rb',"volume":' + _NUM + rb',"source":"([A-Za-z0-9_.\-]{1,32})"(?:,"published_at":' + _NUM + rb')?\}\Z')
+# The canonical bar JSON our producers write (Bar.to_json, producers.bars.encode), generated from the one
+# definition of the wire format (minutecast.schemas.bar_wire, which says what is canonical). Groups: ticker,
+# date, hour, minute, open, high, low, close, volume, source, published_at (optional).
+_CANONICAL = re.compile(canonical_pattern())
 _DAYS: dict[bytes, int] = {}  # "YYYY-MM-DD" -> epoch s of its UTC midnight (a few per backfill day)
 
 
@@ -135,7 +129,7 @@ def fast_bar(key: bytes | None, value: bytes | None, now: float, allowed: frozen
         return None
     pub = g[11]
     bar = Bar(key.decode(), day + 3600 * hour + 60 * minute, float(g[5]), float(g[6]), float(g[7]), float(g[8]),
-              float(g[9]), g[10].decode(), None if pub is None else float(pub))
+              float(g[9]), g[10].decode()[:SOURCE_KEPT], None if pub is None else float(pub))
     try:
         return bar.validate(now, allowed)
     except Exception:  # noqa: BLE001 - Rejected, or anything else: the reference parser (in decode's guard) decides

@@ -1,7 +1,8 @@
 """The Faust app: bar topic -> per-ticker windows in Redis -> window-ready events.
 
 Started by ``minutecast stream`` (see :mod:`streams.worker_cli`); this module is the Faust glue (the app,
-its topic, the agent, stalls and lag) and imports faust only inside :func:`create_app`. The batch logic
+its topic, the agent, stalls and lag) and imports faust only inside functions. :func:`create_app` wires named
+steps; the Faust internals it replaces are :mod:`streams.faust_patches`. The batch logic
 (:class:`streams.batch.BatchProcessor`) lives apart, usable and testable without Faust.
 
 Per batch (:func:`streams.faust_take.take_bursts`: a batch ends ``take_quiet_s`` after the last bar, or
@@ -51,7 +52,7 @@ import logging
 import os
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -62,6 +63,7 @@ from minutecast.topics import Topics
 from minutecast.universe import allowlist
 from streams import failures
 from streams.batch import BatchProcessor, Metrics, Outcome, Record, drop_switch
+from streams.faust_patches import lean_drain, lean_monitor, raw_schema, unpinned
 from streams.faust_take import take_bursts
 
 log = logging.getLogger(__name__)
@@ -84,164 +86,35 @@ def broker_credentials(ks: KafkaSettings) -> Any:
                                  mechanism=ks.sasl_mechanism, ssl_context=ctx)
 
 
-def _lean_monitor() -> Any:
-    """Faust's Monitor sensor class minus its per-record hooks (our Prometheus metrics cover them).
-    (The consumer's own per-record cost is cut by :func:`_lean_drain`.)"""
-    from faust.sensors import Monitor
-
-    class LeanMonitor(Monitor):  # type: ignore[misc]
-        """Faust's statistics sensor minus its per-record hooks (Prometheus metrics cover those)."""
-
-        def on_message_in(self, tp: Any, offset: int, message: Any) -> None:
-            return None
-
-        def on_stream_event_in(self, tp: Any, offset: int, stream: Any, event: Any) -> None:
-            return None
-
-        def on_stream_event_out(self, tp: Any, offset: int, stream: Any, event: Any, state: Any = None) -> None:
-            return None
-
-        def on_message_out(self, tp: Any, offset: int, message: Any) -> None:
-            return None
-
-    return LeanMonitor
-
-
-class _Resume:
-    """Awaitable that finishes a coroutine already run (``send(None)``) up to its first suspension,
-    where it yielded ``first``: what a Task would have done with it from there on, step for step."""
-
-    __slots__ = ("coro", "first")
-
-    def __init__(self, coro: Any, first: Any) -> None:
-        self.coro, self.first = coro, first
-
-    def __await__(self) -> Any:
-        coro, step = self.coro, self.first
-        while True:
-            try:
-                sent = yield step
-            except GeneratorExit:
-                coro.close()
-                raise
-            except BaseException as exc:  # noqa: BLE001 - a cancel or error thrown in goes on to the coroutine
-                try:
-                    step = coro.throw(exc)
-                except StopIteration as stop:
-                    return stop.value
-            else:
-                try:
-                    step = coro.send(sent)
-                except StopIteration as stop:
-                    return stop.value
-
-
-def _lean_drain(base: Any) -> Any:
-    """Faust's consumer class with a cheaper hand-off of each fetched record (``lean_drain``).
-
-    Faust's drain loop awaits ``wait_first(callback(message), suspend_flow.wait())`` per record: four
-    tasks and an ``asyncio.wait``, 34 us a record on uvloop here (64 on asyncio), about a fifth of the
-    worker's CPU. The callback (the conductor putting the event into the stream's queue) almost always
-    finishes without suspending, so it is run inline first; only one that suspends (queue full, lock
-    held) is finished under the same ``wait_first``, so a flow suspended by a rebalance still abandons
-    it exactly as before. (Awaiting every callback directly, never abandoning it, stalled partitions
-    after a rebalance.) The loop is Faust 0.15.3's ``Consumer._drain_messages`` otherwise unchanged.
-    """
-    from faust.transport.consumer import CONSUMER_FETCHING
-
-    class LeanDrain(base):  # type: ignore[misc,valid-type]
-        async def _deliver(self, callback: Any, message: Any) -> None:
-            coro = callback(message)
-            try:
-                first = coro.send(None)
-            except StopIteration:
-                return
-            await self.wait_first(_Resume(coro, first), self.suspend_flow.wait())
-
-        async def _drain_messages(self, fetcher: Any) -> None:  # pragma: no cover - Faust's loop
-            callback, getmany, deliver = self.callback, self.getmany, self._deliver
-            consumer_should_stop, fetcher_should_stop = self._stopped.is_set, fetcher._stopped.is_set
-            get_read_offset, set_read_offset = self._read_offset.__getitem__, self._read_offset.__setitem__
-            set_flag, unset_flag = self.diag.set_flag, self.diag.unset_flag
-            commit_every = self._commit_every
-            acks_enabled_for = self.app.topics.acks_enabled_for
-            num_since_yield = 0
-            try:
-                while not (consumer_should_stop() or fetcher_should_stop()):
-                    set_flag(CONSUMER_FETCHING)
-                    ait = getmany(timeout=1.0)
-                    await self.sleep(0)
-                    if not self.should_stop:
-                        async for tp, message in ait:
-                            num_since_yield += 1
-                            if num_since_yield > 100:
-                                await asyncio.sleep(0)
-                                num_since_yield = 0
-                            offset = message.offset
-                            r_offset = get_read_offset(tp)
-                            if r_offset is None or offset >= r_offset:
-                                gap = offset - (r_offset or 0)
-                                if gap > 1 and r_offset and acks_enabled_for(message.topic):
-                                    await self._add_gap(tp, r_offset + 1, offset)
-                                if commit_every is not None and self._n_acked >= commit_every:  # type: ignore[has-type]
-                                    self._n_acked = 0
-                                    await self.commit()
-                                await deliver(callback, message)
-                                set_read_offset(tp, offset)
-                        unset_flag(CONSUMER_FETCHING)
-            except self.consumer_stopped_errors:
-                if self.transport.app.should_stop:
-                    self.log.info("Broker stopped consumer, shutting down...")
-                    return
-                raise
-            except asyncio.CancelledError:
-                if self.transport.app.should_stop:
-                    self.log.info("Consumer shutting down for user cancel.")
-                    return
-                raise
-            except Exception as exc:
-                self.log.exception("Drain messages raised: %r", exc)
-                raise
-            finally:
-                unset_flag(CONSUMER_FETCHING)
-
-    return LeanDrain
-
-
-def _raw_schema() -> Any:
-    """A faust.Schema handing key and value bytes through untouched.
-
-    The stock schema looks both codecs up per record (even for "raw"); we validate bytes ourselves in
-    :func:`decode`. Unlike the stock one it also passes tombstones (value None) on, so they are
-    dead-lettered instead of silently skipped.
-    """
-    import faust
-
-    class RawSchema(faust.Schema):  # type: ignore[misc]
-        def compile(self, app: Any, *, on_key_decode_error: Any = None, on_value_decode_error: Any = None,
-                    default_propagate: bool = False) -> Any:
-            create_event = app.create_event
-
-            async def decode(message: Any, *, propagate: bool = default_propagate) -> Any:
-                return create_event(message.key, message.value, message.headers, message)
-
-            return decode
-
-    return RawSchema(key_serializer="raw", value_serializer="raw")
-
-
 def create_app(settings: StreamSettings, processor: BatchProcessor) -> Any:
     """The faust.App with its one agent. Consumer group = ``{app_id}-{namespace}``. Sets the
     processor's ticker allowlist from ``settings`` (:func:`minutecast.universe.allowlist`)."""
     topics = Topics(settings.namespace)
-    import faust
+    _prepare(settings, processor)
+    app = _faust_app(settings)
+    stall = failures.Stall(processor.metrics, processor.store.client, processor.store.keys.stats())
+    batch = _batch_steps(settings, processor, _publisher(app, topics), stall)
+    _add_agent(app, app.topic(topics.bars, schema=raw_schema()), settings, processor.metrics, batch, stall)
+    return app
 
+
+def _prepare(settings: StreamSettings, processor: BatchProcessor) -> None:
+    """What must hold before Faust starts: the processor's allowlist and test drop switch, Faust's data
+    directory, and uvloop's policy (before the Worker asks for its loop)."""
     processor.allowed = allowlist(settings)
     processor.drop = drop_switch()
-
     (settings.home / "faust").mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
-    if settings.event_loop == "uvloop":  # before the Worker asks for its loop
+    if settings.event_loop == "uvloop":
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    if settings.lean_drain and (changed := unpinned()):
+        log.warning("faust's source differs from the one streams.faust_patches was written for: %s",
+                    ", ".join(changed))
+
+
+def _faust_app(settings: StreamSettings) -> Any:
+    """The faust.App: raw bytes in and out, no tables, no leader topic, our lean sensor (and drain)."""
+    import faust
+
     app = faust.App(
         f"{settings.app_id}-{settings.namespace}",
         broker=broker_url(settings.kafka),
@@ -265,12 +138,15 @@ def create_app(settings: StreamSettings, processor: BatchProcessor) -> Any:
         producer_acks=-1,
         producer_linger=0.005,  # ready events are latency-critical; small batches are fine
         logging_config=None,
-        Monitor=_lean_monitor(),
+        Monitor=lean_monitor(),
     )
     if settings.lean_drain:  # set before the worker creates the consumer from it
-        app.transport.Consumer = _lean_drain(app.transport.Consumer)  # type: ignore[misc]
-    bars_topic = app.topic(topics.bars, schema=_raw_schema())
-    metrics = processor.metrics
+        app.transport.Consumer = lean_drain(app.transport.Consumer)  # type: ignore[misc]
+    return app
+
+
+def _publisher(app: Any, topics: Topics) -> Callable[[Outcome], Awaitable[None]]:
+    """Step 2 of a batch: send its ready events and dead letters, and await every delivery."""
 
     async def publish(outcome: Outcome) -> None:
         futs = [await app.producer.send(topics.ready, r.ticker.encode(), r.to_json(), None, None, None)
@@ -280,7 +156,14 @@ def create_app(settings: StreamSettings, processor: BatchProcessor) -> Any:
         if futs:
             await asyncio.gather(*futs)
 
-    stall = failures.Stall(metrics, processor.store.client, processor.store.keys.stats())
+    return publish
+
+
+def _batch_steps(settings: StreamSettings, processor: BatchProcessor,
+                 publish: Callable[[Outcome], Awaitable[None]],
+                 stall: failures.Stall) -> Callable[[list[Record]], Awaitable[None]]:
+    """One batch, step by step (module docstring): Redis write, Kafka publish, Redis meta; each retried
+    while its service is unavailable (the worker shows as stalled meanwhile)."""
 
     async def step(what: str, fn: Any, *args: Any) -> Any:
         return await failures.retrying(what, fn, *args, stall=stall, first_s=settings.retry_s,
@@ -290,6 +173,14 @@ def create_app(settings: StreamSettings, processor: BatchProcessor) -> Any:
         outcome: Outcome = await step("redis write", _call, processor.process_isolating, messages)
         await step("kafka publish", publish, outcome)
         await step("redis meta", _call, processor.commit_announced, outcome)
+
+    return batch
+
+
+def _add_agent(app: Any, bars_topic: Any, settings: StreamSettings, metrics: Metrics,
+               batch: Callable[[list[Record]], Awaitable[None]], stall: failures.Stall) -> None:
+    """The agent: burst-shaped batches of the bar topic, each run to its end (also during a stop), then
+    its metrics and the consumer lag."""
 
     @app.agent(bars_topic)
     async def windows(stream: Any) -> None:
@@ -312,8 +203,6 @@ def create_app(settings: StreamSettings, processor: BatchProcessor) -> Any:
             metrics.batch_seconds.observe(time.perf_counter() - t0)
             metrics.batch_size.observe(len(messages))
             _update_lag(app, events, metrics)
-
-    return app
 
 
 async def _finish(task: asyncio.Future[Any], stall: failures.Stall) -> None:

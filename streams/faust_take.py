@@ -28,35 +28,61 @@ async def take_bursts(stream: Any, max_: int, within_s: float, quiet_s: float) -
         async for batch in stream.take_events(max_, within=within_s):
             yield batch
         return
-    loop = asyncio.get_running_loop()
-    events: list[Any] = []
-    arrived = asyncio.Event()  # set by every record added
-    full = asyncio.Event()
-    consumed = asyncio.Event()
-    consuming: asyncio.Future[None] | None = None
-    first_at = last_at = 0.0
+    buffer = _Buffer(stream, max_, within_s, quiet_s)
+    add = buffer.add
     stream_enable_acks: bool = stream.enable_acks
-
-    async def add_to_buffer(value: Any) -> Any:
-        nonlocal consuming, first_at, last_at
-        try:
-            if consuming is not None:  # the body holds the batch: wait until it is done
+    stream.enable_acks = False
+    stream.add_processor(add)
+    stream._enable_passive(stream.channel.__aiter__())  # noqa: SLF001 - what take_events does
+    try:
+        while not stream.should_stop:
+            await stream.wait_for_stopped(buffer.ready())
+            if buffer.events:
+                buffer.consuming = buffer.loop.create_future()
                 try:
-                    await consuming
+                    yield list(buffer.events)
                 finally:
-                    consuming = None
+                    await buffer.release()
+    finally:
+        stream.enable_acks = stream_enable_acks
+        stream._processors.remove(add)  # noqa: SLF001
+
+
+class _Buffer:
+    """The events of the batch being gathered, and when it is due; :meth:`add` is the stream's processor."""
+
+    def __init__(self, stream: Any, max_: int, within_s: float, quiet_s: float) -> None:
+        self.stream, self.max_, self.within_s, self.quiet_s = stream, max_, within_s, quiet_s
+        self.loop = asyncio.get_running_loop()
+        self.events: list[Any] = []
+        self.arrived = asyncio.Event()  # set by every record added
+        self.full = asyncio.Event()
+        self.consumed = asyncio.Event()
+        self.consuming: asyncio.Future[None] | None = None  # set while the body holds a batch
+        self.first_at = self.last_at = 0.0
+
+    async def add(self, value: Any) -> Any:
+        """Buffer the stream's current event (after the body let go of the previous batch); when the
+        batch is full, hold the stream until it was consumed."""
+        stream = self.stream
+        try:
+            if self.consuming is not None:  # the body holds the batch: wait until it is done
+                try:
+                    await self.consuming
+                finally:
+                    self.consuming = None
             event = stream.current_event
             if event is None:
                 raise RuntimeError("take buffer found current_event is None")
-            last_at = loop.time()
-            if not events:
-                first_at = last_at
-            events.append(event)
-            arrived.set()
-            if len(events) >= max_:
-                full.set()
-                consumed.clear()
-                await stream.wait(consumed)
+            self.last_at = self.loop.time()
+            if not self.events:
+                self.first_at = self.last_at
+            self.events.append(event)
+            self.arrived.set()
+            if len(self.events) >= self.max_:
+                self.full.set()
+                self.consumed.clear()
+                await stream.wait(self.consumed)
         except asyncio.CancelledError:  # pragma: no cover
             raise
         except Exception as exc:  # noqa: BLE001 - as Faust's take: log and crash the stream
@@ -64,43 +90,30 @@ async def take_bursts(stream: Any, max_: int, within_s: float, quiet_s: float) -
             await stream.crash(exc)
         return value
 
-    async def ready() -> None:
+    async def ready(self) -> None:
         """Until a batch is due: full, quiet for quiet_s, or within_s after its first record."""
-        while not full.is_set():
-            if not events:
-                arrived.clear()
-                await arrived.wait()
+        while not self.full.is_set():
+            if not self.events:
+                self.arrived.clear()
+                await self.arrived.wait()
                 continue
-            now = loop.time()
-            due = min(first_at + within_s, last_at + quiet_s)
+            now = self.loop.time()
+            due = min(self.first_at + self.within_s, self.last_at + self.quiet_s)
             if now >= due:
                 return
-            arrived.clear()
+            self.arrived.clear()
             try:
-                await asyncio.wait_for(arrived.wait(), due - now)
+                await asyncio.wait_for(self.arrived.wait(), due - now)
             except TimeoutError:
                 pass
 
-    stream.enable_acks = False
-    stream.add_processor(add_to_buffer)
-    stream._enable_passive(stream.channel.__aiter__())  # noqa: SLF001 - what take_events does
-    try:
-        while not stream.should_stop:
-            await stream.wait_for_stopped(ready())
-            if events:
-                consuming = loop.create_future()
-                try:
-                    yield list(events)
-                finally:
-                    done = list(events)
-                    events.clear()
-                    for event in done:
-                        await stream.ack(event)
-                    if not consuming.done():
-                        consuming.set_result(None)
-                    full.clear()
-                    consumed.set()
-    finally:
-        stream.enable_acks = stream_enable_acks
-        stream._processors.remove(add_to_buffer)  # noqa: SLF001
-
+    async def release(self) -> None:
+        """After the body: ack every event of the batch, empty the buffer and let a waiting record in."""
+        done = list(self.events)
+        self.events.clear()
+        for event in done:
+            await self.stream.ack(event)
+        if self.consuming is not None and not self.consuming.done():
+            self.consuming.set_result(None)
+        self.full.clear()
+        self.consumed.set()

@@ -46,7 +46,7 @@ import redis as redislib
 from minutecast.forecast_store import READ_LUA, SCRIPTS, WRITE_LUA, WRITTEN, ForecastStore
 from minutecast.intervals import OnlineScale
 from minutecast.keys import Keys
-from minutecast.redis import connect
+from minutecast.redis import connect, text
 from minutecast.registry import PERSISTENCE, Registry
 from minutecast.schemas import Forecast
 from minutecast.settings import RedisSettings
@@ -115,7 +115,7 @@ class _Context:
         self.redis = connect(conf.redis)
         self.scripts: dict[str, str] = {}  # Lua source -> sha
         self._load_scripts()
-        self.model: Any = None  # minutecast.registry.ServingModel once one is promoted and loaded
+        self.model: Any = None  # minutecast.serving_model.ServingModel once one is promoted and loaded
         self.failed: tuple[str, float] | None = None  # (version, monotonic time) of the last failed load
 
     def _load_scripts(self) -> None:
@@ -184,10 +184,6 @@ def _context(conf: JobConf) -> _Context:
     return ctx
 
 
-def _text(x: bytes | str) -> str:
-    return x.decode() if isinstance(x, bytes) else x
-
-
 def read_partition(ctx: _Context, tickers: list[str], minutes: list[int]) -> tuple[
         dict[str, np.ndarray], dict[str, OnlineScale], dict[str, dict[int, Forecast]], int]:
     """One pipelined round trip: stored rows of ``tickers`` and the market ticker, each ticker's
@@ -214,6 +210,33 @@ def read_partition(ctx: _Context, tickers: list[str], minutes: list[int]) -> tup
     return rows, states, due, trips
 
 
+Row = tuple[str, str | None, str]  # an output row: (topic, key, value)
+
+
+@dataclass
+class _Tally:
+    """What one partition reports: its counters (see :data:`COUNTS`) and its output rows."""
+
+    counts: defaultdict[str, float]
+    rows: list[Row] = field(default_factory=list)
+
+    def dead_letter(self, conf: JobConf, row: Any, reason: str, detail: str) -> None:
+        self.rows.append(dead_letter_row(conf.deadletter_topic, conf.ready_topic, row, reason, detail))
+        self.counts["dead_letter"] += 1
+
+    def phase(self, name: str, since: float, until: float) -> None:
+        self.counts[name] += round((until - since) * 1000, 3)
+
+
+@dataclass
+class _Windows:
+    """The events that have a window to serve, their raw windows and each window's checksum."""
+
+    events: list[Any] = field(default_factory=list)
+    values: list[np.ndarray] = field(default_factory=list)  # (WINDOW, N_COLUMNS) each, market context included
+    sums: list[str] = field(default_factory=list)  # checksum of the window each forecast is made from
+
+
 def infer_partition(conf: JobConf, stats: Any, latencies: Any,
                     batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
     """``mapInPandas`` body: every window-ready event of one partition -> forecast rows (see module doc).
@@ -222,106 +245,133 @@ def infer_partition(conf: JobConf, stats: Any, latencies: Any,
     :data:`SERVING_COUNTS` and :data:`PHASES`, ``model:<version>`` counts, and ``forecast_at -
     published_at`` of new forecasts (s).
     """
+    events = _events(batches)
+    if events is None:
+        return
+    tally = _Tally(defaultdict(float, events=len(events)))
+    ctx = _context(conf)
+    newest = _newest_valid(conf, events, tally)
+    tickers, minutes = [str(r.ticker) for r in newest], [int(r.minute) for r in newest]
+    t0 = time.perf_counter()
+    stored, states, due, trips = read_partition(ctx, tickers, minutes) if newest else ({}, {}, {}, 0)
+    tally.counts["redis_roundtrips"] += trips
+    t1 = time.perf_counter()
+    found = _build_windows(conf, newest, stored, states, due, tally)
+    t2 = time.perf_counter()
+    if found.events:
+        model = ctx.serving_model()
+        t_model = time.perf_counter()
+        forecasts = _run_model(ctx, model, found, states, tally)
+        t3 = time.perf_counter()
+        latencies.add(_write(ctx, conf, forecasts, states, tally))
+        t4 = time.perf_counter()
+        tally.phase("model_load_ms", t2, t_model)
+        tally.phase("model_ms", t_model, t3)
+        tally.phase("write_ms", t3, t4)
+    tally.phase("redis_read_ms", t0, t1)
+    tally.phase("build_ms", t1, t2)
+    stats.add(dict(tally.counts))
+    if tally.rows:
+        yield pd.DataFrame(tally.rows, columns=["topic", "key", "value"])
+
+
+def _events(batches: Iterator[pd.DataFrame]) -> pd.DataFrame | None:
+    """The partition's events as one frame (None when it has none), numeric fields as float64."""
     frames = [b for b in batches if len(b)]
     if not frames:
-        return
+        return None
     events = pd.concat(frames, ignore_index=True)
     # Spark 4.2 hands null LONG/INT cells over as pandas' NA (nullable dtypes), whose truth value raises:
     # the numeric fields become float64 with NaN for "absent", which every check below expects.
     for col in NUMERIC:
         events[col] = pd.to_numeric(events[col], errors="coerce").astype("float64")
-    counts: dict[str, float] = defaultdict(float, events=len(events))
-    out_rows: list[tuple[str, str | None, str]] = []
-    ctx = _context(conf)
+    return events
 
+
+def _newest_valid(conf: JobConf, events: pd.DataFrame, tally: _Tally) -> list[Any]:
+    """Events that can be served, the newest per ticker; the others dead-lettered or counted superseded."""
     good_idx = []
     for i, row in enumerate(events.itertuples(index=False)):
         why = reject_reason(row)
         if why is None:
             good_idx.append(i)
         else:
-            out_rows.append(dead_letter_row(conf.deadletter_topic, conf.ready_topic, row, *why))
-            counts["dead_letter"] += 1
+            tally.dead_letter(conf, row, *why)
     good = events.iloc[good_idx]
     # Newest event per ticker (a re-announced minute: the later ready_at); the rest are superseded.
     good = good.sort_values(["minute", "ready_at", "offset"]).drop_duplicates("ticker", keep="last")
-    counts["superseded_batch"] += len(good_idx) - len(good)
-    events_ = list(good.itertuples(index=False))
-    tickers, minutes = [str(r.ticker) for r in events_], [int(r.minute) for r in events_]
+    tally.counts["superseded_batch"] += len(good_idx) - len(good)
+    return list(good.itertuples(index=False))
 
-    t0 = time.perf_counter()
-    stored, states, due, trips = read_partition(ctx, tickers, minutes) if events_ else ({}, {}, {}, 0)
-    counts["redis_roundtrips"] += trips
-    t1 = time.perf_counter()
+
+def _build_windows(conf: JobConf, events: list[Any], stored: dict[str, np.ndarray], states: dict[str, OnlineScale],
+                   due: dict[str, dict[int, Forecast]], tally: _Tally) -> _Windows:
+    """Each event's window from the stored rows (market context included), and its ticker's calibration
+    caught up with the outcomes it can see; an event without a window is superseded or dead-lettered."""
+    tickers, minutes = [str(r.ticker) for r in events], [int(r.minute) for r in events]
     built = windows_for([stored[t] for t in tickers], minutes, stored.get(conf.market_ticker))
-    kept: list[Any] = []
-    values: list[np.ndarray] = []
-    sums: list[str] = []  # checksum of the window each forecast is made from (what Redis holds now)
-    for row, t, minute, w in zip(events_, tickers, minutes, built, strict=True):
+    found = _Windows()
+    for row, t, minute, w in zip(events, tickers, minutes, built, strict=True):
         series = stored[t]
         if w is None:
             if len(series) and series[-1, 0] > minute:
-                counts["superseded_state"] += 1  # the state moved on; a newer event follows
+                tally.counts["superseded_state"] += 1  # the state moved on; a newer event follows
             else:
-                detail = f"no ready window at {minute} in Redis"
-                out_rows.append(dead_letter_row(conf.deadletter_topic, conf.ready_topic, row, "window_missing", detail))
-                counts["dead_letter"] += 1
+                tally.dead_letter(conf, row, "window_missing", f"no ready window at {minute} in Redis")
             continue
-        sums.append(checksum(w))
-        if isinstance(row.checksum, str) and sums[-1] != row.checksum:
-            counts["checksum_mismatch"] += 1  # a late bar changed the window since it was announced
-        counts["outcomes"] += catch_up(states[t], due[t], closes_by_minute(series), minute)
-        kept.append(row)
-        values.append(w)
-    t2 = time.perf_counter()
+        found.sums.append(checksum(w))
+        if isinstance(row.checksum, str) and found.sums[-1] != row.checksum:
+            tally.counts["checksum_mismatch"] += 1  # a late bar changed the window since it was announced
+        tally.counts["outcomes"] += catch_up(states[t], due[t], closes_by_minute(series), minute)
+        found.events.append(row)
+        found.values.append(w)
+    return found
 
-    if kept:
-        windows = np.stack(values)  # (N, WINDOW, N_COLUMNS) raw windows incl. market context
-        last_close = windows[:, -1, C]
-        model = ctx.serving_model()
-        t_model = time.perf_counter()
-        raw, use_model = model_or_baseline(model, windows, ctx.baseline_scale, counts)
-        states_ = [states[str(row.ticker)] for row in kept]
-        served = np.stack([st.apply(q) for st, q in zip(states_, raw, strict=True)])  # per-ticker calibration
-        prices, sigmas = prices_and_sigma(last_close, served)
-        forecast_at = time.time()
-        forecasts = [
-            make_forecast(ticker=str(row.ticker), as_of=int(row.minute), last_close=float(c), prices=q, sigma=sg,
-                          state=st, model_version=model.version if by_model else PERSISTENCE,
-                          model_kind=model.kind if by_model else PERSISTENCE,
-                          interval_kind="lstm" if by_model else "baseline",
-                          published_at=None if row.published_at != row.published_at else float(row.published_at),
-                          window_ready_at=float(row.ready_at), forecast_at=forecast_at, window_checksum=cs)
-            for row, c, q, sg, st, by_model, cs in zip(kept, last_close, prices, sigmas, states_, use_model, sums,
-                                                       strict=True)]
-        t3 = time.perf_counter()
-        write_sha = ctx.scripts[WRITE_LUA]
-        encoded: list[Any] = []
 
-        def build(pipe: Any) -> None:
-            encoded[:] = [ctx.store.queue_write(pipe, write_sha, f, states[f.ticker]) for f in forecasts]
+def _run_model(ctx: _Context, model: Any, found: _Windows, states: dict[str, OnlineScale],
+               tally: _Tally) -> list[Forecast]:
+    """One model call on every window (the baseline where there is no model or its row is bad), each
+    ticker's online calibration applied, and the forecasts made of them."""
+    windows = np.stack(found.values)  # (N, WINDOW, N_COLUMNS) raw windows incl. market context
+    last_close = windows[:, -1, C]
+    raw, use_model = model_or_baseline(model, windows, ctx.baseline_scale, tally.counts)
+    states_ = [states[str(row.ticker)] for row in found.events]
+    served = np.stack([st.apply(q) for st, q in zip(states_, raw, strict=True)])  # per-ticker calibration
+    prices, sigmas = prices_and_sigma(last_close, served)
+    forecast_at = time.time()
+    return [
+        make_forecast(ticker=str(row.ticker), as_of=int(row.minute), last_close=float(c), prices=q, sigma=sg,
+                      state=st, model_version=model.version if by_model else PERSISTENCE,
+                      model_kind=model.kind if by_model else PERSISTENCE,
+                      interval_kind="lstm" if by_model else "baseline",
+                      published_at=None if row.published_at != row.published_at else float(row.published_at),
+                      window_ready_at=float(row.ready_at), forecast_at=forecast_at, window_checksum=cs)
+        for row, c, q, sg, st, by_model, cs in zip(found.events, last_close, prices, sigmas, states_, use_model,
+                                                   found.sums, strict=True)]
 
-        results, trips = ctx.execute(build)
-        counts["redis_roundtrips"] += trips
-        t4 = time.perf_counter()
-        lat: list[float] = []
-        for f, e, res in zip(forecasts, encoded, results, strict=True):
-            new, js = ctx.store.written(f, e, res)
-            out_rows.append((conf.forecasts_topic, f.ticker, _text(js)))
-            counts[WRITTEN[new]] += 1
-            if new == 1 and f.published_at is not None:  # a correction's delay is the late bar's, not ours
-                lat.append(f.forecast_at - f.published_at)
-        for f in forecasts:
-            counts[f"model:{f.model_version}"] += 1
-        counts["model_load_ms"] += round((t_model - t2) * 1000, 3)
-        counts["model_ms"] += round((t3 - t_model) * 1000, 3)
-        counts["write_ms"] += round((t4 - t3) * 1000, 3)
-        latencies.add(lat)
-    counts["redis_read_ms"] += round((t1 - t0) * 1000, 3)
-    counts["build_ms"] += round((t2 - t1) * 1000, 3)
-    stats.add(dict(counts))
-    if out_rows:
-        yield pd.DataFrame(out_rows, columns=["topic", "key", "value"])
+
+def _write(ctx: _Context, conf: JobConf, forecasts: list[Forecast], states: dict[str, OnlineScale],
+           tally: _Tally) -> list[float]:
+    """One pipelined round trip of the forecast store's serving write; the Kafka rows are the JSON Redis
+    kept. Returns ``forecast_at - published_at`` (s) of the new forecasts."""
+    write_sha = ctx.scripts[WRITE_LUA]
+    encoded: list[Any] = []
+
+    def build(pipe: Any) -> None:
+        encoded[:] = [ctx.store.queue_write(pipe, write_sha, f, states[f.ticker]) for f in forecasts]
+
+    results, trips = ctx.execute(build)
+    tally.counts["redis_roundtrips"] += trips
+    lat: list[float] = []
+    for f, e, res in zip(forecasts, encoded, results, strict=True):
+        new, js = ctx.store.written(f, e, res)
+        tally.rows.append((conf.forecasts_topic, f.ticker, text(js)))
+        tally.counts[WRITTEN[new]] += 1
+        if new == 1 and f.published_at is not None:  # a correction's delay is the late bar's, not ours
+            lat.append(f.forecast_at - f.published_at)
+    for f in forecasts:
+        tally.counts[f"model:{f.model_version}"] += 1
+    return lat
 
 
 def warm_partition(conf: JobConf, batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:

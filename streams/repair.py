@@ -35,6 +35,7 @@ from minutecast.errors import Rejected, ServiceUnavailable
 from minutecast.forecast_store import WRITTEN, ForecastStore
 from minutecast.kafka import make_consumer, watermarks
 from minutecast.keys import Keys
+from minutecast.redis import text
 from minutecast.schemas import Forecast
 from minutecast.settings import KafkaSettings, StreamSettings
 from minutecast.topics import Topics
@@ -126,7 +127,7 @@ def repair_forecasts(client: redislib.Redis, kafka: KafkaSettings, namespace: st
     pipe.hgetall(keys.infer_progress())
     pipe.info("server")
     raw, info = pipe.execute()
-    progress = {_text(k): _text(v) for k, v in raw.items()}
+    progress = {text(k): text(v) for k, v in raw.items()}
     run_id = str(info["run_id"])
     if progress.get("redis_run_id") == run_id:
         return run_id
@@ -151,10 +152,6 @@ def repair_forecasts(client: redislib.Redis, kafka: KafkaSettings, namespace: st
                     time.strftime("%H:%M:%S", time.gmtime(since)) if since else "the start", counts,
                     time.monotonic() - t0)
     return run_id
-
-
-def _text(x: bytes | str) -> str:
-    return x.decode() if isinstance(x, bytes) else x
 
 
 def migrate_forecasts(client: redislib.Redis, store: ForecastStore) -> dict[str, int]:

@@ -1,7 +1,10 @@
 """What one forecast is made of, as pure functions (numpy + the shared contracts; no Redis, no Spark):
-vetting window-ready events, building a partition's windows with market context, calling the model and
-checking its raw quantiles (the baseline where they fail), catching a ticker's online calibration up with
-the outcomes it can see, and turning served log quantiles into a v2 :class:`~minutecast.schemas.Forecast`.
+vetting window-ready events (and the dead-letter row of one that cannot be served), calling the model on a
+partition's windows and checking its raw quantiles (the calibrated baseline where they fail), catching a
+ticker's online calibration up with the outcomes it can see (the closes by minute of its stored rows), and
+turning served log quantiles into prices, sigma and a v2 :class:`~minutecast.schemas.Forecast`. The windows
+themselves (market context included) are cut by :mod:`streams.windows`; Redis and the per-partition flow are
+:mod:`streams.partition`.
 
 The calibration follows :func:`minutecast.intervals.calibrate_in_time_order` exactly (the evaluation
 replays it the same way): before the forecast at ``t`` is served, every stored forecast of the ticker

@@ -130,6 +130,9 @@ def test_fast_bar_accepts_what_the_producers_write() -> None:
         assert fast is not None and fast.published_at == 1_764_000_000.123
     assert check(b"AAPL", BASE.to_json()) is not None
     assert check(b"AAPL", Bar("AAPL", BASE.minute, 1.0, 2.0, 1.0, 2.0, 0.0, "synthetic").to_json()) is not None
+    # a source longer than the 32 characters a Bar keeps (the reference cuts it): the fast path too, not a miss
+    long = check(b"AAPL", Bar("AAPL", BASE.minute, 1.0, 1.0, 1.0, 1.0, 1.0, "a" * 33).to_json())
+    assert long is not None and long.source == "a" * 32
 
 
 def test_decode_of_a_mixed_batch_equals_the_reference_record_by_record() -> None:

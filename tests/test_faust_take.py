@@ -12,6 +12,7 @@ import inspect
 import time
 from typing import Any
 
+from streams.faust_patches import PINNED
 from streams.faust_take import take_bursts
 
 
@@ -63,6 +64,7 @@ def test_quiet_zero_is_faust_take_events_and_its_source_is_pinned() -> None:
     # take_bursts mirrors Faust 0.15.3's take_events: re-check it on an upgrade
     src = inspect.getsource(Stream.take_events).encode()
     assert hashlib.sha256(src).hexdigest() == "607d48aead118ba8ea868718a0df87de1c5fcecd10ec542c659b448796728e08"
+    assert PINNED["faust.streams:Stream.take_events"] == hashlib.sha256(src).hexdigest()  # streams.faust_patches
     # Faust's own take yields on its clock tick: the two bursts 50 ms apart come as one batch at ~0.3 s
     got = run([(5, 0.05), (3, 0.4)], max_=100, within_s=0.3, quiet_s=0.0)
     assert [n for _, n in got] == [8]

@@ -17,6 +17,7 @@ from minutecast.schemas import TICKER_RE, Bar, parse_bar
 from minutecast.window import SESSION_TZ
 from producers import bars, cli, replay, universe
 from producers.publisher import Stats, _bar_minute
+from producers.runner import ProduceOptions
 from producers.synthetic import Synthetic, regular_minutes, synthetic_tickers
 from producers.throttle import RateLimited, Throttle
 from producers.watermark import Published, Watermarks
@@ -39,6 +40,11 @@ def test_encode_is_byte_identical_to_bar_to_json() -> None:
         assert value == Bar(t, m, o, h, lo, c, v, "replay", 1763700000.123).to_json()
         assert key == t.encode()
         assert parse_bar(value, key, now=T0 + 3600).ticker == t
+    # any source the schema takes (a quote, a percent sign, non-ASCII) is written as json.dumps writes it
+    for source in ('re"play', "100%s", "r\u00e9play"):
+        keys, bodies = bars.encode(f.iloc[:1], source)
+        assert bodies[0] + bars.stamp_suffix(1763700000.1) == Bar("AAPL", T0, 253.38, 253.5, 252.16, 252.52, 3395.0,
+                                                                  source, 1763700000.1).to_json()
 
 
 def test_check_counts_nan_rows_and_rejects_invalid_bars() -> None:
@@ -235,6 +241,10 @@ def test_cli_arguments() -> None:
     a = p.parse_args(["--source", "yfinance", "--backfill-days", "7", "--live", "--tickers", "AAPL"])
     assert a.live and a.backfill_days == 7 and cli._universe(a) == ["AAPL"]
     assert len(cli._universe(p.parse_args(["--source", "yfinance"])) or []) >= 495
+    # the flags become the producers' options once; their defaults are the options' defaults
+    o = cli.options_from(p.parse_args(["--source", "replay", "--path", "x", "--as-if-live", "--no-resume"]))
+    assert (o.speed, o.as_if_live, o.resume, o.path) == (60.0, True, False, Path("x"))
+    assert cli.options_from(p.parse_args(["--source", "synthetic"])) == ProduceOptions(source="synthetic")
 
 
 class _FakeRedis:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
 
 import pytest
 
@@ -20,6 +21,7 @@ from minutecast.schemas import (
     WindowReady,
     parse_bar,
 )
+from minutecast.schemas.bar_wire import FIELDS, OPTIONAL_FIELDS, canonical_pattern
 from minutecast.schemas.forecast import _FORECAST_V2
 
 NOW = 1_764_000_000.0  # 2025-11-24
@@ -29,6 +31,18 @@ GOOD = Bar("AAPL", 1_759_325_400, 253.38, 253.5, 252.16, 252.52, 3395.0, "replay
 def test_bar_round_trip() -> None:
     assert parse_bar(GOOD.to_json(), key=b"AAPL", now=NOW) == GOOD
     assert json.loads(GOOD.to_json())["time"] == "2025-10-01T13:30:00Z"
+
+
+def test_bar_json_follows_the_one_wire_definition() -> None:
+    # Bar.to_json writes the fields in bar_wire's order, and the fast decoder's pattern (generated from it)
+    # takes the reference's bytes, with and without the optional publish time.
+    assert tuple(GOOD.to_dict()) == FIELDS + OPTIONAL_FIELDS
+    assert tuple(dataclasses.replace(GOOD, published_at=None).to_dict()) == FIELDS
+    pattern = re.compile(canonical_pattern())
+    for bar in (GOOD, dataclasses.replace(GOOD, published_at=None)):
+        g = pattern.match(bar.to_json())
+        assert g is not None and g[1] == b"AAPL" and float(g[8]) == bar.close
+        assert (g[11] is None) == (bar.published_at is None)
 
 
 def test_time_with_offset_is_utc() -> None:

@@ -42,7 +42,7 @@ from minutecast.settings import InfraSettings, KafkaSettings, StreamSettings
 from minutecast.topics import Topics
 from minutecast.window import GAP, MINUTE, RETAIN, checksum
 from streams.batch import DROP_SWITCH, DROP_SWITCH_GUARD, drop_switch
-from streams.faust_app import _lean_drain, _Resume
+from streams.faust_patches import PINNED, Resume, lean_drain, pinned_object, unpinned
 from streams.rebuild import rebuild
 from streams.window_store import HEADER, WindowStore, read_window
 from streams.windows import window_for
@@ -369,7 +369,7 @@ def test_resume_finishes_a_started_coroutine_like_a_task() -> None:
         for cancel in (False, True):
             fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
             coro = deliver(fut)
-            task = asyncio.ensure_future(_Resume(coro, coro.send(None)))
+            task = asyncio.ensure_future(Resume(coro, coro.send(None)))
             await asyncio.sleep(0)
             if cancel:  # what wait_first does to a blocked record when the flow is suspended
                 task.cancel()
@@ -386,14 +386,18 @@ def test_resume_finishes_a_started_coroutine_like_a_task() -> None:
 def test_lean_drain_hands_records_over_inline_and_a_suspended_flow_still_abandons_a_blocked_one() -> None:
     from faust.transport.consumer import Consumer
 
-    src = inspect.getsource(Consumer._drain_messages).encode()  # _lean_drain copies it: re-check on an upgrade
+    src = inspect.getsource(Consumer._drain_messages).encode()  # lean_drain copies it: re-check on an upgrade
     assert hashlib.sha256(src).hexdigest() == "44a2500309e83c630493f6828af50166ec8d96a0b3e4fb2bab735f704ae93417"
+    # the module's own pin check (what create_app logs) names the same source and finds it unchanged
+    target = "faust.transport.consumer:Consumer._drain_messages"
+    assert pinned_object(target) is Consumer._drain_messages and PINNED[target] == hashlib.sha256(src).hexdigest()
+    assert unpinned() == []
 
     class Base(Service):  # type: ignore[misc] # Faust's consumer as far as _deliver uses it
         suspend_flow = Event()
 
     async def main() -> None:
-        consumer = _lean_drain(Base)()
+        consumer = lean_drain(Base)()
         got: list[int] = []
         queue: asyncio.Queue[int] = asyncio.Queue(maxsize=1)
 

@@ -11,7 +11,7 @@ that then goes missing: the check can fail.
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import gzip
 import json
 import threading
@@ -119,8 +119,9 @@ def recorded_dir(shared: Path, tmp: Path, rows: int = 300) -> Path:
     return out
 
 
-def replay_args(path: Path) -> argparse.Namespace:
-    return argparse.Namespace(path=path, as_if_live=False, shift_to_now=False, no_resume=False, speed=0.0)
+def replay_args(path: Path) -> runner.ProduceOptions:
+    return runner.ProduceOptions(source="replay", path=path, as_if_live=False, shift_to_now=False, resume=True,
+                                 speed=0.0)
 
 
 def disable_resend(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -145,8 +146,8 @@ def test_replay_resends_a_failed_minute_before_its_watermark_passes_it(
     if variant == "broken":
         disable_resend(monkeypatch)
     pub, flaky = flaky_publisher(namespace, {lost: 2})  # fails twice, then goes through
-    args = replay_args(d)
-    args.no_resume = variant == "no-resume"  # no watermarks: the failed bars are re-sent at the end
+    # no-resume: no watermarks, the failed bars are re-sent at the end
+    args = dataclasses.replace(replay_args(d), resume=variant != "no-resume")
     runner._replay(args, pub, None, None)
     stats = pub.close()
     assert flaky.failed == (1 if variant == "broken" else 2)

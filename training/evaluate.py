@@ -28,7 +28,8 @@ import numpy as np
 
 from minutecast.errors import ConfigError
 from minutecast.intervals import baseline_log_quantiles, calibrate_in_time_order, to_prices, window_sigma
-from minutecast.registry import PERSISTENCE, ServingModel
+from minutecast.registry import PERSISTENCE
+from minutecast.serving_model import ServingModel
 from minutecast.window import C, regular_hours
 from training import scoring as S
 from training.data import Samples

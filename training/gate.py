@@ -19,7 +19,8 @@ import logging
 from typing import Any
 
 from minutecast.errors import ModelError
-from minutecast.registry import Registry, ServingModel
+from minutecast.registry import Registry
+from minutecast.serving_model import ServingModel
 
 log = logging.getLogger(__name__)
 COVERAGE_TOL = 0.02  # allowed |coverage - nominal| of the 80% and 90% intervals

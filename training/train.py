@@ -47,7 +47,8 @@ from minutecast.errors import MinutecastError
 from minutecast.features import N_FEATURES, Scaler, make_inputs, make_targets
 from minutecast.kafka import end_offsets
 from minutecast.model import Preset, build_model, get_preset, make_loss
-from minutecast.registry import Registry, ServingModel, code_version
+from minutecast.registry import Registry, code_version
+from minutecast.serving_model import ServingModel
 from minutecast.settings import TrainingSettings
 from minutecast.topics import Topics
 from minutecast.universe import allowlist

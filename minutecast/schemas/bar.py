@@ -11,10 +11,11 @@ from typing import Any
 from minutecast import decoding
 from minutecast.decoding import FUTURE_SLACK_S, MAX_TIME, MIN_TIME, is_ticker, iso_minute, parse_time
 from minutecast.errors import Rejected
+from minutecast.schemas.bar_wire import FIELDS, OPTIONAL_FIELDS, SOURCE_KEPT, SOURCE_MAX
 from minutecast.schemas.common import BAR_VERSION, MAX_PAYLOAD_BYTES, MAX_PRICE, MAX_VOLUME
 
-_BAR_FIELDS = ("v", "ticker", "time", "open", "high", "low", "close", "volume", "source")
-_BAR_OPTIONAL = ("published_at",)
+_BAR_FIELDS = FIELDS  # the wire format's one definition (minutecast.schemas.bar_wire)
+_BAR_OPTIONAL = OPTIONAL_FIELDS
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +33,7 @@ class Bar:
     published_at: float | None = None  # producer's clock when it published (epoch s), for latency
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON object, fields in the wire format's order (:data:`minutecast.schemas.bar_wire.WIRE`)."""
         d: dict[str, Any] = {
             "v": BAR_VERSION,
             "ticker": self.ticker,
@@ -48,6 +50,7 @@ class Bar:
         return d
 
     def to_json(self) -> bytes:
+        """The reference encoding (the producers' and the worker's fast paths are proven equal to it)."""
         return json.dumps(self.to_dict(), separators=(",", ":")).encode()
 
     def validate(self, now: float | None = None, allowed: frozenset[str] | None = None) -> Bar:
@@ -64,7 +67,7 @@ class Bar:
         now = time.time() if now is None else now
         if self.minute > now + FUTURE_SLACK_S or self.minute >= MAX_TIME:  # MAX_TIME: also when now = inf
             raise Rejected("future_timestamp", f"{iso_minute(self.minute)} is in the future")
-        decoding.text(self.source, "source", 64, "bad_source")
+        decoding.text(self.source, "source", SOURCE_MAX, "bad_source")
         decoding.check_published_at(self.published_at, now)
         prices = (self.open, self.high, self.low, self.close)
         if not all(math.isfinite(p) for p in prices) or not math.isfinite(self.volume):
@@ -105,7 +108,7 @@ def parse_bar(raw: bytes | str | None, key: bytes | str | None = None, now: floa
         low=decoding.number(d["low"], "low"),
         close=decoding.number(d["close"], "close"),
         volume=decoding.number(d["volume"], "volume"),
-        source=decoding.text(source, "source", 64, "bad_source")[:32],
+        source=decoding.text(source, "source", SOURCE_MAX, "bad_source")[:SOURCE_KEPT],
         published_at=None if published is None else decoding.number(published, "published_at"),
     ).validate(now, allowed)
     if key is not None:
