@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse
 
 from infra.runstate import local
 from minutecast import status as core
+from minutecast.redis import text
 from minutecast.settings import InfraSettings, WebSettings
 from web import models
 from web.deps import State, StateDep
@@ -31,14 +32,10 @@ async def pipeline_status(st: State) -> dict[str, Any]:
             st.status = (time.monotonic(), await asyncio.to_thread(collect_status, st.s))
     out = dict(st.status[1])
     replay = await st.redis.hgetall(st.keys.replay_state())
-    out["replay"] = {_text(k): _text(v) for k, v in replay.items()}
+    out["replay"] = {text(k): text(v) for k, v in replay.items()}
     out["web"] = {"sse_clients": len(st.broadcaster.subscribers), "stream_ready": st.broadcaster.ready.is_set(),
                   "tickers": len(st.tickers)}
     return out
-
-
-def _text(x: bytes | str) -> str:
-    return x.decode() if isinstance(x, bytes) else x
 
 
 def collect_status(s: WebSettings) -> dict[str, Any]:
