@@ -125,9 +125,11 @@ def test_importing_every_core_module_loads_no_component() -> None:
 
 # ---- short functions ------------------------------------------------------------------------------------------
 def product_files() -> list[Path]:
-    """Every Python file of the product: all but tests/, virtual environments and vendored node modules."""
-    skip = {"tests", "node_modules", "build", "dist", ".git", ".venv", "venv"}
-    return sorted(p for p in REPO.rglob("*.py") if not skip & set(p.relative_to(REPO).parts))
+    """Every Python file of the product: all but tests/, build output, virtual environments, hidden folders and
+    vendored node modules."""
+    skip = {"tests", "node_modules", "build", "dist", "venv"}
+    return sorted(p for p in REPO.rglob("*.py")
+                  if not any(part in skip or part.startswith(".") for part in p.relative_to(REPO).parent.parts))
 
 
 def long_functions(source: str, filename: str) -> list[tuple[str, int, int]]:
