@@ -32,7 +32,7 @@ docs-check: ## build the documentation site strictly into build/site
 	@NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir build/site
 
 test: setup ## set up, start the real services and run lint, the strict docs build and the whole test suite
-	@$(VENV)/bin/ruff check .
+	@$(MAKE) --no-print-directory lint
 	@$(MAKE) --no-print-directory docs-check
 	@$(VENV)/bin/minutecast infra up
 	@$(PY) -m pytest -p no:cacheprovider
@@ -40,8 +40,10 @@ test: setup ## set up, start the real services and run lint, the strict docs bui
 test-fast: ## unit tests only (no services)
 	@$(PY) -m pytest -m "not integration" -q
 
-lint: ## ruff (with bandit's S rules)
+# --no-cache: lint-imports takes well under a second here; no cache directory in the work tree.
+lint: ## ruff (with bandit's S rules) and lint-imports (the layering contracts in pyproject.toml)
 	@$(VENV)/bin/ruff check .
+	@$(VENV)/bin/lint-imports --no-cache
 
 typecheck: ## mypy
 	@$(VENV)/bin/mypy

@@ -40,152 +40,35 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections import Counter
-from datetime import datetime, timedelta
-from functools import partial
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from benchmarks import stages
+from benchmarks.e2e_pipeline import Feed, Pipeline, session_start, start, stop, watch_memory
 from benchmarks.redis_memory import bytes_per_ticker
-from benchmarks.rss import RssSampler, listener_pid
+from benchmarks.rss import RssSampler
 from benchmarks.state import tickers
-from infra.procs import read_pid
 from infra.spark_cluster import Cluster
-from minutecast.errors import InfraError, ModelError, ServiceUnavailable
-from minutecast.features import Scaler
-from minutecast.kafka import ensure_topics, make_admin, make_consumer, make_producer
-from minutecast.keys import Keys
-from minutecast.model import build_model, get_preset
+from minutecast.errors import InfraError, ServiceUnavailable
+from minutecast.kafka import make_consumer
 from minutecast.redis import connect
-from minutecast.registry import Registry
-from minutecast.schemas import Bar, Forecast
+from minutecast.schemas import Forecast
 from minutecast.settings import InferenceSettings
-from minutecast.topics import Topics
-from minutecast.window import SESSION_TZ, WINDOW
+from minutecast.window import WINDOW
 from web.server import free_port
 
-REPO = Path(__file__).resolve().parents[1]
 GOAL_P99_S = 1.5
 
 
-
-
-def session_start() -> int:
-    """00:00 New York two days ago (epoch s): a whole session of past minutes, none in the future."""
-    day = (datetime.now(SESSION_TZ) - timedelta(days=2)).date()
-    return int(datetime(day.year, day.month, day.day, tzinfo=SESSION_TZ).timestamp())
-
-
-class Feed:
-    """Random-walk bars for every ticker, one minute at a time, published with the producer's clock.
-
-    Every bar's delivery latency (librdkafka: ``produce()`` -> broker ack) is kept, per minute index and
-    ticker, in :attr:`delivery_s` (NaN until its delivery report comes). librdkafka measures it when the
-    report is served, so a thread serves them as they arrive (:meth:`serve_reports`); served only by the publishing
-    loop's ``poll`` they would read as the time to the next minute."""
-
-    def __init__(self, names: list[str], start: int, kafka: Any, topic: str) -> None:
-        self.names, self.start, self.topic = names, start, topic
-        self.index = {n.encode(): i for i, n in enumerate(names)}
-        self.rng = np.random.default_rng(0)
-        self.close = 50 + 400 * self.rng.random(len(names))
-        self.producer = make_producer(kafka)
-        self.sent = 0
-        self.failed = 0
-        self.delivery_s: dict[int, np.ndarray] = {}  # minute index -> s per ticker (array: 8 B a bar)
-        self._stop = threading.Event()
-        self._poller = threading.Thread(target=self._serve, name="delivery-reports", daemon=True)
-
-    def _serve(self) -> None:
-        while not self._stop.is_set():
-            self.producer.poll(0.05)  # returns as soon as a report is there (librdkafka is thread-safe)
-
-    def serve_reports(self) -> None:
-        self._poller.start()
-
-    def stop_reports(self) -> None:
-        self._stop.set()
-        if self._poller.is_alive():
-            self._poller.join(5)
-
-    def _delivered(self, i: int, err: Any, msg: Any) -> None:
-        if err is not None:
-            self.failed += 1
-            return
-        latency = msg.latency()
-        if latency is not None:
-            self.delivery_s[i][self.index[msg.key()]] = latency
-
-    def delivery(self, ticker: str, minute: int) -> float | None:
-        """The delivery latency (s) of ``ticker``'s bar at ``minute`` (epoch s), None if unknown."""
-        arr = self.delivery_s.get((minute - self.start) // 60)
-        x = None if arr is None else float(arr[self.index[ticker.encode()]])
-        return None if x is None or x != x else x
-
-    def minute(self, i: int) -> float:
-        """Publish minute i of every ticker; returns the publish time of its first bar."""
-        self.close *= np.exp(self.rng.normal(0, 5e-4, len(self.names)))
-        vol = self.rng.integers(1_000, 100_000, len(self.names))
-        self.delivery_s[i] = np.full(len(self.names), np.nan)
-        on_delivery = partial(self._delivered, i)
-        t0 = time.time()
-        for name, c, v in zip(self.names, self.close, vol, strict=True):
-            c = round(float(c), 4)
-            bar = Bar(name, self.start + 60 * i, c, c, c, c, float(v), "bench", published_at=time.time())
-            while True:
-                try:
-                    self.producer.produce(self.topic, bar.to_json(), name.encode(), on_delivery=on_delivery)
-                    break
-                except BufferError:
-                    self.producer.poll(0.01)
-        self.sent += len(self.names)
-        self.producer.poll(0)
-        return t0
-
-
-def promote_random_model(models_dir: Path) -> str:
-    """A randomly initialised default-architecture model, promoted: the model's speed is what counts here."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # before build_model imports TensorFlow
-    registry = Registry(models_dir)
-    version = registry.save(build_model(get_preset("default")), Scaler(
-        ret_scale=1e-3, gap_scale=3e-3, range_scale=1.5e-3, logvol_mean=9.0, logvol_std=1.0, mkt_ret_scale=3e-4,
-        mkt_range_scale=5e-4, target_scale=2e-3),
-                            {"note": "benchmarks.e2e: random weights"})
-    registry.promote(version)
-    return version
-
-
-def promote_in_subprocess(models_dir: Path) -> str:
-    """promote_random_model in a child process: TensorFlow stays out of this process (the producer), so the
-    producer's RSS is the producer's."""
-    code = ("import sys; from pathlib import Path; from benchmarks.e2e import promote_random_model; "
-            "print(promote_random_model(Path(sys.argv[1])))")
-    res = subprocess.run([sys.executable, "-c", code, str(models_dir)], cwd=REPO, capture_output=True, text=True,
-                         env=os.environ | {"TF_CPP_MIN_LOG_LEVEL": "2"}, timeout=300, check=False)
-    if res.returncode != 0:
-        raise ModelError(f"could not promote a random model: {res.stderr[-2000:]}")
-    return res.stdout.strip().splitlines()[-1]
-
-
-def pct(xs: list[float], q: float) -> float | None:
-    return round(float(np.percentile(xs, q)), 3) if xs else None
-
-
-def _ms(seconds: float | None) -> float | None:
-    return None if seconds is None else round(seconds * 1000, 1)
-
-
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="25 timed minutes instead of 90")
     ap.add_argument("--minutes", type=int, help="timed accelerated minutes")
@@ -203,12 +86,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--standalone", action="store_true", help="the Spark job on a private master + 2 workers")
     ap.add_argument("--timeline-s", type=float, help="record RSS per service and Redis used_memory every S s "
                     "(``rss_timeline`` in the JSON; benchmarks.soak)")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
-    names = tickers(args.tickers)
-    minutes = args.minutes or (25 if args.quick else 90)
-    rate = args.bars_per_s or len(names) / args.minute_s
-    period = len(names) / rate  # seconds per accelerated minute
+
+@dataclass(frozen=True)
+class Pace:
+    """Who publishes how fast: the tickers, the timed minutes, bars/s and the seconds per accelerated minute."""
+
+    names: list[str]
+    minutes: int
+    rate: float
+    period: float
+
+    @classmethod
+    def of(cls, args: argparse.Namespace) -> Pace:
+        names = tickers(args.tickers)
+        rate = args.bars_per_s or len(names) / args.minute_s
+        return cls(names, args.minutes or (25 if args.quick else 90), rate, len(names) / rate)
+
+
+def plan(args: argparse.Namespace) -> Pipeline:
+    """A fresh uuid namespace with a private work folder, and the environments of the Faust worker and the Spark
+    job (the ticker allowlist off: generated names; the job's own registry and checkpoint)."""
     ns = f"e2e{uuid.uuid4().hex[:10]}"
     work = Path(tempfile.mkdtemp(prefix=f"minutecast-{ns}-"))
     base = InferenceSettings()
@@ -220,193 +119,205 @@ def main(argv: list[str] | None = None) -> int:
         infer_env["MINUTECAST_SHUFFLE_BY_TICKER"] = "false"
     if args.partitions:
         infer_env["MINUTECAST_PARTITIONS"] = str(args.partitions)
-    topics, keys = Topics(ns), Keys(ns)
-    result: dict[str, Any] = {"benchmark": "e2e", "quick": args.quick, "namespace": ns, "tickers": len(names),
-                              "timed_minutes": minutes, "target_bars_per_s": rate, "standalone": args.standalone,
-                              "minute_s": round(period, 3),
-                              "pace": f"a burst of {len(names)} bars every {period:g} s"
-                              + (" (the real shape, 6x)" if period >= 10 else f" ({60 / period:g}x stress)")}
-    procs: list[subprocess.Popen[bytes]] = []
     cluster = Cluster(work / "spark-cluster", port=free_port(), ui_port=free_port()) if args.standalone else None
-    stats_path = work / "batches.jsonl"
-    rss = RssSampler(timeline_s=args.timeline_s)
-    try:
-        ensure_topics(base.kafka, topics.specs())
-        if not args.persistence:
-            result["model_version"] = promote_in_subprocess(work / "home" / "models")
-        if cluster is not None:
-            cluster.up(workers=2, cores=1, memory="1g", timeout_s=180)
-            result["spark_master"] = cluster.url
-        master = ["--master", cluster.url] if cluster is not None else []
-        for name, cmd, e in (
-            ("stream", ["stream", "--web-port", "0", "--metrics-port", "0", "--no-rebuild"], env),
-            ("infer", ["infer", "--metrics-port", "0", "--trigger-ms", str(args.trigger_ms),
-                       "--stats-jsonl", str(stats_path), *master], infer_env),
-        ):
-            log = open(work / f"{name}.log", "wb")  # noqa: SIM115 - lives as long as the process
-            procs.append(subprocess.Popen([sys.executable, "-m", "minutecast.cli", *cmd], env=e, cwd=REPO,
-                                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+    return Pipeline(ns, work, base, env, infer_env, cluster)
 
-        # Memory: this process is the producer (the Feed); the workers' trees include Spark's JVM and
-        # Python workers; Redis reports its own pid; Kafka is whatever listens on the bootstrap port.
-        rss.watch("producer", os.getpid(), tree=False)
-        rss.watch("faust_worker", procs[0].pid)
-        rss.watch("spark_driver_jvm_python_workers", procs[1].pid)
-        rss.watch("redis", int(connect(base.redis).info("server")["process_id"]), tree=False)
-        rss.watch("kafka", listener_pid(int(base.kafka.bootstrap.split(",")[0].rsplit(":", 1)[1])), tree=False)
-        if cluster is not None:  # the executors and their Python workers run under the workers, not the driver
-            rss.watch("spark_master", read_pid(cluster.home / "run" / "master.pid"), tree=False)
-            for i in range(2):
-                rss.watch(f"spark_worker_{i}", read_pid(cluster.home / "run" / f"worker-{i}.pid"))
-        if args.timeline_s:
-            gauge_client = connect(base.redis)
-            rss.gauges["redis_used_memory"] = lambda: gauge_client.info("memory")["used_memory"] / 2**20
-        rss.start()
-        start = session_start()
-        feed = Feed(names, start, base.kafka, topics.bars)
-        feed.serve_reports()
-        consumer = make_consumer(base.kafka, f"bench-{ns}")
-        consumer.subscribe([topics.forecasts])
-        # (ticker, as_of) -> the first forecast seen and its Kafka record timestamp (s); forecasts per as_of.
-        seen: dict[tuple[str, int], tuple[Forecast, float | None]] = {}
-        per_minute: Counter[int] = Counter()
 
-        def drain(until: float) -> None:
-            while True:
-                left = until - time.monotonic()
-                for msg in consumer.consume(2000, timeout=max(0.0, min(left, 0.2))):
-                    value = msg.value()
-                    if not msg.error() and value is not None:
-                        f = Forecast.from_json(value)
-                        if (f.ticker, f.as_of) not in seen:
-                            kind, ts_ms = msg.timestamp()
-                            seen[(f.ticker, f.as_of)] = (f, ts_ms / 1000 if kind else None)
-                            per_minute[f.as_of] += 1
-                for p in procs:
-                    if p.poll() is not None:
-                        raise InfraError(f"a pipeline process exited ({p.args!r}); logs in {work}")
-                if left <= 0:
-                    return
+def header(args: argparse.Namespace, pace: Pace, ns: str) -> dict[str, Any]:
+    """The run's description, the first keys of the JSON."""
+    n, period = len(pace.names), pace.period
+    return {"benchmark": "e2e", "quick": args.quick, "namespace": ns, "tickers": n,
+            "timed_minutes": pace.minutes, "target_bars_per_s": pace.rate, "standalone": args.standalone,
+            "minute_s": round(period, 3),
+            "pace": f"a burst of {n} bars every {period:g} s"
+            + (" (the real shape, 6x)" if period >= 10 else f" ({60 / period:g}x stress)")}
 
-        # Warm-up: 59 minutes of history, then minute 59 completes the first windows (index WINDOW-1).
-        t_warm = time.monotonic()
-        for i in range(WINDOW):
-            feed.minute(i)
-        feed.producer.flush(60)
-        first = start + 60 * (WINDOW - 1)
-        wait_s = 300 + 0.05 * len(names)  # start-up (Spark, TensorFlow) plus 60 minutes of bars through Faust
-        deadline = time.monotonic() + wait_s
-        while per_minute[first] < len(names):
-            if time.monotonic() > deadline:
-                raise ServiceUnavailable(f"no complete first minute of forecasts in {wait_s:.0f} s; logs in {work}")
-            drain(time.monotonic() + 0.5)
-        result["warmup_s"] = round(time.monotonic() - t_warm, 1)
-        print(f"pipeline warm after {result['warmup_s']} s; timing {minutes} minutes at {rate:.0f} bars/s",
-              file=sys.stderr)
 
-        # Timed phase: minute WINDOW .. WINDOW+minutes-1, one burst per accelerated minute.
-        t_begin_wall = time.time()
-        t_begin = time.monotonic()
-        for k in range(minutes):
-            feed.minute(WINDOW + k)
-            drain(t_begin + (k + 1) * period)
-        t_end = time.monotonic()
-        feed.producer.flush(60)
-        last = start + 60 * (WINDOW + minutes - 1)
-        drain_deadline = time.monotonic() + 120
-        while per_minute[last] < len(names) and time.monotonic() < drain_deadline:
-            drain(time.monotonic() + 0.25)
-        drained_s = time.monotonic() - t_end
-        drain(time.monotonic() + 1.0)
-        feed.stop_reports()
+class Forecasts:
+    """The forecasts topic read from its start: the first forecast of each (ticker, as_of) with its Kafka record
+    timestamp (s), and forecasts per as_of; while reading, a pipeline process that exits fails the run."""
 
-        def stats_lines() -> list[str]:
-            return stats_path.read_text().splitlines() if stats_path.exists() else []
+    def __init__(self, pipe: Pipeline) -> None:
+        self.pipe = pipe
+        self.consumer = make_consumer(pipe.base.kafka, f"bench-{pipe.ns}")
+        self.consumer.subscribe([pipe.topics.forecasts])
+        self.seen: dict[tuple[str, int], tuple[Forecast, float | None]] = {}
+        self.per_minute: Counter[int] = Counter()
 
-        # Spark's listener writes a batch's engine line after the batch: wait a little for the last ones.
-        engine_deadline = time.monotonic() + 15
-        while (any(b.engine is None for b in stages.parse_batches(json.loads(x) for x in stats_lines() if x.strip()))
-               and time.monotonic() < engine_deadline):
-            drain(time.monotonic() + 0.5)
+    def drain(self, until: float) -> None:
+        """Read until ``until`` (monotonic s)."""
+        while True:
+            left = until - time.monotonic()
+            for msg in self.consumer.consume(2000, timeout=max(0.0, min(left, 0.2))):
+                value = msg.value()
+                if not msg.error() and value is not None:
+                    f = Forecast.from_json(value)
+                    if (f.ticker, f.as_of) not in self.seen:
+                        kind, ts_ms = msg.timestamp()
+                        self.seen[(f.ticker, f.as_of)] = (f, ts_ms / 1000 if kind else None)
+                        self.per_minute[f.as_of] += 1
+            for p in self.pipe.procs:
+                if p.poll() is not None:
+                    raise InfraError(f"a pipeline process exited ({p.args!r}); logs in {self.pipe.work}")
+            if left <= 0:
+                return
 
-        timed = [(f, rec) for (_, a), (f, rec) in seen.items() if a >= start + 60 * WINDOW]
-        lat = [f.forecast_at - f.published_at for f, _ in timed if f.published_at is not None]
-        # The two halves: producer -> Faust -> Redis -> ready event, and ready event -> Spark -> forecast.
-        faust = [f.window_ready_at - f.published_at for f, _ in timed if f.published_at is not None]
-        spark = [f.forecast_at - f.window_ready_at for f, _ in timed]
-        by_minute: dict[int, list[float]] = {}
-        for f, _ in timed:
-            if f.published_at is not None:
-                by_minute.setdefault((f.as_of - start) // 60, []).append(f.forecast_at - f.published_at)
-        order = sorted(by_minute)
-        third = max(1, len(order) // 3)
-        first_p50 = float(np.median([x for m in order[:third] for x in by_minute[m]])) if order else 0.0
-        last_p50 = float(np.median([x for m in order[-third:] for x in by_minute[m]])) if order else 0.0
-        batches = stages.parse_batches(json.loads(x) for x in stats_lines() if x.strip())
-        timed_batches = [b for b in batches if b.started_at >= t_begin_wall]
-        traces = [stages.Trace(f.published_at, feed.delivery(f.ticker, f.as_of), f.window_ready_at, f.forecast_at,
-                               rec) for f, rec in timed if f.published_at is not None]
-        split = stages.summarize(traces, batches)
-        print(f"where the time goes ({len(names)} tickers, {rate:.0f} bars/s, {len(traces)} forecasts):\n"
-              + stages.table(split["stages"]), file=sys.stderr)
-        superseded = sum(b.superseded for b in timed_batches)
-        result |= {
-            "p50_ms": _ms(pct(lat, 50)), "p95_ms": _ms(pct(lat, 95)), "p99_ms": _ms(pct(lat, 99)),
+
+def warm_up(feed: Feed, reader: Forecasts, pace: Pace, result: dict[str, Any]) -> None:
+    """59 minutes of history, then minute 59 completes the first windows (index WINDOW-1); wait until every ticker
+    has its first forecast (Spark start, TensorFlow load)."""
+    n = len(pace.names)
+    t_warm = time.monotonic()
+    for i in range(WINDOW):
+        feed.minute(i)
+    feed.producer.flush(60)
+    first = feed.start + 60 * (WINDOW - 1)
+    wait_s = 300 + 0.05 * n  # start-up (Spark, TensorFlow) plus 60 minutes of bars through Faust
+    deadline = time.monotonic() + wait_s
+    while reader.per_minute[first] < n:
+        if time.monotonic() > deadline:
+            raise ServiceUnavailable(f"no complete first minute of forecasts in {wait_s:.0f} s; "
+                                     f"logs in {reader.pipe.work}")
+        reader.drain(time.monotonic() + 0.5)
+    result["warmup_s"] = round(time.monotonic() - t_warm, 1)
+    print(f"pipeline warm after {result['warmup_s']} s; timing {pace.minutes} minutes at {pace.rate:.0f} bars/s",
+          file=sys.stderr)
+
+
+@dataclass(frozen=True)
+class Timing:
+    begin_wall: float  # epoch s: batches started from then on are the timed ones
+    begin: float  # monotonic s, first timed burst
+    end: float  # monotonic s, after the last timed burst's reading time
+    drained_s: float  # from then until the last minute's forecasts were all in (at most 120 s)
+
+
+def timed_phase(feed: Feed, reader: Forecasts, pace: Pace) -> Timing:
+    """Minute WINDOW .. WINDOW+minutes-1, one burst per accelerated minute, then drain the last minute's
+    forecasts and the job's last per-batch stats."""
+    begin_wall, begin = time.time(), time.monotonic()
+    for k in range(pace.minutes):
+        feed.minute(WINDOW + k)
+        reader.drain(begin + (k + 1) * pace.period)
+    end = time.monotonic()
+    feed.producer.flush(60)
+    last = feed.start + 60 * (WINDOW + pace.minutes - 1)
+    drain_deadline = time.monotonic() + 120
+    while reader.per_minute[last] < len(pace.names) and time.monotonic() < drain_deadline:
+        reader.drain(time.monotonic() + 0.25)
+    drained_s = time.monotonic() - end
+    reader.drain(time.monotonic() + 1.0)
+    feed.stop_reports()
+    # Spark's listener writes a batch's engine line after the batch: wait a little for the last ones.
+    engine_deadline = time.monotonic() + 15
+    while any(b.engine is None for b in batches(reader.pipe)) and time.monotonic() < engine_deadline:
+        reader.drain(time.monotonic() + 0.5)
+    return Timing(begin_wall, begin, end, drained_s)
+
+
+def batches(pipe: Pipeline) -> list[stages.Batch]:
+    """The Spark job's per-batch stats so far."""
+    lines = pipe.stats_path.read_text().splitlines() if pipe.stats_path.exists() else []
+    return stages.parse_batches(json.loads(x) for x in lines if x.strip())
+
+
+def pct(xs: list[float], q: float) -> float | None:
+    return round(float(np.percentile(xs, q)), 3) if xs else None
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 1)
+
+
+def latency(timed: list[tuple[Forecast, float | None]]) -> dict[str, Any]:
+    """Percentiles of publish -> forecast over the timed forecasts, and of its two halves: producer -> Faust ->
+    Redis -> ready event, and ready event -> Spark -> forecast."""
+    lat = [f.forecast_at - f.published_at for f, _ in timed if f.published_at is not None]
+    faust = [f.window_ready_at - f.published_at for f, _ in timed if f.published_at is not None]
+    spark = [f.forecast_at - f.window_ready_at for f, _ in timed]
+    return {"p50_ms": _ms(pct(lat, 50)), "p95_ms": _ms(pct(lat, 95)), "p99_ms": _ms(pct(lat, 99)),
             "latency_p50_s": pct(lat, 50), "latency_p95_s": pct(lat, 95), "latency_p99_s": pct(lat, 99),
             "latency_max_s": pct(lat, 100),
             "to_window_ready_p50_s": pct(faust, 50), "to_window_ready_p99_s": pct(faust, 99),
-            "ready_to_forecast_p50_s": pct(spark, 50), "ready_to_forecast_p99_s": pct(spark, 99),
-            "shuffle_by_ticker": base.shuffle_by_ticker and not args.no_shuffle,
-            "forecasts": len(timed), "expected": len(names) * minutes, "superseded": int(superseded),
-            "bars_per_s": round(len(names) * minutes / (t_end - t_begin)),
-            "first_third_p50_s": round(first_p50, 3), "last_third_p50_s": round(last_p50, 3),
+            "ready_to_forecast_p50_s": pct(spark, 50), "ready_to_forecast_p99_s": pct(spark, 99)}
+
+
+def by_minute(timed: list[tuple[Forecast, float | None]], start: int) -> dict[int, list[float]]:
+    """Minute index -> the latencies (s) of its forecasts."""
+    out: dict[int, list[float]] = {}
+    for f, _ in timed:
+        if f.published_at is not None:
+            out.setdefault((f.as_of - start) // 60, []).append(f.forecast_at - f.published_at)
+    return out
+
+
+def backlog(by_minute: dict[int, list[float]], drained_s: float, period: float) -> dict[str, Any]:
+    """Whether a backlog grows: the last third of the minutes clearly slower than the first, or a long drain."""
+    order = sorted(by_minute)
+    third = max(1, len(order) // 3)
+    first_p50 = float(np.median([x for m in order[:third] for x in by_minute[m]])) if order else 0.0
+    last_p50 = float(np.median([x for m in order[-third:] for x in by_minute[m]])) if order else 0.0
+    return {"first_third_p50_s": round(first_p50, 3), "last_third_p50_s": round(last_p50, 3),
             "drain_after_last_minute_s": round(drained_s, 2),
             "backlog_growing": bool(last_p50 > 1.5 * first_p50 + 0.25 or drained_s > 5 * max(period, 1.0)),
             # The trend behind backlog_growing: p50 latency (ms) of each timed minute, in order.
-            "p50_ms_by_minute": [round(1000 * float(np.median(by_minute[m]))) for m in order],
-            "bars_undelivered": feed.failed,
-            **stages.batch_means(timed_batches),
-            # Where the time goes: per stage p50/p95/p99 over the timed forecasts (benchmarks.stages).
-            "stages": split["stages"], "stages_forecasts_without_batch": split["unmatched"],
-            "goal_p99_s": GOAL_P99_S,
-        }
-        result["goal_met"] = bool(result["latency_p99_s"] is not None and result["latency_p99_s"] < GOAL_P99_S
-                                  and not result["backlog_growing"])
-        # Redis bytes per ticker at the end of the run (window full at RETAIN bars; history as long as the run)
-        result["redis_bytes_per_ticker"] = bytes_per_ticker(connect(base.redis), keys, names)
-        consumer.close()
+            "p50_ms_by_minute": [round(1000 * float(np.median(by_minute[m]))) for m in order]}
+
+
+def measure(args: argparse.Namespace, pace: Pace, feed: Feed, reader: Forecasts, t: Timing) -> dict[str, Any]:
+    """The timed forecasts' figures, in the JSON's order: latency, throughput, backlog, the batch split, where the
+    time goes per stage (also a table on stderr), the goal, Redis bytes per ticker."""
+    pipe, n = reader.pipe, len(pace.names)
+    timed = [(f, rec) for (_, a), (f, rec) in reader.seen.items() if a >= feed.start + 60 * WINDOW]
+    all_batches = batches(pipe)
+    timed_batches = [b for b in all_batches if b.started_at >= t.begin_wall]
+    traces = [stages.Trace(f.published_at, feed.delivery(f.ticker, f.as_of), f.window_ready_at, f.forecast_at,
+                           rec) for f, rec in timed if f.published_at is not None]
+    split = stages.summarize(traces, all_batches)
+    print(f"where the time goes ({n} tickers, {pace.rate:.0f} bars/s, {len(traces)} forecasts):\n"
+          + stages.table(split["stages"]), file=sys.stderr)
+    out = latency(timed) | {
+        "shuffle_by_ticker": pipe.base.shuffle_by_ticker and not args.no_shuffle,
+        "forecasts": len(timed), "expected": n * pace.minutes,
+        "superseded": int(sum(b.superseded for b in timed_batches)),
+        "bars_per_s": round(n * pace.minutes / (t.end - t.begin)),
+        **backlog(by_minute(timed, feed.start), t.drained_s, pace.period),
+        "bars_undelivered": feed.failed,
+        **stages.batch_means(timed_batches),
+        # Where the time goes: per stage p50/p95/p99 over the timed forecasts (benchmarks.stages).
+        "stages": split["stages"], "stages_forecasts_without_batch": split["unmatched"],
+        "goal_p99_s": GOAL_P99_S,
+    }
+    out["goal_met"] = bool(out["latency_p99_s"] is not None and out["latency_p99_s"] < GOAL_P99_S
+                           and not out["backlog_growing"])
+    # Redis bytes per ticker at the end of the run (window full at RETAIN bars; history as long as the run)
+    out["redis_bytes_per_ticker"] = bytes_per_ticker(connect(pipe.base.redis), pipe.keys, pace.names)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    pace = Pace.of(args)
+    pipe = plan(args)
+    result = header(args, pace, pipe.ns)
+    rss = RssSampler(timeline_s=args.timeline_s)
+    try:
+        start(pipe, args.trigger_ms, args.persistence, result)
+        watch_memory(pipe, rss, bool(args.timeline_s))
+        feed = Feed(pace.names, session_start(), pipe.base.kafka, pipe.topics.bars)
+        feed.serve_reports()
+        reader = Forecasts(pipe)
+        warm_up(feed, reader, pace, result)
+        timing = timed_phase(feed, reader, pace)
+        result |= measure(args, pace, feed, reader, timing)
+        reader.consumer.close()
     finally:
-        peak = rss.stop()
-        result["rss_peak_mb"] = peak  # per service, peak of the process tree's summed RSS during the run
+        result["rss_peak_mb"] = rss.stop()  # per service, peak of the process tree's summed RSS during the run
         result["rss_samples"] = rss.samples
         if args.timeline_s:
             result["rss_timeline"] = rss.timeline
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
-            try:
-                p.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-            try:
-                os.killpg(p.pid, signal.SIGKILL)  # leftovers of the group (JVM, Python workers)
-            except ProcessLookupError:
-                pass
-        if cluster is not None:
-            cluster.down()
-        if not args.keep:
-            client = connect(base.redis)
-            found = list(client.scan_iter(match=keys.namespace_pattern(), count=1000))
-            for i in range(0, len(found), 1000):
-                client.delete(*found[i:i + 1000])
-            for fut in make_admin(base.kafka).delete_topics([s.name for s in topics.specs()],
-                                                            operation_timeout=30).values():
-                try:
-                    fut.result()
-                except Exception:  # noqa: BLE001, S110 - best effort: a leftover uuid topic harms nothing
-                    pass
-        result["logs"] = str(work)
+        stop(pipe, args.keep)
+        result["logs"] = str(pipe.work)
     print(json.dumps(result))
     return 0
 

@@ -27,6 +27,7 @@ import json
 import os
 import statistics
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -60,15 +61,20 @@ def stored_rows(n: int, seed: int = 0) -> tuple[list[list[Any]], list[Any], list
     return [one() for _ in range(n)], one(), [T0 + 60 * (RETAIN - 1)] * n
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="time the per-ticker loop on 50 tickers, extrapolate")
-    p.add_argument("--repeats", type=int, default=30, help="timed repeats of the batched call")
-    args = p.parse_args()
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+@dataclass
+class Setup:
+    """The serving model (random weights) and 503 windows with market context, as the partition has them."""
 
-    import tensorflow as tf
+    model: Any  # the Keras model
+    served: ServingModel
+    scaler: Scaler
+    windows: np.ndarray  # (503, window, features)
+    minutes: list[int]  # each ticker's as-of minute
+    build_ms: float  # building the windows from stored rows
+    states: list[OnlineScale]  # each ticker's online interval calibration
 
+
+def setup() -> Setup:
     model = build_model(get_preset("default"))
     scaler = Scaler(ret_scale=1e-3, gap_scale=5e-3, range_scale=1e-3, logvol_mean=8.0, logvol_std=1.0,
                     mkt_ret_scale=1e-3, mkt_range_scale=1e-3, target_scale=2e-3)
@@ -79,42 +85,69 @@ def main() -> int:
     build_ms = (time.perf_counter() - t0) * 1000
     windows = np.stack([w for w in built if w is not None])
     assert windows.shape[0] == TICKERS and np.abs(windows[..., -3:]).sum() > 0, "windows without market context"
-    inputs = tf.constant(make_inputs(windows, scaler))
     states = [OnlineScale(log_s80=0.1, log_s90=-0.1) for _ in range(TICKERS)]
+    return Setup(model, served, scaler, windows, minutes, build_ms, states)
 
-    def intervals(raw: np.ndarray) -> list[Any]:
-        """The partition's steps after the model call (streams.partition.infer_partition)."""
-        check_outputs(raw)
-        served_q = np.stack([st.apply(q) for st, q in zip(states, raw, strict=True)])
-        prices, sigmas = prices_and_sigma(windows[:, -1, 3], served_q)
-        return [make_forecast(ticker="AAPL", as_of=minutes[i], last_close=float(windows[i, -1, 3]), prices=prices[i],
-                              sigma=sigmas[i], state=states[i], model_version="bench", model_kind="lstm",
-                              interval_kind="lstm", published_at=None, window_ready_at=0.0, forecast_at=0.0)
-                for i in range(TICKERS)]
 
+def intervals(s: Setup, raw: np.ndarray) -> list[Any]:
+    """The partition's steps after the model call (streams.partition.infer_partition)."""
+    check_outputs(raw)
+    served_q = np.stack([st.apply(q) for st, q in zip(s.states, raw, strict=True)])
+    prices, sigmas = prices_and_sigma(s.windows[:, -1, 3], served_q)
+    return [make_forecast(ticker="AAPL", as_of=s.minutes[i], last_close=float(s.windows[i, -1, 3]),
+                          prices=prices[i], sigma=sigmas[i], state=s.states[i], model_version="bench",
+                          model_kind="lstm", interval_kind="lstm", published_at=None, window_ready_at=0.0,
+                          forecast_at=0.0)
+            for i in range(TICKERS)]
+
+
+def time_serving(s: Setup, repeats: int) -> tuple[list[float], list[float], list[float]]:
+    """ms per repeat of the serving call, of the steps after it, and of the compiled call alone on ready inputs
+    (after 3 warm-up rounds that trace the graphs)."""
+    import tensorflow as tf
+
+    inputs = tf.constant(make_inputs(s.windows, s.scaler))
     for _ in range(3):  # trace and warm up
-        served.predict_log_quantiles(windows)
-        served._fn(inputs)
+        s.served.predict_log_quantiles(s.windows)
+        s.served._fn(inputs)
     batch, model_only, after = [], [], []
-    for _ in range(args.repeats):
+    for _ in range(repeats):
         t0 = time.perf_counter()
-        out = served.predict_log_quantiles(windows)
+        out = s.served.predict_log_quantiles(s.windows)
         batch.append((time.perf_counter() - t0) * 1000)
         t0 = time.perf_counter()
-        fcs = intervals(out)
+        fcs = intervals(s, out)
         after.append((time.perf_counter() - t0) * 1000)
         t0 = time.perf_counter()
-        served._fn(inputs).numpy()
+        s.served._fn(inputs).numpy()
         model_only.append((time.perf_counter() - t0) * 1000)
     assert out.shape == (TICKERS, 5) and np.isfinite(out).all() and len(fcs) == TICKERS
+    return batch, model_only, after
 
-    timed = 50 if args.quick else TICKERS
-    x = make_inputs(windows, scaler)
-    model.predict(x[:1], verbose=0)  # warm up predict's own graph
+
+def time_seed_loop(s: Setup, timed: int) -> float:
+    """ms for 503 x ``model.predict(one window)``, the seed's way (``timed`` of them, extrapolated to 503)."""
+    x = make_inputs(s.windows, s.scaler)
+    s.model.predict(x[:1], verbose=0)  # warm up predict's own graph
     t0 = time.perf_counter()
     for i in range(timed):
-        model.predict(x[i:i + 1], verbose=0)
-    loop_ms = (time.perf_counter() - t0) * 1000 * TICKERS / timed
+        s.model.predict(x[i:i + 1], verbose=0)
+    return (time.perf_counter() - t0) * 1000 * TICKERS / timed
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="time the per-ticker loop on 50 tickers, extrapolate")
+    p.add_argument("--repeats", type=int, default=30, help="timed repeats of the batched call")
+    args = p.parse_args()
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+    import tensorflow as tf
+
+    s = setup()
+    batch, model_only, after = time_serving(s, args.repeats)
+    timed = 50 if args.quick else TICKERS
+    loop_ms = time_seed_loop(s, timed)
 
     batch_ms = statistics.median(batch)
     result = {
@@ -124,7 +157,7 @@ def main() -> int:
         "batch_ms_503": round(batch_ms, 2),
         "batch_ms_503_p90": round(float(np.percentile(batch, 90)), 2),
         "intervals_ms_503": round(statistics.median(after), 2),
-        "build_ms_503": round(build_ms, 1),
+        "build_ms_503": round(s.build_ms, 1),
         "model_only_ms_503": round(statistics.median(model_only), 2),
         "per_ticker_loop_ms_503": round(loop_ms, 1),
         "per_ticker_loop_timed_tickers": timed,
@@ -138,8 +171,8 @@ def main() -> int:
     }
     note = f" (extrapolated from {timed})" if timed != TICKERS else ""
     print(f"batched serving call, 503 windows with market context: {batch_ms:.1f} ms (median of {args.repeats}), "
-          f"intervals {result['intervals_ms_503']} ms, windows {build_ms:.0f} ms; seed loop: {loop_ms / 1000:.1f} s"
-          f"{note}; speedup {result['speedup']}x")
+          f"intervals {result['intervals_ms_503']} ms, windows {s.build_ms:.0f} ms; seed loop: "
+          f"{loop_ms / 1000:.1f} s{note}; speedup {result['speedup']}x")
     print(json.dumps(result))
     return 0
 

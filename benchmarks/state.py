@@ -26,14 +26,17 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from benchmarks.namespace import delete_namespace
 from infra.procs import terminate
 from minutecast.errors import DeliveryError, InfraError, ServiceUnavailable
-from minutecast.kafka import ensure_topics, make_admin, make_producer
+from minutecast.kafka import ensure_topics, make_producer
 from minutecast.keys import Keys
 from minutecast.redis import connect
 from minutecast.schemas import Bar
@@ -111,20 +114,6 @@ def _stats(client: object, keys: Keys) -> dict[str, int]:
     return {k.decode(): int(v) for k, v in raw.items()}
 
 
-def _delete_namespace(settings: StreamSettings, topics: Topics) -> None:
-    client = connect(settings.redis)
-    keys = list(client.scan_iter(match=Keys(settings.namespace).namespace_pattern(), count=1000))
-    for i in range(0, len(keys), 1000):
-        client.delete(*keys[i:i + 1000])
-    admin = make_admin(settings.kafka)  # keep a reference: the futures fail if the handle is collected
-    futures = admin.delete_topics([s.name for s in topics.specs()], operation_timeout=30)
-    for fut in futures.values():
-        try:
-            fut.result()
-        except Exception as exc:  # noqa: BLE001 - best effort: a leftover uuid topic harms nothing
-            print(f"could not delete a topic: {exc}", file=sys.stderr)
-
-
 def iter_all(files: list[Path], days: int | None, published_at: float) -> Iterator[Bar]:
     for f in files:
         yield from load_bars(f, days, published_at)
@@ -153,88 +142,128 @@ def distinct_bars(n_tickers: int, minutes: int, published_at: float) -> Iterator
         price = close
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="3 tickers x 3 days")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for the worker")
     ap.add_argument("--workers", type=int, default=1, help="worker processes in the group (scale-out check)")
     ap.add_argument("--tickers", type=int, help="synthetic: this many distinct tickers, one bar each per minute")
     ap.add_argument("--minutes", type=int, default=20, help="with --tickers: minutes of bars")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
+
+def publish_all(args: argparse.Namespace, settings: StreamSettings, files: list[Path]) -> tuple[int, dict[str, object]]:
+    """Publish the run's bars (synthetic distinct tickers, or the recorded files) into the namespace's bar topic,
+    before any worker runs: the worker then meets a full topic, as in a backfill."""
+    t0 = time.monotonic()
+    bars = distinct_bars(args.tickers, args.minutes, time.time()) if args.tickers else \
+        iter_all(files, 3 if args.quick else None, time.time())
+    n = publish(bars, Topics(settings.namespace).bars, settings)
+    out = {"bars": n, "tickers": args.tickers or len(files), "publish_s": round(time.monotonic() - t0, 2)}
+    print(f"published {n} bars in {out['publish_s']} s", file=sys.stderr)
+    return n, out
+
+
+def start_workers(ns: str, workers: int) -> tuple[list[subprocess.Popen[bytes]], Path]:
+    """``workers`` ``minutecast stream`` processes in one consumer group on namespace ``ns``, and their log."""
+    env = os.environ | {"MINUTECAST_NAMESPACE": ns}
+    log_path = Path(tempfile.gettempdir()) / f"minutecast-state-worker-{ns}.log"
+    with open(log_path, "wb") as log:  # the children hold their own descriptors
+        procs = [subprocess.Popen([sys.executable, "-m", "minutecast.cli", "stream", "--web-port", "0",
+                                   "--metrics-port", "0", "--no-rebuild", "--loglevel", "warning"],
+                                  env=env, stdout=log, stderr=subprocess.STDOUT) for _ in range(workers)]
+    return procs, log_path
+
+
+@dataclass
+class Applied:
+    """From the first applied bar to the last: when and how many, and the CPU s the workers and Redis used."""
+
+    first_t: float
+    first_n: int
+    end_t: float
+    cpu: float  # workers' CPU s between the first applied bar and the last
+    redis_cpu: float  # Redis's, the same span
+    stats: dict[str, int]  # the store's counters at the end
+
+
+def wait_applied(procs: list[subprocess.Popen[bytes]], log: Path, client: Any, keys: Keys, n: int,
+                 timeout: float) -> Applied:
+    """Poll the store's ``stream_messages`` counter (valid bars and dead-lettered messages) until all ``n`` bars
+    are applied; a worker that exits or a run past ``timeout`` s fails."""
+    t_start = time.monotonic()
+    first_t: float | None = None
+    first_n = 0
+    while True:
+        s = _stats(client, keys)
+        done = s.get("stream_messages", 0)
+        if done and first_t is None:
+            first_t, first_n = time.monotonic(), done
+            cpu0, rcpu0 = sum(_cpu_s(p.pid) for p in procs), _redis_cpu_s(client)
+        if done >= n:
+            break
+        if any(p.poll() is not None for p in procs):
+            raise InfraError(f"a worker exited; see {log}")
+        if time.monotonic() - t_start > timeout:
+            raise ServiceUnavailable(f"only {done}/{n} bars applied after {timeout:.0f} s")
+        time.sleep(0.05)
+    end_t = time.monotonic()
+    cpu1, rcpu1 = sum(_cpu_s(p.pid) for p in procs), _redis_cpu_s(client)
+    assert first_t is not None
+    return Applied(first_t, first_n, end_t, cpu1 - cpu0, rcpu1 - rcpu0, s)
+
+
+def figures(a: Applied, n: int, t_start: float, client: Any, keys: Keys) -> dict[str, object]:
+    """Rate, CPU per bar, Redis round trips per bar and the store's counters, in the JSON's order."""
+    rate = (n - a.first_n) / max(a.end_t - a.first_t, 1e-9)
+    # CPU per bar does not depend on how busy the shared machine is: bars per worker-CPU-second is
+    # what one worker does on a core of its own (Redis and Kafka run on other cores).
+    cpu_per_bar = a.cpu / max(n - a.first_n, 1)
+    s = a.stats
+    return {
+        "bars_per_s": round(rate),
+        "worker_cpu_us_per_bar": round(cpu_per_bar * 1e6, 1),
+        "bars_per_worker_cpu_s": round(1 / cpu_per_bar) if cpu_per_bar > 0 else None,
+        "redis_cpu_us_per_bar": round(a.redis_cpu / max(n - a.first_n, 1) * 1e6, 2),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "cpus": os.cpu_count(),
+        "total_s_including_startup": round(a.end_t - t_start, 2),
+        "redis_roundtrips": s.get("stream_roundtrips", 0),
+        "redis_roundtrips_per_bar": round(s.get("stream_roundtrips", 0) / n, 5),
+        "late": s.get("stream_late", 0),
+        "conflicts": s.get("stream_conflict", 0),
+        "tickers_with_windows": sum(1 for _ in client.scan_iter(match=keys.window_pattern(), count=1000)),
+        "goal_bars_per_s": GOAL_BARS_PER_S,
+        "meets_goal": rate >= GOAL_BARS_PER_S,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     ns = f"bench{uuid.uuid4().hex[:10]}"
     os.environ["MINUTECAST_NAMESPACE"] = ns
     if args.tickers:
         os.environ["MINUTECAST_TICKER_ALLOWLIST"] = "false"  # generated names beyond the S&P 500
     settings = StreamSettings()
-    topics = Topics(ns)
     keys = Keys(ns)
     files = shared_files(["AAPL", "MSFT", "NVDA"] if args.quick else None)
-    days = 3 if args.quick else None
     result: dict[str, object] = {"benchmark": "state", "quick": args.quick, "workers": args.workers, "namespace": ns,
                                  "pace": f"{args.tickers} distinct tickers, one bar each per minute"
                                  if args.tickers else "backfill of the recorded bars, ticker after ticker"}
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        ensure_topics(settings.kafka, topics.specs())
-        t0 = time.monotonic()
-        bars = distinct_bars(args.tickers, args.minutes, time.time()) if args.tickers else \
-            iter_all(files, days, time.time())
-        n = publish(bars, topics.bars, settings)
-        result |= {"bars": n, "tickers": args.tickers or len(files), "publish_s": round(time.monotonic() - t0, 2)}
-        print(f"published {n} bars in {result['publish_s']} s", file=sys.stderr)
-
+        ensure_topics(settings.kafka, Topics(ns).specs())
+        n, published = publish_all(args, settings, files)
+        result |= published
         client = connect(settings.redis)
-        env = os.environ | {"MINUTECAST_NAMESPACE": ns}
-        log = open(Path(tempfile.gettempdir()) / f"minutecast-state-worker-{ns}.log", "wb")  # noqa: SIM115
         t_start = time.monotonic()
-        procs = [subprocess.Popen([sys.executable, "-m", "minutecast.cli", "stream", "--web-port", "0",
-                                   "--metrics-port", "0", "--no-rebuild", "--loglevel", "warning"],
-                                  env=env, stdout=log, stderr=subprocess.STDOUT) for _ in range(args.workers)]
-        first_t: float | None = None
-        first_n = 0
-        s: dict[str, int] = {}
-        while True:
-            s = _stats(client, keys)
-            done = s.get("stream_messages", 0)  # valid bars and dead-lettered messages
-            if done and first_t is None:
-                first_t, first_n = time.monotonic(), done
-                cpu0, rcpu0 = sum(_cpu_s(p.pid) for p in procs), _redis_cpu_s(client)
-            if done >= n:
-                break
-            if any(p.poll() is not None for p in procs):
-                raise InfraError(f"a worker exited; see {log.name}")
-            if time.monotonic() - t_start > args.timeout:
-                raise ServiceUnavailable(f"only {done}/{n} bars applied after {args.timeout:.0f} s")
-            time.sleep(0.05)
-        t_end = time.monotonic()
-        cpu1, rcpu1 = sum(_cpu_s(p.pid) for p in procs), _redis_cpu_s(client)
-        assert first_t is not None
-        rate = (n - first_n) / max(t_end - first_t, 1e-9)
-        # CPU per bar does not depend on how busy the shared machine is: bars per worker-CPU-second is
-        # what one worker does on a core of its own (Redis and Kafka run on other cores).
-        cpu_per_bar = (cpu1 - cpu0) / max(n - first_n, 1)
-        result |= {
-            "bars_per_s": round(rate),
-            "worker_cpu_us_per_bar": round(cpu_per_bar * 1e6, 1),
-            "bars_per_worker_cpu_s": round(1 / cpu_per_bar) if cpu_per_bar > 0 else None,
-            "redis_cpu_us_per_bar": round((rcpu1 - rcpu0) / max(n - first_n, 1) * 1e6, 2),
-            "load_avg_1m": round(os.getloadavg()[0], 2),
-            "cpus": os.cpu_count(),
-            "total_s_including_startup": round(t_end - t_start, 2),
-            "redis_roundtrips": s.get("stream_roundtrips", 0),
-            "redis_roundtrips_per_bar": round(s.get("stream_roundtrips", 0) / n, 5),
-            "late": s.get("stream_late", 0),
-            "conflicts": s.get("stream_conflict", 0),
-            "tickers_with_windows": sum(1 for _ in client.scan_iter(match=keys.window_pattern(), count=1000)),
-            "goal_bars_per_s": GOAL_BARS_PER_S,
-            "meets_goal": rate >= GOAL_BARS_PER_S,
-        }
-        log.close()
-        Path(log.name).unlink(missing_ok=True)
+        procs, log = start_workers(ns, args.workers)
+        applied = wait_applied(procs, log, client, keys, n, args.timeout)
+        result |= figures(applied, n, t_start, client, keys)
+        log.unlink(missing_ok=True)
     finally:
         terminate(procs)
-        _delete_namespace(settings, topics)
+        delete_namespace(settings.redis, settings.kafka, ns)
     print(json.dumps(result))
     return 0
 

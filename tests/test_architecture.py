@@ -1,112 +1,121 @@
-"""The package layering, checked on the source tree (pure: no services, a few seconds).
+"""The package layering and function sizes, checked on the source tree (pure: no services, a few seconds).
 
-* The shared core (``minutecast``) depends on none of the components: importing every module of
-  ``minutecast/`` in a fresh interpreter loads nothing of ``infra``, ``ops``, ``producers``, ``streams``,
-  ``training``, ``web`` or ``benchmarks``, and no module there names one of them in an import statement, at
-  module level or inside a function (where the first check cannot see it). The ``minutecast`` command reaches
-  the components through :data:`minutecast.cli.SUBCOMMANDS`' module names only.
-* The project's own modules import each other without cycles: the graph of module-level imports (those that
-  run when a module is imported: not inside functions, not under ``if TYPE_CHECKING:``), where ``from x
-  import y`` is an edge to ``x.y`` when that is a module and to ``x`` otherwise, is acyclic.
+* The "may import" column of docs/architecture.md#code-layout is stated as import-linter contracts
+  (``[tool.importlinter]`` in pyproject.toml); ``lint-imports`` must keep them all, and the table and the contracts
+  must say the same, so neither can drift from the other. The contracts also forbid import cycles among the modules
+  of each package; no two packages import each other either.
+* The shared core (``minutecast``) loads no component at run time either: importing every module of
+  ``minutecast/`` in a fresh interpreter loads nothing of the other packages.
+* No function or method outside tests/ is over 80 lines (counted from its ``def`` to its last line): entry points
+  are wiring over named steps.
 """
 
 from __future__ import annotations
 
 import ast
+import itertools
 import json
+import re
 import subprocess
 import sys
-from collections.abc import Iterator
-from dataclasses import dataclass
+import tomllib
 from pathlib import Path
 
+import grimp
+
 REPO = Path(__file__).resolve().parents[1]
+V_BIN = Path(sys.executable).parent
 CORE = "minutecast"
-COMPONENTS = ("infra", "ops", "producers", "streams", "training", "web", "benchmarks")
-PACKAGES = (CORE, *COMPONENTS)
+MAX_FUNCTION_LINES = 80
 
 
-@dataclass(frozen=True)
-class Import:
-    module: str  # the importing module
-    target: str  # the module (or package) it imports
-    line: int
-    top_level: bool  # runs when ``module`` is imported
+def importlinter_config() -> dict:
+    return tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]
 
 
-def module_files(package: str) -> dict[str, Path]:
-    """Dotted name -> file of every Python module of ``package`` (``web/node_modules`` is no Python)."""
-    out = {}
-    for path in sorted((REPO / package).rglob("*.py")):
-        rel = path.relative_to(REPO)
-        if "node_modules" in rel.parts or not all(p.isidentifier() for p in rel.with_suffix("").parts):
+PACKAGES: tuple[str, ...] = tuple(importlinter_config()["root_packages"])
+
+
+# ---- the contracts hold ----------------------------------------------------------------------------------------
+def test_lint_imports_keeps_every_contract() -> None:
+    res = subprocess.run([str(V_BIN / "lint-imports"), "--no-cache"], cwd=REPO, capture_output=True, text=True,
+                         timeout=300, check=False)
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, f"lint-imports: a layering contract is broken (see pyproject.toml):\n{out[-6000:]}"
+    contracts = importlinter_config()["contracts"]
+    assert f"Contracts: {len(contracts)} kept, 0 broken." in out, out[-3000:]
+
+
+# ---- the README table and the contracts agree ------------------------------------------------------------------
+def layout_table() -> dict[str, str]:
+    """docs/architecture.md's Code layout table: package -> its "may import" cell."""
+    text = (REPO / "docs" / "architecture.md").read_text()
+    section = text.split("## Code layout", 1)[1].split("\n## ", 1)[0]
+    rows = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        m = re.fullmatch(r"`(\w+)/`", cells[0]) if len(cells) == 3 else None
+        if m:
+            rows[m.group(1)] = cells[2]
+    return rows
+
+
+def table_may_import(cell: str, package: str) -> set[str]:
+    """The packages a "may import" cell allows (beside the package itself)."""
+    if cell.startswith("everything"):
+        return set(PACKAGES) - {package}
+    if cell.startswith("only itself"):
+        return set()
+    return {name for name in re.findall(r"`(\w+)`", cell) if name in PACKAGES} - {package}
+
+
+def contracts_may_import() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """From pyproject.toml: package -> what its forbidden contract leaves it (every package without one may import
+    everything), and package -> the allowed packages a further contract narrows to some modules only."""
+    allowed = {p: set(PACKAGES) - {p} for p in PACKAGES}
+    narrowed: dict[str, set[str]] = {p: set() for p in PACKAGES}
+    for c in importlinter_config()["contracts"]:
+        if c["type"] != "forbidden":
             continue
-        parts = rel.with_suffix("").parts
-        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = path
-    return out
-
-
-def all_modules() -> dict[str, Path]:
-    return {name: path for p in PACKAGES for name, path in module_files(p).items()}
-
-
-def _is_type_checking(test: ast.expr) -> bool:
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
-
-
-def _walk(nodes: list[ast.stmt], top_level: bool) -> Iterator[tuple[ast.Import | ast.ImportFrom, bool]]:
-    """Every import statement under ``nodes``, with whether it runs at import time."""
-    for node in nodes:
-        if isinstance(node, ast.Import | ast.ImportFrom):
-            yield node, top_level
-        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-            yield from _walk(node.body, False)
-        elif isinstance(node, ast.If) and _is_type_checking(node.test):
-            yield from _walk(node.body, False)
-            yield from _walk(node.orelse, top_level)
+        [source] = c["source_modules"]
+        forbidden = set(c["forbidden_modules"])
+        assert source in PACKAGES and forbidden <= set(PACKAGES), f"contract {c['id']} is about whole packages"
+        if forbidden & allowed[source] == forbidden and c.get("ignore_imports"):
+            narrowed[source] |= forbidden  # allowed, but only where ignore_imports says
         else:
-            for field in ("body", "orelse", "finalbody", "handlers", "cases"):
-                children = getattr(node, field, None)
-                if isinstance(children, list):
-                    blocks = [c for c in children if isinstance(c, ast.stmt)]
-                    for c in children:  # except handlers and match cases hold statements of their own
-                        if isinstance(c, ast.ExceptHandler | ast.match_case):
-                            blocks.extend(c.body)
-                    yield from _walk(blocks, top_level)
-    # Imports inside lambdas or comprehensions do not exist (statements only), so nothing else can hide one.
+            allowed[source] -= forbidden
+    return allowed, narrowed
 
 
-def imports(module: str, path: Path, known: set[str]) -> list[Import]:
-    """The imports of ``module`` as edges to modules: ``from x import y`` is ``x.y`` when that is a module of
-    ``known``, else ``x``; relative imports are resolved; ``import a.b`` is ``a.b``."""
-    tree = ast.parse(path.read_text(), str(path))
-    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    out = []
-    for node, top in _walk(tree.body, True):
-        if isinstance(node, ast.Import):
-            out += [Import(module, alias.name, node.lineno, top) for alias in node.names]
-            continue
-        base = node.module or ""
-        if node.level:
-            anchor = package.split(".")
-            anchor = anchor[: len(anchor) - (node.level - 1)]
-            base = ".".join([*anchor, *([base] if base else [])])
-        for alias in node.names:
-            sub = f"{base}.{alias.name}"
-            out.append(Import(module, sub if sub in known else base, node.lineno, top))
-    return out
+def test_the_layout_table_and_the_import_contracts_agree() -> None:
+    table = layout_table()
+    assert set(table) == set(PACKAGES), f"table rows {sorted(table)} vs root_packages {sorted(PACKAGES)}"
+    allowed, narrowed = contracts_may_import()
+    differ = [f"{p}/: table says {sorted(table_may_import(table[p], p))}, contracts say {sorted(allowed[p])}"
+              for p in PACKAGES if table_may_import(table[p], p) != allowed[p]]
+    assert not differ, "docs/architecture.md's may-import column and pyproject.toml disagree:\n" + "\n".join(differ)
+    for package, targets in narrowed.items():
+        for target in targets:  # e.g. "`infra` (jar paths, in the entry point only)"
+            assert re.search(rf"`{target}` \([^)]*\bonly\)", table[package]), \
+                f"a contract lets {package}/ import {target} in some modules only: the table must say so"
 
 
-def _top(name: str) -> str:
-    return name.split(".")[0]
+def test_no_two_packages_import_each_other() -> None:
+    """acyclic_siblings checks inside each package; across them only ops, web and benchmarks could close a loop."""
+    graph = grimp.build_graph(*PACKAGES, cache_dir=None)
+    both_ways = [(a, b) for a, b in itertools.combinations(PACKAGES, 2)
+                 if graph.chain_exists(importer=a, imported=b, as_packages=True)
+                 and graph.chain_exists(importer=b, imported=a, as_packages=True)]
+    assert not both_ways, f"packages importing each other (an import cycle across packages): {both_ways}"
 
 
-# ---- the shared core depends on no component ---------------------------------------------------------------
+# ---- the shared core loads no component at run time -------------------------------------------------------------
 def test_importing_every_core_module_loads_no_component() -> None:
-    core = sorted(module_files(CORE))
+    core = sorted(graph_modules := grimp.build_graph(CORE, cache_dir=None).modules)
+    assert len(graph_modules) > 10
+    components = [p for p in PACKAGES if p != CORE]
     code = (f"import sys, json\nimport {', '.join(core)}\n"
-            f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {list(COMPONENTS)!r})))")
+            f"print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in {components!r})))")
     res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
                          check=False)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -114,110 +123,52 @@ def test_importing_every_core_module_loads_no_component() -> None:
     assert not loaded, f"importing {CORE} (all {len(core)} modules) loads components: {loaded}"
 
 
-def test_no_core_module_imports_a_component_even_inside_a_function() -> None:
-    known = set(all_modules())
-    bad = [f"{i.module} ({module_files(CORE)[i.module].relative_to(REPO)}:{i.line}) imports {i.target}"
-           f"{'' if i.top_level else ' inside a function'}"
-           for name, path in module_files(CORE).items() for i in imports(name, path, known)
-           if _top(i.target) in COMPONENTS]
-    assert not bad, "the shared core must not depend on a component:\n" + "\n".join(bad)
+# ---- short functions ------------------------------------------------------------------------------------------
+def product_files() -> list[Path]:
+    """Every Python file of the product: all but tests/, build output, virtual environments, hidden folders and
+    vendored node modules."""
+    skip = {"tests", "node_modules", "build", "dist", "venv"}
+    return sorted(p for p in REPO.rglob("*.py")
+                  if not any(part in skip or part.startswith(".") for part in p.relative_to(REPO).parent.parts))
 
 
-# ---- no import cycles ---------------------------------------------------------------------------------------
-def import_graph() -> tuple[dict[str, set[str]], dict[tuple[str, str], int]]:
-    """Module -> the project modules it imports at module level; (from, to) -> a line of that import."""
-    modules = all_modules()
-    known = set(modules)
-    graph: dict[str, set[str]] = {m: set() for m in modules}
-    lines: dict[tuple[str, str], int] = {}
-    for name, path in modules.items():
-        for i in imports(name, path, known):
-            if i.top_level and i.target in known and i.target != name:
-                graph[name].add(i.target)
-                lines.setdefault((name, i.target), i.line)
-    return graph, lines
+def long_functions(source: str, filename: str) -> list[tuple[str, int, int]]:
+    """(qualified name, def line, lines from ``def`` to its last line) of each function over the limit."""
+    out = []
 
+    def visit(node: ast.AST, prefix: str) -> None:
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+                name = f"{prefix}{child.name}"
+                if not isinstance(child, ast.ClassDef):
+                    length = (child.end_lineno or child.lineno) - child.lineno + 1
+                    if length > MAX_FUNCTION_LINES:
+                        out.append((name, child.lineno, length))
+                visit(child, f"{name}.")
+            else:
+                visit(child, prefix)
 
-def strongly_connected(graph: dict[str, set[str]]) -> list[list[str]]:
-    """Tarjan's strongly connected components (iterative), those of more than one module."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    on_stack: set[str] = set()
-    out: list[list[str]] = []
-    counter = 0
-    for root in sorted(graph):
-        if root in index:
-            continue
-        work = [(root, iter(sorted(graph[root])))]
-        index[root] = low[root] = counter
-        counter += 1
-        stack.append(root)
-        on_stack.add(root)
-        while work:
-            node, children = work[-1]
-            child = next(children, None)
-            if child is not None:
-                if child not in index:
-                    index[child] = low[child] = counter
-                    counter += 1
-                    stack.append(child)
-                    on_stack.add(child)
-                    work.append((child, iter(sorted(graph[child]))))
-                elif child in on_stack:
-                    low[node] = min(low[node], index[child])
-                continue
-            work.pop()
-            if work:
-                low[work[-1][0]] = min(low[work[-1][0]], low[node])
-            if low[node] == index[node]:
-                component = []
-                while True:
-                    w = stack.pop()
-                    on_stack.discard(w)
-                    component.append(w)
-                    if w == node:
-                        break
-                if len(component) > 1:
-                    out.append(sorted(component))
+    visit(ast.parse(source, filename), "")
     return out
 
 
-def a_cycle(graph: dict[str, set[str]], component: list[str]) -> list[str]:
-    """One cycle through the component's first module (breadth-first: a shortest one)."""
-    members, start = set(component), component[0]
-    parent: dict[str, str] = {}
-    frontier = [start]
-    while frontier:
-        nxt = []
-        for node in frontier:
-            for child in sorted(graph[node] & members):
-                if child == start:
-                    path = [node]
-                    while path[-1] != start:
-                        path.append(parent[path[-1]])
-                    return [start, *reversed(path[:-1]), start] if len(path) > 1 else [start, node, start]
-                if child not in parent:
-                    parent[child] = node
-                    nxt.append(child)
-        frontier = nxt
-    raise AssertionError(f"no cycle through {start}")
+def _function(name: str, body_lines: int, indent: str = "", decorator: bool = False) -> str:
+    body = "".join(f"{indent}    x{i} = {i}\n" for i in range(body_lines))
+    return f"{indent}@decorator\n" * decorator + f"{indent}def {name}():\n{body}"
 
 
-def test_the_graph_finds_a_cycle_when_there_is_one() -> None:
-    graph = {"a": {"b"}, "b": {"c"}, "c": {"a", "d"}, "d": set(), "e": {"e2"}, "e2": {"e"}}
-    assert strongly_connected(graph) == [["a", "b", "c"], ["e", "e2"]]
-    assert a_cycle(graph, ["a", "b", "c"]) == ["a", "b", "c", "a"]
-    assert a_cycle(graph, ["e", "e2"]) == ["e", "e2", "e"]
-    assert strongly_connected({"a": {"b"}, "b": set()}) == []
+def test_the_length_check_sees_methods_nested_functions_and_counts_from_def() -> None:
+    n = MAX_FUNCTION_LINES
+    source = (_function("at_limit", n - 1, decorator=True)  # 80 lines from def: allowed, decorator not counted
+              + "class C:\n" + _function("method", n, "    ")
+              + "def outer():\n" + _function("inner", n, "    ") + "    return inner\n")
+    found = {name: length for name, _, length in long_functions(source, "<case>")}
+    assert found == {"C.method": n + 1, "outer": n + 3, "outer.inner": n + 1}, found
 
 
-def test_no_import_cycles_among_the_projects_modules() -> None:
-    graph, lines = import_graph()
-    assert len(graph) > 50 and graph[f"{CORE}.cli"], "the graph is built"
-    cycles = []
-    for component in strongly_connected(graph):
-        cycle = a_cycle(graph, component)
-        steps = " -> ".join(f"{a} (line {lines[(a, b)]})" for a, b in zip(cycle, cycle[1:], strict=False))
-        cycles.append(f"{len(component)} modules {component}; e.g. {steps} -> {cycle[-1]}")
-    assert not cycles, "import cycles (module-level imports):\n" + "\n".join(cycles)
+def test_no_function_outside_tests_is_over_80_lines() -> None:
+    files = product_files()
+    assert len(files) > 50, "the product's files are found"
+    long = [f"{path.relative_to(REPO)}:{line} {name} ({length} lines)"
+            for path in files for name, line, length in long_functions(path.read_text(), str(path))]
+    assert not long, f"functions over {MAX_FUNCTION_LINES} lines (split them into named steps):\n" + "\n".join(long)

@@ -22,7 +22,6 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -43,6 +42,7 @@ from minutecast.universe import allowlist
 from streams.rebuild import rebuild
 from tests.support.inference import T0, bars_for, tiny_model_version
 from tests.support.kafka import committed, read_topic
+from tests.support.metrics import scrape
 from tests.support.services import free_port, wait_until
 from tests.support.windows import reference, snapshot
 from training import data as D
@@ -162,12 +162,6 @@ def conflicting(good: list[Bar]) -> Bar:
     """AAA at minute 10 again, with another close: a duplicated key with different values."""
     b = next(x for x in good if x.ticker == "AAA" and x.minute == T0 + 600)
     return Bar(b.ticker, b.minute, b.open, b.high + 1, b.low, b.close + 0.5, b.volume + 1, b.source, b.published_at)
-
-
-def scrape(port: int) -> dict[str, float]:
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()  # noqa: S310
-    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
-            if line and not line.startswith("#")}
 
 
 @pytest.mark.tensorflow  # saves two tiny models, serves one

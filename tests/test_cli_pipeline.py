@@ -3,11 +3,8 @@ local Spark, on a slice of the real recorded bars; then `forecast`, `watch` and 
 
 from __future__ import annotations
 
-import gzip
 import json
-import os
-import subprocess
-import sys
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +12,8 @@ import pytest
 
 from minutecast.settings import InfraSettings
 from minutecast.window import regular_hours
+from tests.support.cli import run_cli
+from tests.support.recorded import regular_hours_dir
 
 pytestmark = [pytest.mark.integration, pytest.mark.spark, pytest.mark.slow]
 
@@ -22,23 +21,14 @@ TICKERS = ("AAPL", "MSFT", "NVDA")
 DAY = "2025-12-01"
 
 
-def cli(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "minutecast.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, check=check, env=os.environ.copy())
+cli = partial(run_cli, timeout=120, check=True)
 
 
 @pytest.fixture
 def replay_dir(shared_data: Path, tmp_path: Path) -> Path:
     """Regular hours of one trading day of three tickers, in the recorded files' own layout (the sparse
     post-market minutes at the end of a day leave no window ready; see the window policy)."""
-    out = tmp_path / "bars"
-    out.mkdir()
-    for t in TICKERS:
-        with gzip.open(shared_data / f"{t}.csv.gz", "rt") as src:
-            header, *rows = src.read().splitlines()
-        regular = [r for r in rows if r.startswith(DAY) and "09:30" <= r[11:16] <= "15:59"]
-        (out / f"{t}.csv").write_text("\n".join([header, *regular]) + "\n")
-    return out
+    return regular_hours_dir(shared_data, tmp_path / "bars", TICKERS, [DAY])
 
 
 def test_run_then_lookup_watch_and_status(services: InfraSettings, namespace: str, replay_dir: Path,

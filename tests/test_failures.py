@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -29,17 +28,12 @@ from streams.failures import kind as failure_kind
 from streams.window_store import read_window
 from tests.support.inference import bars_for
 from tests.support.kafka import committed, committed_all
+from tests.support.metrics import scrape
 from tests.support.services import free_port, wait_until
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[1]
 
-
-
-def scrape(port: int) -> dict[str, float]:
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()  # noqa: S310
-    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in body.splitlines()
-            if line and not line.startswith("#")}
 
 
 def test_failures_are_classified_retry_poison_or_fatal() -> None:

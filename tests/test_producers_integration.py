@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,7 @@ from producers.publisher import Publisher
 from producers.throttle import Throttle
 from producers.yfinance_source import YFinanceSource
 from tests.support.bars import apply_in_process, check_run, frame_bars, interleaved, pick, replay_dir
+from tests.support.cli import run_cli
 from tests.support.services import free_port, free_port_pair
 
 pytestmark = pytest.mark.integration
@@ -67,9 +69,7 @@ def consume_all(ks: KafkaSettings, topic: str, expect: int, timeout_s: float = 9
     return out
 
 
-def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 240) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "minutecast.cli", "produce", *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})}, cwd=REPO)
+cli = partial(run_cli, "produce", timeout=240)
 
 
 def per_ticker(msgs: list[tuple[str, bytes, int]]) -> dict[str, list[int]]:

@@ -36,6 +36,7 @@ from minutecast.registry import Registry
 from minutecast.settings import InfraSettings, KafkaSettings, RedisSettings, StreamSettings, default_home
 from minutecast.topics import Topics
 from streams.faust_app import broker_credentials
+from tests.support.cli import run_cli
 from tests.support.services import free_port, free_port_pair
 
 REPO = Path(__file__).resolve().parents[1]
@@ -130,8 +131,7 @@ def test_models_load_in_keras_safe_mode_and_a_lambda_layer_is_refused(tmp_path: 
 
 
 def _cli(args: list[str], env: dict[str, str], timeout: float = 180) -> str:
-    res = subprocess.run([sys.executable, "-m", "minutecast.cli", *args], cwd=REPO, env=env, capture_output=True,
-                         text=True, timeout=timeout)
+    res = run_cli(*args, env=env, timeout=timeout)
     return res.stdout + res.stderr
 
 

@@ -59,6 +59,7 @@ from tests.support.bars import (
     unique,
 )
 from tests.support.kafka import committed_all, read_topic
+from tests.support.metrics import metric
 from tests.support.services import free_port, wait_until
 from tests.support.windows import reference, snapshot
 
@@ -346,13 +347,8 @@ def test_two_workers_give_the_result_of_one(topics: Topics, kafka: KafkaSettings
     # count-based retention: every ticker keeps its newest RETAIN bars, TSLA's gap notwithstanding
     assert all(len(read_window(redis_client, keys, t)) == RETAIN for t in snapshot(redis_client, namespace))
     # both workers took part (every partition holds data, so each member's share has some)
-    per_worker = [_scrape(port, "minutecast_stream_bars_in_total") for port in ports]
+    per_worker = [metric(port, "minutecast_stream_bars_in_total") for port in ports]
     assert sum(per_worker) >= len(bars) and all(n > 0 for n in per_worker), per_worker
-
-
-def _scrape(port: int, name: str) -> float:
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()  # noqa: S310
-    return next(float(line.split()[-1]) for line in body.splitlines() if line.startswith(name + " "))
 
 
 def test_resume_finishes_a_started_coroutine_like_a_task() -> None:

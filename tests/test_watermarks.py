@@ -13,17 +13,13 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
-import json
 import threading
 import time
-from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
-from confluent_kafka import KafkaError
 
 from minutecast.keys import Keys
 from minutecast.settings import KafkaSettings, ProducerSettings
@@ -33,61 +29,11 @@ from producers import delivery, live, replay, runner
 from producers.bars import COLUMNS, sort_events
 from producers.delivery import DeliveryFailed
 from producers.publisher import Publisher
-from tests.support.kafka import topic_bars as kafka_topic_bars
+from tests.support.flaky import FlakyProducer
+from tests.support.kafka import topic_rows as topic_bars
 
 pytestmark = pytest.mark.integration
 TICKERS = ("AAPL", "MSFT", "NVDA")
-
-
-class _Msg:
-    def __init__(self, topic: str, key: bytes, value: bytes) -> None:
-        self._t, self._k, self._v = topic, key, value
-
-    def topic(self) -> str:
-        return self._t
-
-    def key(self) -> bytes:
-        return self._k
-
-    def value(self) -> bytes:
-        return self._v
-
-
-def minute_of(value: bytes) -> int:
-    return int(datetime.fromisoformat(json.loads(value)["time"]).timestamp())
-
-
-class FlakyProducer:
-    """The real producer, except that the first ``fail[(ticker, minute)]`` publishes of a bar are not produced
-    and reported failed (``_MSG_TIMED_OUT``) at the next poll or flush."""
-
-    def __init__(self, real: Any, fail: dict[tuple[str, int], int]) -> None:
-        self.real, self.fail, self.failed = real, dict(fail), 0
-        self._reports: list[tuple[Callable[..., None], _Msg]] = []
-
-    def produce(self, topic: str, value: bytes, key: bytes, on_delivery: Callable[..., None]) -> None:
-        k = (key.decode(), minute_of(value)) if topic.endswith("bars.1m") else None
-        if k is not None and self.fail.get(k, 0) > 0:
-            self.fail[k] -= 1
-            self.failed += 1
-            self._reports.append((on_delivery, _Msg(topic, key, value)))
-            return
-        self.real.produce(topic, value, key, on_delivery=on_delivery)
-
-    def _report(self) -> None:
-        reports, self._reports = self._reports, []
-        for cb, msg in reports:
-            cb(KafkaError(KafkaError._MSG_TIMED_OUT), msg)
-
-    def poll(self, timeout: float = 0) -> int:
-        n = int(self.real.poll(timeout))
-        self._report()
-        return n
-
-    def flush(self, timeout: float = -1) -> int:
-        left = int(self.real.flush(timeout))
-        self._report()
-        return left
 
 
 def flaky_publisher(namespace: str, fail: dict[tuple[str, int], int]) -> tuple[Publisher, FlakyProducer]:
@@ -95,11 +41,6 @@ def flaky_publisher(namespace: str, fail: dict[tuple[str, int], int]) -> tuple[P
     flaky = FlakyProducer(pub.producer, fail)
     pub.producer = flaky  # type: ignore[assignment]
     return pub, flaky
-
-
-def topic_bars(ks: KafkaSettings, topic: str) -> pd.DataFrame:
-    """Every bar on ``topic`` (ticker, minute, prices), in offset order per partition."""
-    return kafka_topic_bars(ks, topic)[COLUMNS]
 
 
 def gaps_and_repeats(got: pd.DataFrame, want: pd.DataFrame) -> tuple[set[tuple[str, int]], set[tuple[str, int]]]:

@@ -12,26 +12,23 @@ behaviour this guards against) that must find exactly one bad minute: the check 
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
-from confluent_kafka import KafkaError
 
 from minutecast.settings import KafkaSettings, ProducerSettings
 from minutecast.topics import Topics
 from minutecast.window import SESSION_TZ
 from producers import delivery, replay, yfinance_source
-from producers.bars import COLUMNS
 from producers.publisher import Publisher
 from producers.throttle import NetworkError, Throttle
 from producers.watermark import published_key
 from producers.yfinance_source import YFinanceSource
-from tests.support.kafka import topic_bars as kafka_topic_bars
+from tests.support.flaky import FlakyProducer
+from tests.support.kafka import topic_rows as topic_bars
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 TICKERS = ["AAPL", "MSFT", "NFLX"]
@@ -90,11 +87,6 @@ def yf_shaped(bars: pd.DataFrame) -> pd.DataFrame:
     data = {(name, t): wide[(col, t)].to_numpy() for name, col in FIELDS for t in tickers}
     index = pd.to_datetime(wide.index, unit="s", utc=True).tz_convert(SESSION_TZ).rename("Datetime")
     return pd.DataFrame(data, index=index).rename_axis(columns=["Price", "Ticker"])
-
-
-def topic_bars(ks: KafkaSettings, topic: str) -> pd.DataFrame:
-    """Every bar on ``topic`` (ticker, minute, prices), in offset order per partition."""
-    return kafka_topic_bars(ks, topic)[COLUMNS]
 
 
 def verdict(got: pd.DataFrame, final: pd.DataFrame, lo: int, hi: int) -> dict[str, set[tuple[str, int]]]:
@@ -219,37 +211,6 @@ def test_an_outage_of_days_is_backfilled_in_chunks_back_to_what_yahoo_keeps(
     assert two.start_for(["AAPL"], clock.t - 1800) == (clock.t - 29 * 86400) // 60 * 60
 
 
-class FailingProducer:
-    """The real producer, except that the first ``times`` publishes of one bar are reported failed."""
-
-    def __init__(self, real: Any, bar: tuple[str, int], times: int) -> None:
-        self.real, self.bar, self.times = real, bar, times
-        self._reports: list[tuple[Callable[..., None], Any]] = []
-
-    def produce(self, topic: str, value: bytes, key: bytes, on_delivery: Callable[..., None]) -> None:
-        bar = (key.decode(), int(datetime.fromisoformat(json.loads(value)["time"]).timestamp()))
-        if bar == self.bar and self.times > 0:
-            self.times -= 1
-            msg = type("Msg", (), {"key": lambda _: key, "value": lambda _: value, "topic": lambda _: topic})()
-            self._reports.append((on_delivery, msg))
-            return
-        self.real.produce(topic, value, key, on_delivery=on_delivery)
-
-    def poll(self, timeout: float = 0) -> int:
-        return int(self.real.poll(timeout)) + self._report()
-
-    def flush(self, timeout: float = -1) -> int:
-        left = int(self.real.flush(timeout))
-        self._report()
-        return left
-
-    def _report(self) -> int:
-        reports, self._reports = self._reports, []
-        for cb, msg in reports:
-            cb(KafkaError(KafkaError._MSG_TIMED_OUT), msg)
-        return 0
-
-
 @pytest.mark.parametrize("variant", ["fixed", "broken"])
 def test_a_minute_whose_delivery_keeps_failing_is_held_and_sent_by_the_next_poll(
         variant: str, session: pd.DataFrame, kafka: KafkaSettings, topics: Topics, namespace: str,
@@ -260,7 +221,7 @@ def test_a_minute_whose_delivery_keeps_failing_is_held_and_sent_by_the_next_poll
     clock = Clock(ny("2025-10-02", "10:00") + 30)
     src = source(namespace, redis_client, FakeYahoo(session, clock), clock)
     bar = ("MSFT", ny("2025-10-02", "10:05"))
-    src.pub.producer = FailingProducer(src.pub.producer, bar, delivery.RESEND_ATTEMPTS)  # type: ignore[assignment]
+    src.pub.producer = FlakyProducer(src.pub.producer, {bar: delivery.RESEND_ATTEMPTS})  # type: ignore[assignment]
     src.live(delay_s=5.0, iterations=6, sleep=clock.sleep)  # the poll at 10:06:05 brings 10:05... and fails
     if variant == "fixed":
         assert src.watermarks["MSFT"] == bar[1] - 60 and src.watermarks["AAPL"] == bar[1]  # held below it

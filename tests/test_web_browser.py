@@ -10,7 +10,6 @@ and log no console error. The screenshot is kept in ``artifacts/web/dashboard.pn
 
 from __future__ import annotations
 
-import gzip
 import os
 import queue
 import re
@@ -29,6 +28,7 @@ from playwright.sync_api import sync_playwright
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from minutecast.settings import InfraSettings
+from tests.support.recorded import regular_hours_dir
 from tests.support.services import free_port
 from tests.support.web import chromium_page
 
@@ -43,14 +43,7 @@ DAYS = ("2025-12-01", "2025-12-02")
 @pytest.fixture
 def replay_dir(shared_data: Path, tmp_path: Path) -> Path:
     """Regular hours of two trading days of three tickers, in the recorded files' layout."""
-    out = tmp_path / "bars"
-    out.mkdir()
-    for t in TICKERS:
-        with gzip.open(shared_data / f"{t}.csv.gz", "rt") as src:
-            header, *rows = src.read().splitlines()
-        keep = [r for r in rows if r[:10] in DAYS and "09:30" <= r[11:16] <= "15:59"]
-        (out / f"{t}.csv").write_text("\n".join([header, *keep]) + "\n")
-    return out
+    return regular_hours_dir(shared_data, tmp_path / "bars", TICKERS, DAYS)
 
 
 @pytest.fixture

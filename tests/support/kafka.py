@@ -14,6 +14,7 @@ from tenacity import retry, retry_if_exception, stop_after_delay, wait_fixed
 
 from minutecast.kafka import end_offsets, make_consumer
 from minutecast.settings import KafkaSettings, StreamSettings
+from producers.bars import COLUMNS
 
 
 def read_topic(kafka: KafkaSettings, topic: str, timeout: float = 10.0) -> list[tuple[bytes | None, bytes]]:
@@ -77,6 +78,12 @@ def topic_bars(ks: KafkaSettings, topic: str) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=["ticker", "time", "open", "high", "low", "close", "volume"])
     df["minute"] = df["time"].map(lambda s: int(datetime.fromisoformat(s).timestamp())).astype("int64")
     return df
+
+
+def topic_rows(ks: KafkaSettings, topic: str) -> pd.DataFrame:
+    """Every bar on ``topic`` in the recorded files' columns (``producers.bars.COLUMNS``: ticker, minute, prices,
+    volume), in offset order per partition."""
+    return topic_bars(ks, topic)[COLUMNS]
 
 
 def _unknown_topic(exc: BaseException) -> bool:
