@@ -1,8 +1,9 @@
 """Keras callbacks and steps of training/train.py that every Horovod rank runs in lockstep.
 
 Every decision (best epoch, early stop, the median's shrink factor) is taken on numbers allreduced over
-all ranks, so all ranks decide the same. TensorFlow is imported at the top (the callback classes derive
-from Keras'), so training/train.py imports this module inside ``main``, after its TensorFlow set-up.
+all ranks, so all ranks decide the same (``hvd_tf``: ``horovod.tensorflow``, or :class:`training.ranks.OneRank`
+for a run of one rank). TensorFlow is imported at the top (the callback classes derive from Keras'), so the
+training steps import this module inside their functions, after TensorFlow's set-up.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import tensorflow as tf
 
 from minutecast.intervals import bucket_index, bucket_scales, interval_scores
 from minutecast.schemas import QUANTILES
-from training.evaluate import Scored
 from training.scoring import diebold_mariano
 from training.stream import Spill
 
@@ -60,20 +60,6 @@ def allgather_arrays(hvd_tf: Any, *arrays: np.ndarray) -> list[np.ndarray]:
     if hvd_tf.size() == 1:
         return [np.asarray(a) for a in arrays]
     return [np.asarray(hvd_tf.allgather(tf.constant(np.asarray(a))).numpy()) for a in arrays]
-
-
-def gather_scored(hvd_tf: Any, s: Scored, names: list[str]) -> Scored:
-    """Every rank's scored test samples (:func:`training.evaluate.score_all`; ``names``: the forecasters, the
-    same on every rank), concatenated in rank order (:func:`allgather_arrays`; tickers go as codes)."""
-    if hvd_tf.size() == 1:
-        return s
-    names_t, codes = np.unique(s.tickers, return_inverse=True)
-    lookup = np.asarray(sorted(set().union(*hvd_tf.allgather_object(set(names_t.tolist())))), dtype="<U12")
-    mine = np.asarray(np.searchsorted(lookup, names_t), dtype=np.int32)[codes.reshape(-1)]
-    stacked = np.stack([s.preds[n] for n in names], axis=1) if len(s) else np.empty((0, len(names), len(QUANTILES)))
-    codes_all, ends, targets, last, sigma, preds = allgather_arrays(hvd_tf, mine, s.ends, s.targets, s.last_close,
-                                                                     s.sigma, stacked)
-    return Scored(lookup[codes_all], ends, targets, last, sigma, {n: preds[:, k] for k, n in enumerate(names)})
 
 
 class GlobalValidation(tf.keras.callbacks.Callback):

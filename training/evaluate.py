@@ -34,20 +34,17 @@ from minutecast.window import C, regular_hours
 from training import scoring as S
 from training.data import Samples
 from training.gate import COVERAGE_TOL, DM_ALPHA, apply_gate, gate, load_current
-from training.report import markdown, write_report
+from training.report import PLOT_TICKERS, markdown, write_report
 from training.scoring import ready_share, ready_share_of
+from training.tally import FanSamples, ReportTally, tercile_cuts
 
 __all__ = ["COVERAGE_TOL", "DM_ALPHA", "Scored", "apply_gate", "build_report", "forecaster_names", "forecasts",
            "gate", "load_current", "markdown", "predict_log_quantiles", "ready_share", "ready_share_of", "report_of",
-           "score", "score_all", "ticker_chunks", "write_report"]
+           "report_of_tally", "score", "score_all", "served_name", "tally_all", "test_sigmas", "ticker_chunks",
+           "write_report"]
 
 EVAL_BATCH = 65_536  # windows per predict call when evaluating (bounds memory; serving sends one batch)
 EVAL_CHUNK = 16_384  # windows built at once for scoring (whole tickers: a larger ticker is a chunk alone)
-POINT = ("model", "current", "persistence")  # point forecasters (medians; persistence = last close)
-# Per-ticker table columns: (report key, forecaster, metric).
-TICKER_COLUMNS = (("coverage_80", "served", "coverage_80"), ("coverage_90", "served", "coverage_90"),
-                  ("interval_score_80", "served", "interval_score_80"),
-                  ("baseline_interval_score_80", "baseline", "interval_score_80"))
 
 
 def predict_log_quantiles(model: ServingModel, windows: np.ndarray) -> np.ndarray:
@@ -185,87 +182,115 @@ def report_of(scored: Scored, model: ServingModel | None, current: ServingModel 
     """The report dict of scored test samples (:func:`score`, :meth:`Scored.concat`). ``model`` None: the
     report is about what serving publishes without a model (persistence + the calibrated baseline with
     online calibration). ``extra`` is merged in last (e.g. :func:`ready_share` of the bars the samples
-    came from)."""
-    served_name = "model" if model is not None else "baseline_online"
-    reg = np.flatnonzero(regular_hours(scored.ends))
-    if reg.size == 0:
+    came from). The same figures as :func:`report_of_tally` of these samples tallied a chunk at a time."""
+    reg = regular_hours(scored.ends)
+    tally = ReportTally(list(scored.preds), served_name(model), tercile_cuts(scored.sigma[reg]))
+    tally.add(scored.tickers, scored.ends, scored.targets, scored.last_close, scored.sigma, scored.preds)
+    return report_of_tally(tally, model, current, baseline_scale=baseline_scale, extra=extra)
+
+
+def served_name(model: ServingModel | None) -> str:
+    """The forecaster whose figures lead the report: the model as served, else what persistence serves."""
+    return "model" if model is not None else "baseline_online"
+
+
+def report_of_tally(tally: ReportTally, model: ServingModel | None, current: ServingModel | None = None, *,
+                    baseline_scale: tuple[float, float] = (1.0, 1.0),
+                    extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The report dict from the sufficient statistics of the test samples (:class:`training.tally.ReportTally`,
+    every rank's merged): what was scored, the headline figures, the details, then ``extra``."""
+    if tally.n == 0:
         raise ConfigError("no test samples with an as-of minute in regular hours")
-    every = reg.size == len(scored)  # training scores regular hours only: no copies then
-    preds = scored.preds if every else {k: v[reg] for k, v in scored.preds.items()}
-    tickers, ends, actual, last, sigma = (a if every else a[reg] for a in (
-        scored.tickers, scored.ends, scored.targets, scored.last_close, scored.sigma))
-    bucket = S.time_buckets(ends)
-    tercile, cuts = S.terciles(sigma)
+    point = {name: p.result() for name, p in tally.points.items()}
+    dist = {name: t.result() for name, t in tally.intervals.items()}
+    dm = _dm_figures(tally)
+    report = {**_what_was_scored(tally, model, current, baseline_scale),
+              **_headline(dist[tally.served], dist, point, dm),
+              "up_fraction": tally.up_fraction(),
+              # details
+              "point": point, "dm": dm, "intervals": dist, "per_ticker": tally.per_ticker()}
+    for value in (extra or {}).values():  # a nested ready_share(...) result: its headline figures go on top
+        if isinstance(value, dict) and "ready_share_regular_hours" in value:
+            report |= value
+    report |= extra or {}
+    return report
 
-    points: dict[str, np.ndarray] = {}
-    if model is not None:
-        points["model"] = preds["model"][:, 2]
-    if "current" in preds:
-        points["current"] = preds["current"][:, 2]
-    points["persistence"] = last
-    point = {name: S.point_metrics(p, actual, last) for name, p in points.items()}
-    dm = None
-    if model is not None:
-        dm = S.diebold_mariano((points["model"] - actual) ** 2, (last - actual) ** 2, times=ends) | {
-            "loss": "squared error ($), model median vs persistence, per-minute sums (panel)"}
-        dm["stat"] = S.finite(dm["stat"])  # +-inf (losses differ by a constant) is not JSON
-    dist = {name: S.interval_metrics(q, actual, last, bucket, tercile) for name, q in preds.items()}
 
-    per_ticker = []
-    order = np.argsort(tickers, kind="stable")  # each ticker's samples in their order, without a mask per ticker
-    names, starts = np.unique(tickers[order], return_index=True)
-    for t, lo, hi in zip(names, starts, [*starts[1:], order.size], strict=True):
-        m = order[lo:hi]
-        row: dict[str, Any] = {"ticker": str(t), "samples": int(m.size)}
-        for key, name, metric in TICKER_COLUMNS:
-            q = preds[served_name if name == "served" else name][m]
-            row[key] = S.interval_metrics(q, actual[m], last[m], bucket[m], tercile[m])[metric]
-        for name, p in points.items():
-            row[f"{name}_rmse"] = S.point_metrics(p[m], actual[m], last[m])["rmse"]
-        per_ticker.append(row)
+def _dm_figures(tally: ReportTally) -> dict[str, Any] | None:
+    """The Diebold-Mariano test of the model's median vs persistence (None without a model), JSON-safe."""
+    dm = tally.diebold_mariano()
+    if dm is None:
+        return None
+    dm |= {"loss": "squared error ($), model median vs persistence, per-minute sums (panel)"}
+    dm["stat"] = S.finite(dm["stat"])  # +-inf (losses differ by a constant) is not JSON
+    return dm
 
-    top = dist[served_name]
+
+def _what_was_scored(tally: ReportTally, model: ServingModel | None, current: ServingModel | None,
+                     baseline_scale: tuple[float, float]) -> dict[str, Any]:
+    return {
+        "version": model.version if model is not None else PERSISTENCE,
+        "current_version": current.version if current is not None else None,
+        "served": tally.served,  # the forecaster whose figures are at the top level
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "tickers": len(tally.tickers),
+        "samples": tally.n,  # regular-hours test samples: what every figure is over
+        "samples_all_hours": tally.n_all,
+        "period": {"start": _iso(int(tally.period[0])), "end": _iso(int(tally.period[1]))},
+        "baseline_scale": [float(baseline_scale[0]), float(baseline_scale[1])],
+        "volatility_tercile_cuts": tally.cuts,  # window_sigma (1-minute log-return std) cut points
+    }
+
+
+def _headline(top: dict[str, Any], dist: dict[str, dict[str, Any]], point: dict[str, dict[str, Any]],
+              dm: dict[str, Any] | None) -> dict[str, Any]:
+    """The top-level figures, for scripts: the served forecaster's intervals beside the calibrated baseline's,
+    the point forecasts beside persistence, the Diebold-Mariano test."""
     base = dist["baseline"]
     gain = (1.0 - top["interval_score_80"] / base["interval_score_80"]
             if top["interval_score_80"] is not None and base["interval_score_80"] else None)
-    report: dict[str, Any] = {
-        "version": model.version if model is not None else PERSISTENCE,
-        "current_version": current.version if current is not None else None,
-        "served": served_name,  # the forecaster whose figures are at the top level
-        "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "tickers": int(np.unique(tickers).size),
-        "samples": int(reg.size),  # regular-hours test samples: what every figure is over
-        "samples_all_hours": len(scored),
-        "period": {"start": _iso(int(scored.ends.min())), "end": _iso(int(scored.ends.max()))},
-        "baseline_scale": [float(baseline_scale[0]), float(baseline_scale[1])],
-        "volatility_tercile_cuts": cuts,  # window_sigma (1-minute log-return std) cut points
-        # top level, for scripts
+    model, pers, cur = point.get("model", {}), point["persistence"], point.get("current", {})
+    return {
         "coverage_80": top["coverage_80"], "coverage_90": top["coverage_90"],
         "interval_score_80": top["interval_score_80"], "interval_score_90": top["interval_score_90"],
         "baseline_interval_score_80": base["interval_score_80"],
         "baseline_interval_score_90": base["interval_score_90"],
         "interval_score_gain_80": S.finite(gain) if gain is not None else None,
         "current_interval_score_80": dist.get("current", {}).get("interval_score_80"),
-        "model_rmse": point.get("model", {}).get("rmse"),
-        "model_mae": point.get("model", {}).get("mae"),
-        "model_rmse_bps": point.get("model", {}).get("rmse_bps"),
-        "persistence_rmse": point["persistence"]["rmse"],
-        "persistence_mae": point["persistence"]["mae"],
-        "persistence_rmse_bps": point["persistence"]["rmse_bps"],
-        "current_rmse": point.get("current", {}).get("rmse"),
+        "model_rmse": model.get("rmse"), "model_mae": model.get("mae"), "model_rmse_bps": model.get("rmse_bps"),
+        "persistence_rmse": pers["rmse"], "persistence_mae": pers["mae"], "persistence_rmse_bps": pers["rmse_bps"],
+        "current_rmse": cur.get("rmse"),
         "dm_stat": dm["stat"] if dm else None,
         "dm_pvalue": dm["pvalue"] if dm else None,
         "dm_pvalue_worse": dm["pvalue_worse"] if dm else None,
-        "model_directional_accuracy": point.get("model", {}).get("directional_accuracy"),
-        "up_fraction": S.up_fraction(actual, last),
-        # details
-        "point": point,
-        "dm": dm,
-        "intervals": dist,
-        "per_ticker": per_ticker,
+        "model_directional_accuracy": model.get("directional_accuracy"),
     }
-    for value in (extra or {}).values():  # a nested ready_share(...) result: its headline figures go on top
-        if isinstance(value, dict) and "ready_share_regular_hours" in value:
-            report |= value
-    report |= extra or {}
-    return report
+
+
+# -- training's evaluation: a tally a chunk at a time, no scored samples kept ------------------------------
+def test_sigmas(chunks: Iterable[Samples]) -> np.ndarray:
+    """The window volatility (window_sigma) of each test sample with a usable target, a chunk at a time: the
+    cheap first pass that fixes the volatility tercile cut points before the tally (8 bytes a sample)."""
+    parts = [np.empty(0)]
+    for c in chunks:
+        ok = np.isfinite(c.targets) & (c.targets > 0)
+        parts.append(window_sigma(c.windows[ok] if not ok.all() else c.windows))
+    return np.concatenate(parts)
+
+
+def tally_all(chunks: Iterable[Samples], n: int, model: ServingModel | None, current: ServingModel | None,
+              baseline_scale: tuple[float, float], cuts: Sequence[float]) -> tuple[ReportTally, FanSamples]:
+    """:func:`score` of each chunk (whole tickers) into the report's sufficient statistics and the fan charts'
+    samples; nothing per sample is kept. ``n``: the test samples counted (a check), ``cuts``: every rank's
+    volatility tercile cut points (:func:`test_sigmas`, :func:`training.tally.tercile_cuts`)."""
+    tally = ReportTally(forecaster_names(model, current), served_name(model), cuts)
+    fans = FanSamples(served_name(model), PLOT_TICKERS)
+    for c in chunks:
+        s = score(c, model, current, baseline_scale)
+        if not len(s):
+            continue
+        tally.add(s.tickers, s.ends, s.targets, s.last_close, s.sigma, s.preds)
+        fans.add(s.tickers, s.ends, s.targets, s.last_close, s.preds)
+        if tally.n_all > n:
+            raise ConfigError(f"more than the {n} test samples counted")
+    return tally, fans

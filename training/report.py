@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -250,14 +251,18 @@ def plot_reliability(report: dict[str, Any], out: Path) -> str:
     return RELIABILITY_PNG
 
 
-def plot_fans(report: dict[str, Any], test: ScoredSamples, preds: dict[str, np.ndarray], out: Path) -> list[str]:
+def plot_fans(report: dict[str, Any], test: ScoredSamples, preds: dict[str, np.ndarray], out: Path,
+              tickers: Sequence[str] | None = None) -> list[str]:
     """Fan charts (actual close, median, 80/90% bands of the served forecaster) on each of the
-    :data:`PLOT_TICKERS` largest tickers' last test date, regular hours, x in New York time."""
+    :data:`PLOT_TICKERS` largest tickers' last test date, regular hours, x in New York time. ``tickers``:
+    which, when ``test`` holds only what is plotted (training's :class:`training.tally.FanSamples`)."""
     q = preds[report.get("served", "model")]
     reg = regular_hours(test.ends)
-    names, counts = np.unique(test.tickers[reg], return_counts=True)
+    if tickers is None:
+        names, counts = np.unique(test.tickers[reg], return_counts=True)
+        tickers = names[np.argsort(-counts, kind="stable")][:PLOT_TICKERS].tolist()
     files = []
-    for t in names[np.argsort(-counts, kind="stable")][:PLOT_TICKERS]:
+    for t in tickers:
         m = reg & (test.tickers == t)
         days = session_ids(test.ends)
         idx = np.flatnonzero(m & (days == days[m].max()))
@@ -286,9 +291,10 @@ def plot_fans(report: dict[str, Any], test: ScoredSamples, preds: dict[str, np.n
 
 
 def write_report(report: dict[str, Any], test: ScoredSamples, preds: dict[str, np.ndarray], out_dir: Path,
-                 latest: Path | None = None) -> Path:
+                 latest: Path | None = None, fan_tickers: Sequence[str] | None = None) -> Path:
     """report.json + report.md + plots into ``out_dir`` (written aside, then renamed); copy to ``latest``.
-    ``test`` and ``preds`` are what :func:`training.evaluate.build_report` was given and returned."""
+    ``test`` and ``preds`` are what :func:`training.evaluate.build_report` was given and returned (or the
+    fan charts' samples only, with ``fan_tickers``: :func:`plot_fans`)."""
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
@@ -296,7 +302,7 @@ def write_report(report: dict[str, Any], test: ScoredSamples, preds: dict[str, n
         ok = np.isfinite(test.targets) & (test.targets > 0)  # build_report scored (and predicted) these
         if not ok.all():
             test = _Kept(test.tickers[ok], test.ends[ok], test.targets[ok], test.last_close[ok])
-        report["plots"] = [plot_reliability(report, tmp), *plot_fans(report, test, preds, tmp)]
+        report["plots"] = [plot_reliability(report, tmp), *plot_fans(report, test, preds, tmp, fan_tickers)]
         (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         (tmp / "report.md").write_text(markdown(report))
         os.chmod(tmp, 0o755)  # noqa: S103 - mkdtemp makes 0700; reports are for everyone to read

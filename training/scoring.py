@@ -93,6 +93,20 @@ def diebold_mariano(loss_a: np.ndarray, loss_b: np.ndarray, times: np.ndarray | 
     else:
         _, inv = np.unique(np.asarray(times), return_inverse=True)
         series = np.bincount(inv.ravel(), weights=u)  # (T,) per-minute sums, in time order
+    return _dm_result(series, n, dbar, lag)
+
+
+def diebold_mariano_of_sums(sums: np.ndarray, counts: np.ndarray, lag: int = HORIZON - 1) -> dict[str, Any]:
+    """:func:`diebold_mariano` with ``times`` from the per-minute sums (T,) of ``d = loss_a - loss_b`` and
+    the samples per minute (T,), minutes in time order: the centred per-minute sums are ``sums - counts x
+    mean(d)`` (equal to the per-sample form within float rounding)."""
+    n = int(np.sum(counts))
+    dbar = float(np.sum(sums) / n) if n else 0.0
+    return _dm_result(np.asarray(sums, dtype=np.float64) - np.asarray(counts, dtype=np.float64) * dbar, n, dbar, lag)
+
+
+def _dm_result(series: np.ndarray, n: int, dbar: float, lag: int) -> dict[str, Any]:
+    """The test's figures from the centred series (per sample or per minute), n samples, mean difference."""
     lrv = float(series @ series)
     for k in range(1, min(lag, series.size - 1) + 1):
         lrv += 2.0 * (1.0 - k / (lag + 1)) * float(series[:-k] @ series[k:])
