@@ -122,6 +122,16 @@ class HarFit:
         self.xty += x.T @ y
         self.n += int(len(y))
 
+    def to_vector(self) -> np.ndarray:
+        """The sums as one vector (to add them over Horovod ranks with one allreduce)."""
+        return np.concatenate([self.xtx.ravel(), self.xty, [float(self.n)]])
+
+    @classmethod
+    def from_vector(cls, v: np.ndarray) -> HarFit:
+        k = N_FEATURES
+        return cls(np.asarray(v[:k * k], dtype=np.float64).reshape(k, k).copy(), np.asarray(v[k * k:k * k + k],
+                   dtype=np.float64).copy(), int(round(float(v[-1]))))
+
     def solve(self) -> np.ndarray:
         """The coefficients (N_FEATURES,); ModelError when no sample was added."""
         if self.n == 0:

@@ -43,6 +43,7 @@ import numpy as np
 import minutecast
 from minutecast.errors import ModelError
 from minutecast.features import FEATURE_SPEC, N_FEATURES, Scaler
+from minutecast.har import Har
 from minutecast.modelcheck import MAX_META_BYTES, MAX_MODEL_BYTES, check_archive, parse_meta, read_capped
 from minutecast.serving_model import N_OUTPUTS, ServingModel
 from minutecast.window import WINDOW, slots, with_market
@@ -52,7 +53,7 @@ MODEL_FILE = "model.keras"
 META_FILE = "meta.json"
 CURRENT_FILE = "CURRENT"
 KEEP_VERSIONS = 10  # versions kept by save(): the newest ten (about 1 MB each) and always CURRENT
-BASELINE_FILE = "BASELINE.json"  # the window-vol baseline's scale (c80, c90) fitted by the newest training run
+BASELINE_FILE = "BASELINE.json"  # the baselines fitted by the newest training run: window-vol (c80, c90), HAR
 KIND = "lstm"
 _VERSION_RE = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}$")
 
@@ -194,12 +195,22 @@ class Registry:
             return 1.0, 1.0
         return (c80, c90) if all(math.isfinite(c) and 0 < c < 100 for c in (c80, c90)) else (1.0, 1.0)
 
-    def save_baseline_scale(self, scale: tuple[float, float], meta: dict[str, Any]) -> None:
-        """Write :data:`BASELINE_FILE` atomically (training, on the training dates)."""
+    def har(self) -> Har | None:
+        """The HAR-style baseline fitted by the newest training run (:mod:`minutecast.har`); None when there is
+        none or it was fitted to another specification (then it must be refitted: the evaluate CLI does)."""
+        try:
+            return Har.from_dict(json.loads((self.root / BASELINE_FILE).read_text())["har"])
+        except (OSError, ValueError, KeyError, TypeError, ModelError):
+            return None
+
+    def save_baseline_scale(self, scale: tuple[float, float], meta: dict[str, Any], har: Har | None = None) -> None:
+        """Write :data:`BASELINE_FILE` atomically (training, on the training dates): the window-vol baseline's
+        scale and the HAR baseline's fit."""
         self.root.mkdir(parents=True, exist_ok=True)
         tmp = self.root / f".{BASELINE_FILE}.{os.getpid()}.tmp"
         with open(tmp, "w") as fh:
-            json.dump(_jsonable({"c80": scale[0], "c90": scale[1], **meta}), fh, indent=2, sort_keys=True)
+            doc = {"c80": scale[0], "c90": scale[1], **meta} | ({"har": har.to_dict()} if har is not None else {})
+            json.dump(_jsonable(doc), fh, indent=2, sort_keys=True)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self.root / BASELINE_FILE)

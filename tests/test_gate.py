@@ -30,6 +30,8 @@ def test_a_good_model_passes() -> None:
     ({"baseline_interval_score_80": None}, "no calibrated-baseline"),
     ({"interval_score_80": 31.0}, "does not beat the calibrated baseline"),  # a tie is not a win
     ({"interval_score_80": 31.5}, "does not beat the calibrated baseline"),
+    ({"har_interval_score_80": 30.0}, "does not beat the HAR baseline's 30.000"),  # a tie is not a win
+    ({"har_interval_score_80": 29.0}, "does not beat the HAR baseline's 29.000"),
     ({"coverage_80": 0.779}, "80% interval coverage 0.7790 is outside 0.80 +- 0.02"),
     ({"coverage_80": 0.8201}, "80% interval coverage"),
     ({"coverage_90": 0.921}, "90% interval coverage 0.9210 is outside 0.90 +- 0.02"),
@@ -42,6 +44,11 @@ def test_a_good_model_passes() -> None:
 def test_each_refusal_names_its_reason(change: dict, words: str) -> None:
     passed, reason = G.gate(good() | change)
     assert not passed and words in reason, reason
+
+
+def test_a_model_beating_the_har_baseline_says_so() -> None:
+    passed, reason = G.gate(good() | {"har_interval_score_80": 30.4})
+    assert passed and "< calibrated baseline 31.000 bps and HAR 30.400 bps" in reason
 
 
 def test_worse_rmse_without_significance_is_not_refused() -> None:

@@ -3,12 +3,15 @@ one-shot least-squares fit, calibration to nominal coverage on the training samp
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from minutecast import har as HAR
 from minutecast.errors import ModelError
+from minutecast.registry import BASELINE_FILE, Registry
 from minutecast.window import GAP, MINUTE, MKT_BAR, MKT_RET, N_COLUMNS, PREV, WINDOW, C, H, L
 
 rng = np.random.default_rng(7)
@@ -87,3 +90,15 @@ def test_the_fit_tracks_volatility_and_covers_its_levels_on_training() -> None:
     np.testing.assert_array_equal(again.log_quantiles(w), q)
     with pytest.raises(ModelError, match="another specification"):
         HAR.Har.from_dict(har.to_dict() | {"spec": "har-v0"})
+
+
+def test_the_registry_keeps_the_newest_fit_beside_the_window_vol_scale(tmp_path: Path) -> None:
+    w, t = windows(2000, rng.uniform(2e-4, 3e-3, 2000))
+    har = HAR.fit([(w, t)])
+    reg = Registry(tmp_path)
+    assert reg.har() is None  # nothing fitted yet: the evaluate CLI fits one
+    reg.save_baseline_scale((1.2, 1.3), {"run_id": "r"}, har=har)
+    assert reg.har() == har and reg.baseline_scale() == (1.2, 1.3)
+    doc = (tmp_path / BASELINE_FILE).read_text().replace("har-v1", "har-v0")
+    (tmp_path / BASELINE_FILE).write_text(doc)
+    assert reg.har() is None and reg.baseline_scale() == (1.2, 1.3)  # another specification: refit, never misread

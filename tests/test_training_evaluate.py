@@ -111,6 +111,21 @@ def test_ready_share_on_a_calendar_with_a_missing_minute() -> None:
     assert only2["ready_share_regular_hours"] == pytest.approx(209 / 210)
 
 
+def test_a_half_day_session_on_a_full_day_date_counts_210_minutes() -> None:
+    """A recorded half day (Nov 28) replayed onto a full-day date keeps its 13:00 close: its sparse
+    extended-hours prints after 13:00 do not make the afternoon "missing"; a feed that stops at 14:00 does."""
+    half = session_minutes("2025-11-28") + 7 * 86400  # 09:30 .. 12:59 of a Friday the calendar runs to 16:00
+    prints = half[-1] + 60 * np.arange(15, 181, 30)  # extended-hours prints after the early close, one ticker
+    whole = session_minutes("2025-12-01")
+    stopped = whole[whole < whole[0] + 270 * 60]  # 09:30 .. 13:59, then nothing
+    out = S.ready_share({"AAA": np.r_[whole, half, prints], "BBB": np.r_[whole, half]})
+    assert out["ready_share"]["regular_minutes_per_ticker"] == 390 + 210
+    assert out["ready_share"]["tickers"]["BBB"]["ready_minutes"] == 390 - 59 + 210
+    cut = S.ready_share({"AAA": np.r_[stopped, half], "BBB": np.r_[stopped, half]})
+    assert cut["ready_share"]["regular_minutes_per_ticker"] == 390 + 210  # 14:00-16:00 of Dec 1 still missing
+    assert cut["ready_share"]["tickers"]["AAA"]["ready_minutes"] == 270 - 59 + 210
+
+
 # -- the report on synthetic samples -----------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def data() -> tuple[Samples, dict[str, np.ndarray]]:

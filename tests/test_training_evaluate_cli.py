@@ -15,7 +15,8 @@ import pytest
 FILES = ("AAPL.csv.gz", "SPY.csv.gz")
 TOP_LEVEL = ("coverage_80", "coverage_90", "interval_score_80", "baseline_interval_score_80", "interval_score_90",
              "baseline_interval_score_90", "persistence_rmse", "up_fraction", "ready_share_regular_hours",
-             "ready_share_first_hour", "interval_score_gain_80")
+             "ready_share_first_hour", "interval_score_gain_80", "har_interval_score_80",
+             "interval_score_gain_vs_har_80")
 
 
 @pytest.mark.integration
@@ -34,6 +35,7 @@ def test_evaluate_json_without_a_model(tmp_path: Path, shared_data: Path) -> Non
         assert isinstance(out[key], float), key
     assert out["model_rmse"] is None and out["dm_pvalue"] is None  # no model: nothing to test
     assert out["baseline_scale_source"].startswith("fitted here on the training dates")
+    assert out["har"]["spec"].startswith("har-v1") and "har_online" in out["intervals"]  # fitted there too
     assert out["test_dates"]["count"] >= 1 and not out["test_dates"]["all_dates"]
     # the online calibration keeps the served 80% interval near its level on real data
     assert abs(out["coverage_80"] - 0.8) < 0.05 and out["interval_score_80"] > 0

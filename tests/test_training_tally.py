@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from minutecast import har as HAR
 from minutecast.window import regular_hours, session_ids
 from tests.support.evaluation import FakeModel, synthetic
 from tests.test_training_stream import _close, _figures
@@ -47,7 +48,7 @@ def whole_array_report(scored: E.Scored, model: Any, current: Any) -> dict[str, 
     for t in np.unique(tickers):
         m = tickers == t
         row: dict[str, Any] = {"ticker": str(t), "samples": int(m.sum())}
-        for key, name, metric in TICKER_COLUMNS:
+        for key, name, metric in (c for c in TICKER_COLUMNS if c[1] == "served" or c[1] in preds):
             q = preds[served_name if name == "served" else name][m]
             row[key] = S.interval_metrics(q, actual[m], last[m], bucket[m], tercile[m])[metric]
         for name, p in points.items():
@@ -55,7 +56,10 @@ def whole_array_report(scored: E.Scored, model: Any, current: Any) -> dict[str, 
         per_ticker.append(row)
     top, base = dist[served_name], dist["baseline"]
     gain = 1.0 - top["interval_score_80"] / base["interval_score_80"]
-    return {
+    har = dist.get("har_online", {}).get("interval_score_80")
+    har_keys = {"har_interval_score_80": har,
+                "interval_score_gain_vs_har_80": S.finite(1.0 - top["interval_score_80"] / har) if har else None}
+    return har_keys | {
         "tickers": int(np.unique(tickers).size), "samples": int(reg.size), "samples_all_hours": len(scored),
         "period": {"start": E._iso(int(scored.ends.min())), "end": E._iso(int(scored.ends.max()))},
         "volatility_tercile_cuts": cuts, "coverage_80": top["coverage_80"], "coverage_90": top["coverage_90"],
@@ -89,6 +93,29 @@ def test_report_from_sums_equals_the_whole_array_report(scored) -> None:
     no_model = E.Scored(s.tickers, s.ends, s.targets, s.last_close, s.sigma,
                         {k: v for k, v in s.preds.items() if k not in ("model", "model_raw", "current")})
     _same(E.report_of(no_model, None, None, baseline_scale=SCALE), whole_array_report(no_model, None, None))
+
+
+def test_the_har_baseline_is_scored_as_served_and_tallied_like_every_forecaster() -> None:
+    """With a fitted HAR baseline the report gains ``har`` / ``har_online`` beside the others, the keys
+    ``har_interval_score_80`` (as served: online calibration) and ``interval_score_gain_vs_har_80``, and a per-ticker
+    column; a chunked, rank-merged tally gives the whole-array figures."""
+    test, _ = synthetic(("AAA", "BBB", "CCC", "DDD"))
+    har = HAR.fit([(test.windows[::3], test.targets[::3])])
+    model, current = FakeModel(0.9, "new", bias=1e-4), FakeModel(1.1, "cur")
+    s = E.Scored.concat([E.score(c, model, current, SCALE, har) for c in E.ticker_chunks(test, 2000)])
+    assert {"har", "har_online"} <= set(s.preds) and list(s.preds) == E.forecaster_names(model, current, har)
+    report = E.report_of(s, model, current, baseline_scale=SCALE, har=har)
+    reference = whole_array_report(s, model, current)
+    _same(report, reference)
+    assert report["har_interval_score_80"] is not None and report["har"] == har.to_dict()
+    assert report["interval_score_gain_vs_har_80"] == pytest.approx(
+        1 - report["interval_score_80"] / report["har_interval_score_80"], rel=1e-12)
+    assert all(row["har_interval_score_80"] is not None for row in report["per_ticker"])
+    ranks = [test.take(np.flatnonzero(np.isin(test.tickers, part))) for part in (["AAA", "CCC"], ["BBB", "DDD"])]
+    cuts = tercile_cuts(np.concatenate([E.test_sigmas(E.ticker_chunks(r, 2000)) for r in ranks]))
+    tallies = [E.tally_all(E.ticker_chunks(r, 1500), len(r), model, current, SCALE, cuts, har=har)[0] for r in ranks]
+    tallies[0].merge(tallies[1])
+    _same(E.report_of_tally(tallies[0], model, current, baseline_scale=SCALE, har=har), reference)
 
 
 def test_samples_outside_regular_hours_count_only_as_all_hours_and_period(scored) -> None:

@@ -8,6 +8,8 @@ Forecasters (log-move quantiles (N, 5) -> prices via :func:`minutecast.intervals
 * ``naive``: the window-vol baseline at scale (1, 1); ``baseline``: the same at ``baseline_scale``
   (fitted on the training dates, static); ``baseline_online``: ``baseline`` + online calibration, which
   is what serving publishes while persistence is current;
+* ``har``: the HAR-style baseline (:mod:`minutecast.har`, fitted and calibrated on the training dates);
+  ``har_online``: the same + online calibration (what the gate holds a model against);
 * ``current``: the current model as served (when there is one other than ``model``), for the gate.
 
 Point forecasts: each model's median q50 and persistence (the last close). The online calibration runs
@@ -27,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from minutecast.errors import ConfigError
+from minutecast.har import Har
 from minutecast.intervals import baseline_log_quantiles, calibrate_in_time_order, to_prices, window_sigma
 from minutecast.registry import PERSISTENCE
 from minutecast.serving_model import ServingModel
@@ -56,7 +59,7 @@ def predict_log_quantiles(model: ServingModel, windows: np.ndarray) -> np.ndarra
 
 
 def forecasts(test: Samples, model: ServingModel | None, current: ServingModel | None,
-              baseline_scale: tuple[float, float]) -> dict[str, np.ndarray]:
+              baseline_scale: tuple[float, float], har: Har | None = None) -> dict[str, np.ndarray]:
     """Price quantiles (N, 5) of every forecaster on all of ``test`` (see the module docstring)."""
     last = test.windows[:, -1, C]
     realised = np.log(test.targets / last)
@@ -73,15 +76,18 @@ def forecasts(test: Samples, model: ServingModel | None, current: ServingModel |
     log_q["naive"] = baseline_log_quantiles(test.windows, (1.0, 1.0))
     log_q["baseline"] = baseline_log_quantiles(test.windows, baseline_scale)
     log_q["baseline_online"] = served(log_q["baseline"])
+    if har is not None:
+        log_q["har"] = har.log_quantiles(test.windows)
+        log_q["har_online"] = served(log_q["har"])
     return {name: to_prices(q, last) for name, q in log_q.items()}
 
 
-def forecaster_names(model: ServingModel | None, current: ServingModel | None) -> list[str]:
-    """The forecasters :func:`forecasts` returns for ``model`` and ``current``, in its order."""
+def forecaster_names(model: ServingModel | None, current: ServingModel | None, har: Har | None = None) -> list[str]:
+    """The forecasters :func:`forecasts` returns for ``model``, ``current`` and ``har``, in its order."""
     names = ["model_raw", "model"] if model is not None else []
     if current is not None and (model is None or current.version != model.version):
         names.append("current")
-    return [*names, "naive", "baseline", "baseline_online"]
+    return [*names, "naive", "baseline", "baseline_online", *(("har", "har_online") if har is not None else ())]
 
 
 def _iso(epoch_s: int) -> str:
@@ -116,7 +122,7 @@ class Scored:
 
 
 def score(test: Samples, model: ServingModel | None, current: ServingModel | None,
-          baseline_scale: tuple[float, float]) -> Scored:
+          baseline_scale: tuple[float, float], har: Har | None = None) -> Scored:
     """Every forecaster on ``test`` (whole tickers: the online calibration replays each ticker in time order
     from a fresh state, :func:`forecasts`). Samples without a usable target are left out."""
     ok = np.isfinite(test.targets) & (test.targets > 0)
@@ -125,19 +131,19 @@ def score(test: Samples, model: ServingModel | None, current: ServingModel | Non
     if not len(test):
         return Scored(test.tickers, test.ends, test.targets, test.targets, test.targets, {})
     return Scored(test.tickers, test.ends, test.targets, test.last_close.copy(), window_sigma(test.windows),  # no view
-                  forecasts(test, model, current, baseline_scale))
+                  forecasts(test, model, current, baseline_scale, har))
 
 
 def score_all(chunks: Iterable[Samples], n: int, model: ServingModel | None, current: ServingModel | None,
-              baseline_scale: tuple[float, float]) -> Scored:
+              baseline_scale: tuple[float, float], har: Har | None = None) -> Scored:
     """:func:`score` of each chunk (whole tickers), written into arrays for ``n`` samples allocated once (no
     concatenation: one copy of the scored samples at a time)."""
-    names = forecaster_names(model, current)
+    names = forecaster_names(model, current, har)
     out = Scored(np.empty(n, "<U12"), np.empty(n, np.int64), np.empty(n), np.empty(n), np.empty(n),
                  {k: np.empty((n, 5)) for k in names})
     pos = 0
     for c in chunks:
-        s = score(c, model, current, baseline_scale)
+        s = score(c, model, current, baseline_scale, har)
         if pos + len(s) > n:
             raise ConfigError(f"more than the {n} test samples counted")
         for a, b in ((out.tickers, s.tickers), (out.ends, s.ends), (out.targets, s.targets),
@@ -167,18 +173,20 @@ def ticker_chunks(test: Samples, size: int = EVAL_CHUNK) -> Iterator[Samples]:
 
 
 def build_report(test: Samples, model: ServingModel | None, current: ServingModel | None = None, *,
-                 baseline_scale: tuple[float, float] = (1.0, 1.0), extra: dict[str, Any] | None = None,
+                 baseline_scale: tuple[float, float] = (1.0, 1.0), har: Har | None = None,
+                 extra: dict[str, Any] | None = None,
                  chunk: int = EVAL_CHUNK) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """:func:`report_of` the samples ``test``, scored a chunk of whole tickers at a time (:func:`score`),
     and the forecasts behind it (forecaster -> (N, 5) price quantiles on all of ``test`` with a target, in
     its order when each ticker's samples are together) for the plots."""
-    scored = Scored.concat([score(c, model, current, baseline_scale) for c in ticker_chunks(test, chunk)]
+    scored = Scored.concat([score(c, model, current, baseline_scale, har) for c in ticker_chunks(test, chunk)]
                            if len(test) else [])
-    return report_of(scored, model, current, baseline_scale=baseline_scale, extra=extra), scored.preds
+    return report_of(scored, model, current, baseline_scale=baseline_scale, har=har, extra=extra), scored.preds
 
 
 def report_of(scored: Scored, model: ServingModel | None, current: ServingModel | None = None, *,
-              baseline_scale: tuple[float, float] = (1.0, 1.0), extra: dict[str, Any] | None = None) -> dict[str, Any]:
+              baseline_scale: tuple[float, float] = (1.0, 1.0), har: Har | None = None,
+              extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The report dict of scored test samples (:func:`score`, :meth:`Scored.concat`). ``model`` None: the
     report is about what serving publishes without a model (persistence + the calibrated baseline with
     online calibration). ``extra`` is merged in last (e.g. :func:`ready_share` of the bars the samples
@@ -186,7 +194,7 @@ def report_of(scored: Scored, model: ServingModel | None, current: ServingModel 
     reg = regular_hours(scored.ends)
     tally = ReportTally(list(scored.preds), served_name(model), tercile_cuts(scored.sigma[reg]))
     tally.add(scored.tickers, scored.ends, scored.targets, scored.last_close, scored.sigma, scored.preds)
-    return report_of_tally(tally, model, current, baseline_scale=baseline_scale, extra=extra)
+    return report_of_tally(tally, model, current, baseline_scale=baseline_scale, har=har, extra=extra)
 
 
 def served_name(model: ServingModel | None) -> str:
@@ -195,7 +203,7 @@ def served_name(model: ServingModel | None) -> str:
 
 
 def report_of_tally(tally: ReportTally, model: ServingModel | None, current: ServingModel | None = None, *,
-                    baseline_scale: tuple[float, float] = (1.0, 1.0),
+                    baseline_scale: tuple[float, float] = (1.0, 1.0), har: Har | None = None,
                     extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The report dict from the sufficient statistics of the test samples (:class:`training.tally.ReportTally`,
     every rank's merged): what was scored, the headline figures, the details, then ``extra``."""
@@ -204,7 +212,7 @@ def report_of_tally(tally: ReportTally, model: ServingModel | None, current: Ser
     point = {name: p.result() for name, p in tally.points.items()}
     dist = {name: t.result() for name, t in tally.intervals.items()}
     dm = _dm_figures(tally)
-    report = {**_what_was_scored(tally, model, current, baseline_scale),
+    report = {**_what_was_scored(tally, model, current, baseline_scale, har),
               **_headline(dist[tally.served], dist, point, dm),
               "up_fraction": tally.up_fraction(),
               # details
@@ -227,7 +235,7 @@ def _dm_figures(tally: ReportTally) -> dict[str, Any] | None:
 
 
 def _what_was_scored(tally: ReportTally, model: ServingModel | None, current: ServingModel | None,
-                     baseline_scale: tuple[float, float]) -> dict[str, Any]:
+                     baseline_scale: tuple[float, float], har: Har | None) -> dict[str, Any]:
     return {
         "version": model.version if model is not None else PERSISTENCE,
         "current_version": current.version if current is not None else None,
@@ -238,6 +246,7 @@ def _what_was_scored(tally: ReportTally, model: ServingModel | None, current: Se
         "samples_all_hours": tally.n_all,
         "period": {"start": _iso(int(tally.period[0])), "end": _iso(int(tally.period[1]))},
         "baseline_scale": [float(baseline_scale[0]), float(baseline_scale[1])],
+        "har": har.to_dict() if har is not None else None,  # the HAR baseline's fit (minutecast.har)
         "volatility_tercile_cuts": tally.cuts,  # window_sigma (1-minute log-return std) cut points
     }
 
@@ -250,12 +259,16 @@ def _headline(top: dict[str, Any], dist: dict[str, dict[str, Any]], point: dict[
     gain = (1.0 - top["interval_score_80"] / base["interval_score_80"]
             if top["interval_score_80"] is not None and base["interval_score_80"] else None)
     model, pers, cur = point.get("model", {}), point["persistence"], point.get("current", {})
+    har = dist.get("har_online", {}).get("interval_score_80")  # HAR + online calibration, as the model is served
+    gain_har = 1.0 - top["interval_score_80"] / har if top["interval_score_80"] is not None and har else None
     return {
         "coverage_80": top["coverage_80"], "coverage_90": top["coverage_90"],
         "interval_score_80": top["interval_score_80"], "interval_score_90": top["interval_score_90"],
         "baseline_interval_score_80": base["interval_score_80"],
         "baseline_interval_score_90": base["interval_score_90"],
         "interval_score_gain_80": S.finite(gain) if gain is not None else None,
+        "har_interval_score_80": har,
+        "interval_score_gain_vs_har_80": S.finite(gain_har) if gain_har is not None else None,
         "current_interval_score_80": dist.get("current", {}).get("interval_score_80"),
         "model_rmse": model.get("rmse"), "model_mae": model.get("mae"), "model_rmse_bps": model.get("rmse_bps"),
         "persistence_rmse": pers["rmse"], "persistence_mae": pers["mae"], "persistence_rmse_bps": pers["rmse_bps"],
@@ -279,14 +292,15 @@ def test_sigmas(chunks: Iterable[Samples]) -> np.ndarray:
 
 
 def tally_all(chunks: Iterable[Samples], n: int, model: ServingModel | None, current: ServingModel | None,
-              baseline_scale: tuple[float, float], cuts: Sequence[float]) -> tuple[ReportTally, FanSamples]:
+              baseline_scale: tuple[float, float], cuts: Sequence[float],
+              har: Har | None = None) -> tuple[ReportTally, FanSamples]:
     """:func:`score` of each chunk (whole tickers) into the report's sufficient statistics and the fan charts'
     samples; nothing per sample is kept. ``n``: the test samples counted (a check), ``cuts``: every rank's
     volatility tercile cut points (:func:`test_sigmas`, :func:`training.tally.tercile_cuts`)."""
-    tally = ReportTally(forecaster_names(model, current), served_name(model), cuts)
+    tally = ReportTally(forecaster_names(model, current, har), served_name(model), cuts)
     fans = FanSamples(served_name(model), PLOT_TICKERS)
     for c in chunks:
-        s = score(c, model, current, baseline_scale)
+        s = score(c, model, current, baseline_scale, har)
         if not len(s):
             continue
         tally.add(s.tickers, s.ends, s.targets, s.last_close, s.sigma, s.preds)

@@ -7,11 +7,13 @@
 Test samples: regular-hours as-of minutes of the test dates, the last ``MINUTECAST_TEST_FRAC`` of the
 dates as in training (the same cut as ``minutecast train`` on the same bars), or every date with
 ``--all-dates`` (data the model never saw). Without a current model (and no ``--model``) the report is
-about what serving publishes then: persistence with the calibrated baseline interval. The calibrated
-baseline's scale is the registry's (fitted by the newest training run) when there is one, else fitted
-here on the training dates' regular-hours samples (``--fit-baseline`` forces that). The report goes to
+about what serving publishes then: persistence with the calibrated baseline interval. The baselines (the
+calibrated window-vol scale and the HAR-style fit, :mod:`minutecast.har`) are the registry's (fitted by the
+newest training run) when it has both, else fitted here on the training dates' regular-hours samples
+(``--fit-baseline`` forces that). The report goes to
 ``<reports>/<version>/files-<time>/`` (or ``--out``); with ``--json`` the last stdout line is the report as
-one JSON object (``coverage_80``, ``interval_score_80``, ``baseline_interval_score_80``, ``model_rmse``,
+one JSON object (``coverage_80``, ``interval_score_80``, ``baseline_interval_score_80``,
+``har_interval_score_80``, ``interval_score_gain_vs_har_80``, ``model_rmse``,
 ``persistence_rmse``, ``dm_pvalue``, ``ready_share_regular_hours``, ...).
 """
 
@@ -27,12 +29,14 @@ import numpy as np
 
 from minutecast import intervals as I  # noqa: N812
 from minutecast.errors import ConfigError
+from minutecast.har import Har
+from minutecast.har import fit as fit_har
 from minutecast.registry import BASELINE_FILE, PERSISTENCE, Registry
 from minutecast.settings import TrainingSettings
 from training import data as D
 from training import evaluate as E
 
-FIT_SAMPLES = 50_000  # training-date windows (drawn at random) the baseline scale is fitted on here
+FIT_SAMPLES = 50_000  # training-date windows (drawn at random) the baselines are fitted on here
 
 
 def _iso_day(day: int) -> str:
@@ -47,7 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--market", default=None, help="market-context ticker (default: MINUTECAST_MARKET_TICKER)")
     p.add_argument("--all-dates", action="store_true", help="score every date, not only the test dates")
     p.add_argument("--fit-baseline", action="store_true",
-                   help="fit the calibrated baseline's scale on the training dates even if the registry has one")
+                   help="fit the baselines (window-vol scale, HAR) on the training dates even if the registry has them")
     p.add_argument("--out", type=Path, default=None, help="report directory (default under <home>/reports)")
     p.add_argument("--json", action="store_true", help="print the report as one JSON line (last line)")
 
@@ -78,17 +82,7 @@ def run(args: argparse.Namespace) -> int:
     if not len(test):
         raise ConfigError(f"no regular-hours test samples in {args.bars}")
 
-    if (registry.root / BASELINE_FILE).exists() and not args.fit_baseline:
-        scale, source = registry.baseline_scale(), f"registry ({registry.root / BASELINE_FILE})"
-    else:
-        fit = D.subsample(D.regular(train_cat), FIT_SAMPLES).samples()
-        if not len(fit):  # --all-dates without a registry scale: nothing else to fit on
-            fit, source = D.subsample(D.regular(cat), FIT_SAMPLES).samples(), "fitted on the scored dates"
-        else:
-            source = "fitted here on the training dates"
-        scale = I.fit_baseline_scale(fit.windows, fit.targets)
-        del fit
-
+    scale, har, source = baselines(registry, train_cat, cat, refit=args.fit_baseline)
     test_days = np.unique(test.days).tolist()
     scored = {t: s for t, s in bars.items() if wanted is None or t in wanted}
     extra = E.ready_share(scored, days=test_days) | {
@@ -97,8 +91,8 @@ def run(args: argparse.Namespace) -> int:
                        "all_dates": bool(args.all_dates)},
     }
     current = E.load_current(registry) if model is not None and registry.current_version() != version else None
-    scored_test = E.score_all(test.ticker_chunks(E.EVAL_CHUNK), len(test), model, current, scale)
-    report = E.report_of(scored_test, model, current, baseline_scale=scale, extra=extra)
+    scored_test = E.score_all(test.ticker_chunks(E.EVAL_CHUNK), len(test), model, current, scale, har)
+    report = E.report_of(scored_test, model, current, baseline_scale=scale, har=har, extra=extra)
     out = args.out or settings.reports / (version or PERSISTENCE) / time.strftime("files-%Y%m%dT%H%M%SZ",
                                                                                    time.gmtime())
     E.write_report(report, scored_test, scored_test.preds, out)
@@ -109,3 +103,18 @@ def run(args: argparse.Namespace) -> int:
         print(E.markdown(report))
         print(f"report: {out}")
     return 0
+
+
+def baselines(registry: Registry, train_cat: D.Catalog, cat: D.Catalog,
+              refit: bool) -> tuple[tuple[float, float], Har, str]:
+    """The window-vol baseline's scale and the HAR baseline: the registry's (fitted by the newest training run)
+    unless ``refit`` or it has none (or a HAR of another specification); else fitted here on up to
+    :data:`FIT_SAMPLES` regular-hours windows of the training dates (of every date with ``--all-dates``)."""
+    har = registry.har()
+    if (registry.root / BASELINE_FILE).exists() and har is not None and not refit:
+        return registry.baseline_scale(), har, f"registry ({registry.root / BASELINE_FILE})"
+    fit = D.subsample(D.regular(train_cat), FIT_SAMPLES).samples()
+    source = "fitted here on the training dates"
+    if not len(fit):  # --all-dates without a registry fit: nothing else to fit on
+        fit, source = D.subsample(D.regular(cat), FIT_SAMPLES).samples(), "fitted on the scored dates"
+    return I.fit_baseline_scale(fit.windows, fit.targets), fit_har([(fit.windows, fit.targets)]), source

@@ -3,7 +3,8 @@
 A model is promoted only when, on the test dates (regular-hours samples, as served, see
 :mod:`training.evaluate`), all of these hold; the first that fails is the refusal's reason:
 
-1. its served 80% interval score beats the calibrated window-vol baseline's (strictly lower);
+1. its served 80% interval score beats the calibrated window-vol baseline's and, when the report scored it,
+   the HAR-style baseline's with online calibration (:mod:`minutecast.har`; strictly lower, both);
 2. its 80% and 90% intervals cover within +-:data:`COVERAGE_TOL` of 0.80 and 0.90;
 3. its point forecast (the median) is not significantly worse than persistence: refused only when its
    RMSE is higher *and* the one-sided Diebold-Mariano p-value (H1: model's squared errors larger) is
@@ -37,6 +38,9 @@ def gate(report: dict[str, Any]) -> tuple[bool, str]:
     if not score < base:
         return False, (f"80% interval score {score:.3f} bps does not beat the calibrated baseline's "
                        f"{base:.3f} bps")
+    har = report.get("har_interval_score_80")
+    if har is not None and not score < har:
+        return False, f"80% interval score {score:.3f} bps does not beat the HAR baseline's {har:.3f} bps"
     for level in (80, 90):
         cov = report.get(f"coverage_{level}")
         if cov is None or abs(cov - level / 100) > COVERAGE_TOL:
@@ -54,7 +58,8 @@ def gate(report: dict[str, Any]) -> tuple[bool, str]:
         return False, (f"80% interval score {score:.3f} bps is worse than current "
                        f"{report.get('current_version')}'s {cur:.3f} bps")
     dm = report.get("dm_pvalue")
-    return True, (f"80% interval score {score:.3f} bps < calibrated baseline {base:.3f} bps; coverage "
+    beats_har = f" and HAR {har:.3f} bps" if har is not None else ""
+    return True, (f"80% interval score {score:.3f} bps < calibrated baseline {base:.3f} bps{beats_har}; coverage "
                   f"{report['coverage_80']:.4f} / {report['coverage_90']:.4f}; RMSE {rmse:.6f} vs persistence "
                   f"{pers:.6f} (DM p = {dm if dm is None else f'{dm:.3g}'})"
                   + (f"; not worse than current {cur:.3f} bps" if cur is not None else "; no current model"))

@@ -1,6 +1,7 @@
 """Steps of training/train.py before the fit: the run's context (:class:`Run`), the data as positions
 (pass 1, the date split, the subsample: :func:`load_data`) and the model inputs (pass 2: the scaler and the
-calibrated baseline from allreduced sums; pass 3: the training and validation inputs into scratch files:
+calibrated baselines from allreduced sums; pass 3: the training and validation inputs into scratch files
+and the HAR baseline's scale:
 :func:`prepare_inputs`). Every rank runs them in lockstep; nothing here holds every window.
 """
 
@@ -10,7 +11,7 @@ import json
 import logging
 import math
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ import numpy as np
 from minutecast import intervals as I  # noqa: N812
 from minutecast.errors import MinutecastError
 from minutecast.features import N_FEATURES, Scaler, make_inputs, make_targets
+from minutecast.har import Har, HarFit
 from minutecast.kafka import end_offsets
 from minutecast.model import Preset
 from minutecast.settings import TrainingSettings
@@ -146,6 +148,7 @@ class Inputs:
     scaler: Scaler
     ratios: np.ndarray  # the baseline's ratios on every rank's training samples
     baseline_scale: tuple[float, float]
+    har: Har  # the HAR-style baseline, fitted and calibrated on the training samples in regular hours
     x_train: ST.Spill
     y_train: np.ndarray
     x_val: ST.Spill
@@ -160,38 +163,56 @@ def prepare_inputs(run: Run, data: Data) -> Inputs:
     from training.callbacks import allgather_arrays  # TensorFlow: after its set-up
 
     tf, comm, scratch = run.tf, run.comm, Path(run.scratch.name)
-    stats, ratios_mine = train_stats(data.chunks("train"))
+    stats, ratios_mine, har_sums = train_stats(data.chunks("train"))
     scaler = Scaler.from_stats(comm.allreduce(tf.constant(stats, tf.float64), op=comm.Sum).numpy())
     (ratios,) = allgather_arrays(comm, ratios_mine)
     baseline_scale = I.scale_from_ratios(ratios)
-    x_train, y_train, _, _ = spill(data.chunks("train"), scaler, scratch / "train.f32")
+    har = Har(tuple(float(c) for c in HarFit.from_vector(
+        comm.allreduce(tf.constant(har_sums.to_vector(), tf.float64), op=comm.Sum).numpy()).solve()))
+    har_ratios: list[np.ndarray] = [np.empty(0)]
+    x_train, y_train, _, _ = spill(data.chunks("train"), scaler, scratch / "train.f32",
+                                   each=lambda s: har_ratios.append(har.ratios(*_regular(s))))
+    har = har.calibrated(allgather_arrays(comm, np.concatenate(har_ratios))[0])
     x_val, y_val, val_last, val_ends = spill(data.chunks("val"), scaler, scratch / "val.f32")
     if run.is_chief:
         run.log.info("samples train %d / val %d / test %d (all ranks); scaler %s; baseline scale c80 %.3f c90 %.3f; "
                      "%d pass(es) over the bars so far", data.totals["train"], data.totals["val"], data.totals["test"],
                      scaler.to_dict(), *baseline_scale, data.groups.passes)
-    return Inputs(scaler, ratios, baseline_scale, x_train, y_train, x_val, y_val, val_last, val_ends)
+        run.log.info("HAR baseline fitted on %d training samples in regular hours, scale c80 %.3f c90 %.3f",
+                     len(ratios), *har.scale)
+    return Inputs(scaler, ratios, baseline_scale, har, x_train, y_train, x_val, y_val, val_last, val_ends)
 
 
-def train_stats(chunks: Iterable[D.Samples]) -> tuple[np.ndarray, np.ndarray]:
-    """:meth:`Scaler.stats` (sums) of the training samples and the baseline's ratios on those of them in regular
-    hours (the baseline is calibrated where it is scored), a chunk at a time."""
+def _regular(s: D.Samples) -> tuple[np.ndarray, np.ndarray]:
+    """The windows and targets of the samples in regular hours (the baselines are fitted where they are scored)."""
+    reg = regular_hours(s.ends)
+    return s.windows[reg], s.targets[reg]
+
+
+def train_stats(chunks: Iterable[D.Samples]) -> tuple[np.ndarray, np.ndarray, HarFit]:
+    """:meth:`Scaler.stats` (sums) of the training samples, the window-vol baseline's ratios and the HAR
+    baseline's least-squares sums on those of them in regular hours, a chunk at a time."""
     stats = np.zeros(Scaler.N_STATS)
     ratios = [np.empty(0)]
+    har = HarFit()
     for s in chunks:
         stats += Scaler.stats(s.windows, s.targets)
-        reg = regular_hours(s.ends)
-        ratios.append(I.baseline_ratios(s.windows[reg], s.targets[reg]))
-    return stats, np.concatenate(ratios)
+        windows, targets = _regular(s)
+        ratios.append(I.baseline_ratios(windows, targets))
+        har.add(windows, targets)
+    return stats, np.concatenate(ratios), har
 
 
-def spill(chunks: Iterable[D.Samples], scaler: Scaler,
-          path: Path) -> tuple[ST.Spill, np.ndarray, np.ndarray, np.ndarray]:
+def spill(chunks: Iterable[D.Samples], scaler: Scaler, path: Path,
+          each: Callable[[D.Samples], object] | None = None) -> tuple[ST.Spill, np.ndarray, np.ndarray, np.ndarray]:
     """Model inputs of the samples into a scratch file (:class:`training.stream.Spill`, float32 rows
-    (WINDOW, N_FEATURES)), and their targets (float32, scaled), last closes and as-of minutes in memory."""
+    (WINDOW, N_FEATURES)), and their targets (float32, scaled), last closes and as-of minutes in memory.
+    ``each``: also called with every chunk (what else needs this pass over the samples)."""
     x = ST.Spill(path, (WINDOW, N_FEATURES))
     y, last, ends = [np.empty(0, np.float32)], [np.empty(0)], [np.empty(0, np.int64)]
     for s in chunks:
+        if each is not None:
+            each(s)
         x.append(make_inputs(s.windows, scaler))
         y.append(make_targets(s.windows, s.targets, scaler))
         last.append(s.last_close.copy())  # a copy: the view would keep the chunk's windows alive

@@ -20,6 +20,7 @@ from minutecast.intervals import LEVELS, PAIRS
 from minutecast.schemas import QUANTILE_FIELDS, QUANTILES
 from minutecast.window import (  # noqa: F401 - BUCKETS and time_buckets are re-exported for the report
     BUCKETS,
+    EARLY_CLOSE_MIN,
     FIRST_HOUR_MIN,
     HORIZON,
     OPEN_MIN,
@@ -190,21 +191,27 @@ def _minutes_of(v: Any) -> np.ndarray:
 class ReadyCounts:
     """One ticker's part of :func:`ready_share`, small enough to gather from every rank: its minutes with a ready
     window in regular hours per New York date (``days`` (k,), ``n_all`` (k,), ``n_first`` (k,) in the first
-    hour), and the dates on which it has a regular-hours bar with that date's session length in minutes."""
+    hour), and the dates on which it has a regular-hours bar with that date's session length in minutes and its
+    regular-hours bars before and from 13:00 (``reg_am``, ``reg_pm``: is the day's session a half day?)."""
 
     days: np.ndarray
     n_all: np.ndarray
     n_first: np.ndarray
     reg_days: np.ndarray
     reg_len: np.ndarray
+    reg_am: np.ndarray
+    reg_pm: np.ndarray
 
 
 def ready_counts(v: Any) -> ReadyCounts:
     """:class:`ReadyCounts` of one ticker's bar minutes (n,) int64 epoch s (or anything with ``.minutes``)."""
     m = _minutes_of(v)
     reg = m[regular_hours(m)]
-    reg_days, first = np.unique(session_ids(reg), return_index=True)
+    reg_days, first, inv_reg = np.unique(session_ids(reg), return_index=True, return_inverse=True)
     reg_len = close_minute(reg[first]) - OPEN_MIN if reg_days.size else np.empty(0, np.int64)
+    pm = minute_of_day(reg) >= EARLY_CLOSE_MIN
+    reg_pm = np.bincount(inv_reg.ravel(), weights=pm, minlength=reg_days.size).astype(np.int64)
+    reg_am = np.bincount(inv_reg.ravel(), minlength=reg_days.size).astype(np.int64) - reg_pm
     s = slots(m, np.ones((m.size, 5)))  # readiness depends on the minutes only
     rm = s.minutes[s.bar_slot >= WINDOW - 1]
     rm = rm[regular_hours(rm)]
@@ -212,7 +219,10 @@ def ready_counts(v: Any) -> ReadyCounts:
     first_hour = (minute_of_day(rm) < OPEN_MIN + FIRST_HOUR_MIN).astype(np.int64)
     return ReadyCounts(days, np.bincount(inv.ravel(), minlength=days.size).astype(np.int64),
                        np.bincount(inv.ravel(), weights=first_hour, minlength=days.size).astype(np.int64),
-                       reg_days, np.asarray(reg_len, np.int64))
+                       reg_days, np.asarray(reg_len, np.int64), reg_am, reg_pm)
+
+
+HALF_DAY_DENSITY = 0.25  # bars per minute from 13:00 below this share of the morning's: a half-day session
 
 
 def ready_share(bars: Mapping[str, Any], days: Iterable[int] | None = None) -> dict[str, Any]:
@@ -223,7 +233,12 @@ def ready_share(bars: Mapping[str, Any], days: Iterable[int] | None = None) -> d
     at least WINDOW - 1 (:func:`minutecast.window.slots`, so windows reach across the overnight gap). The
     denominator is every regular-hours minute (390, or 210 on early-close days) of every session date
     present in the data (a date with a regular-hours bar of any ticker), optionally only ``days`` (New York
-    day numbers, e.g. the test dates); minutes without any bar count as not forecast. Also the same within
+    day numbers, e.g. the test dates); minutes without any bar count as not forecast. A date whose calendar says
+    16:00 but whose bars from 13:00 are less than :data:`HALF_DAY_DENSITY` as dense (bars per minute, all
+    tickers) as before 13:00 was a half-day session (extended-hours prints only after 13:00: a recorded half
+    day replayed onto another date, an unscheduled early close) and counts 210 minutes. A feed that stops for
+    some tickers only, or for all before 13:00 or after about 13:45, still counts as missing minutes (one that
+    stops for every ticker between 13:00 and 13:45 reads as a half day). Also the same within
     each date's first hour (09:30..10:29). Returns the per-ticker shares and, at the top level, the minimum
     over tickers and the pooled share. (:func:`ready_share_of` of each ticker's :func:`ready_counts`.)"""
     return ready_share_of({t: ready_counts(v) for t, v in bars.items()}, days)
@@ -234,7 +249,14 @@ def ready_share_of(counts: Mapping[str, ReadyCounts], days: Iterable[int] | None
     parts = list(counts.values())
     all_days = np.concatenate([c.reg_days for c in parts]) if parts else np.empty(0, np.int64)
     all_len = np.concatenate([c.reg_len for c in parts]) if parts else np.empty(0, np.int64)
-    uniq, first = np.unique(all_days, return_index=True)
+    uniq, first, inv = np.unique(all_days, return_index=True, return_inverse=True)
+    am, pm = (np.bincount(inv.ravel(), weights=np.concatenate([getattr(c, f) for c in parts]), minlength=uniq.size)
+              if parts else np.zeros(0) for f in ("reg_am", "reg_pm"))
+    half = EARLY_CLOSE_MIN - OPEN_MIN
+    full = all_len[first] > half
+    early = full & (pm / np.maximum(all_len[first] - half, 1) < HALF_DAY_DENSITY * am / half)
+    all_len = all_len.copy()
+    all_len[first[early]] = EARLY_CLOSE_MIN - OPEN_MIN
     if days is not None:
         keep = np.isin(uniq, np.fromiter(days, dtype=np.int64))
         uniq, first = uniq[keep], first[keep]

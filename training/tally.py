@@ -29,7 +29,8 @@ N_GROUPS = 1 + len(BUCKETS) + len(S.TERCILES)  # group 0: all samples; then the 
 # Per-ticker table columns: (report key, forecaster, metric).
 TICKER_COLUMNS = (("coverage_80", "served", "coverage_80"), ("coverage_90", "served", "coverage_90"),
                   ("interval_score_80", "served", "interval_score_80"),
-                  ("baseline_interval_score_80", "baseline", "interval_score_80"))
+                  ("baseline_interval_score_80", "baseline", "interval_score_80"),
+                  ("har_interval_score_80", "har_online", "interval_score_80"))  # when the HAR baseline is scored
 
 
 def _mean(total: float, n: float) -> float | None:
@@ -173,7 +174,9 @@ class ReportTally:
         self.intervals = {n: IntervalTally() for n in names}
         self.points = {n: PointTally() for n in (*(p for p in ("model", "current") if p in names), "persistence")}
         self.dm = MinuteSums() if "model" in names else None
-        self.tickers: dict[str, np.ndarray] = {}  # ticker -> [samples, TICKER_COLUMNS sums, squared error sums]
+        # the per-ticker table's columns of the forecasters scored
+        self.columns = [c for c in TICKER_COLUMNS if c[1] == "served" or c[1] in names]
+        self.tickers: dict[str, np.ndarray] = {}  # ticker -> [samples, columns' sums, squared error sums]
         self.n_all, self.up, self.moved = 0, 0, 0
         self.period = (math.inf, -math.inf)  # as-of minutes, every hour
 
@@ -214,11 +217,11 @@ class ReportTally:
         return errors
 
     def _add_tickers(self, tickers: np.ndarray, values: dict[str, np.ndarray], errors: dict[str, np.ndarray]) -> None:
-        """Per-ticker sums: samples, the TICKER_COLUMNS' per-sample values, each point forecaster's squared error."""
+        """Per-ticker sums: samples, the table columns' per-sample values, each point forecaster's squared error."""
         col = {m: 3 * k + j for k, lv in enumerate(LEVELS) for j, m in
                enumerate((f"coverage_{round(lv * 100)}", f"interval_score_{round(lv * 100)}"))}
         cols = [np.ones(len(tickers))]
-        cols += [values[self.served if who == "served" else who][:, col[metric]] for _, who, metric in TICKER_COLUMNS]
+        cols += [values[self.served if who == "served" else who][:, col[metric]] for _, who, metric in self.columns]
         cols += list(errors.values())
         names, inv = np.unique(tickers, return_inverse=True)
         sums = np.stack([np.bincount(inv.ravel(), weights=c, minlength=names.size) for c in cols], axis=1)
@@ -244,9 +247,9 @@ class ReportTally:
         for t in sorted(self.tickers):
             n, *rest = self.tickers[t]
             row: dict[str, Any] = {"ticker": t, "samples": int(n)}
-            row |= {key: _mean(s, n) for (key, _, _), s in zip(TICKER_COLUMNS, rest[:len(TICKER_COLUMNS)], strict=True)}
-            row |= {f"{p}_rmse": S.finite(math.sqrt(se / n)) for p, se in
-                    zip(self.points, rest[len(TICKER_COLUMNS):], strict=True)}
+            k = len(self.columns)
+            row |= {key: _mean(s, n) for (key, _, _), s in zip(self.columns, rest[:k], strict=True)}
+            row |= {f"{p}_rmse": S.finite(math.sqrt(se / n)) for p, se in zip(self.points, rest[k:], strict=True)}
             rows.append(row)
         return rows
 

@@ -66,7 +66,8 @@ from training.tally import FanSamples, ReportTally, tercile_cuts
 
 # Headline figures of every run: result.json, the model's meta and the README's Model quality table.
 SUMMARY_KEYS = ("coverage_80", "coverage_90", "interval_score_80", "baseline_interval_score_80",
-                "interval_score_gain_80", "model_rmse", "persistence_rmse", "dm_stat", "dm_pvalue",
+                "interval_score_gain_80", "har_interval_score_80", "interval_score_gain_vs_har_80",
+                "model_rmse", "persistence_rmse", "dm_stat", "dm_pvalue",
                 "model_directional_accuracy", "ready_share_regular_hours")
 SHUFFLE_BUFFER = 200_000  # training samples in the shuffle buffer (indexes: 8 bytes each)
 
@@ -240,7 +241,8 @@ def evaluate(run: Run, data: Data, inputs: Inputs, fitted: Fitted) -> Evaluation
     (sigma,) = allgather_arrays(comm, E.test_sigmas(test()))
     cuts = tercile_cuts(sigma)
     del sigma
-    tally, fans = E.tally_all(test(), data.mine["test"], candidate, current, inputs.baseline_scale, cuts)
+    tally, fans = E.tally_all(test(), data.mine["test"], candidate, current, inputs.baseline_scale, cuts,
+                              har=inputs.har)
     run.scratch.cleanup()
     peak_rss_mb = comm.allgather_object(peak_rss())
     parts = comm.allgather_object((tally, fans))
@@ -262,12 +264,13 @@ def promote(run: Run, data: Data, inputs: Inputs, fitted: Fitted, ev: Evaluation
     settings, val = run.settings, fitted.validation
     test_days = [d for d in data.all_days if d >= data.cuts[1]]
     report = E.report_of_tally(ev.tally, ev.candidate, ev.current, baseline_scale=inputs.baseline_scale,
-                               extra={"ready": E.ready_share_of(data.ready, days=test_days)})
+                               har=inputs.har, extra={"ready": E.ready_share_of(data.ready, days=test_days)})
     data_range = {"val_start_day": data.cuts[0], "test_start_day": data.cuts[1], "samples": data.totals,
                   "market_ticker": data.market_ticker, "tickers": report["tickers"], **data.source}
     meta = {
         "config": run.config, "data": data_range, "code_version": code_version(),
-        "baseline_scale": inputs.baseline_scale, "bucket_scales": fitted.bucket_scales.tolist(),
+        "baseline_scale": inputs.baseline_scale, "har": inputs.har.to_dict(),
+        "bucket_scales": fitted.bucket_scales.tolist(),
         "metrics": {"test": {k: report.get(k) for k in SUMMARY_KEYS}, "val_pinball": fitted.val_pinball,
                     "best_epoch": val.best_epoch, "epochs_run": fitted.epochs_run, "history": val.history,
                     "median_shrink": fitted.shrink, "median_test": fitted.shrink_test},
@@ -275,7 +278,7 @@ def promote(run: Run, data: Data, inputs: Inputs, fitted: Fitted, ev: Evaluation
     }
     version = ev.registry.save(fitted.model, inputs.scaler, meta)
     ev.registry.save_baseline_scale(inputs.baseline_scale, {"run_id": run.run_id, "version": version,
-                                                            "samples": len(inputs.ratios)})
+                                                            "samples": len(inputs.ratios)}, har=inputs.har)
     report |= {"version": version, "data": data_range, "config": run.config, "best_epoch": val.best_epoch}
     decision = E.apply_gate(ev.registry, version, report) if settings.promote else None
     kept, preds = ev.fans.samples()
