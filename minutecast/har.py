@@ -29,30 +29,15 @@ from typing import Any
 
 import numpy as np
 
+from minutecast import window as W
 from minutecast.errors import ModelError
 from minutecast.intervals import Z, scale_from_ratios
-from minutecast.window import (
-    CLOSE_MIN,
-    FILLED,
-    GAP,
-    HORIZON,
-    MINUTE,
-    MKT_BAR,
-    MKT_RET,
-    OPEN_MIN,
-    PREV,
-    C,
-    H,
-    L,
-    minute_of_day,
-    regular_hours,
-)
 
 HORIZONS = (5, 15, 60)  # minutes of realised volatility (the window's last h slots)
 MKT_HORIZONS = (15, 60)
 RANGE_SLOTS = 15  # bars averaged for the range feature
 BUCKET_MIN = 15  # minutes per diurnal bucket
-N_DIURNAL = (CLOSE_MIN - OPEN_MIN) // BUCKET_MIN + 1  # 26 regular-session buckets + "outside regular hours"
+N_DIURNAL = (W.CLOSE_MIN - W.OPEN_MIN) // BUCKET_MIN + 1  # 26 regular-session buckets + "outside regular hours"
 FEATURES = (*(f"log_rv{h}" for h in HORIZONS), "log_range", *(f"log_mkt{h}" for h in MKT_HORIZONS), "gap",
             *(f"diurnal{b}" for b in range(N_DIURNAL)))
 N_FEATURES = len(FEATURES)
@@ -73,35 +58,35 @@ def _log(x: np.ndarray) -> np.ndarray:
 
 def diurnal_bucket(minutes: np.ndarray) -> np.ndarray:
     """As-of epoch minutes (N,) -> diurnal bucket 0..N_DIURNAL-1 (the last: outside regular hours)."""
-    mod = minute_of_day(minutes)
-    b = np.clip((mod - OPEN_MIN) // BUCKET_MIN, 0, N_DIURNAL - 2)
-    return np.where(regular_hours(minutes), b, N_DIURNAL - 1)
+    mod = W.minute_of_day(minutes)
+    b = np.clip((mod - W.OPEN_MIN) // BUCKET_MIN, 0, N_DIURNAL - 2)
+    return np.where(W.regular_hours(minutes), b, N_DIURNAL - 1)
 
 
 def design(windows: np.ndarray) -> np.ndarray:
     """Raw windows (N, WINDOW, N_COLUMNS) -> regressors (N, N_FEATURES) float64."""
     w = np.asarray(windows, dtype=np.float64)
-    r = np.log(w[..., C] / w[..., PREV])
-    ok = w[..., GAP] == 0
-    sqrt_h = np.sqrt(HORIZON)
+    r = np.log(w[..., W.C] / w[..., W.PREV])
+    ok = w[..., W.GAP] == 0
+    sqrt_h = np.sqrt(W.HORIZON)
     cols = [_log(_rms(r[:, -h:], ok[:, -h:]) * sqrt_h) for h in HORIZONS]
-    real = w[:, -RANGE_SLOTS:, FILLED] == 0
-    rng = np.log(w[:, -RANGE_SLOTS:, H] / w[:, -RANGE_SLOTS:, L])
+    real = w[:, -RANGE_SLOTS:, W.FILLED] == 0
+    rng = np.log(w[:, -RANGE_SLOTS:, W.H] / w[:, -RANGE_SLOTS:, W.L])
     cols.append(_log(np.where(real, rng, 0.0).sum(axis=1) / np.maximum(real.sum(axis=1), 1) * sqrt_h))
-    mkt_ok = w[..., MKT_BAR] != 0
-    cols += [_log(_rms(w[:, -h:, MKT_RET], mkt_ok[:, -h:]) * sqrt_h) for h in MKT_HORIZONS]
+    mkt_ok = w[..., W.MKT_BAR] != 0
+    cols += [_log(_rms(w[:, -h:, W.MKT_RET], mkt_ok[:, -h:]) * sqrt_h) for h in MKT_HORIZONS]
     cols.append((~ok).any(axis=1).astype(np.float64))
     dummies = np.zeros((len(w), N_DIURNAL))
     if len(w):
-        dummies[np.arange(len(w)), diurnal_bucket(w[:, -1, MINUTE].astype(np.int64))] = 1.0
+        dummies[np.arange(len(w)), diurnal_bucket(w[:, -1, W.MINUTE].astype(np.int64))] = 1.0
     return np.column_stack([*cols, dummies]) if len(w) else np.zeros((0, N_FEATURES))
 
 
 def target(windows: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """The regression target (N,): log(|5-minute log move| + KAPPA * rv_60)."""
     w = np.asarray(windows, dtype=np.float64)
-    move = np.log(np.asarray(targets, dtype=np.float64) / w[:, -1, C])
-    rv60 = _rms(np.log(w[..., C] / w[..., PREV]), w[..., GAP] == 0) * np.sqrt(HORIZON)
+    move = np.log(np.asarray(targets, dtype=np.float64) / w[:, -1, W.C])
+    rv60 = _rms(np.log(w[..., W.C] / w[..., W.PREV]), w[..., W.GAP] == 0) * np.sqrt(W.HORIZON)
     return np.log(np.abs(move) + KAPPA * rv60 + FLOOR)
 
 
@@ -153,7 +138,7 @@ class Har:
 
     def ratios(self, windows: np.ndarray, targets: np.ndarray) -> np.ndarray:
         """|log move| / sigma of each sample (what :func:`calibrated` fits the levels' scales on)."""
-        move = np.abs(np.log(np.asarray(targets, dtype=np.float64) / np.asarray(windows)[:, -1, C]))
+        move = np.abs(np.log(np.asarray(targets, dtype=np.float64) / np.asarray(windows)[:, -1, W.C]))
         s = self.sigma(windows)
         ok = np.isfinite(move) & (s > 0)
         return move[ok] / s[ok]
