@@ -44,7 +44,8 @@ def waiting_text(venv: Path | None = None) -> str:
     st = state(venv)
     log = venv / LOG_FILE
     return {"ready": "",
-            "building": f"trainer waits for the horovod build (background, log {log})",
+            "building": f"trainer waits for the background install (TensorFlow on a fresh virtualenv, then the horovod "
+                        f"build; log {log})",
             "failed": f"trainer waits: the horovod build failed (see {log}; `make setup` retries it)",
             "missing": "trainer waits: horovod is not installed (`make setup` builds it)"}[st]
 
