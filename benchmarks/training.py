@@ -18,8 +18,9 @@ Memory: the peak resident set (``ru_maxrss`` of the trainer process, from ``wait
 run, ``python -m training.train --bars <shared data>`` on one rank in a scratch MINUTECAST_HOME (nothing
 promoted): the tiny network for 1 epoch, but the default preset's sample cap (``--max-samples``), since
 what the trainer holds of the data sets the peak, not the network: streamed (training/stream.py), a group
-of tickers' bars and a chunk of windows at a time, so the peak is bounded by the group, chunk and sample-cap
-sizes and by the scored test samples (~0.3 kB each), not by the windows (~5.8 kB each). ``--tiny`` takes two
+of tickers' bars and a chunk of windows at a time, the report from sums (training/tally.py), so the peak is
+bounded by the group, chunk and sample-cap sizes (and 8 bytes per test sample for the volatility terciles),
+not by the windows (~5.8 kB each) nor the scored test samples. ``--tiny`` takes two
 tickers and 2,000 samples instead. ``--tickers N --days D``: the same run on synthetic bars of the recorded
 data's shape (:mod:`benchmarks.training_bars`), ``--ranks R`` under horovodrun (the peak is per rank).
 
