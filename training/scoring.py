@@ -10,7 +10,7 @@ is columns (1, 3), the 90% one (0, 4) (:data:`minutecast.intervals.PAIRS`). nump
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -244,23 +244,32 @@ def ready_share(bars: Mapping[str, Any], days: Iterable[int] | None = None) -> d
     return ready_share_of({t: ready_counts(v) for t, v in bars.items()}, days)
 
 
+def session_lengths(parts: Sequence[ReadyCounts]) -> tuple[np.ndarray, np.ndarray]:
+    """Every date with a regular-hours bar of any ticker (sorted) and its regular session's length in minutes:
+    the calendar's, or 210 where the bars from 13:00 (all tickers) are under :data:`HALF_DAY_DENSITY` as dense
+    as the morning's (see :func:`ready_share`)."""
+    if not parts:
+        return np.empty(0, np.int64), np.empty(0, np.int64)
+    uniq, first, inv = np.unique(np.concatenate([c.reg_days for c in parts]), return_index=True,
+                                 return_inverse=True)
+    calendar = np.concatenate([c.reg_len for c in parts])[first]
+
+    def per_day(values: list[np.ndarray]) -> np.ndarray:
+        return np.bincount(inv.ravel(), weights=np.concatenate(values), minlength=uniq.size)
+
+    am, pm = per_day([c.reg_am for c in parts]), per_day([c.reg_pm for c in parts])
+    half = EARLY_CLOSE_MIN - OPEN_MIN
+    sparse = pm / np.maximum(calendar - half, 1) < HALF_DAY_DENSITY * am / half
+    return uniq, np.where((calendar > half) & sparse, half, calendar)
+
+
 def ready_share_of(counts: Mapping[str, ReadyCounts], days: Iterable[int] | None = None) -> dict[str, Any]:
     """:func:`ready_share` from each ticker's :class:`ReadyCounts` (gathered from the ranks that read them)."""
-    parts = list(counts.values())
-    all_days = np.concatenate([c.reg_days for c in parts]) if parts else np.empty(0, np.int64)
-    all_len = np.concatenate([c.reg_len for c in parts]) if parts else np.empty(0, np.int64)
-    uniq, first, inv = np.unique(all_days, return_index=True, return_inverse=True)
-    am, pm = (np.bincount(inv.ravel(), weights=np.concatenate([getattr(c, f) for c in parts]), minlength=uniq.size)
-              if parts else np.zeros(0) for f in ("reg_am", "reg_pm"))
-    half = EARLY_CLOSE_MIN - OPEN_MIN
-    full = all_len[first] > half
-    early = full & (pm / np.maximum(all_len[first] - half, 1) < HALF_DAY_DENSITY * am / half)
-    all_len = all_len.copy()
-    all_len[first[early]] = EARLY_CLOSE_MIN - OPEN_MIN
+    uniq, day_len = session_lengths(list(counts.values()))
     if days is not None:
         keep = np.isin(uniq, np.fromiter(days, dtype=np.int64))
-        uniq, first = uniq[keep], first[keep]
-    denom_all, denom_first = int(all_len[first].sum()), FIRST_HOUR_MIN * int(uniq.size)
+        uniq, day_len = uniq[keep], day_len[keep]
+    denom_all, denom_first = int(day_len.sum()), FIRST_HOUR_MIN * int(uniq.size)
     per: dict[str, dict[str, Any]] = {}
     num_all = num_first = 0
     for t in sorted(counts):
