@@ -124,6 +124,10 @@ class HarFit:
         ridge = RIDGE * max(float(np.trace(self.xtx)) / N_FEATURES, 1e-12)
         return np.linalg.solve(self.xtx + ridge * np.eye(N_FEATURES), self.xty)
 
+    def har(self) -> Har:
+        """The fitted baseline, its levels' scales still (1, 1) (:meth:`Har.calibrated` sets them)."""
+        return Har(tuple(float(c) for c in self.solve()))
+
 
 @dataclass(frozen=True)
 class Har:
@@ -168,6 +172,6 @@ def fit(chunks: Any) -> Har:
     f = HarFit()
     for windows, targets in chunks:
         f.add(windows, targets)
-    har = Har(tuple(float(c) for c in f.solve()))
+    har = f.har()
     ratios = [har.ratios(w, t) for w, t in chunks]
     return har.calibrated(np.concatenate(ratios) if ratios else np.zeros(0))

@@ -158,8 +158,9 @@ class Inputs:
 
 
 def prepare_inputs(run: Run, data: Data) -> Inputs:
-    """Pass 2: the scaler and the calibrated baseline on training samples only (sums allreduced); pass 3:
-    the model inputs of the training and validation samples into scratch files."""
+    """Pass 2: the scaler, the calibrated window-vol baseline and the HAR baseline's least-squares fit on
+    training samples only (sums allreduced); pass 3: the model inputs of the training and validation samples
+    into scratch files, and on the way the HAR baseline's ratios (its levels' scales)."""
     from training.callbacks import allgather_arrays  # TensorFlow: after its set-up
 
     tf, comm, scratch = run.tf, run.comm, Path(run.scratch.name)
@@ -167,8 +168,8 @@ def prepare_inputs(run: Run, data: Data) -> Inputs:
     scaler = Scaler.from_stats(comm.allreduce(tf.constant(stats, tf.float64), op=comm.Sum).numpy())
     (ratios,) = allgather_arrays(comm, ratios_mine)
     baseline_scale = I.scale_from_ratios(ratios)
-    har = Har(tuple(float(c) for c in HarFit.from_vector(
-        comm.allreduce(tf.constant(har_sums.to_vector(), tf.float64), op=comm.Sum).numpy()).solve()))
+    har_fit = HarFit.from_vector(comm.allreduce(tf.constant(har_sums.to_vector(), tf.float64), op=comm.Sum).numpy())
+    har = har_fit.har()
     har_ratios: list[np.ndarray] = [np.empty(0)]
     x_train, y_train, _, _ = spill(data.chunks("train"), scaler, scratch / "train.f32",
                                    each=lambda s: har_ratios.append(har.ratios(*_regular(s))))
@@ -179,7 +180,7 @@ def prepare_inputs(run: Run, data: Data) -> Inputs:
                      "%d pass(es) over the bars so far", data.totals["train"], data.totals["val"], data.totals["test"],
                      scaler.to_dict(), *baseline_scale, data.groups.passes)
         run.log.info("HAR baseline fitted on %d training samples in regular hours, scale c80 %.3f c90 %.3f",
-                     len(ratios), *har.scale)
+                     har_fit.n, *har.scale)
     return Inputs(scaler, ratios, baseline_scale, har, x_train, y_train, x_val, y_val, val_last, val_ends)
 
 
