@@ -58,9 +58,15 @@ TICKERS = ("AAPL", "MSFT", "NVDA", "SPY")
 DAY = 86400
 # Longer than the old code lasted with a restart budget of 1: Redis, a producer that waited 30 s twice; Kafka,
 # a Spark job whose sink gave up after 60 s, then waited 60 s for the broker at its restart.
-OUTAGE_S = {"redis": 75.0, "kafka": 130.0}
+# The issue's own run (default budget of 5, 6 minutes away, at a pace that keeps 6 minutes inside the windows):
+#   MINUTECAST_TEST_OUTAGE_S=360 MINUTECAST_TEST_RESTART_MAX=5 MINUTECAST_TEST_SPEED=10 pytest tests/test_outage.py
+_LONG = float(os.environ.get("MINUTECAST_TEST_OUTAGE_S", 0))
+OUTAGE_S = {"redis": _LONG or 75.0, "kafka": _LONG or 130.0}
 FRESH_S = 60.0  # forecasts are fresh again this soon after the dependency's return
-SPEED = "24"  # market minutes per wall minute: outage + recovery stay inside the window store's 90 newest bars
+RESTART_MAX = os.environ.get("MINUTECAST_TEST_RESTART_MAX", "1")  # the run's restart budget (default 5)
+AFTER_MINUTES = 6  # the nothing-lost check covers at least this many market minutes published from the outage on
+# Market minutes per wall minute: outage + recovery stay inside the window store's 90 newest bars.
+SPEED = os.environ.get("MINUTECAST_TEST_SPEED", "24")
 
 
 @dataclass
@@ -123,7 +129,8 @@ def pipeline(tmp_path: Path) -> Iterator[Pipeline]:
     env = os.environ | {
         "MINUTECAST_HOME": str(home), "MINUTECAST_NAMESPACE": ns, "MINUTECAST_KAFKA_BOOTSTRAP": s.kafka.bootstrap,
         "MINUTECAST_REDIS_PORT": str(s.redis.port), "MINUTECAST_REDIS_PASSWORD": password,
-        "MINUTECAST_KAFKA_HEAP": "384m", "MINUTECAST_RESTART_MAX": "1", "MINUTECAST_SERVE_PORT": str(free_port()),
+        "MINUTECAST_KAFKA_HEAP": "384m", "MINUTECAST_RESTART_MAX": RESTART_MAX,
+        "MINUTECAST_SERVE_PORT": str(free_port()),
         "MINUTECAST_WEB_PORT": "0", "MINUTECAST_METRICS_PORT": "0",  # the producer's alone (below), no race
         "MINUTECAST_PRODUCER_METRICS_PORT": str(metrics_port), "MINUTECAST_BAR_PARTITIONS": "3",
         "MINUTECAST_COMMIT_INTERVAL_S": "0.5", "PYTHONUNBUFFERED": "1"}
@@ -251,14 +258,15 @@ def nothing_lost(p: Pipeline, outage_started: float) -> None:
         return ends, [b for b in bars if (b.published_at or 0) >= outage_started - 1]
 
     # The producer resumes after its back-off (up to MINUTECAST_DEPENDENCY_BACKOFF_MAX_S) and its reconnect: the
-    # snapshot is taken once bars published from the outage on are on the topic (fresh forecasts can come sooner,
-    # from bars published just before the outage).
-    deadline = time.monotonic() + 60
+    # snapshot is taken once AFTER_MINUTES market minutes of bars published from the outage on are on the topic
+    # (fresh forecasts can come sooner, from bars published just before the outage).
+    deadline = time.monotonic() + 90
     ends, during = snapshot()
-    while not during and time.monotonic() < deadline:
+    while len(during) < AFTER_MINUTES * len(TICKERS) and time.monotonic() < deadline:
         time.sleep(2)
         ends, during = snapshot()
-    assert during, "no bar was published during or after the outage (60 s after its end)"
+    assert len(during) >= AFTER_MINUTES * len(TICKERS), \
+        f"only {len(during)} bars published from the outage on, 90 s after its end"
     wait_until(lambda: committed(p.s.kafka, p.s.namespace, topic, ends), 120, "the worker committed the snapshot")
     client = p.client()
     stored = windows(client, p.s.namespace)
