@@ -180,3 +180,17 @@ def test_diebold_mariano_of_minute_sums_equals_the_per_sample_test() -> None:
     got = S.diebold_mariano_of_sums(np.bincount(inv, weights=a - b), np.bincount(inv).astype(float))
     for k in ref:
         assert got[k] == pytest.approx(ref[k], rel=1e-9, abs=1e-12), k
+
+
+def test_cut_points_in_place_and_sigmas_into_one_array_are_the_same_figures() -> None:
+    """The trainer's low-memory first pass (sigmas filled into one array of the counted size, cut points by an
+    in-place partition) gives bit for bit the cut points of the reference (parts joined, terciles' copy)."""
+    test, _ = synthetic(("AAA", "BBB", "CCC"))
+    joined = E.test_sigmas(E.ticker_chunks(test, 500))
+    filled = E.test_sigmas(E.ticker_chunks(test, 500), len(test))
+    np.testing.assert_array_equal(filled, joined)
+    reference = S.terciles(joined)[1]
+    assert tercile_cuts(joined) == reference
+    assert tercile_cuts(filled, overwrite=True) == reference
+    with pytest.raises(E.ConfigError, match="more than the 10 test samples"):
+        E.test_sigmas(E.ticker_chunks(test, 500), 10)

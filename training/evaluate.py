@@ -281,14 +281,29 @@ def _headline(top: dict[str, Any], dist: dict[str, dict[str, Any]], point: dict[
 
 
 # -- training's evaluation: a tally a chunk at a time, no scored samples kept ------------------------------
-def test_sigmas(chunks: Iterable[Samples]) -> np.ndarray:
+def test_sigmas(chunks: Iterable[Samples], n: int | None = None) -> np.ndarray:
     """The window volatility (window_sigma) of each test sample with a usable target, a chunk at a time: the
-    cheap first pass that fixes the volatility tercile cut points before the tally (8 bytes a sample)."""
-    parts = [np.empty(0)]
+    cheap first pass that fixes the volatility tercile cut points before the tally (8 bytes a sample). ``n``:
+    the samples counted (an upper bound): filled into one array of that size, not parts joined at the end
+    (which holds every sample twice for a moment)."""
+    if n is None:
+        parts = [np.empty(0)]
+        for c in chunks:
+            parts.append(_usable_sigma(c))
+        return np.concatenate(parts)
+    out, k = np.empty(n), 0
     for c in chunks:
-        ok = np.isfinite(c.targets) & (c.targets > 0)
-        parts.append(window_sigma(c.windows[ok] if not ok.all() else c.windows))
-    return np.concatenate(parts)
+        part = _usable_sigma(c)
+        if k + part.size > n:
+            raise ConfigError(f"more than the {n} test samples counted")
+        out[k:k + part.size] = part
+        k += part.size
+    return out[:k]
+
+
+def _usable_sigma(c: Samples) -> np.ndarray:
+    ok = np.isfinite(c.targets) & (c.targets > 0)
+    return window_sigma(c.windows[ok] if not ok.all() else c.windows)
 
 
 def tally_all(chunks: Iterable[Samples], n: int, model: ServingModel | None, current: ServingModel | None,

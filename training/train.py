@@ -54,7 +54,7 @@ from minutecast.registry import Registry, code_version
 from minutecast.serving_model import ServingModel
 from minutecast.settings import TrainingSettings
 from minutecast.window import WINDOW
-from training import cleanup
+from training import cleanup, memory
 from training import data as D
 from training import evaluate as E
 from training import stream as ST
@@ -79,10 +79,14 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"namespace": settings.namespace, "home": str(settings.home), **options(settings),
                           "resolved_preset": preset.to_dict()}))
         return 0
+    memory.bound_heap()  # freed chunks go back to the system: the peak is the batch's, not the history's
     run = setup(settings, preset)
     data = load_data(run, args.offsets)
+    memory.release("pass 1")
     inputs = prepare_inputs(run, data)
+    memory.release("passes 2 and 3")
     fitted = fit(run, data, inputs)
+    memory.release("the fit")
     evaluation = evaluate(run, data, inputs, fitted)
     if run.is_chief:
         promote(run, data, inputs, fitted, evaluation, args.out)
@@ -238,8 +242,8 @@ def evaluate(run: Run, data: Data, inputs: Inputs, fitted: Fitted) -> Evaluation
     def test() -> Iterator[D.Samples]:
         return data.chunks("test_all", whole=True, keep=ST.regular)  # reports score regular hours
 
-    (sigma,) = allgather_arrays(comm, E.test_sigmas(test()))
-    cuts = tercile_cuts(sigma)
+    (sigma,) = allgather_arrays(comm, E.test_sigmas(test(), data.mine["test"]))
+    cuts = tercile_cuts(sigma, overwrite=True)
     del sigma
     tally, fans = E.tally_all(test(), data.mine["test"], candidate, current, inputs.baseline_scale, cuts,
                               har=inputs.har)
