@@ -85,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     memory.release("pass 1")
     inputs = prepare_inputs(run, data)
     memory.release("passes 2 and 3")
+    memory.bound_heap(memory.FIT_MMAP_THRESHOLD)  # the fit's steps allocate as before (its samples/s)
     fitted = fit(run, data, inputs)
+    memory.bound_heap()
     memory.release("the fit")
     evaluation = evaluate(run, data, inputs, fitted)
     if run.is_chief:
