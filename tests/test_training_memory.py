@@ -20,7 +20,8 @@ def anon_mib():
             return int(line.split()[1]) / 1024
 
 assert memory.bound_heap()
-# Rise the default threshold would take: a freed 24 MiB block, then blocks of 8 MiB (old: from the heap).
+# A freed 24 MiB block raises glibc's default threshold past 8 MiB: without the fix, the 8 MiB blocks below
+# would come from the heap.
 big = np.ones(24 << 17); del big
 before = anon_mib()
 parts = [np.ones(1 << 20) for _ in range(16)]  # 16 x 8 MiB, touched

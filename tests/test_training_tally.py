@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 
 from minutecast import har as HAR
+from minutecast.intervals import window_sigma
 from minutecast.window import regular_hours, session_ids
 from tests.support.evaluation import FakeModel, synthetic
 from tests.test_training_stream import _close, _figures
 from training import evaluate as E
 from training import scoring as S
 from training.report import PLOT_TICKERS
-from training.tally import TICKER_COLUMNS, tercile_cuts
+from training.tally import TICKER_COLUMNS
 
 SCALE = (1.05, 1.1)
 
@@ -112,7 +113,7 @@ def test_the_har_baseline_is_scored_as_served_and_tallied_like_every_forecaster(
         1 - report["interval_score_80"] / report["har_interval_score_80"], rel=1e-12)
     assert all(row["har_interval_score_80"] is not None for row in report["per_ticker"])
     ranks = [test.take(np.flatnonzero(np.isin(test.tickers, part))) for part in (["AAA", "CCC"], ["BBB", "DDD"])]
-    cuts = tercile_cuts(np.concatenate([E.test_sigmas(E.ticker_chunks(r, 2000)) for r in ranks]))
+    cuts = S.tercile_cuts(np.concatenate([E.test_sigmas(E.ticker_chunks(r, 2000), len(r)) for r in ranks]))
     tallies = [E.tally_all(E.ticker_chunks(r, 1500), len(r), model, current, SCALE, cuts, har=har)[0] for r in ranks]
     tallies[0].merge(tallies[1])
     _same(E.report_of_tally(tallies[0], model, current, baseline_scale=SCALE, har=har), reference)
@@ -136,7 +137,7 @@ def test_chunked_tallies_merged_over_ranks_equal_the_whole_array_report() -> Non
     test, _ = synthetic(("AAA", "BBB", "CCC", "DDD"))
     model, current = FakeModel(0.9, "new", bias=1e-4), FakeModel(1.1, "cur")
     ranks = [test.take(np.flatnonzero(np.isin(test.tickers, part))) for part in (["AAA", "CCC"], ["BBB", "DDD"])]
-    cuts = tercile_cuts(np.concatenate([E.test_sigmas(E.ticker_chunks(r, 2000)) for r in ranks]))
+    cuts = S.tercile_cuts(np.concatenate([E.test_sigmas(E.ticker_chunks(r, 2000), len(r)) for r in ranks]))
     parts = [E.tally_all(E.ticker_chunks(r, 2000), len(r), model, current, SCALE, cuts) for r in ranks]
     tally, fans = parts[0]
     for t, f in parts[1:]:
@@ -164,7 +165,7 @@ def test_fan_samples_keep_only_the_largest_tickers() -> None:
     model = FakeModel(1.0, "m")
     drop = np.flatnonzero(test.tickers == "AAA")[:100]
     test = test.take(np.setdiff1d(np.arange(len(test)), drop))  # AAA: the fewest samples
-    cuts = tercile_cuts(E.test_sigmas([test]))
+    cuts = S.tercile_cuts(E.test_sigmas([test], len(test)))
     _, fans = E.tally_all(E.ticker_chunks(test, 500), len(test), model, None, SCALE, cuts)
     fans.limit = 2
     fans.merge(type(fans)(fans.served, 2))
@@ -184,13 +185,15 @@ def test_diebold_mariano_of_minute_sums_equals_the_per_sample_test() -> None:
 
 def test_cut_points_in_place_and_sigmas_into_one_array_are_the_same_figures() -> None:
     """The trainer's low-memory first pass (sigmas filled into one array of the counted size, cut points by an
-    in-place partition) gives bit for bit the cut points of the reference (parts joined, terciles' copy)."""
+    in-place partition) gives bit for bit the cut points of the reference (every sample's window_sigma at
+    once, np.quantile on a copy)."""
     test, _ = synthetic(("AAA", "BBB", "CCC"))
-    joined = E.test_sigmas(E.ticker_chunks(test, 500))
+    ok = np.isfinite(test.targets) & (test.targets > 0)
+    joined = window_sigma(test.windows[ok])
     filled = E.test_sigmas(E.ticker_chunks(test, 500), len(test))
-    np.testing.assert_array_equal(filled, joined)
-    reference = S.terciles(joined)[1]
-    assert tercile_cuts(joined) == reference
-    assert tercile_cuts(filled, overwrite=True) == reference
+    np.testing.assert_array_equal(np.sort(filled), np.sort(joined))
+    reference = [float(c) for c in np.quantile(joined, [1 / 3, 2 / 3])]
+    assert S.terciles(joined)[1] == reference
+    assert S.tercile_cuts(filled, overwrite=True) == reference
     with pytest.raises(E.ConfigError, match="more than the 10 test samples"):
         E.test_sigmas(E.ticker_chunks(test, 500), 10)

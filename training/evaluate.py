@@ -39,7 +39,7 @@ from training.data import Samples
 from training.gate import COVERAGE_TOL, DM_ALPHA, apply_gate, gate, load_current
 from training.report import PLOT_TICKERS, markdown, write_report
 from training.scoring import ready_share, ready_share_of
-from training.tally import FanSamples, ReportTally, tercile_cuts
+from training.tally import FanSamples, ReportTally
 
 __all__ = ["COVERAGE_TOL", "DM_ALPHA", "Scored", "apply_gate", "build_report", "forecaster_names", "forecasts",
            "gate", "load_current", "markdown", "predict_log_quantiles", "ready_share", "ready_share_of", "report_of",
@@ -192,7 +192,7 @@ def report_of(scored: Scored, model: ServingModel | None, current: ServingModel 
     online calibration). ``extra`` is merged in last (e.g. :func:`ready_share` of the bars the samples
     came from). The same figures as :func:`report_of_tally` of these samples tallied a chunk at a time."""
     reg = regular_hours(scored.ends)
-    tally = ReportTally(list(scored.preds), served_name(model), tercile_cuts(scored.sigma[reg]))
+    tally = ReportTally(list(scored.preds), served_name(model), S.tercile_cuts(scored.sigma[reg]))
     tally.add(scored.tickers, scored.ends, scored.targets, scored.last_close, scored.sigma, scored.preds)
     return report_of_tally(tally, model, current, baseline_scale=baseline_scale, har=har, extra=extra)
 
@@ -281,19 +281,15 @@ def _headline(top: dict[str, Any], dist: dict[str, dict[str, Any]], point: dict[
 
 
 # -- training's evaluation: a tally a chunk at a time, no scored samples kept ------------------------------
-def test_sigmas(chunks: Iterable[Samples], n: int | None = None) -> np.ndarray:
+def test_sigmas(chunks: Iterable[Samples], n: int) -> np.ndarray:
     """The window volatility (window_sigma) of each test sample with a usable target, a chunk at a time: the
     cheap first pass that fixes the volatility tercile cut points before the tally (8 bytes a sample). ``n``:
     the samples counted (an upper bound): filled into one array of that size, not parts joined at the end
     (which holds every sample twice for a moment)."""
-    if n is None:
-        parts = [np.empty(0)]
-        for c in chunks:
-            parts.append(_usable_sigma(c))
-        return np.concatenate(parts)
     out, k = np.empty(n), 0
     for c in chunks:
-        part = _usable_sigma(c)
+        ok = np.isfinite(c.targets) & (c.targets > 0)
+        part = window_sigma(c.windows[ok] if not ok.all() else c.windows)
         if k + part.size > n:
             raise ConfigError(f"more than the {n} test samples counted")
         out[k:k + part.size] = part
@@ -301,17 +297,12 @@ def test_sigmas(chunks: Iterable[Samples], n: int | None = None) -> np.ndarray:
     return out[:k]
 
 
-def _usable_sigma(c: Samples) -> np.ndarray:
-    ok = np.isfinite(c.targets) & (c.targets > 0)
-    return window_sigma(c.windows[ok] if not ok.all() else c.windows)
-
-
 def tally_all(chunks: Iterable[Samples], n: int, model: ServingModel | None, current: ServingModel | None,
               baseline_scale: tuple[float, float], cuts: Sequence[float],
               har: Har | None = None) -> tuple[ReportTally, FanSamples]:
     """:func:`score` of each chunk (whole tickers) into the report's sufficient statistics and the fan charts'
     samples; nothing per sample is kept. ``n``: the test samples counted (a check), ``cuts``: every rank's
-    volatility tercile cut points (:func:`test_sigmas`, :func:`training.tally.tercile_cuts`)."""
+    volatility tercile cut points (:func:`test_sigmas`, :func:`training.scoring.tercile_cuts`)."""
     tally = ReportTally(forecaster_names(model, current, har), served_name(model), cuts)
     fans = FanSamples(served_name(model), PLOT_TICKERS)
     for c in chunks:

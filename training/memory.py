@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import logging
 import sys
 
@@ -32,6 +33,7 @@ MMAP_THRESHOLD = 4 << 20
 FIT_MMAP_THRESHOLD = 32 << 20
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL | None:
     if not sys.platform.startswith("linux"):
         return None

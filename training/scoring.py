@@ -143,8 +143,17 @@ def covered(actual: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
 
 def terciles(sigma: np.ndarray) -> tuple[np.ndarray, list[float]]:
     """Volatility tercile index (N,) into :data:`TERCILES` and the two cut points (from ``sigma`` itself)."""
-    cuts = np.quantile(sigma, [1 / 3, 2 / 3]) if sigma.size else np.zeros(2)
-    return np.searchsorted(cuts, sigma, side="right"), [float(c) for c in cuts]
+    cuts = tercile_cuts(sigma)
+    return np.searchsorted(np.asarray(cuts), sigma, side="right"), cuts
+
+
+def tercile_cuts(sigma: np.ndarray, overwrite: bool = False) -> list[float]:
+    """The two volatility tercile cut points of ``sigma`` (N,); ``overwrite``: partition ``sigma`` in place
+    instead of a copy (it is reordered: for a caller that drops it next, 8 bytes a sample less at the peak)."""
+    sigma = np.asarray(sigma, dtype=np.float64)
+    if not sigma.size:
+        return [0.0, 0.0]
+    return [float(c) for c in np.quantile(sigma, [1 / 3, 2 / 3], overwrite_input=overwrite)]
 
 
 def _interval_summary(actual: np.ndarray, q: np.ndarray, last: np.ndarray) -> dict[str, Any]:

@@ -263,16 +263,6 @@ class ReportTally:
         return S.finite(self.up / self.moved) if self.moved else None
 
 
-def tercile_cuts(sigma: np.ndarray, overwrite: bool = False) -> list[float]:
-    """The volatility tercile cut points of ``sigma`` (N,): the same values as :func:`training.scoring.terciles`
-    but without its (N,) tercile index; ``overwrite``: partition ``sigma`` in place instead of a copy (it is
-    reordered: for a caller that drops it next, 8 bytes a sample less at the peak)."""
-    sigma = np.asarray(sigma, dtype=np.float64)
-    if not sigma.size:
-        return [0.0, 0.0]
-    return [float(c) for c in np.quantile(sigma, [1 / 3, 2 / 3], overwrite_input=overwrite)]
-
-
 @dataclass
 class FanSamples:
     """For the fan charts: each ticker's regular-hours sample count and, for the :data:`limit` tickers with the

@@ -57,12 +57,13 @@ from minutecast.window import WINDOW
 from training import cleanup, memory
 from training import data as D
 from training import evaluate as E
+from training import scoring as S
 from training import stream as ST
 from training.config import RUN_FIELDS, add_flags, from_args, options
 from training.prepare import Data, Inputs, Run, load_data, prepare_inputs
 from training.ranks import Ranks
 from training.ranks import start as start_ranks
-from training.tally import FanSamples, ReportTally, tercile_cuts
+from training.tally import FanSamples, ReportTally
 
 # Headline figures of every run: result.json, the model's meta and the README's Model quality table.
 SUMMARY_KEYS = ("coverage_80", "coverage_90", "interval_score_80", "baseline_interval_score_80",
@@ -245,7 +246,7 @@ def evaluate(run: Run, data: Data, inputs: Inputs, fitted: Fitted) -> Evaluation
         return data.chunks("test_all", whole=True, keep=ST.regular)  # reports score regular hours
 
     (sigma,) = allgather_arrays(comm, E.test_sigmas(test(), data.mine["test"]))
-    cuts = tercile_cuts(sigma, overwrite=True)
+    cuts = S.tercile_cuts(sigma, overwrite=True)
     del sigma
     tally, fans = E.tally_all(test(), data.mine["test"], candidate, current, inputs.baseline_scale, cuts,
                               har=inputs.har)
