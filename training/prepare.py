@@ -29,6 +29,7 @@ from minutecast.topics import Topics
 from minutecast.universe import allowlist
 from minutecast.window import WINDOW, regular_hours
 from training import data as D
+from training import memory
 from training import stream as ST
 from training.ranks import Ranks
 
@@ -76,7 +77,7 @@ class Data:
     market_ticker: str | None
 
     def chunks(self, which: str, chunk: int = ST.CHUNK, **kw: Any) -> Iterator[D.Samples]:
-        return ST.chunks(self.groups, self.plan, which, self.market_ticker, self.market, chunk, **kw)
+        return memory.released(ST.chunks(self.groups, self.plan, which, self.market_ticker, self.market, chunk, **kw))
 
 
 def load_data(run: Run, offsets_file: Path | None) -> Data:

@@ -34,6 +34,7 @@ import numpy as np
 from minutecast.errors import MinutecastError
 from minutecast.window import regular_hours, session_ids
 from training import data as D
+from training import memory
 from training.scoring import ReadyCounts, ready_counts
 
 log = logging.getLogger(__name__)
@@ -66,17 +67,20 @@ class Groups:
         self.passes += 1
         if self.ready:
             for path in self.cached:
+                memory.release("a group")  # what the last group's work freed (see training.memory)
                 yield _load_group(path)
             return
         if self.bars is not None:
             names = sorted(self.bars)
             for lo in range(0, len(names), GROUP_TICKERS):
+                memory.release("a group")
                 yield {t: self.bars[t] for t in names[lo:lo + GROUP_TICKERS]}
             return
         files = self.files or []
         step = len(files) if self.single else GROUP_FILES
         self.cached = []
         for k, lo in enumerate(range(0, len(files), max(step, 1))):
+            memory.release("a group")
             bars, firsts = D.read_files(files[lo:lo + step], self.tickers)
             self.firsts += firsts
             if self.scratch is not None:
