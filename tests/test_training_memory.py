@@ -12,7 +12,7 @@ import pytest
 from training import memory
 
 REPO = Path(__file__).resolve().parents[1]
-CHILD = """
+PRELUDE = """
 import numpy as np
 from training import memory
 
@@ -22,6 +22,8 @@ def anon_mib():
             return int(line.split()[1]) / 1024
 
 assert memory.bound_heap()
+"""
+CHILD = PRELUDE + """
 # A freed 24 MiB block raises glibc's default threshold past 8 MiB: without the fix, the 8 MiB blocks below
 # would come from the heap.
 big = np.ones(24 << 17); del big
@@ -35,16 +37,7 @@ print(round(during - before), round(during - after))
 """
 # Blocks below the threshold come from the heap; freed under a block still in use they stay resident until
 # release() (malloc_trim) gives their pages back: what the trainer calls before each group and chunk.
-INSIDE = """
-import numpy as np
-from training import memory
-
-def anon_mib():
-    for line in open("/proc/self/status"):
-        if line.startswith("RssAnon"):
-            return int(line.split()[1]) / 1024
-
-assert memory.bound_heap()
+INSIDE = PRELUDE + """
 before = anon_mib()
 parts = [np.ones(8192) for _ in range(2048)]  # 2,048 x 64 KiB, touched: from the heap (below the threshold)
 pin = np.ones(8192)  # above them: the heap's top cannot shrink past it
