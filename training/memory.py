@@ -13,9 +13,9 @@ span: each page they touch stays resident once freed. So the trainer's resident 
 So the trainer, on glibc (Linux), fixes the mmap threshold (which also stops it from rising) at
 :data:`MMAP_THRESHOLD`: a block of 1 MiB or more is its own mapping, unmapped when freed; and it gives the
 heap's free pages back (``malloc_trim``, which also releases free pages inside the heap) before each group of
-bars (:class:`training.stream.Groups`), each chunk of samples (:func:`released`) and between passes. The fit
-runs with glibc's own ceiling (:data:`FIT_MMAP_THRESHOLD`): its batches come from the heap, as before (its
-samples/s). Elsewhere (not glibc) all of this is a no-op.
+bars (:class:`training.stream.Groups`) and each chunk of samples (both through :func:`released`) and between
+passes. The fit runs with glibc's own ceiling (:data:`FIT_MMAP_THRESHOLD`): its batches come from the heap, as
+before (its samples/s). Elsewhere (not glibc) all of this is a no-op.
 """
 
 from __future__ import annotations
@@ -73,7 +73,8 @@ def release(stage: str = "") -> bool:
 
 
 def released(items: Iterable[T], stage: str = "a chunk") -> Iterator[T]:
-    """``items``, with :func:`release` before each is taken: what the last one's work freed goes back first."""
+    """``items``, with :func:`release` each time the next is asked for (after the last one too): what the
+    previous item's work freed goes back before the next is made."""
     for item in items:
         yield item
         release(stage)

@@ -64,23 +64,24 @@ class Groups:
             self.bars, self.ready = None, True
 
     def __iter__(self) -> Iterator[D.BarSet]:
+        # what each group's work freed goes back before the next is read (see training.memory)
+        return memory.released(self._groups(), "a group")
+
+    def _groups(self) -> Iterator[D.BarSet]:
         self.passes += 1
         if self.ready:
             for path in self.cached:
-                memory.release("a group")  # what the last group's work freed (see training.memory)
                 yield _load_group(path)
             return
         if self.bars is not None:
             names = sorted(self.bars)
             for lo in range(0, len(names), GROUP_TICKERS):
-                memory.release("a group")
                 yield {t: self.bars[t] for t in names[lo:lo + GROUP_TICKERS]}
             return
         files = self.files or []
         step = len(files) if self.single else GROUP_FILES
         self.cached = []
         for k, lo in enumerate(range(0, len(files), max(step, 1))):
-            memory.release("a group")
             bars, firsts = D.read_files(files[lo:lo + step], self.tickers)
             self.firsts += firsts
             if self.scratch is not None:
