@@ -39,6 +39,9 @@ def section(results: dict[str, Any]) -> str:
         "producer, one `predict` per ticker, 1 rank) and, where it measures the same thing, the seed's number. "
         "Targets are goals measured here, never test assertions. The load average around each benchmark is "
         "listed below: on 2 cores, a load well above 2 means other work competed and the figures are low.", "",
+        *[f"Re-run on {r['date']} after a change (`{r['command']}`): {', '.join(r['benchmarks'])}; the other "
+          "figures are from the run above." for r in results.get("reruns", [])],
+        *([""] if results.get("reruns") else []),
         table(results), "",
         *e2e_stages(results),
         *([] if any(r["key"] == "gpu_epoch_s" for r in results["figures"]) else [
@@ -49,6 +52,7 @@ def section(results: dict[str, Any]) -> str:
         "Reproduce:", "",
         "```sh",
         f"{results.get('command')}   # writes benchmarks/results/latest.json and latest.md",
+        *[f"{r['command']}   # the re-run" for r in results.get("reruns", [])],
         "python -m benchmarks.readme   # regenerates this section from latest.json",
         "```",
     ])

@@ -219,6 +219,8 @@ def markdown(results: dict[str, Any]) -> str:
         table(results), "",
         f"Machine: {machine_line(results)}.", "",
         f"Command: `{results.get('command')}` (total {results.get('total_s')} s).", "",
+        *[f"Re-run on {r['date']}: `{r['command']}` ({', '.join(r['benchmarks'])})."
+          for r in results.get("reruns", [])],
         *status_lines(results),
     ])
 

@@ -1,6 +1,6 @@
 """The benchmark suite: every component benchmark in one run, each figure beside its same-run baseline and target.
 
-    minutecast bench [--quick] [--only ingest,e2e] [--out benchmarks/results] [--readme]
+    minutecast bench [--quick] [--only ingest,e2e [--keep]] [--out benchmarks/results] [--readme]
     python -m benchmarks.suite [--quick] ...                      # the same thing
 
 Each benchmark runs as a subprocess ``python -m benchmarks.NAME [--quick]`` (from the repository root, with
@@ -9,8 +9,10 @@ and end of each one (the machine is shared: the numbers are only as quiet as the
 required names are there, puts each figure beside its baseline measured in the same run, the seed's number
 where it measures the same thing, and its target with a met/not-met flag, adds a machine description and
 the date, and writes ``<out>/latest.json`` and ``<out>/latest.md`` (each benchmark's full output goes to
-``<out>/logs/NAME.log``). The figures and the Markdown are :mod:`benchmarks.report`'s; ``minutecast bench``
-(:mod:`benchmarks.cli`) is :func:`add_arguments` and :func:`run` of this module.
+``<out>/logs/NAME.log``). ``--only NAMES --keep`` re-runs some benchmarks of an earlier run (after a fix) and
+keeps the others' entries of ``<out>/latest.json``; the results then list the re-run under ``reruns`` (each
+entry keeps its own start time and load). The figures and the Markdown are :mod:`benchmarks.report`'s;
+``minutecast bench`` (:mod:`benchmarks.cli`) is :func:`add_arguments` and :func:`run` of this module.
 """
 
 from __future__ import annotations
@@ -215,8 +217,9 @@ def machine() -> dict[str, Any]:
 
 
 def run_suite(quick: bool, only: list[str] | None = None, out: Path = DEFAULT_OUT,
-              command: str | None = None) -> dict[str, Any]:
-    """Run the selected benchmarks in order and write ``latest.json`` and ``latest.md`` under ``out``."""
+              command: str | None = None, keep: bool = False) -> dict[str, Any]:
+    """Run the selected benchmarks in order and write ``latest.json`` and ``latest.md`` under ``out``
+    (``keep``: merged into the earlier ``latest.json``, whose date, mode and command stay)."""
     chosen = [b for b in BENCHES if (only and b.name in only) or (not only and not (quick and b.full_only))]
     unknown = sorted(set(only or ()) - {b.name for b in BENCHES})
     if unknown:
@@ -234,6 +237,13 @@ def run_suite(quick: bool, only: list[str] | None = None, out: Path = DEFAULT_OU
         "benchmarks": benchmarks,
         "figures": figures(benchmarks),
     }
+    earlier = out / "latest.json"
+    if keep and earlier.exists():
+        old = json.loads(earlier.read_text())
+        merged = old["benchmarks"] | benchmarks
+        rerun = {"date": results["date"], "command": results["command"], "benchmarks": list(benchmarks)}
+        results = old | {"benchmarks": merged, "figures": figures(merged), "machine": results["machine"],
+                         "reruns": [*old.get("reruns", []), rerun]}
     write(results, out)
     return results
 
@@ -242,6 +252,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="small inputs: the whole suite in under 5 minutes")
     parser.add_argument("--only", type=lambda s: [x.strip() for x in s.split(",") if x.strip()],
                         help=f"comma-separated subset of: {', '.join(b.name for b in BENCHES)}")
+    parser.add_argument("--keep", action="store_true",
+                        help="with --only: keep the other benchmarks of the earlier <out>/latest.json")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="results directory (default %(default)s)")
     parser.add_argument("--readme", action="store_true",
                         help="regenerate the docs' Performance page (docs/performance.md) from the new latest.json")
@@ -249,7 +261,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     argv = ["minutecast", "bench", *sys.argv[2:]] if sys.argv[1:2] == ["bench"] else None
-    results = run_suite(args.quick, args.only, args.out, command=" ".join(argv) if argv else None)
+    results = run_suite(args.quick, args.only, args.out, command=" ".join(argv) if argv else None,
+                        keep=args.keep and bool(args.only))
     print(markdown(results))
     print(f"\nwrote {args.out / 'latest.json'} and {args.out / 'latest.md'}")
     if args.readme:

@@ -152,6 +152,23 @@ def test_write_and_unknown_benchmark(tmp_path: Path) -> None:
     assert not (tmp_path / "x").exists()
 
 
+def test_a_rerun_with_keep_replaces_only_its_benchmarks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--only state --keep`` after a fix: state's entry is the new one, the others stay as the earlier run left
+    them, the figures are recomputed and the re-run is listed (in latest.md and the docs section too)."""
+    report.write(canned(), tmp_path)
+    new = {"status": "ok", "seconds": 2.0, "load_avg_start": [0.5] * 3, "load_avg_end": [0.5] * 3, "missing": [],
+           "result": {"bars_per_s": 31_000, "redis_roundtrips_per_bar": 0.001}, "command": "python -m x.state"}
+    monkeypatch.setattr(suite, "run_one", lambda bench, quick, log_dir: new)
+    got = suite.run_suite(True, ["state"], tmp_path, command="minutecast bench --only state --keep", keep=True)
+    old = canned()
+    assert got["benchmarks"] == old["benchmarks"] | {"state": new} and got["date"] == old["date"]
+    assert [r["benchmarks"] for r in got["reruns"]] == [["state"]]
+    assert next(f for f in got["figures"] if f["key"] == "bars_per_s" and f["bench"] == "state")["value"] == 31_000
+    assert "Re-run on" in (tmp_path / "latest.md").read_text() and "Re-run on" in readme.section(got)
+    alone = suite.run_suite(True, ["state"], tmp_path / "fresh", command="x", keep=True)  # nothing earlier
+    assert list(alone["benchmarks"]) == ["state"] and "reruns" not in alone
+
+
 def test_machine_description_without_heavy_imports() -> None:
     m = suite.machine()
     assert m["cpus"] and m["python"] and isinstance(m["gpu"], bool)
