@@ -1,4 +1,4 @@
-"""Forecast store benchmark: Redis bytes per ticker with full retention (#24), layout v2 beside layout v1.
+"""Forecast store benchmark: Redis bytes per ticker with full retention (#24), layout v3 beside layout v1.
 
     python -m benchmarks.forecast_store                 # 500 tickers x 120 forecasts
     python -m benchmarks.forecast_store --tickers 100
@@ -25,13 +25,14 @@ from typing import Any
 
 import numpy as np
 
+from minutecast.forecast_migrate import migrate
 from minutecast.forecast_store import ForecastStore
 from minutecast.intervals import OnlineScale, Z
 from minutecast.keys import Keys
 from minutecast.redis import connect
 from minutecast.schemas import Forecast
 from minutecast.settings import InfraSettings
-from streams.serving import make_forecast, prices_and_sigma
+from streams.serving import make_forecast, price_quantiles
 
 VERSION = "20261205T120000Z-3f9a1c2b"  # the registry's version format
 
@@ -46,12 +47,12 @@ def ticker_forecasts(ticker: str, n: int, rng: random.Random) -> tuple[list[Fore
         close *= math.exp(rng.gauss(0, 1e-3))
         s5 = abs(rng.gauss(2e-3, 5e-4))
         raw = np.array([s5 * Z])
-        prices, sigmas = prices_and_sigma(np.array([close]), state.apply(raw))
+        prices = price_quantiles(np.array([close]), state.apply(raw))
         as_of = t0 + 60 * i
         pub = as_of + 60 + rng.uniform(0.05, 0.5)
         ready = pub + rng.uniform(0.002, 0.05)
-        out.append(make_forecast(ticker=ticker, as_of=as_of, last_close=close, prices=prices[0], sigma=sigmas[0],
-                                 state=state, model_version=VERSION, model_kind="lstm", interval_kind="lstm",
+        out.append(make_forecast(ticker=ticker, as_of=as_of, last_close=close, prices=prices[0], state=state,
+                                 model_version=VERSION, model_kind="lstm", interval_kind="lstm",
                                  published_at=pub, window_ready_at=ready, forecast_at=ready + rng.uniform(0.05, 0.4),
                                  window_checksum=f"{rng.getrandbits(64):016x}"))
         state.update(state.apply(raw)[0], rng.gauss(0, s5), as_of + 60)  # the outcome of a minute earlier
@@ -92,7 +93,7 @@ def run(n_tickers: int, history: int) -> dict[str, Any]:
         for t, (fs, st) in made.items():
             store.write_now(client, [(f, None) for f in fs], {t: st})
         write_us = (time.perf_counter() - t0) / (n_tickers * history) * 1e6
-        v2 = memory(client, [k for t in made for k in store.pair(t)]) / n_tickers
+        v3 = memory(client, [k for t in made for k in store.pair(t)]) / n_tickers
         raw = sum(1 for t in made for k in client.hkeys(keys.forecast_meta(t)) if k.startswith(b"j:"))
         t0 = time.perf_counter()
         latest = store.newest_now(client, list(made))
@@ -104,14 +105,14 @@ def run(n_tickers: int, history: int) -> dict[str, Any]:
         v1 = memory(client, [k for t in made for k in (keys.forecast_v1(t), keys.forecast_history_v1(t),
                                                        keys.calibration_v1(t))]) / n_tickers
         t0 = time.perf_counter()
-        migrated = store.migrate(client)
+        migrated = migrate(store, client)
         migrate_s = time.perf_counter() - t0
         same = all(store.history_now(client, t) == {f.as_of: f.to_json() for f in fs} for t, (fs, _) in made.items())
     finally:
         for k in client.scan_iter(match=keys.namespace_pattern(), count=1000):
             client.delete(k)
     return {"benchmark": "forecast_store", "tickers": n_tickers, "history": history,
-            "v1_bytes_per_ticker": round(v1), "v2_bytes_per_ticker": round(v2), "v2_raw_records": raw,
+            "v1_bytes_per_ticker": round(v1), "v3_bytes_per_ticker": round(v3), "v3_raw_records": raw,
             "write_us_per_forecast": round(write_us, 1), "latest_all_ms": round(read_ms, 2),
             "migrate_s": round(migrate_s, 2), "migrated": migrated, "migration_exact": same}
 

@@ -37,7 +37,7 @@ from minutecast.intervals import OnlineScale
 from minutecast.model import build_model, get_preset
 from minutecast.serving_model import ServingModel
 from minutecast.window import RETAIN
-from streams.serving import check_outputs, make_forecast, prices_and_sigma
+from streams.serving import check_outputs, make_forecast, price_quantiles
 from streams.window_store import WindowRow
 from streams.windows import windows_for
 
@@ -93,9 +93,9 @@ def intervals(s: Setup, raw: np.ndarray) -> list[Any]:
     """The partition's steps after the model call (streams.partition.infer_partition)."""
     check_outputs(raw)
     served_q = np.stack([st.apply(q) for st, q in zip(s.states, raw, strict=True)])
-    prices, sigmas = prices_and_sigma(s.windows[:, -1, 3], served_q)
+    prices = price_quantiles(s.windows[:, -1, 3], served_q)
     return [make_forecast(ticker="AAPL", as_of=s.minutes[i], last_close=float(s.windows[i, -1, 3]),
-                          prices=prices[i], sigma=sigmas[i], state=s.states[i], model_version="bench",
+                          prices=prices[i], state=s.states[i], model_version="bench",
                           model_kind="lstm", interval_kind="lstm", published_at=None, window_ready_at=0.0,
                           forecast_at=0.0)
             for i in range(TICKERS)]

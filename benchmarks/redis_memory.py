@@ -30,7 +30,8 @@ from minutecast.keys import Keys
 from minutecast.redis import connect
 from minutecast.schemas import Bar, Forecast
 from minutecast.settings import CommonSettings, InferenceSettings
-from minutecast.window import HORIZON, RETAIN
+from minutecast.window import RETAIN
+from streams.serving import make_forecast
 from streams.window_store import WindowStore
 
 GOAL_BYTES = 16_000  # issue 24: <= 16 kB per ticker with full retention
@@ -71,14 +72,15 @@ def fill_windows(client: Any, keys: Keys, tickers: list[str], minutes: int = RET
 
 
 def forecast(ticker: str, i: int, as_of: int) -> Forecast:
-    """A plausible v2 forecast (every field set, numbers with full float precision like real ones)."""
+    """A forecast as the Spark job serves it (``streams.serving.make_forecast``: every field set, numbers
+    with full float precision like real ones, the calibration state's float32 scales)."""
     c = 100.0 + i / 7 + as_of % 997 / 1e4
     q = [c * (1 + k * 7.3e-4) for k in (-1.645, -1.2816, 0.0, 1.2816, 1.645)]
-    return Forecast(ticker=ticker, as_of=as_of, horizon_min=HORIZON, predicted_close=q[2], last_close=c * 0.99993,
-                    model_version="20261206T131234Z-bf2e03c1", model_kind="lstm", published_at=as_of + 61.237,
-                    window_ready_at=as_of + 61.402, forecast_at=as_of + 61.634, q05=q[0], q10=q[1], q50=q[2],
-                    q90=q[3], q95=q[4], sigma=7.3e-4 * 1.0137, interval_kind="lstm", log_s80=0.0123456789,
-                    log_s90=-0.0098765432, window_checksum=f"{as_of:016x}")
+    return make_forecast(ticker=ticker, as_of=as_of, last_close=c * 0.99993, prices=q,
+                         state=OnlineScale(0.0123456789, -0.0098765432, as_of),
+                         model_version="20261206T131234Z-bf2e03c1", model_kind="lstm", interval_kind="lstm",
+                         published_at=as_of + 61.237, window_ready_at=as_of + 61.402, forecast_at=as_of + 61.634,
+                         window_checksum=f"{as_of:016x}")
 
 
 def fill_forecasts(client: Any, keys: Keys, tickers: list[str], n: int = HISTORY) -> None:

@@ -1,11 +1,15 @@
-"""The forecast store's record layout and Lua scripts (layout v2; :mod:`minutecast.forecast_store` is the
-store itself and the only importer: the record codec, the readers and the migration live there).
+"""The forecast store's record layout and Lua scripts (layout v3; :mod:`minutecast.forecast_store` is the
+store itself and its codec, :mod:`minutecast.forecast_migrate` converts older layouts).
 
-Record (little endian, :data:`RECORD`, :data:`R` bytes): as_of u32, flags u8 (:data:`HAS_SUM`, :data:`RAW`,
-:data:`NO_PUB`), string-set id u8 (0: none), window_ready_at f64, window checksum 8 bytes, published_at and
-forecast_at as i32 counts of :data:`TICK` after window_ready_at, then predicted_close, last_close, q05, q10,
-q90, q95, sigma, log_s80, log_s90 as f64. The scripts read as_of (offset 1), flags (5), the id (6),
-window_ready_at (7) and the checksum (15..22) only.
+Record (little endian, :data:`RECORD`, :data:`R` = 85 bytes): as_of u32; one byte whose top bit
+(:data:`HAS_SUM`) says the forecast has a window checksum and whose low 7 bits are the string-set id (0: the
+record is *raw*, its JSON in the meta hash); window_ready_at f64; window checksum 8 bytes; published_at
+(:data:`NO_PUB`: none) and forecast_at as i32 counts of :data:`TICK` after window_ready_at; last_close, q05,
+q10, q50 (= predicted_close), q90, q95 as f64; log_s80, log_s90 as f32 (the online calibration keeps them
+float32-exact). sigma is not stored: it is a function of q10 and q90 (:func:`minutecast.intervals.implied_sigma`).
+v2's record was 102 bytes (flags apart, sigma and the scales as f64): 120 records of 85 bytes take Redis's
+10 kB allocation class instead of 12 kB. The scripts read as_of (offset 1), the id byte (5),
+window_ready_at (6) and the checksum (14..21) only.
 """
 
 from __future__ import annotations
@@ -13,27 +17,29 @@ from __future__ import annotations
 import hashlib
 import struct
 
-RECORD = struct.Struct("<IBBd8sii9d")
-R = RECORD.size  # 102 bytes
-HAS_SUM, RAW, NO_PUB = 1, 2, 4  # flag bits
+RECORD = struct.Struct("<IBd8sii6d2f")
+R = RECORD.size  # 85 bytes
+HAS_SUM = 0x80  # the id byte's top bit: the forecast has a window checksum
+NO_PUB = -2**31  # published_at offset meaning "none"
 TICK = 2.0 ** -22  # unit of the i32 timestamp offsets (s): the spacing of float64 epoch seconds in 2004..2038
 
 # --- Lua: shared helpers (R and the offsets above) -------------------------------------------------------
 _LUA_HEAD = f"local R = {R}\n" + r"""
 local function check(blob, key)
-  if #blob % R ~= 0 then error('forecast store: ' .. key .. ' is not a fc2 record string') end
+  if #blob % R ~= 0 then error('forecast store: ' .. key .. ' is not a fc3 record string') end
   return #blob / R
 end
 local function asof(blob, i) return (struct.unpack('<I4', blob, (i - 1) * R + 1)) end
 -- the meta fields a record needs to be decoded: its strings (once per reply) and, if raw, its JSON
 local seen = {}
+local function sid_of(b) return b % 128 end  -- the id byte's low 7 bits (0: raw)
 local function aux(meta, rec, out)
-  local flags, sid = string.byte(rec, 5), string.byte(rec, 6)
+  local sid = sid_of(string.byte(rec, 5))
   if sid > 0 and not seen[meta .. sid] then
     seen[meta .. sid] = true
     out[#out + 1] = 's:' .. sid; out[#out + 1] = redis.call('HGET', meta, 's:' .. sid) or ''
   end
-  if math.floor(flags / 2) % 2 == 1 then
+  if sid == 0 then
     local f = 'j:' .. struct.unpack('<I4', rec)
     out[#out + 1] = f; out[#out + 1] = redis.call('HGET', meta, f) or ''
   end
@@ -61,9 +67,9 @@ if rec ~= '' then
   end
   if found then
     local old = string.sub(blob, (found - 1) * R + 1, found * R)
-    local was, ready = struct.unpack('<d', old, 7), struct.unpack('<d', rec, 7)
-    if string.byte(rec, 5) % 2 == 1 and ready > was
-        and (string.byte(old, 5) % 2 == 0 or string.sub(old, 15, 22) ~= string.sub(rec, 15, 22)) then
+    local was, ready = struct.unpack('<d', old, 6), struct.unpack('<d', rec, 6)
+    if string.byte(rec, 5) >= 128 and ready > was
+        and (string.byte(old, 5) < 128 or string.sub(old, 14, 21) ~= string.sub(rec, 14, 21)) then
       out[1] = 2
     else
       out = {0, old, aux(KEYS[2], old, {})}
@@ -74,7 +80,7 @@ if rec ~= '' then
       local id = redis.call('HGET', KEYS[2], 'i:' .. strs)
       if not id then  -- a new string set: drop those no record uses, take the smallest free id
         local used = {}
-        for i = 1, n do used[string.byte(blob, (i - 1) * R + 6)] = true end
+        for i = 1, n do used[sid_of(string.byte(blob, (i - 1) * R + 5))] = true end
         local m = redis.call('HGETALL', KEYS[2])
         local taken = {}
         for i = 1, #m, 2 do
@@ -86,13 +92,14 @@ if rec ~= '' then
         end
         id = 1
         while taken[id] do id = id + 1 end
-        if id > 255 then error('forecast store: over 255 string sets in ' .. KEYS[2]) end
+        if id > 127 then error('forecast store: over 127 string sets in ' .. KEYS[2]) end
         redis.call('HSET', KEYS[2], 's:' .. id, strs, 'i:' .. strs, id)
       end
-      rec = string.sub(rec, 1, 5) .. string.char(tonumber(id)) .. string.sub(rec, 7)
+      local sum = string.byte(rec, 5) - sid_of(string.byte(rec, 5))  -- HAS_SUM or 0
+      rec = string.sub(rec, 1, 4) .. string.char(sum + tonumber(id)) .. string.sub(rec, 6)
     end
     if found then
-      if string.byte(blob, (found - 1) * R + 5) % 4 >= 2 then redis.call('HDEL', KEYS[2], 'j:' .. t) end
+      if sid_of(string.byte(blob, (found - 1) * R + 5)) == 0 then redis.call('HDEL', KEYS[2], 'j:' .. t) end
       blob = string.sub(blob, 1, (found - 1) * R) .. rec .. string.sub(blob, found * R + 1)
     else
       blob = string.sub(blob, 1, (pos - 1) * R) .. rec .. string.sub(blob, (pos - 1) * R + 1)
@@ -101,7 +108,7 @@ if rec ~= '' then
     if raw ~= '' then redis.call('HSET', KEYS[2], 'j:' .. t, raw) end
     if n > keep then
       for i = 1, n - keep do
-        if string.byte(blob, (i - 1) * R + 5) % 4 >= 2 then redis.call('HDEL', KEYS[2], 'j:' .. asof(blob, i)) end
+        if sid_of(string.byte(blob, (i - 1) * R + 5)) == 0 then redis.call('HDEL', KEYS[2], 'j:' .. asof(blob, i)) end
       end
       blob = string.sub(blob, (n - keep) * R + 1)
     end

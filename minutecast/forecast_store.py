@@ -1,27 +1,30 @@
-"""The forecast store: the only code that knows the bytes of a ticker's forecasts in Redis (layout v2).
+"""The forecast store: the only code that knows the bytes of a ticker's forecasts in Redis (layout v3).
 
 Like Feast's ``RedisOnlineStore``, one class owns the layout, its writes and its reads; the Spark partition,
-the repair, the web app, the CLI and the benchmarks all go through :class:`ForecastStore`.
+the repair, the web app, the CLI and the benchmarks all go through :class:`ForecastStore`
+(:mod:`minutecast.forecast_migrate` converts older layouts into it).
 
-Two keys per ticker (``ns:fc2:{T}``, ``ns:fc2m:{T}``: :class:`minutecast.keys.Keys`):
+Two keys per ticker (``ns:fc3:{T}``, ``ns:fc3m:{T}``: :class:`minutecast.keys.Keys`):
 
 * **records** (string): the ticker's forecasts, one fixed record of :data:`R` bytes per as-of minute, sorted
   by as-of, the newest ``history_len`` kept. The newest record *is* the latest forecast (latest moves forward
   in as-of or to a correction of its own as-of, exactly as the history's newest entry does).
 * **meta** (hash): the online calibration (``through``, ``log_s80``, ``log_s90``, Python repr text, as
   ``intervals.OnlineScale.to_dict``), the string table (``s:<id>`` = the record's model_version,
-  model_kind, interval_kind, each as u16 length + UTF-8; ``i:<strings>`` = its id, 1..255) and, for the
+  model_kind, interval_kind, each as u16 length + UTF-8; ``i:<strings>`` = its id, 1..127) and, for the
   rare record that has no exact compact form, its Forecast JSON verbatim (``j:<as-of>``).
 
-Record (little endian, :data:`RECORD`): as_of u32, flags u8 (:data:`HAS_SUM`, :data:`RAW`,
-:data:`NO_PUB`), string id u8, window_ready_at f64, window checksum 8 bytes (16 hex digits; another
-spelling: its blake2b-64, then the record is raw), published_at and forecast_at as i32 counts of 2**-22 s
-after window_ready_at (exact: same binade), then predicted_close (= q50), last_close, q05, q10, q90, q95,
-sigma, log_s80, log_s90 as f64. A forecast is stored compact only if decoding the record gives back its
-JSON byte for byte (checked on every write: every field's type and bits, and a given JSON's bytes);
-otherwise (a v1 forecast, a horizon other than 5, a timestamp too far from window_ready_at, JSON written by
-another encoder) the record is ``RAW`` and its JSON lives in the meta hash. So a read always returns the
-exact bytes that were written or published.
+Record (little endian, :data:`RECORD`, 85 bytes; :mod:`minutecast.forecast_lua` has the offsets): as_of
+u32, one byte (top bit :data:`HAS_SUM`, low 7 bits the string id, 0 = raw), window_ready_at f64, window
+checksum 8 bytes (16 hex digits; another spelling: its blake2b-64, then the record is raw), published_at
+(:data:`NO_PUB`: none) and forecast_at as i32 counts of 2**-22 s after window_ready_at (exact: same binade),
+then last_close, q05, q10, q50 (= predicted_close), q90, q95 as f64 and log_s80, log_s90 as f32 (the online
+calibration is float32-exact). sigma is :func:`minutecast.intervals.implied_sigma` of q10 and q90. A forecast
+is stored compact only if decoding the record gives back its JSON byte for byte (checked on every write:
+every field's type and bits, and a given JSON's bytes); otherwise (a v1 forecast, a horizon other than 5,
+a timestamp too far from window_ready_at, a sigma or scale of another writer, JSON written by another
+encoder) the record is raw and its JSON lives in the meta hash. So a read always returns the exact bytes
+that were written or published.
 
 Write rules (:data:`WRITE_LUA`): one forecast per as-of, the first one, unless a *correction* replaces it:
 the new one has a checksum, a newer window_ready_at, and the stored one has no or another checksum; the
@@ -42,7 +45,6 @@ from minutecast.forecast_lua import (  # noqa: F401 - re-exported: the store's o
     HAS_SUM,
     NEWEST_LUA,
     NO_PUB,
-    RAW,
     READ_LUA,
     RECORD,
     SCRIPTS,
@@ -51,7 +53,7 @@ from minutecast.forecast_lua import (  # noqa: F401 - re-exported: the store's o
     WRITE_LUA,
     R,
 )
-from minutecast.intervals import OnlineScale
+from minutecast.intervals import OnlineScale, f32, implied_sigma
 from minutecast.keys import Keys
 from minutecast.redis import text
 from minutecast.schemas import Forecast
@@ -93,12 +95,13 @@ def unpack_strings(b: bytes) -> list[str | None]:
 def _tick(v: float, base: float) -> int | None:
     """``v`` as a count of :data:`TICK` after ``base`` if that is exact and fits an i32, else None."""
     k = (v - base) / TICK
-    if not k.is_integer() or not -2**31 <= k < 2**31 or _F64.pack(base + int(k) * TICK) != _F64.pack(v):
+    if not k.is_integer() or not NO_PUB < k < 2**31 or _F64.pack(base + int(k) * TICK) != _F64.pack(v):
         return None
     return int(k)
 
 
 def _sum_bytes(cs: str | None) -> tuple[int, bytes]:
+    """The id byte's :data:`HAS_SUM` bit (or 0) and the record's 8 checksum bytes."""
     if cs is None:
         return 0, bytes(8)
     b = cs.encode()
@@ -122,12 +125,13 @@ def encode(f: Forecast, js: bytes | None = None) -> Encoded:
         return _compact(f, js, flag_sum, sum_b)
     except (struct.error, TypeError, ValueError, OverflowError, UnicodeError, Rejected, StoreCorrupt):
         pass  # no exact compact form: stored raw
-    rec = RECORD.pack(f.as_of, flag_sum | RAW, 0, f.window_ready_at, sum_b, 0, 0, *([0.0] * 9))
+    rec = RECORD.pack(f.as_of, flag_sum, f.window_ready_at, sum_b, 0, 0, *([0.0] * 8))  # id 0: raw
     return Encoded(rec, b"", f.to_json() if js is None else js)
 
 
 _FLOATS = ("predicted_close", "last_close", "q05", "q10", "q50", "q90", "q95", "sigma", "log_s80", "log_s90",
            "window_ready_at", "forecast_at")
+_ID = 1  # the string id a record is checked with here; the write script (or a built store) sets the real one
 def _compact(f: Forecast, js: bytes | None, flag_sum: int, sum_b: bytes) -> Encoded:
     """The compact record of ``f``, or ValueError. Every field decodes to the same type and bits (so the
     same JSON: ``to_json`` is a function of the fields); ``js`` given (bytes of another writer, such as the
@@ -139,15 +143,17 @@ def _compact(f: Forecast, js: bytes | None, flag_sum: int, sum_b: bytes) -> Enco
             and all(isinstance(getattr(f, n), float) for n in _FLOATS)
             and (f.published_at is None or isinstance(f.published_at, float))
             and _F64.pack(f.q50) == _F64.pack(f.predicted_close)  # type: ignore[arg-type]
+            and _F64.pack(f.log_s80) == _F64.pack(f32(f.log_s80))  # type: ignore[arg-type]
+            and _F64.pack(f.log_s90) == _F64.pack(f32(f.log_s90))  # type: ignore[arg-type]
+            and _F64.pack(f.sigma) == _F64.pack(implied_sigma(f.q10, f.q90))  # type: ignore[arg-type]
             and all(isinstance(x, str) for x in (f.model_version, f.model_kind, f.interval_kind))
             and (f.window_checksum is None or (isinstance(f.window_checksum, str)
                                                and _HEX16.fullmatch(f.window_checksum.encode()) is not None))):
         raise ValueError("no compact form")
-    flags = flag_sum | (NO_PUB if f.published_at is None else 0)
-    rec = RECORD.pack(f.as_of, flags, 0, f.window_ready_at, sum_b, pub or 0, at, f.predicted_close,
-                      f.last_close, f.q05, f.q10, f.q90, f.q95, f.sigma, f.log_s80, f.log_s90)
+    rec = RECORD.pack(f.as_of, flag_sum | _ID, f.window_ready_at, sum_b, NO_PUB if pub is None else pub, at,
+                      f.last_close, f.q05, f.q10, f.q50, f.q90, f.q95, f.log_s80, f.log_s90)
     strs = pack_strings(f.model_version, f.model_kind, f.interval_kind)
-    if js is not None and decode(f.ticker, rec, {b"s:0": strs}) != js:
+    if js is not None and decode(f.ticker, rec, {b"s:%d" % _ID: strs}) != js:
         raise ValueError("the compact form does not give the JSON back")
     return Encoded(rec, strs, b"")
 
@@ -163,8 +169,9 @@ def decode_forecast(ticker: str, rec: bytes, aux: Mapping[bytes, bytes]) -> Fore
 
 
 def _decode(ticker: str, rec: bytes, aux: Mapping[bytes, bytes], *, as_json: bool) -> bytes | Forecast:
-    (as_of, flags, sid, ready, _, pub, at, pc, last, q05, q10, q90, q95, sigma, s80, s90) = RECORD.unpack(rec)
-    if flags & RAW:
+    (as_of, idb, ready, _, pub, at, last, q05, q10, q50, q90, q95, s80, s90) = RECORD.unpack(rec)
+    sid = idb & ~HAS_SUM
+    if sid == 0:
         js = aux.get(b"j:%d" % as_of)
         if not js:
             raise StoreCorrupt(f"{ticker}: raw record {as_of} without its JSON")
@@ -173,12 +180,12 @@ def _decode(ticker: str, rec: bytes, aux: Mapping[bytes, bytes], *, as_json: boo
     if strs is None:
         raise StoreCorrupt(f"{ticker}: record {as_of} names string set {sid}, which is not stored")
     mv, mk, ik = unpack_strings(strs)
-    f = Forecast(ticker=ticker, as_of=as_of, horizon_min=HORIZON, predicted_close=pc, last_close=last,
+    f = Forecast(ticker=ticker, as_of=as_of, horizon_min=HORIZON, predicted_close=q50, last_close=last,
                  model_version=mv or "", model_kind=mk or "",
-                 published_at=None if flags & NO_PUB else ready + pub * TICK,
-                 window_ready_at=ready, forecast_at=ready + at * TICK, q05=q05, q10=q10, q50=pc, q90=q90, q95=q95,
-                 sigma=sigma, interval_kind=ik, log_s80=s80, log_s90=s90,
-                 window_checksum=rec[14:22].hex() if flags & HAS_SUM else None)
+                 published_at=None if pub == NO_PUB else ready + pub * TICK,
+                 window_ready_at=ready, forecast_at=ready + at * TICK, q05=q05, q10=q10, q50=q50, q90=q90, q95=q95,
+                 sigma=implied_sigma(q10, q90), interval_kind=ik, log_s80=s80, log_s90=s90,
+                 window_checksum=rec[13:21].hex() if idb & HAS_SUM else None)
     return f.to_json() if as_json else f
 
 
@@ -333,54 +340,7 @@ class ForecastStore:
         return {k: text(v) for k, v in zip(("through", "log_s80", "log_s90"), vals, strict=True) if v is not None}
 
 
-    def migrate(self, client: Any) -> dict[str, int]:
-        """Convert every ticker's layout-v1 keys (``Keys.forecast_v1_patterns``: latest hash, history hash
-        of JSON, calibration hash) into this layout, then delete them: the newest ``history_len`` forecasts
-        (each JSON kept byte for byte) and the calibration as it was. A ticker without v2 keys is built here
-        and set in one transaction (a v1 history holds one resolved forecast per as-of); one that has some
-        goes through the serving write, record by record. Idempotent and safe to interrupt (the v1 keys go
-        last); a v1 value that is not a forecast of its ticker is dropped and counted. Returns {"tickers",
-        "forecasts", "dropped"}."""
-        client = binary(client)
-        found: set[str] = set()
-        for pat in self.keys.forecast_v1_patterns():
-            found |= {text(k)[len(pat) - 1:] for k in client.scan_iter(match=pat, count=1000)}
-        counts = {"tickers": 0, "forecasts": 0, "dropped": 0}
-        for t in sorted(found):
-            old = (self.keys.forecast_v1(t), self.keys.forecast_history_v1(t), self.keys.calibration_v1(t))
-            pipe = client.pipeline(transaction=False)
-            pipe.hget(old[0], "json")
-            pipe.hgetall(old[1])
-            pipe.hgetall(old[2])
-            pipe.exists(*self.pair(t))
-            latest, hist, calib, has_v2 = pipe.execute()
-            items = []
-            for js in [v for _, v in sorted(hist.items(), key=lambda kv: int(kv[0]))] + ([latest] if latest else []):
-                try:
-                    f: Forecast | None = Forecast.from_json(js)
-                except Rejected:
-                    f = None
-                if f is None or f.ticker != t:
-                    counts["dropped"] += 1
-                else:
-                    items.append((f, bytes(js)))
-            fields = {k: text(calib[k.encode()]) for k in ("through", "log_s80", "log_s90") if k.encode() in calib}
-            pipe = client.pipeline(transaction=not has_v2)
-            if has_v2:
-                sha = self.queue_load(pipe)[WRITE_LUA]
-                for f, js in items:
-                    self.queue_write(pipe, sha, f, None, js)
-                if fields:
-                    self.queue_calibration(pipe, sha, t, fields)
-            else:
-                self._queue_built(pipe, t, items, fields)
-            pipe.delete(*old)
-            pipe.execute()
-            counts["tickers"] += 1
-            counts["forecasts"] += len(items)
-        return counts
-
-    def _queue_built(self, pipe: Any, ticker: str, items: list[tuple[Forecast, bytes]], calib: dict[str, str],
+    def queue_built(self, pipe: Any, ticker: str, items: list[tuple[Forecast, bytes]], calib: dict[str, str],
                      ) -> None:
         """A ticker's keys built whole (what the serving write would leave after writing ``items`` in order
         to empty keys: the first forecast per as-of, the newest ``history_len``; the calibration if any)."""
@@ -393,9 +353,9 @@ class ForecastStore:
         for as_of in sorted(first)[-self.history_len:] if self.history_len > 0 else []:
             e = encode(*first[as_of])
             sid = ids.setdefault(e.strings, len(ids) + 1) if e.strings else 0
-            if sid > 255:
-                raise StoreCorrupt(f"{ticker}: over 255 string sets in one history")
-            recs.append(e.record[:5] + bytes([sid]) + e.record[6:])
+            if sid > 127:
+                raise StoreCorrupt(f"{ticker}: over 127 string sets in one history")
+            recs.append(e.record[:4] + bytes([e.record[4] & HAS_SUM | sid]) + e.record[5:])
             if e.raw:
                 meta[b"j:%d" % as_of] = e.raw
         meta |= {k: v for strs, i in ids.items() for k, v in ((b"s:%d" % i, strs), (b"i:" + strs, b"%d" % i))}

@@ -19,11 +19,16 @@ Shared by serving (Spark), evaluation and the gate, so a subscriber sees what th
   close fell outside the *served* interval, alpha = 0.2 or 0.1), clipped to +-:data:`LOG_S_LIMIT`. The
   long-run miss rate of each ticker is then alpha whatever the raw model does. Updates are applied in
   target-minute order, each target once (``through`` = the newest target minute applied), so replays
-  and evaluation in time order give the same served intervals.
+  and evaluation in time order give the same served intervals. ``log s`` is kept float32-exact (rounded
+  after each step; a step is 1e-3 to 9e-3, float32 keeps it to ~1e-7), so a forecast record stores it in
+  4 bytes and reads it back bit for bit (:mod:`minutecast.forecast_lua`).
+* **sigma** of a forecast is the std of the 5-minute log move its 80% interval implies,
+  :func:`implied_sigma` of its served q10 and q90: a function of them, so the store does not keep it.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,6 +42,7 @@ assert len(Z) == len(QUANTILES)
 LEVELS = (0.8, 0.9)  # central intervals: 80% = (q10, q90), 90% = (q05, q95)
 PAIRS = {0.8: (1, 3), 0.9: (0, 4)}  # level -> (lower, upper) column in the (N, 5) quantile arrays
 GAMMA = 0.01  # step of the online scale update per realised forecast (log units)
+Z90 = float(Z[3])  # z(0.90): half the 80% interval's width in stds
 LOG_S_LIMIT = float(np.log(4.0))  # the online scale stays within [1/4, 4] of the raw interval
 
 
@@ -135,6 +141,18 @@ def fit_baseline_scale(windows: np.ndarray, targets: np.ndarray) -> tuple[float,
     return scale_from_ratios(baseline_ratios(windows, targets))
 
 
+def f32(x: float) -> float:
+    """``x`` rounded to the nearest float32, as a Python float (exact in both)."""
+    return float(np.float32(x))
+
+
+def implied_sigma(q10: float, q90: float) -> float:
+    """The std of ``log(close_{t+5} / close_t)`` implied by an 80% interval [q10, q90] in prices:
+    ``(log q90 - log q10) / (2 z_0.9)``. The one definition: serving writes it, the forecast store
+    recomputes it from the stored quantiles (scalar ``math.log``: the same bits on both sides)."""
+    return (math.log(q90) - math.log(q10)) / (2 * Z90)
+
+
 @dataclass
 class OnlineScale:
     """One ticker's online calibration state (see the module docstring)."""
@@ -142,6 +160,9 @@ class OnlineScale:
     log_s80: float = 0.0
     log_s90: float = 0.0
     through: int = 0  # newest target minute (epoch s) already applied
+
+    def __post_init__(self) -> None:
+        self.log_s80, self.log_s90 = f32(self.log_s80), f32(self.log_s90)  # float32-exact (module docstring)
 
     def apply(self, log_q: np.ndarray) -> np.ndarray:
         """Raw log-return quantiles (5,) or (N, 5) -> served ones (same shape), never crossing."""
@@ -162,8 +183,8 @@ class OnlineScale:
         q = served_log_q
         miss80 = float(not (q[1] <= realised_log_move <= q[3]))
         miss90 = float(not (q[0] <= realised_log_move <= q[4]))
-        self.log_s80 = float(np.clip(self.log_s80 + GAMMA * (miss80 - 0.2), -LOG_S_LIMIT, LOG_S_LIMIT))
-        self.log_s90 = float(np.clip(self.log_s90 + GAMMA * (miss90 - 0.1), -LOG_S_LIMIT, LOG_S_LIMIT))
+        self.log_s80 = f32(np.clip(self.log_s80 + GAMMA * (miss80 - 0.2), -LOG_S_LIMIT, LOG_S_LIMIT))
+        self.log_s90 = f32(np.clip(self.log_s90 + GAMMA * (miss90 - 0.1), -LOG_S_LIMIT, LOG_S_LIMIT))
         self.through = int(target_minute)
         return True
 

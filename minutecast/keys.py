@@ -5,26 +5,28 @@ Layout (``ns`` = ``MINUTECAST_NAMESPACE``; ``{T}`` = ticker):
 =============================  =======  =============================================================
 key                            type     content
 =============================  =======  =============================================================
-``ns:w3:{T}``                  string   the newest ``window.RETAIN`` bars (a count: they may span an
-                                        overnight gap or a weekend) in the binary layout v3 of
+``ns:w4:{T}``                  string   the newest ``window.RETAIN`` bars (a count: they may span an
+                                        overnight gap or a weekend) in the binary layout v4 of
                                         :mod:`streams.window_store` (header with the last window
-                                        announced, packed float64 rows, publish times, slot
-                                        counters); TTL ``window_ttl_s`` (5 days: outlasts a long
-                                        weekend). v2's ``ns:win:{T}`` / ``ns:winmeta:{T}`` text
-                                        hashes are never read: a rebuild replaces them
-``ns:fc2:{T}``                 string   the ticker's forecasts (layout v2, ``minutecast.forecast_store``: its only
-                                        reader and writer): one 102-byte record per as-of minute (the first
+                                        announced and the newest bar's publish time, packed float64
+                                        rows, slot counters); TTL ``window_ttl_s`` (5 days: outlasts a
+                                        long weekend). v3's ``ns:w3:{T}`` values and v2's ``ns:win:{T}``
+                                        / ``ns:winmeta:{T}`` text hashes are never read: a rebuild
+                                        replaces them
+``ns:fc3:{T}``                 string   the ticker's forecasts (layout v3, ``minutecast.forecast_store``: its only
+                                        reader and writer): one 85-byte record per as-of minute (the first
                                         forecast, or its correction from a re-announced window), sorted, the
                                         newest ``history_len`` (120); the last record is the latest forecast;
                                         TTL ``forecast_ttl_s``
-``ns:fc2m:{T}``                hash     the same ticker's calibration (``log_s80``, ``log_s90``, ``through`` =
+``ns:fc3m:{T}``                hash     the same ticker's calibration (``log_s80``, ``log_s90``, ``through`` =
                                         newest target minute applied; only moves forward), string table
                                         (``s:<id>``, ``i:<strings>``), and ``j:<as-of>`` = the Forecast JSON of a
                                         record with no exact compact form; same TTL
-``ns:fc:{T}``                  hash     layout v1 latest forecast; with ``ns:fchist:{T}`` (history: JSON per
-                                        as-of) and ``ns:calib:{T}`` (calibration) read only by
-                                        ``forecast_store.migrate``, which converts them to v2 and deletes
-                                        them when the Spark job starts
+``ns:fc2:{T}``                 string   layout v2 (102-byte records; with ``ns:fc2m:{T}``) and layout v1
+``ns:fc:{T}``                  hash     (``ns:fc:{T}`` latest, ``ns:fchist:{T}`` history, ``ns:calib:{T}``
+                                        calibration): read only by :mod:`minutecast.forecast_migrate`,
+                                        which converts them to v3 and deletes them when the Spark job
+                                        starts
 ``ns:stats``                   hash     counters (bars in, late, dead-lettered, ...); the window store
                                         writes ``stream_bars``, ``stream_new``, ``stream_dup``,
                                         ``stream_late``, ``stream_conflict``, ``stream_roundtrips``,
@@ -59,13 +61,20 @@ class Keys:
     namespace: str = "minutecast"
 
     def window(self, ticker: str) -> str:
-        return f"{self.namespace}:w3:{ticker}"  # 3: the value layout's version (streams.window_store)
+        return f"{self.namespace}:w4:{ticker}"  # 4: the value layout's version (streams.window_store)
 
     def forecast(self, ticker: str) -> str:
         """The ticker's forecast records (exists iff it has a forecast)."""
-        return f"{self.namespace}:fc2:{ticker}"
+        return f"{self.namespace}:fc3:{ticker}"
 
     def forecast_meta(self, ticker: str) -> str:
+        return f"{self.namespace}:fc3m:{ticker}"
+
+    def forecast_v2(self, ticker: str) -> str:
+        """Layout v2 (read only by the migration): records, meta hash."""
+        return f"{self.namespace}:fc2:{ticker}"
+
+    def forecast_meta_v2(self, ticker: str) -> str:
         return f"{self.namespace}:fc2m:{ticker}"
 
     def forecast_v1(self, ticker: str) -> str:
@@ -101,13 +110,16 @@ class Keys:
         return f"{self.namespace}:*"
 
     def window_pattern(self) -> str:
-        return f"{self.namespace}:w3:*"
+        return f"{self.namespace}:w4:*"
 
     def legacy_window_patterns(self) -> tuple[str, ...]:
-        """Keys of window layouts before v3 (text hashes), found and dropped on upgrade."""
-        return f"{self.namespace}:win:*", f"{self.namespace}:winmeta:*"
+        """Keys of window layouts before v4 (v3 values, v2 text hashes), found and dropped on upgrade."""
+        return f"{self.namespace}:w3:*", f"{self.namespace}:win:*", f"{self.namespace}:winmeta:*"
 
     def forecast_pattern(self) -> str:
+        return f"{self.namespace}:fc3:*"
+
+    def forecast_v2_pattern(self) -> str:
         return f"{self.namespace}:fc2:*"
 
     def forecast_v1_patterns(self) -> tuple[str, ...]:

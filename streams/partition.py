@@ -57,7 +57,7 @@ from streams.serving import (
     dead_letter_row,
     make_forecast,
     model_or_baseline,
-    prices_and_sigma,
+    price_quantiles,
     reject_reason,
 )
 from streams.window_store import decode_values
@@ -337,17 +337,17 @@ def _run_model(ctx: _Context, model: Any, found: _Windows, states: dict[str, Onl
     raw, use_model = model_or_baseline(model, windows, ctx.baseline_scale, tally.counts)
     states_ = [states[str(row.ticker)] for row in found.events]
     served = np.stack([st.apply(q) for st, q in zip(states_, raw, strict=True)])  # per-ticker calibration
-    prices, sigmas = prices_and_sigma(last_close, served)
+    prices = price_quantiles(last_close, served)
     forecast_at = time.time()
     return [
-        make_forecast(ticker=str(row.ticker), as_of=int(row.minute), last_close=float(c), prices=q, sigma=sg,
+        make_forecast(ticker=str(row.ticker), as_of=int(row.minute), last_close=float(c), prices=q,
                       state=st, model_version=model.version if by_model else PERSISTENCE,
                       model_kind=model.kind if by_model else PERSISTENCE,
                       interval_kind="lstm" if by_model else "baseline",
                       published_at=None if row.published_at != row.published_at else float(row.published_at),
                       window_ready_at=float(row.ready_at), forecast_at=forecast_at, window_checksum=cs)
-        for row, c, q, sg, st, by_model, cs in zip(found.events, last_close, prices, sigmas, states_, use_model,
-                                                   found.sums, strict=True)]
+        for row, c, q, st, by_model, cs in zip(found.events, last_close, prices, states_, use_model, found.sums,
+                                               strict=True)]
 
 
 def _write(ctx: _Context, conf: JobConf, forecasts: list[Forecast], states: dict[str, OnlineScale],

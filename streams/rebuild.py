@@ -63,8 +63,8 @@ def upgrade(store: WindowStore) -> int:
     says so in one line. Returns how many tickers it held."""
     old = store.drop_legacy()
     if old:
-        log.warning("window store: %d tickers in the v2 text layout (ns:win:*) dropped; rebuilding them from the "
-                    "bar topic in the v3 binary layout", old)
+        log.warning("window store: %d tickers in an older layout (v3 ns:w3:*, v2 ns:win:*) dropped; rebuilding "
+                    "them from the bar topic in the v4 layout", old)
     return old
 
 

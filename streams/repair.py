@@ -32,6 +32,7 @@ import redis as redislib
 from confluent_kafka import TopicPartition
 
 from minutecast.errors import Rejected, ServiceUnavailable
+from minutecast.forecast_migrate import migrate
 from minutecast.forecast_store import WRITTEN, ForecastStore
 from minutecast.kafka import make_consumer, watermarks
 from minutecast.keys import Keys
@@ -155,12 +156,12 @@ def repair_forecasts(client: redislib.Redis, kafka: KafkaSettings, namespace: st
 
 
 def migrate_forecasts(client: redislib.Redis, store: ForecastStore) -> dict[str, int]:
-    """Convert forecast layout v1 (``Keys.forecast_v1_patterns``) to the store's layout; one log line
+    """Convert forecast layouts v2 and v1 to the store's (:mod:`minutecast.forecast_migrate`); one log line
     when there was anything to convert."""
     t0 = time.monotonic()
-    counts = store.migrate(client)
+    counts = migrate(store, client)
     if counts["tickers"]:
-        log.warning("forecast store upgraded: %d tickers converted from layout v1 (%d forecasts, %d unreadable "
+        log.warning("forecast store upgraded: %d tickers converted to layout v3 (%d forecasts, %d unreadable "
                     "dropped) in %.1f s", counts["tickers"], counts["forecasts"], counts["dropped"],
                     time.monotonic() - t0)
     return counts

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from minutecast.errors import Rejected
-from minutecast.intervals import OnlineScale, Z, baseline_log_quantiles, to_prices
+from minutecast.intervals import OnlineScale, baseline_log_quantiles, implied_sigma, to_prices
 from minutecast.schemas import READY_VERSION, TICKER_RE, DeadLetter, Forecast, WindowReady
 from minutecast.window import HORIZON
 
@@ -132,27 +132,25 @@ def catch_up(state: OnlineScale, history: Mapping[int, Forecast | bytes | str], 
     return applied
 
 
-def prices_and_sigma(last_close: np.ndarray, served_log_q: np.ndarray) -> tuple[list[list[float]], list[float]]:
+def price_quantiles(last_close: np.ndarray, served_log_q: np.ndarray) -> list[list[float]]:
     """Served log quantiles (N, 5) of ``log(close_{t+5} / close_t)`` and closes at t (N,) -> price quantiles
-    and the sigma each implies, ``(log q90 - log q10) / (2 z_0.9)``, as Python floats (vectorised once per
-    partition)."""
+    as Python floats (vectorised once per partition)."""
     lq = np.asarray(served_log_q, dtype=np.float64).reshape(-1, 5)
-    q = to_prices(lq, np.asarray(last_close, dtype=np.float64))
-    return q.tolist(), ((lq[:, 3] - lq[:, 1]) / (2 * Z[3])).tolist()
+    return to_prices(lq, np.asarray(last_close, dtype=np.float64)).tolist()  # type: ignore[no-any-return]
 
 
-def make_forecast(*, ticker: str, as_of: int, last_close: float, prices: list[float], sigma: float,
-                  state: OnlineScale, model_version: str, model_kind: str, interval_kind: str,
-                  published_at: float | None, window_ready_at: float, forecast_at: float,
-                  window_checksum: str | None = None) -> Forecast:
-    """A v2 forecast from its price quantiles (5,) and sigma (:func:`prices_and_sigma`); ``state`` is the
+def make_forecast(*, ticker: str, as_of: int, last_close: float, prices: list[float], state: OnlineScale,
+                  model_version: str, model_kind: str, interval_kind: str, published_at: float | None,
+                  window_ready_at: float, forecast_at: float, window_checksum: str | None = None) -> Forecast:
+    """A v2 forecast from its price quantiles (5,) (:func:`price_quantiles`; sigma is the one they imply,
+    :func:`~minutecast.intervals.implied_sigma`); ``state`` is the
     online calibration that was applied to them, ``window_checksum`` the checksum of the window it was made
     from (what decides whether it corrects a stored forecast of the same minute)."""
     q05, q10, q50, q90, q95 = prices
     return Forecast(ticker=ticker, as_of=as_of, horizon_min=HORIZON, predicted_close=q50, last_close=last_close,
                     model_version=model_version, model_kind=model_kind, published_at=published_at,
                     window_ready_at=window_ready_at, forecast_at=forecast_at, q05=q05, q10=q10, q50=q50,
-                    q90=q90, q95=q95, sigma=sigma, interval_kind=interval_kind, log_s80=state.log_s80,
+                    q90=q90, q95=q95, sigma=implied_sigma(q10, q90), interval_kind=interval_kind, log_s80=state.log_s80,
                     log_s90=state.log_s90, window_checksum=window_checksum)
 
 

@@ -4,13 +4,14 @@
 each ticker's readiness up to date and moves the applied record; ``ANNOUNCE_LUA`` records the window
 announced per ticker; ``MARK_LUA`` moves the applied record alone (never down).
 
-The value layout (one string per ticker, v3) is :mod:`streams.window_store`'s; this file only follows it:
-a 32-byte header (``'MCW3'``, row count n as uint32, the announced minute and its 16-hex-digit checksum),
-then n rows of ``minute open high low close volume`` (48 bytes), then n ``published_at`` (8 bytes, NaN =
-unknown), then n slot counters (8 bytes), every number a little-endian float64, rows ascending by minute.
+The value layout (one string per ticker, v4) is :mod:`streams.window_store`'s; this file only follows it:
+a 40-byte header (``'MCW4'``, row count n as uint32, the announced minute and its 16-hex-digit checksum,
+the newest row's ``published_at``), then n rows of ``minute open high low close volume`` (48 bytes), then n
+slot counters (8 bytes), every number a little-endian float64, rows ascending by minute.
 The slot counter of a row is the number of policy slots (:mod:`minutecast.window`) from the first stored
 row to it, plus a base that does not matter (trimming the oldest row leaves the others as they are):
 so readiness and the window's first slot are O(1) and O(log n) lookups, never a walk over the window.
+Only the newest row's ``published_at`` is kept (the one the script returns): an older row's was never read.
 """
 
 from __future__ import annotations
@@ -29,11 +30,11 @@ from minutecast.window import MAX_FILL, WINDOW
 # its checksum ('' when not ready), published_at bytes of the newest bar (8), announced minute (-1: none),
 # announced checksum ('' none), late indexes, conflict indexes} (indexes: 0-based among that ticker's bars).
 #
-# Cost per ticker: one GET and one SET of the value (~5.8 kB at RETAIN bars), however many bars it gets; an
+# Cost per ticker: one GET and one SET of the value (~5.1 kB at RETAIN bars), however many bars it gets; an
 # in-order bar is an append to a list (and a trim of the oldest row: a moved index), O(1) Lua steps; only an
 # out-of-order bar folds the lists into the strings, shifts rows and recounts the slot counters above it.
 STORE_LUA = r"""
-local HDR, ROW, WINDOW, MAX_FILL = 32, 48, __WINDOW__, __MAX_FILL__
+local HDR, ROW, WINDOW, MAX_FILL = 40, 48, __WINDOW__, __MAX_FILL__
 local ttl = tonumber(ARGV[1])
 local retain = tonumber(ARGV[2])
 local pfx = ARGV[5]
@@ -56,22 +57,22 @@ local out = {}
 for i = 1, #KEYS - 2 do
   local key = KEYS[i + 2]
   local blob = redis.call('GET', key)
-  local n, ann_t, ann_sum = 0, -1, ''
-  local rows, pubs, cums = '', '', ''
+  local n, ann_t, ann_sum, pubn = 0, -1, '', ''
+  local rows, cums = '', ''
   if blob then
-    if string.sub(blob, 1, 4) ~= 'MCW3' then return redis.error_reply('window layout: ' .. key .. ' is not MCW3') end
+    if string.sub(blob, 1, 4) ~= 'MCW4' then return redis.error_reply('window layout: ' .. key .. ' is not MCW4') end
     n = unpack_('<I4', blob, 5)
     ann_t = f64(blob, 9)
     ann_sum = string.sub(blob, 17, 32)
     if string.byte(ann_sum, 1) == 0 then ann_sum = '' end
+    pubn = string.sub(blob, 33, 40)
     rows = string.sub(blob, HDR + 1, HDR + ROW * n)
-    pubs = string.sub(blob, HDR + ROW * n + 1, HDR + ROW * n + 8 * n)
-    cums = string.sub(blob, HDR + ROW * n + 8 * n + 1, HDR + ROW * n + 16 * n)
+    cums = string.sub(blob, HDR + ROW * n + 1, HDR + ROW * n + 8 * n)
   end
   -- In-order bars append to lists and trim by moving `drop` (or `a0`), so a batch of many bars costs one copy
   -- of the value at the end; an out-of-order bar first folds the lists into the strings (`fold`).
   local nb, drop, a0 = n, 0, 1  -- rows in the strings, of which the first `drop` are trimmed; lists from a0
-  local A_rows, A_pubs, A_cums = {}, {}, {}
+  local A_rows, A_cums = {}, {}
   local function minute_at(k)
     if k <= nb - drop then return f64(rows, ROW * (k + drop - 1) + 1) end
     return f64(A_rows[a0 + k - (nb - drop) - 1], 1)
@@ -91,9 +92,8 @@ for i = 1, #KEYS - 2 do
   local function fold()
     if drop == 0 and a0 > #A_rows then return end
     rows = string.sub(rows, ROW * drop + 1) .. table.concat(A_rows, '', a0)
-    pubs = string.sub(pubs, 8 * drop + 1) .. table.concat(A_pubs, '', a0)
     cums = string.sub(cums, 8 * drop + 1) .. table.concat(A_cums, '', a0)
-    nb, drop, a0, A_rows, A_pubs, A_cums = n, 0, 1, {}, {}, {}
+    nb, drop, a0, A_rows, A_cums = n, 0, 1, {}, {}
   end
   local function slots_before(k)  -- slots the policy gives row k (k > 1): itself plus fills, none after a gap
     local miss = (minute_at(k) - minute_at(k - 1)) / 60 - 1
@@ -125,7 +125,8 @@ for i = 1, #KEYS - 2 do
         c = cum_at(n) + 1
         if miss <= MAX_FILL then c = c + miss end
       end
-      A_rows[#A_rows + 1], A_pubs[#A_pubs + 1], A_cums[#A_cums + 1] = row, pub, pack('<d', c)
+      A_rows[#A_rows + 1], A_cums[#A_cums + 1] = row, pack('<d', c)
+      pubn = pub  -- the newest row's, the only one kept
       n = n + 1
       c_new, changed = c_new + 1, true
     else
@@ -147,7 +148,6 @@ for i = 1, #KEYS - 2 do
         fold()
         local a = lo - 1
         rows = string.sub(rows, 1, ROW * a) .. row .. string.sub(rows, ROW * a + 1)
-        pubs = string.sub(pubs, 1, 8 * a) .. pub .. string.sub(pubs, 8 * a + 1)
         cums = string.sub(cums, 1, 8 * a) .. pack('<d', 0) .. string.sub(cums, 8 * a + 1)
         n = n + 1
         nb = n
@@ -167,15 +167,14 @@ for i = 1, #KEYS - 2 do
   if changed then
     local pad = ann_sum
     if pad == '' then pad = string.rep('\0', 16) end
-    redis.call('SET', key, 'MCW3' .. pack('<I4', n) .. pack('<d', ann_t) .. pad .. rows .. pubs .. cums, 'EX', ttl)
+    redis.call('SET', key, 'MCW4' .. pack('<I4', n) .. pack('<d', ann_t) .. pad .. pubn .. rows .. cums, 'EX', ttl)
   elseif n > 0 then
     redis.call('EXPIRE', key, ttl)
   end
   -- readiness of the window at the newest bar (policy v2): WINDOW slots from the first row up to it
-  local newest, ready, sum, pubn = -1, 0, '', ''
+  local newest, ready, sum = -1, 0, ''
   if n > 0 then
     newest = minute_at(n)
-    pubn = string.sub(pubs, 8 * (n - 1) + 1, 8 * n)
     local base = cum_at(1)
     local rel = cum_at(n) - base
     if rel >= WINDOW - 1 then

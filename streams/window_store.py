@@ -1,22 +1,23 @@
 """The Redis window store: each ticker's newest ``window.RETAIN`` bars (a count), written in batches.
 
-Layout v3 (key names from :class:`minutecast.keys.Keys`; this module is the only code that knows the bytes):
+Layout v4 (key names from :class:`minutecast.keys.Keys`; this module is the only code that knows the bytes):
 
-* ``ns:w3:{T}`` string, every number a little-endian float64 unless said otherwise:
+* ``ns:w4:{T}`` string, every number a little-endian float64 unless said otherwise:
 
   ======  ==========  ==============================================================================
   offset  size        content
   ======  ==========  ==============================================================================
-  0       4           ``b"MCW3"`` (layout version 3; any other value is refused, never guessed at)
+  0       4           ``b"MCW4"`` (layout version 4; any other value is refused, never guessed at)
   4       4           n, the number of stored bars (uint32)
   8       8           minute of the last window announced ready (-1: none)
   16      16          its checksum (16 hex digits; zero bytes: none)
-  32      48 n        rows ``minute open high low close volume``, ascending by minute
-  32+48n  8 n         ``published_at`` of each row (NaN: the producer did not say)
-  32+56n  8 n         slot counter of each row (:mod:`streams.window_lua` says what it counts)
+  32      8           ``published_at`` of the newest row (NaN: the producer did not say)
+  40      48 n        rows ``minute open high low close volume``, ascending by minute
+  40+48n  8 n         slot counter of each row (:mod:`streams.window_lua` says what it counts)
   ======  ==========  ==============================================================================
 
-  About 5.8 kB at ``RETAIN`` bars; TTL ``window_ttl_s``.
+  5,080 bytes at ``RETAIN`` bars (v3 kept every row's ``published_at``, 5,792: only the newest one was ever
+  read); TTL ``window_ttl_s``.
 * ``ns:stats`` hash: ``stream_*`` counters.
 * ``ns:stream:applied`` hash: per bar-topic partition the newest offset applied, moved in the same call
   (the worker passes its batch's offsets; :mod:`streams.repair` says what a gap behind it means).
@@ -44,9 +45,9 @@ returns per ticker a few scalars: the newest minute, whether the window at it is
 
 Readers fetch values with GET (one pipelined round trip for many tickers) and decode them with
 :func:`decode_value` (``np.frombuffer``; no per-row Python); :mod:`streams.windows` cuts windows from them.
-A store written in the v2 text layout (``ns:win:{T}`` hashes) is never read: :meth:`WindowStore.legacy_keys`
-finds it and ``minutecast rebuild`` (or the worker's start-up) replaces it from the bar topic
-(:mod:`streams.rebuild`).
+A store written in an older layout (v3's ``ns:w3:{T}`` values, v2's ``ns:win:{T}`` text hashes) is never
+read: :meth:`WindowStore.legacy_keys` finds it and ``minutecast rebuild`` (or the worker's start-up) replaces it
+from the bar topic (:mod:`streams.rebuild`).
 """
 
 from __future__ import annotations
@@ -65,8 +66,8 @@ from minutecast.schemas import Bar
 from minutecast.window import RETAIN
 from streams.window_lua import ANNOUNCE_LUA, MARK_LUA, STORE_LUA
 
-MAGIC = b"MCW3"
-HEADER = struct.Struct("<4sId16s")  # magic, n, announced minute (-1: none), announced checksum
+MAGIC = b"MCW4"
+HEADER = struct.Struct("<4sId16sd")  # magic, n, announced minute (-1: none), its checksum, newest pub
 ROW_COLUMNS = 6  # minute open high low close volume
 BAR = struct.Struct("<7d")  # one bar as the script takes it: a row, then published_at (NaN: unknown)
 NO_PUB = float("nan")
@@ -102,7 +103,7 @@ class WindowRow(NamedTuple):
     low: float
     close: float
     volume: float
-    published_at: float | None  # producer publish time (epoch s), None when the producer did not say
+    published_at: float | None  # producer publish time (epoch s) of the newest row; None for the others or unknown
 
 
 def encode_bars(bars: Sequence[Bar]) -> bytes:
@@ -113,19 +114,20 @@ def encode_bars(bars: Sequence[Bar]) -> bytes:
 
 def decode_value(value: bytes | None) -> np.ndarray:
     """One stored value -> (n, 7) float64 rows sorted by minute: minute (epoch s), open, high, low, close,
-    volume, published_at (NaN: unknown); (0, 7) for None (no such key). Raises :class:`LayoutError` for a
-    value of another layout or length: nothing is guessed."""
+    volume, published_at (the newest row's; NaN for the others, and when unknown); (0, 7) for None (no such
+    key). Raises :class:`LayoutError` for a value of another layout or length: nothing is guessed."""
     if value is None:
         return np.empty((0, 7), dtype=np.float64)
     if len(value) < HEADER.size or value[:4] != MAGIC:
         raise LayoutError(f"window value is not in layout {MAGIC.decode()} (starts {value[:4]!r}): "
                           "run `minutecast rebuild`")
-    n = HEADER.unpack_from(value)[1]
-    if len(value) != HEADER.size + 64 * n:
-        raise LayoutError(f"window value of {len(value)} bytes for {n} bars (want {HEADER.size + 64 * n})")
-    out = np.empty((n, 7), dtype=np.float64)
+    _, n, _, _, pub = HEADER.unpack_from(value)
+    if len(value) != HEADER.size + 56 * n:
+        raise LayoutError(f"window value of {len(value)} bytes for {n} bars (want {HEADER.size + 56 * n})")
+    out = np.full((n, 7), np.nan, dtype=np.float64)
     out[:, :6] = np.frombuffer(value, "<f8", ROW_COLUMNS * n, HEADER.size).reshape(n, ROW_COLUMNS)
-    out[:, 6] = np.frombuffer(value, "<f8", n, HEADER.size + 48 * n)
+    if n:
+        out[-1, 6] = pub
     return out
 
 
@@ -253,8 +255,8 @@ class WindowStore:
         return False
 
     def legacy_keys(self) -> list[str]:
-        """Keys of an older window layout in this namespace (v2: ``ns:win:{T}`` text hashes and their
-        ``ns:winmeta:{T}``): a store this version never reads; :meth:`drop_legacy` clears them."""
+        """Keys of an older window layout in this namespace (v3: ``ns:w3:{T}``; v2: ``ns:win:{T}`` text
+        hashes and their ``ns:winmeta:{T}``): a store this version never reads; :meth:`drop_legacy` clears them."""
         return [k.decode() if isinstance(k, bytes) else k for pattern in self.keys.legacy_window_patterns()
                 for k in self.client.scan_iter(match=pattern, count=1000)]
 
@@ -280,7 +282,8 @@ def read_windows(client: redislib.Redis, keys: Keys, tickers: Iterable[str]) -> 
     """:func:`read_window` for many tickers in one pipelined round trip: ``{ticker: rows}``.
 
     Stable API (tests and readers outside the pipeline; the Spark job decodes arrays, :func:`decode_value`):
-    rows are ``WindowRow(minute, open, high, low, close, volume, published_at)`` sorted by minute, at most
+    rows are ``WindowRow(minute, open, high, low, close, volume, published_at)`` sorted by minute (only the
+    newest row has a ``published_at``), at most
     ``window.RETAIN`` of them; a ticker without a window maps to ``[]``.
     """
     tickers = list(dict.fromkeys(tickers))

@@ -60,8 +60,8 @@ def run(args: argparse.Namespace) -> int:
                  settings.namespace)
         rebuild(settings)
     elif store.legacy_keys():
-        log.warning("window store: keys of the v2 text layout (ns:win:*) are never read by this version; "
-                    "run `minutecast rebuild` to rebuild them in the v3 binary layout")
+        log.warning("window store: keys of an older layout (v3 ns:w3:*, v2 ns:win:*) are never read by this "
+                    "version; run `minutecast rebuild` to rebuild them in the v4 layout")
 
     metrics = Metrics()
     serve(settings.metrics_host, settings.metrics_port, metrics.registry)

@@ -184,7 +184,7 @@ def test_worker_windows_deadletters_ready_events_and_metrics(topics: Topics, kaf
     # TSLA's 10-minute gap is inside its last window: collapsed, the bar after it marked, still announced
     tsla = window_for(read_window(redis_client, keys, "TSLA"), last)
     assert tsla is not None and tsla[tsla[:, MINUTE] == OPEN + 60 * 130, GAP].tolist() == [1.0]
-    _, _, ann_t, ann_sum = HEADER.unpack_from(redis_client.get(keys.window("AAPL")))  # the announced record
+    _, _, ann_t, ann_sum, _ = HEADER.unpack_from(redis_client.get(keys.window("AAPL")))  # the announced record
     assert int(ann_t) == last and ann_sum.decode() == ready["AAPL"].checksum
 
     body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read().decode()  # noqa: S310
@@ -256,20 +256,22 @@ def test_sigkill_mid_replay_then_flush_and_rebuild_give_the_clean_windows(
     assert snapshot(redis_client, namespace) == expected
     check_run(observe(redis_client, namespace, [], "rebuild_"), clean_reference, sent, events=False)
 
-    # ... and after an upgrade: yesterday's store (the v2 text hashes, with an applied record that must not
-    # vouch for the new layout) is dropped and rebuilt in v3 from the topic, said in one line.
+    # ... and after an upgrade: yesterday's store (v3 values; one ticker still in the v2 text hashes; an applied
+    # record that must not vouch for the new layout) is dropped and rebuilt in v4 from the topic, said in one line.
     delete_namespace_keys(redis_client, namespace)
     keys = Keys(namespace)
-    for t in TICKERS:
-        redis_client.hset(f"{namespace}:win:{t}", mapping={str(OPEN): "1.0 1.0 1.0 1.0 1.0 None"})
-        redis_client.hset(f"{namespace}:winmeta:{t}", mapping={"max": OPEN})
+    for t in TICKERS[1:]:
+        redis_client.set(f"{namespace}:w3:{t}", b"MCW3" + bytes(28))
+    redis_client.hset(f"{namespace}:win:{TICKERS[0]}", mapping={str(OPEN): "1.0 1.0 1.0 1.0 1.0 None"})
+    redis_client.hset(f"{namespace}:winmeta:{TICKERS[0]}", mapping={"max": OPEN})
     redis_client.hset(keys.stream_applied(), mapping={"0": 10**9})
     with caplog.at_level(logging.WARNING, logger="streams.rebuild"):
         rebuild(StreamSettings())
-    said = [r.getMessage() for r in caplog.records if "v2 text layout" in r.getMessage()]
-    assert said == [f"window store: {len(TICKERS)} tickers in the v2 text layout (ns:win:*) dropped; rebuilding "
-                    "them from the bar topic in the v3 binary layout"]
+    said = [r.getMessage() for r in caplog.records if "older layout" in r.getMessage()]
+    assert said == [f"window store: {len(TICKERS)} tickers in an older layout (v3 ns:w3:*, v2 ns:win:*) dropped; "
+                    "rebuilding them from the bar topic in the v4 layout"]
     assert snapshot(redis_client, namespace) == expected
+    assert not list(redis_client.scan_iter(match=f"{namespace}:w3:*"))
     assert not list(redis_client.scan_iter(match=f"{namespace}:win:*"))
     assert not list(redis_client.scan_iter(match=f"{namespace}:winmeta:*"))
     assert max(WindowStore(redis_client, keys, 3600).applied().values()) < 10**9

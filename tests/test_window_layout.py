@@ -1,4 +1,4 @@
-"""The binary window layout (v3) against the window policy, on the real Redis.
+"""The binary window layout (v4) against the window policy, on the real Redis.
 
 The store script keeps readiness and the window checksum up to date by itself (slot counters, one
 substring hashed); :mod:`minutecast.window` is the policy written once. Property: after every call, for
@@ -6,7 +6,7 @@ every ticker, the script's scalars equal what the policy computes from scratch o
 the rows stored are the newest ``RETAIN`` minutes of everything delivered with each minute's first value,
 for any gaps (filled, collapsed), order, duplication and batching. Also: the layout's bytes (header, row
 count, length) are checked on read and an older layout is refused, never read wrongly; the migration
-drops a v2 store and a rebuild writes v3.
+drops a v3 or v2 store and a rebuild writes v4.
 """
 
 from __future__ import annotations
@@ -153,18 +153,23 @@ def test_layout_bytes_are_checked_and_an_older_layout_is_refused(store_: WindowS
     bars = [_bar("AAA", OPEN + 60 * i, 2, None if i % 2 else 1.7e9) for i in range(RETAIN + 7)]
     store_.apply(bars)
     value = redis_client.get(store_.keys.window("AAA"))  # type: ignore[attr-defined]
-    magic, n, ann, _ = HEADER.unpack_from(value)
-    assert (magic, n, ann) == (b"MCW3", RETAIN, -1.0) and len(value) == HEADER.size + 64 * RETAIN
+    magic, n, ann, _, pub = HEADER.unpack_from(value)
+    assert (magic, n, ann, pub) == (b"MCW4", RETAIN, -1.0, bars[-1].published_at)
+    assert len(value) == HEADER.size + 56 * RETAIN == 5_080
     rows = decode_value(value)
     assert rows[:, 0].tolist() == [b.minute for b in bars[-RETAIN:]]
-    assert [None if math.isnan(p) else p for p in rows[:, 6]] == [b.published_at for b in bars[-RETAIN:]]
+    # only the newest row's published_at is kept (the one the script reports with a ready window)
+    assert [None if math.isnan(p) else p for p in rows[:, 6]] == [None] * (RETAIN - 1) + [bars[-1].published_at]
+    store_.apply([_bar("AAA", bars[-1].minute + 60, 2, None), _bar("AAA", bars[-1].minute - 60, 2, 1.9e9)])
+    assert HEADER.unpack_from(redis_client.get(store_.keys.window("AAA")))[4] != 1.9e9  # type: ignore[attr-defined]
+    assert math.isnan(decode_value(redis_client.get(store_.keys.window("AAA")))[-1, 6])  # type: ignore[attr-defined]
     with pytest.raises(LayoutError, match="layout"):
         decode_value(b"0.1 0.2 0.3 0.4 5 None")  # a v2 hash value
     with pytest.raises(LayoutError, match="bytes"):
         decode_value(value[:-8])
     # the script refuses to write over a value of another layout rather than guess
     redis_client.set(store_.keys.window("BBB"), b"v2 text")  # type: ignore[attr-defined]
-    with pytest.raises(Exception, match="not MCW3"):
+    with pytest.raises(Exception, match="not MCW4"):
         store_.apply([_bar("BBB", OPEN, 0, None)])
 
 
@@ -182,12 +187,14 @@ def test_announced_window_is_kept_in_the_header(store_: WindowStore) -> None:
     assert not store_.client.exists(store_.keys.window("GONE"))
 
 
-def test_upgrade_drops_a_v2_store_and_its_applied_record(store_: WindowStore, redis_client: object) -> None:
+def test_upgrade_drops_a_v3_or_v2_store_and_its_applied_record(store_: WindowStore, redis_client: object) -> None:
     keys = store_.keys
+    redis_client.set(f"{keys.namespace}:w3:BBB", b"MCW3" + bytes(28))  # type: ignore[attr-defined]
     redis_client.hset(f"{keys.namespace}:win:AAA", mapping={str(OPEN): "1.0 1.0 1.0 1.0 1.0 None"})  # type: ignore
     redis_client.hset(f"{keys.namespace}:winmeta:AAA", mapping={"max": OPEN})  # type: ignore[attr-defined]
     redis_client.hset(keys.stream_applied(), mapping={"0": 41})  # type: ignore[attr-defined]
-    assert sorted(store_.legacy_keys()) == [f"{keys.namespace}:win:AAA", f"{keys.namespace}:winmeta:AAA"]
-    assert not store_.has_windows()  # the old layout is not a store of this version
-    assert store_.drop_legacy() == 1
+    assert sorted(store_.legacy_keys()) == [f"{keys.namespace}:w3:BBB", f"{keys.namespace}:win:AAA",
+                                            f"{keys.namespace}:winmeta:AAA"]
+    assert not store_.has_windows()  # the old layouts are not a store of this version
+    assert store_.drop_legacy() == 2
     assert store_.legacy_keys() == [] and store_.applied() == {}

@@ -50,7 +50,8 @@ TTL = 3600
 
 
 def window_hash(client: object, keys: Keys, ticker: str) -> dict[bytes, tuple[float | None, ...]]:
-    """The stored bars as {minute (decimal bytes): (open, high, low, close, volume, published_at)}."""
+    """The stored bars as {minute (decimal bytes): (open, high, low, close, volume, published_at)} (the newest
+    row's published_at only: the layout keeps no other)."""
     return {str(r.minute).encode(): tuple(r[1:]) for r in read_window(client, keys, ticker)}  # type: ignore[arg-type]
 
 
@@ -72,11 +73,11 @@ def test_values_round_trip_exactly_and_read_windows_is_one_pipeline(store: Windo
     store.apply(bars)
     rows = read_window(redis_client, Keys(namespace), "AAPL")  # type: ignore[arg-type]
     assert [r.minute for r in rows] == [b.minute for b in bars[:10]]
-    assert all(r == WindowRow(b.minute, b.open, b.high, b.low, b.close, b.volume, b.published_at)
-               for r, b in zip(rows, bars[:10], strict=True))
+    assert all(r == WindowRow(b.minute, b.open, b.high, b.low, b.close, b.volume, b.published_at if i == 9 else None)
+               for i, (r, b) in enumerate(zip(rows, bars[:10], strict=True)))
     b0 = bars[0]
     assert window_hash(redis_client, Keys(namespace), "AAPL")[str(OPEN).encode()] == \
-        (b0.open, b0.high, b0.low, b0.close, b0.volume, b0.published_at)
+        (b0.open, b0.high, b0.low, b0.close, b0.volume, None)
     many = read_windows(redis_client, Keys(namespace), ["AAPL", "MSFT", "NOPE"])  # type: ignore[arg-type]
     assert len(many["AAPL"]) == 10 and many["AAPL"] == rows
     assert [r.published_at for r in many["MSFT"]] == [None] * 5
@@ -295,7 +296,7 @@ def test_bad_messages_become_dead_letters_and_good_bars_still_land(store: Window
     rows = read_window(redis_client, Keys(namespace), "AAPL")  # type: ignore[arg-type]
     assert [r.minute for r in rows] == [b.minute for b in good]
     g = good[0]
-    assert rows[0] == WindowRow(g.minute, g.open, g.high, g.low, g.close, g.volume, g.published_at)
+    assert rows[0] == WindowRow(g.minute, g.open, g.high, g.low, g.close, g.volume, None)  # not the newest row
     stats = redis_client.hgetall(Keys(namespace).stats())  # type: ignore[attr-defined]
     assert int(stats[b"stream_messages"]) == len(msgs) + 1
 

@@ -14,13 +14,13 @@ Snapshot = dict[str, bytes]
 
 
 def state(value: bytes) -> bytes:
-    """A stored window value as the state it stands for: the bar count, rows, publish times and slot counters
-    counted from the first row. Left out: the header's record of the window announced last (a worker
-    announces, a reference applying bars does not) and the counters' base, which depends on how many slots
-    were trimmed before (streams.window_lua: it does not matter)."""
+    """A stored window value as the state it stands for: the bar count, the newest row's publish time, rows
+    and slot counters counted from the first row. Left out: the header's record of the window announced last
+    (a worker announces, a reference applying bars does not) and the counters' base, which depends on how
+    many slots were trimmed before (streams.window_lua: it does not matter)."""
     n = HEADER.unpack_from(value)[1]
-    cums = np.frombuffer(value, "<f8", n, HEADER.size + 56 * n)
-    return value[:8] + value[HEADER.size:HEADER.size + 56 * n] + (cums - cums[:1]).tobytes()
+    cums = np.frombuffer(value, "<f8", n, HEADER.size + 48 * n)
+    return value[:8] + value[32:40] + value[HEADER.size:HEADER.size + 48 * n] + (cums - cums[:1]).tobytes()
 
 
 def snapshot(client: Any, namespace: str) -> Snapshot:
