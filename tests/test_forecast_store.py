@@ -164,7 +164,7 @@ def test_write_rules_against_redis(redis_client: Any, namespace: str) -> None:
     older = dataclasses.replace(f0, window_ready_at=f0.window_ready_at - 1, window_checksum="1111111111111111")
     assert write(store, redis_client, older) == (0, f0.to_json())  # an older announcement never replaces
     fix = dataclasses.replace(f0, window_ready_at=f0.window_ready_at + 1, window_checksum="2222222222222222",
-                              predicted_close=274.0, q50=274.0, q90=274.5, q95=275.0)
+                              predicted_close=274.0, q50=274.0, q90=274.5, q95=275.0, sigma=implied_sigma(272.8, 274.5))
     assert write(store, redis_client, fix) == (2, fix.to_json())  # a correction
     assert write(store, redis_client, dataclasses.replace(fix, window_ready_at=fix.window_ready_at + 1)) == \
         (0, fix.to_json())  # the same window re-announced later: not a correction
