@@ -62,13 +62,14 @@ def e2e_stages(results: dict[str, Any]) -> list[str]:
     """Per e2e run with a ``stages`` split (:mod:`benchmarks.stages`): a heading, what the rows are, the
     table; nothing for results from before the split existed."""
     out: list[str] = []
-    for name in ("e2e", "e2e_10k", "e2e_5000", "e2e_standalone"):
+    for name in ("e2e", "e2e_stress", "e2e_10k", "e2e_5000", "e2e_5000_stress", "e2e_8000", "e2e_standalone"):
         res = (results.get("benchmarks", {}).get(name) or {}).get("result") or {}
         if not res.get("stages"):
             continue
-        rate = res.get("target_bars_per_s")
-        out += [f"## Where the time goes: `{name}` ({res.get('tickers')} tickers, "
-                f"{rate:,.0f} bars/s)" if rate else f"## Where the time goes: `{name}`", "",
+        rate, pace = res.get("target_bars_per_s"), res.get("pace")
+        out += [f"## Where the time goes: `{name}` ({res.get('tickers')} tickers, {pace})" if pace
+                else f"## Where the time goes: `{name}` ({res.get('tickers')} tickers, {rate:,.0f} bars/s)" if rate
+                else f"## Where the time goes: `{name}`", "",
                 "Each forecast's latency split into stages from the timestamps the pipeline emits (bar "
                 "`published_at`, the producer's delivery latency, `ready_at`, the Spark batch's `started_at` and "
                 "`durationMs`, `forecast_at`, the forecast's Kafka record timestamp); the main rows add up to the "
