@@ -29,6 +29,7 @@ Shared by serving (Spark), evaluation and the gate, so a subscriber sees what th
 from __future__ import annotations
 
 import math
+import struct
 from dataclasses import dataclass
 
 import numpy as np
@@ -141,9 +142,12 @@ def fit_baseline_scale(windows: np.ndarray, targets: np.ndarray) -> tuple[float,
     return scale_from_ratios(baseline_ratios(windows, targets))
 
 
+_F32 = struct.Struct("<f")
+
+
 def f32(x: float) -> float:
-    """``x`` rounded to the nearest float32, as a Python float (exact in both)."""
-    return float(np.float32(x))
+    """``x`` rounded to the nearest float32, as a Python float (exact in both); OverflowError beyond float32."""
+    return float(_F32.unpack(_F32.pack(x))[0])
 
 
 def implied_sigma(q10: float, q90: float) -> float:
@@ -162,7 +166,8 @@ class OnlineScale:
     through: int = 0  # newest target minute (epoch s) already applied
 
     def __post_init__(self) -> None:
-        self.log_s80, self.log_s90 = f32(self.log_s80), f32(self.log_s90)  # float32-exact (module docstring)
+        # float32-exact (module docstring) and within the limit, whatever text a store held
+        self.log_s80, self.log_s90 = (f32(np.clip(x, -LOG_S_LIMIT, LOG_S_LIMIT)) for x in (self.log_s80, self.log_s90))
 
     def apply(self, log_q: np.ndarray) -> np.ndarray:
         """Raw log-return quantiles (5,) or (N, 5) -> served ones (same shape), never crossing."""
