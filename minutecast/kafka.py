@@ -16,7 +16,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_f
 from minutecast import dependency
 from minutecast.errors import ServiceUnavailable
 from minutecast.settings import KafkaSettings
-from minutecast.topics import TopicSpec, replication
+from minutecast.topics import Topics, TopicSpec, replication
 
 
 def client_config(ks: KafkaSettings) -> dict[str, Any]:
@@ -145,6 +145,26 @@ def ensure_topics(ks: KafkaSettings, specs: Iterable[TopicSpec], timeout_s: floa
             if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
                 raise
     return created
+
+
+def delete_namespace_topics(ks: KafkaSettings, namespace: str, timeout_s: float = 30.0) -> list[str]:
+    """Delete every topic of ``namespace`` on the broker (a test's or a benchmark's uuid one); returns the
+    names deleted. Leftover topics are not harmless: 660 of them (1,955 partitions) kept a local broker at
+    ~13% of a core while idle, and the e2e benchmark's p50 went from 516-752 ms in the runs before their removal
+    to 349-377 ms in those after it (2 cores, 2026-12-07)."""
+    admin = make_admin(ks)  # kept referenced until the futures resolve
+    names = [t for t in admin.list_topics(timeout=timeout_s).topics if Topics(namespace).owns(t)]
+    if not names:
+        return []
+    deleted = []
+    for name, fut in admin.delete_topics(names, operation_timeout=timeout_s).items():
+        try:
+            fut.result()
+            deleted.append(name)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:  # gone already is what we wanted
+                raise
+    return deleted
 
 
 def _wait_for_brokers(admin: AdminClient, ks: KafkaSettings, timeout_s: float) -> Any:

@@ -56,6 +56,10 @@ class Topics:
         """Rejected input with a machine-readable reason, value = ``DeadLetter`` JSON."""
         return f"{self.namespace}.deadletter"
 
+    def owns(self, topic: str) -> bool:
+        """Whether ``topic`` is one of this namespace's (every name above starts with ``<namespace>.``)."""
+        return topic.startswith(f"{self.namespace}.")
+
     def specs(self, bar_partitions: int = 6, bar_retention_days: int = 45) -> list[TopicSpec]:
         """Every topic with its partitions and retention. The bar topic keeps history for training."""
         return [
