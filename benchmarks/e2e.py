@@ -77,7 +77,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--minute-s", type=float, default=10.0,
                     help="seconds between two minutes' bursts (10: the real shape; 1: the 60x stress)")
     ap.add_argument("--bars-per-s", type=float, help="publish pace in bars/s (overrides --minute-s)")
-    ap.add_argument("--trigger-ms", type=int, default=200, help="the Spark job's trigger interval")
+    ap.add_argument("--trigger-ms", type=int, default=InferenceSettings.model_fields["trigger_ms"].default,
+                    help="the Spark job's trigger interval (default: the job's own, MINUTECAST_TRIGGER_MS)")
     ap.add_argument("--persistence", action="store_true", help="no model: serve the persistence baseline")
     ap.add_argument("--no-shuffle", action="store_true",
                     help="coalesce Kafka partitions instead of shuffling by ticker (MINUTECAST_SHUFFLE_BY_TICKER)")
@@ -128,7 +129,7 @@ def header(args: argparse.Namespace, pace: Pace, ns: str) -> dict[str, Any]:
     n, period = len(pace.names), pace.period
     return {"benchmark": "e2e", "quick": args.quick, "namespace": ns, "tickers": n,
             "timed_minutes": pace.minutes, "target_bars_per_s": pace.rate, "standalone": args.standalone,
-            "minute_s": round(period, 3),
+            "minute_s": round(period, 3), "trigger_ms": args.trigger_ms,
             "pace": f"a burst of {n} bars every {period:g} s"
             + (" (the real shape, 6x)" if period >= 10 else f" ({60 / period:g}x stress)")}
 

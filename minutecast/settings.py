@@ -205,7 +205,10 @@ class InferenceSettings(CommonSettings):
     """`minutecast infer`: the Spark structured-streaming job."""
 
     master: str = "local[*]"
-    trigger_ms: int = 200  # micro-batch trigger interval
+    # Micro-batch trigger interval. 50, not 200: a burst waited for the next tick (a constant 173 ms at
+    # p50 in a run whose ticks fell just before the bursts); an idle job polls Kafka 20 times a second for
+    # 1-2% of a core, the same as at 200 (benchmarks: docs/performance.md).
+    trigger_ms: int = 50
     checkpoint_dir: Path | None = None  # default: <home>/checkpoints/infer
     history_len: int = 120  # forecasts kept per ticker in Redis history
     # Latest/history/calibration keys of a ticker expire this long after its last forecast (a delisted or
