@@ -69,6 +69,8 @@ BENCHES: tuple[Bench, ...] = (
     # Issue 16's scale-out: the same backfill shared by 2 workers of one consumer group (target >= 1.6x one).
     Bench("state_2workers", "state", 150, 900, full_args=("--workers", "2"), quick_args=("--quick", "--workers", "2")),
     Bench("inference", "inference", 150, 300),
+    # What a Spark micro-batch costs before any of our work (the e2e latencies' floor on this machine).
+    Bench("spark_floor", "spark_floor", 150, 300),
     # Burst mode (the real shape: every bar of a minute together, a minute every 10 s) beside the 60x stress.
     Bench("e2e", "e2e", 300, 900, full_args=("--minutes", "40"), quick_args=("--quick", "--minutes", "10")),
     Bench("e2e_stress", "e2e", 300, 600, full_args=("--minute-s", "1"), quick_args=("--quick", "--minute-s", "1")),
@@ -102,6 +104,7 @@ REQUIRED: dict[str, tuple[str, ...]] = {
 for _name in ("e2e_10k", "e2e_5000", "e2e_stress", "e2e_5000_stress", "e2e_8000"):
     REQUIRED[_name] = (*REQUIRED["e2e"], "pace")
 REQUIRED["state_5000"] = (*REQUIRED["state"], "pace")
+REQUIRED["spark_floor"] = ("add_batch_p50_ms", "trigger_execution_p50_ms", "events", "pace")
 REQUIRED["redis_memory"] = ("bytes_per_ticker", "tickers")
 REQUIRED["soak"] = ("minutes", "rss_growth_second_half_pct", "redis_used_memory_growth_second_half_pct")
 REQUIRED["e2e_standalone"] = (*REQUIRED["e2e"], "spark_master")  # no master URL: it ran on local[*]

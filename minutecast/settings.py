@@ -205,10 +205,10 @@ class InferenceSettings(CommonSettings):
     """`minutecast infer`: the Spark structured-streaming job."""
 
     master: str = "local[*]"
-    # Micro-batch trigger interval. 50, not 200: a burst waited for the next tick (a constant 173 ms at
-    # p50 in a run whose ticks fell just before the bursts); an idle job polls Kafka 20 times a second for
-    # 1-2% of a core, the same as at 200 (benchmarks: docs/performance.md).
-    trigger_ms: int = 50
+    # Micro-batch trigger interval. 100 by measurement (e2e, 503-ticker bursts, 20 minutes each, p50/p99 ms):
+    # 200 made each burst wait for the next tick (424/602, 475/682); 50 cut bursts in two more often
+    # (345/823, 323/927); 100 gave 346/480 and 351/492. An idle job costs 1-2% of a core at any of them.
+    trigger_ms: int = 100
     checkpoint_dir: Path | None = None  # default: <home>/checkpoints/infer
     history_len: int = 120  # forecasts kept per ticker in Redis history
     # Latest/history/calibration keys of a ticker expire this long after its last forecast (a delisted or

@@ -1,7 +1,7 @@
 """Spark structured-streaming inference, driver side: window-ready events -> one batched model call per
 partition -> forecasts on Kafka and in Redis.
 
-    minutecast infer                       # local[*], trigger every 50 ms, runs until stopped
+    minutecast infer                       # local[*], trigger every 100 ms, runs until stopped
     minutecast infer --available-now       # process what is on the topic, then exit
     minutecast infer --master spark://host:7077
 

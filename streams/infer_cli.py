@@ -1,6 +1,6 @@
 """``minutecast infer``: the Spark structured-streaming inference job (see ``streams/infer.py``).
 
-    minutecast infer                                  # local[*], micro-batch every 50 ms, until Ctrl-C
+    minutecast infer                                  # local[*], micro-batch every 100 ms, until Ctrl-C
     minutecast infer --available-now                  # process what is on the topic, then exit
     minutecast infer --master spark://host:7077 --trigger-ms 500
 
@@ -31,7 +31,7 @@ log = logging.getLogger("minutecast.infer")
 # Field of InferenceSettings -> its flag (minutecast.flags).
 FLAGS = {
     "master": Flag("--master", str, "Spark master (default: MINUTECAST_MASTER or local[*])"),
-    "trigger_ms": Flag("--trigger-ms", int, "micro-batch trigger interval (default 50)"),
+    "trigger_ms": Flag("--trigger-ms", int, "micro-batch trigger interval (default 100)"),
     "checkpoint_dir": Flag("--checkpoint", Path, "checkpoint directory (default <home>/checkpoints/infer)",
                            dest="checkpoint"),
     "partitions": Flag("--partitions", int, "partitions per micro-batch = model calls (default 2)"),

@@ -224,6 +224,16 @@ def test_e2e_benchmark_tiny_reports_latency_and_memory(services: InfraSettings) 
             "model_out_to_kafka", "total"} <= set(r["stages"]) and r["stages"]["total"]["n"] == r["forecasts"]
 
 
+@pytest.mark.integration
+@pytest.mark.spark
+def test_spark_floor_benchmark_tiny(services: InfraSettings) -> None:
+    r = bench_json(["benchmarks.spark_floor", "--events", "40", "--bursts", "4", "--every-s", "1.5"], 300)
+    assert not suite.missing_names("spark_floor", r)
+    # Bursts reached the idle body whole and their batches were timed (a split one is counted, not timed).
+    assert r["events"] == 40 and r["bursts"] >= 1 and r["split_batches"] >= 0
+    assert 0 < r["add_batch_p50_ms"] <= r["trigger_execution_p50_ms"]
+
+
 @pytest.mark.horovod
 def test_training_benchmark_tiny() -> None:
     r = bench_json(["benchmarks.training", "--tiny"], 400)
