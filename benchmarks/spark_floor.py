@@ -21,6 +21,7 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -35,12 +36,13 @@ from minutecast.topics import Topics
 ROW = "x" * 600  # about a forecast's JSON (bytes)
 
 
-def idle_body(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
-    """``mapInPandas`` body that only drains its input: one output row per event, to the forecasts topic."""
+def idle_body(topic: str, batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    """``mapInPandas`` body that only drains its input: one output row per event, to ``topic`` (the run's
+    forecasts topic, deleted with its namespace)."""
     frames = [b for b in batches if len(b)]
     if frames:
         ev = pd.concat(frames, ignore_index=True)
-        yield pd.DataFrame({"topic": "probe.forecasts", "key": ev["ticker"], "value": ROW})
+        yield pd.DataFrame({"topic": topic, "key": ev["ticker"], "value": ROW})
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -82,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             pass
 
     spark.streams.addListener(_Listener())
-    plan = job.events().coalesce(settings.partitions).mapInPandas(idle_body, OUT_SCHEMA)
+    plan = job.events().coalesce(settings.partitions).mapInPandas(partial(idle_body, topics.forecasts), OUT_SCHEMA)
     query = (plan.writeStream.format("kafka").options(**spark_options(settings.kafka))
              .option("checkpointLocation", str(settings.checkpoint))
              .option("asyncProgressTrackingEnabled", "true").option("asyncProgressTrackingCheckpointIntervalMs", "0")
