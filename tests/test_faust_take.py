@@ -33,8 +33,8 @@ def run(puts: list[tuple[int, float]], max_: int, within_s: float, quiet_s: floa
 
     async def main() -> None:
         nonlocal t0
-        t0 = time.monotonic()
         async with agent.test_context() as ag:
+            t0 = time.monotonic()  # after the agent started: a slow start (a loaded CI machine) is not a batch's
             for n, pause in puts:
                 for i in range(n):
                     await ag.put(i)
@@ -48,7 +48,9 @@ def run(puts: list[tuple[int, float]], max_: int, within_s: float, quiet_s: floa
 def test_a_burst_is_one_batch_when_the_feed_pauses() -> None:
     got = run([(5, 0.15), (3, 0.15), (7, 0.15)], max_=100, within_s=1.0, quiet_s=0.03)
     assert [n for _, n in got] == [5, 3, 7]
-    assert got[0][0] < 0.12  # quiet_s after the burst, not within_s
+    # quiet_s (0.03 s) after the burst, not within_s (1 s) after its first record; the margin absorbs a stalled
+    # event loop on a busy machine (0.57 s was seen when t0 was taken before the agent's start-up)
+    assert got[0][0] < 0.5
 
 
 def test_a_steady_feed_is_cut_within_s_after_a_batch_first_record_and_max_bounds_a_batch() -> None:
