@@ -14,7 +14,9 @@ In a fresh uuid namespace (topics and keys deleted afterwards) it starts the Fau
 subprocesses, promotes a randomly initialised seed-architecture LSTM into a temporary registry (so the
 model really runs; ``--persistence`` skips that), publishes 59 minutes of warm-up bars for every ticker,
 waits for the first forecasts (Spark start, TensorFlow load), then publishes one bar per ticker per
-accelerated minute, each minute as one burst like a live feed at the minute boundary.
+accelerated minute, each minute as one burst like a live feed at the minute boundary: first ``--warm-bursts``
+untimed ones (a fresh JVM's first batches run interpreted; reported apart), then the timed ones. Each burst
+starts at a random phase within one trigger interval of its slot, as a live feed's would.
 
 ``--standalone``: ``infer --master`` a private standalone cluster (:mod:`infra.spark_cluster`, 2 workers of 1
 core, 1 GiB; stopped afterwards); ``rss_peak_mb`` adds ``spark_master``, ``spark_worker_<i>`` (with executors).
@@ -40,12 +42,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import sys
 import tempfile
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +75,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="25 timed minutes instead of 90")
     ap.add_argument("--minutes", type=int, help="timed accelerated minutes")
+    ap.add_argument("--warm-bursts", type=int, default=5,
+                    help="untimed bursts at the timed pace after the first forecasts (the JVM's JIT and the "
+                         "Python workers warm up; their latencies are reported apart as warm_up_p50_ms_by_minute)")
     ap.add_argument("--tickers", type=int, default=503,
                     help="any number: the S&P 500 names, then generated ones (S00000 ...) beyond 503")
     ap.add_argument("--minute-s", type=float, default=10.0,
@@ -98,12 +104,34 @@ class Pace:
     minutes: int
     rate: float
     period: float
+    warm_bursts: int  # untimed bursts at this pace before the timed ones
+    # Each burst starts up to this long (s, uniform) after its slot: Spark's processing-time trigger ticks on
+    # whole multiples of its interval since the epoch, and bursts every whole 10 s would meet every tick at
+    # the same phase, so one run's "wait for the next trigger" would be a constant drawn once (39.7 and 77.9
+    # ms p50 in two runs). A live feed's bars come whenever Yahoo answers: a random phase, as here.
+    phase_s: float
+    rng: random.Random = field(default_factory=lambda: random.Random(0), compare=False)
 
     @classmethod
     def of(cls, args: argparse.Namespace) -> Pace:
         names = tickers(args.tickers)
         rate = args.bars_per_s or len(names) / args.minute_s
-        return cls(names, args.minutes or (25 if args.quick else 90), rate, len(names) / rate)
+        return cls(names, args.minutes or (25 if args.quick else 90), rate, len(names) / rate, args.warm_bursts,
+                   args.trigger_ms / 1000)
+
+    def bursts(self, feed: Feed, reader: Forecasts, first: int, n: int) -> None:
+        """Publish minutes first .. first+n-1, one burst per period (each at a random phase), reading
+        forecasts in between and until the last period is over."""
+        begin = time.monotonic()
+        for k in range(n):
+            reader.drain(begin + k * self.period + self.rng.uniform(0, self.phase_s))
+            feed.minute(first + k)
+        reader.drain(begin + n * self.period)
+
+    @property
+    def first_timed(self) -> int:
+        """Index of the first timed minute: after the WINDOW minutes of history and the warm-up bursts."""
+        return WINDOW + self.warm_bursts
 
 
 def plan(args: argparse.Namespace) -> Pipeline:
@@ -129,9 +157,11 @@ def header(args: argparse.Namespace, pace: Pace, ns: str) -> dict[str, Any]:
     n, period = len(pace.names), pace.period
     return {"benchmark": "e2e", "quick": args.quick, "namespace": ns, "tickers": n,
             "timed_minutes": pace.minutes, "target_bars_per_s": pace.rate, "standalone": args.standalone,
-            "minute_s": round(period, 3), "trigger_ms": args.trigger_ms,
+            "minute_s": round(period, 3), "trigger_ms": args.trigger_ms, "warm_up_bursts": pace.warm_bursts,
+            "burst_phase_ms": round(1000 * pace.phase_s),
             "pace": f"a burst of {n} bars every {period:g} s"
-            + (" (the real shape, 6x)" if period >= 10 else f" ({60 / period:g}x stress)")}
+            + (" (the real shape, 6x)" if period >= 10 else f" ({60 / period:g}x stress)")
+            + (f", after {pace.warm_bursts} untimed warm-up bursts" if pace.warm_bursts else "")}
 
 
 class Forecasts:
@@ -166,7 +196,9 @@ class Forecasts:
 
 def warm_up(feed: Feed, reader: Forecasts, pace: Pace, result: dict[str, Any]) -> None:
     """59 minutes of history, then minute 59 completes the first windows (index WINDOW-1); wait until every ticker
-    has its first forecast (Spark start, TensorFlow load)."""
+    has its first forecast (Spark start, TensorFlow load); then ``pace.warm_bursts`` bursts at the timed pace,
+    untimed: a fresh JVM runs the first micro-batches interpreted (measured, 503 tickers: the first timed
+    minute's p50 was 669 and 1,089 ms in two runs against ~300-400 for the later ones)."""
     n = len(pace.names)
     t_warm = time.monotonic()
     for i in range(WINDOW):
@@ -180,6 +212,7 @@ def warm_up(feed: Feed, reader: Forecasts, pace: Pace, result: dict[str, Any]) -
             raise ServiceUnavailable(f"no complete first minute of forecasts in {wait_s:.0f} s; "
                                      f"logs in {reader.pipe.work}")
         reader.drain(time.monotonic() + 0.5)
+    pace.bursts(feed, reader, WINDOW, pace.warm_bursts)
     result["warmup_s"] = round(time.monotonic() - t_warm, 1)
     print(f"pipeline warm after {result['warmup_s']} s; timing {pace.minutes} minutes at {pace.rate:.0f} bars/s",
           file=sys.stderr)
@@ -194,15 +227,13 @@ class Timing:
 
 
 def timed_phase(feed: Feed, reader: Forecasts, pace: Pace) -> Timing:
-    """Minute WINDOW .. WINDOW+minutes-1, one burst per accelerated minute, then drain the last minute's
+    """Minutes first_timed .. first_timed+minutes-1, one burst per accelerated minute, then drain the last minute's
     forecasts and the job's last per-batch stats."""
     begin_wall, begin = time.time(), time.monotonic()
-    for k in range(pace.minutes):
-        feed.minute(WINDOW + k)
-        reader.drain(begin + (k + 1) * pace.period)
+    pace.bursts(feed, reader, pace.first_timed, pace.minutes)
     end = time.monotonic()
     feed.producer.flush(60)
-    last = feed.start + 60 * (WINDOW + pace.minutes - 1)
+    last = feed.start + 60 * (pace.first_timed + pace.minutes - 1)
     drain_deadline = time.monotonic() + 120
     while reader.per_minute[last] < len(pace.names) and time.monotonic() < drain_deadline:
         reader.drain(time.monotonic() + 0.25)
@@ -269,7 +300,9 @@ def measure(args: argparse.Namespace, pace: Pace, feed: Feed, reader: Forecasts,
     """The timed forecasts' figures, in the JSON's order: latency, throughput, backlog, the batch split, where the
     time goes per stage (also a table on stderr), the goal, Redis bytes per ticker."""
     pipe, n = reader.pipe, len(pace.names)
-    timed = [(f, rec) for (_, a), (f, rec) in reader.seen.items() if a >= feed.start + 60 * WINDOW]
+    timed = [(f, rec) for (_, a), (f, rec) in reader.seen.items() if a >= feed.start + 60 * pace.first_timed]
+    warm = [(f, rec) for (_, a), (f, rec) in reader.seen.items()
+            if feed.start + 60 * WINDOW <= a < feed.start + 60 * pace.first_timed]
     all_batches = batches(pipe)
     timed_batches = [b for b in all_batches if b.started_at >= t.begin_wall]
     traces = [stages.Trace(f.published_at, feed.delivery(f.ticker, f.as_of), f.window_ready_at, f.forecast_at,
@@ -283,6 +316,9 @@ def measure(args: argparse.Namespace, pace: Pace, feed: Feed, reader: Forecasts,
         "superseded": int(sum(b.superseded for b in timed_batches)),
         "bars_per_s": round(n * pace.minutes / (t.end - t.begin)),
         **backlog(by_minute(timed, feed.start), t.drained_s, pace.period),
+        # the untimed warm-up bursts' p50 latency (ms) each, in order: what the first minutes after a start cost
+        "warm_up_p50_ms_by_minute": [round(1000 * float(np.median(v)))
+                                     for _, v in sorted(by_minute(warm, feed.start).items())],
         "bars_undelivered": feed.failed,
         **stages.batch_means(timed_batches),
         # Where the time goes: per stage p50/p95/p99 over the timed forecasts (benchmarks.stages).

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from infra.jars import spark_kafka_jars
-from minutecast.kafka import delete_namespace_topics, ensure_topics, make_producer, spark_options
+from minutecast.kafka import delete_namespace_topics, ensure_topics, make_producer
 from minutecast.settings import InferenceSettings, default_cache
 from minutecast.spark import build_session
 from minutecast.topics import Topics
@@ -58,8 +58,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     bursts = 10 if args.quick else args.bursts
     ns = f"sf{uuid.uuid4().hex[:10]}"
-    from pyspark.sql.streaming import StreamingQueryListener
-
     from streams.infer import OUT_SCHEMA, InferenceJob
 
     settings = InferenceSettings(namespace=ns, checkpoint_dir=default_cache() / "bench" / ns,
@@ -69,26 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     spark = build_session(settings, app_name="minutecast-spark-floor")
     job = InferenceJob(spark, settings)
     progress: list[Any] = []
-
-    class _Listener(StreamingQueryListener):
-        def onQueryStarted(self, event: Any) -> None:  # noqa: N802
-            pass
-
-        def onQueryProgress(self, event: Any) -> None:  # noqa: N802
-            progress.append(event.progress)
-
-        def onQueryIdle(self, event: Any) -> None:  # noqa: N802
-            pass
-
-        def onQueryTerminated(self, event: Any) -> None:  # noqa: N802
-            pass
-
-    spark.streams.addListener(_Listener())
+    job.listen(progress.append)
+    # the job's own sink, checkpoint, asynchronous progress and trigger, on a plan whose body does no work
     plan = job.events().coalesce(settings.partitions).mapInPandas(partial(idle_body, topics.forecasts), OUT_SCHEMA)
-    query = (plan.writeStream.format("kafka").options(**spark_options(settings.kafka))
-             .option("checkpointLocation", str(settings.checkpoint))
-             .option("asyncProgressTrackingEnabled", "true").option("asyncProgressTrackingCheckpointIntervalMs", "0")
-             .trigger(processingTime=f"{settings.trigger_ms} milliseconds").start())
+    query = job.writer(plan).start()
     producer = make_producer(settings.kafka)
     names = [f"S{i:05d}" for i in range(args.events)]
     try:

@@ -38,7 +38,7 @@ ENGINE_PARTS = ("latestOffset", "walCommit", "getBatch", "queryPlanning", "addBa
 
 # (key, label) in table order; labels starting with "  " are "of which" rows of the stage above them.
 STAGES: tuple[tuple[str, str], ...] = (
-    ("producer_to_broker", "producer -> broker ack (delivery latency, 20 ms linger included)"),
+    ("producer_to_broker", "producer -> broker ack (delivery latency, linger included)"),
     ("broker_to_window_ready", "broker -> window ready (Faust: fetch, batch wait, decode, Redis write)"),
     ("ready_to_batch_start", "window ready -> Spark batch start"),
     ("engine_before_batch", "  engine before the batch's job (latestOffset, walCommit, getBatch, queryPlanning)"),

@@ -15,7 +15,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_f
 
 from minutecast import dependency
 from minutecast.errors import ServiceUnavailable
-from minutecast.settings import KafkaSettings
+from minutecast.settings import KafkaSettings, ProducerSettings
 from minutecast.topics import Topics, TopicSpec, replication
 
 
@@ -70,7 +70,7 @@ def make_producer(ks: KafkaSettings, **overrides: Any) -> Producer:
         "enable.idempotence": True,
         "acks": "all",
         "compression.type": "lz4",
-        "linger.ms": 20,
+        "linger.ms": ProducerSettings.model_fields["linger_ms"].default,  # the producers' own
         "batch.size": 1_000_000,
         "queue.buffering.max.messages": 1_000_000,
         "queue.buffering.max.kbytes": 1_048_576,

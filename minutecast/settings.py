@@ -145,7 +145,10 @@ class ProducerSettings(CommonSettings):
 
     model_config = SettingsConfigDict(env_prefix="MINUTECAST_", extra="ignore", populate_by_name=True)
 
-    linger_ms: int = 20  # batch up to 20 ms of bars per partition before sending
+    # Batch up to this long (ms) of bars per partition before sending: every bar waits it before the broker has
+    # it (the e2e benchmark's first stage was ~21 ms at 20). 5 is librdkafka's and Kafka 4's default; a backfill
+    # still fills whole batches, as the queue builds up behind the requests in flight.
+    linger_ms: int = 5
     batch_bytes: int = 1_000_000
     compression: Literal["lz4", "zstd", "snappy", "gzip", "none"] = "lz4"
     flush_timeout_s: float = 60.0

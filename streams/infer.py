@@ -35,7 +35,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from functools import partial
@@ -304,16 +304,18 @@ class InferenceJob:
             self.publish_progress(p.batchId, source.endOffset if source else None, p.numInputRows,
                                   engine_ms.get("triggerExecution", 0))
 
-    def _listen(self) -> None:
-        job = self
+    def listen(self, on_progress: Callable[[Any], None]) -> None:
+        """Call ``on_progress(progress)`` (Spark's ``StreamingQueryProgress``) after each micro-batch of this
+        job's query, on Spark's listener thread."""
+        name = self.query_name
 
         class _Listener(StreamingQueryListener):
             def onQueryStarted(self, event: Any) -> None:  # noqa: N802
                 pass
 
             def onQueryProgress(self, event: Any) -> None:  # noqa: N802
-                if event.progress.name == job.query_name:
-                    job.on_progress(event.progress)
+                if event.progress.name == name:
+                    on_progress(event.progress)
 
             def onQueryIdle(self, event: Any) -> None:  # noqa: N802
                 pass
@@ -336,20 +338,26 @@ class InferenceJob:
          .write.format("noop").mode("overwrite").save())
         log.info("workers warmed up in %.1f s", time.perf_counter() - t0)
 
-    def start(self, *, available_now: bool = False) -> Any:
-        """Start the query (checkpoint at ``settings.checkpoint``); returns the StreamingQuery."""
-        self.settings.checkpoint.mkdir(parents=True, exist_ok=True)
-        self.warm_up()
-        self.check_redis()  # before the first batch writes anything
-        self._listen()
-        writer = (self.forecasts().writeStream.queryName(self.query_name).format("kafka")
+    def writer(self, plan: Any, *, available_now: bool = False) -> Any:
+        """The query's sink and trigger for ``plan`` (a DataStreamWriter, not started): the Kafka sink, the
+        checkpoint, asynchronous progress tracking, the trigger. ``benchmarks.spark_floor`` starts its no-work
+        plan with it, so the floor it measures is this query's."""
+        writer = (plan.writeStream.queryName(self.query_name).format("kafka")
                   .options(**spark_options(self.settings.kafka))
                   .option("checkpointLocation", str(self.settings.checkpoint)))
         if available_now:  # Spark's asynchronous progress tracking takes processing-time triggers only
-            return writer.trigger(availableNow=True).start()
+            return writer.trigger(availableNow=True)
         if self.settings.async_progress:
             # Interval 0: every batch's offsets and commit are still written (off the critical path), so the
             # checkpoint stays complete and a run without it (--available-now) can follow on the same one.
             writer = (writer.option("asyncProgressTrackingEnabled", "true")
                       .option("asyncProgressTrackingCheckpointIntervalMs", "0"))
-        return writer.trigger(processingTime=f"{self.settings.trigger_ms} milliseconds").start()
+        return writer.trigger(processingTime=f"{self.settings.trigger_ms} milliseconds")
+
+    def start(self, *, available_now: bool = False) -> Any:
+        """Start the query (checkpoint at ``settings.checkpoint``); returns the StreamingQuery."""
+        self.settings.checkpoint.mkdir(parents=True, exist_ok=True)
+        self.warm_up()
+        self.check_redis()  # before the first batch writes anything
+        self.listen(self.on_progress)
+        return self.writer(self.forecasts(), available_now=available_now).start()

@@ -214,9 +214,12 @@ def test_inference_benchmark_quick() -> None:
 @pytest.mark.integration
 @pytest.mark.spark
 def test_e2e_benchmark_tiny_reports_latency_and_memory(services: InfraSettings) -> None:
-    r = bench_json(["benchmarks.e2e", "--tickers", "10", "--minutes", "3", "--persistence"], 600)
+    r = bench_json(["benchmarks.e2e", "--tickers", "10", "--minutes", "3", "--warm-bursts", "1", "--persistence"], 600)
     assert not suite.missing_names("e2e", r)
     assert r["tickers"] == 10 and r["forecasts"] > 0 and r["p50_ms"] <= r["p95_ms"] <= r["p99_ms"]
+    # the warm-up burst is reported apart and not timed: the timed forecasts are those of the 3 timed minutes
+    assert r["warm_up_bursts"] == 1 and len(r["warm_up_p50_ms_by_minute"]) == 1
+    assert r["forecasts"] == r["expected"] == 30 and len(r["p50_ms_by_minute"]) == 3
     assert isinstance(r["backlog_growing"], bool)
     assert set(r["rss_peak_mb"]) == set(report.RSS_SERVICES) and all(v > 0 for v in r["rss_peak_mb"].values())
     # Where the time goes (benchmarks.stages): every main stage measured for the forecasts.

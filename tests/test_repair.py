@@ -65,8 +65,8 @@ def topic_messages(kafka: KafkaSettings, topic: str, n: int) -> list[Message]:
 
 
 @pytest.fixture
-def bar_topic(kafka: KafkaSettings) -> Iterator[tuple[str, list[Message]]]:
-    ns = f"t{uuid.uuid4().hex[:12]}"
+def bar_topic(kafka: KafkaSettings, namespace: str) -> Iterator[tuple[str, list[Message]]]:
+    ns = namespace  # its topics are deleted after the test (conftest's namespace fixture)
     topics = Topics(ns)
     ensure_topics(kafka, topics.specs(1, 1))
     bars = interleaved(TICKERS, 120)
@@ -133,9 +133,9 @@ def test_windows_repaired_after_redis_loses_its_unsynced_writes(
 
 
 def test_forecasts_restored_after_redis_loses_its_unsynced_writes(
-        kafka: KafkaSettings, tmp_path: Path, private_redis: tuple[LocalRedis, RedisSettings]) -> None:
+        kafka: KafkaSettings, tmp_path: Path, private_redis: tuple[LocalRedis, RedisSettings], namespace: str) -> None:
     server, rs = private_redis
-    ns, ref_ns = f"t{uuid.uuid4().hex[:12]}", f"t{uuid.uuid4().hex[:12]}r"
+    ns, ref_ns = namespace, f"{namespace}r"  # the reference has Redis keys only, no topics
     topics = Topics(ns)
     ensure_topics(kafka, topics.specs(1, 1))
     tickers = ("AAA", "BBB", MARKET)
