@@ -31,9 +31,10 @@ import httpx
 import numpy as np
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_fixed
 
+from benchmarks.namespace import delete_namespace
 from minutecast.errors import ServiceUnavailable
 from minutecast.forecast_store import WRITE_LUA, ForecastStore
-from minutecast.kafka import ensure_topics, make_admin, make_producer
+from minutecast.kafka import ensure_topics, make_producer
 from minutecast.keys import Keys
 from minutecast.redis import connect
 from minutecast.schemas import Forecast
@@ -199,9 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         if proc is not None:
             proc.terminate()
             proc.wait(30)
-        for k in redis.scan_iter(match=keys.namespace_pattern(), count=1000):
-            redis.delete(k)
-        make_admin(s.kafka).delete_topics([sp.name for sp in topics.specs()], operation_timeout=30)
+        delete_namespace(s.redis, s.kafka, ns)  # keys and topics, the deletions awaited (none left on the broker)
     print(json.dumps(result))
     return 0
 
