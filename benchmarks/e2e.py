@@ -283,6 +283,11 @@ def by_minute(timed: list[tuple[Forecast, float | None]], start: int) -> dict[in
     return out
 
 
+def p50_ms_by_minute(by_minute: dict[int, list[float]]) -> list[int]:
+    """The p50 latency (ms) of each minute of :func:`by_minute`, in minute order."""
+    return [round(1000 * float(np.median(by_minute[m]))) for m in sorted(by_minute)]
+
+
 def backlog(by_minute: dict[int, list[float]], drained_s: float, period: float) -> dict[str, Any]:
     """Whether a backlog grows: the last third of the minutes clearly slower than the first, or a long drain."""
     order = sorted(by_minute)
@@ -293,7 +298,7 @@ def backlog(by_minute: dict[int, list[float]], drained_s: float, period: float) 
             "drain_after_last_minute_s": round(drained_s, 2),
             "backlog_growing": bool(last_p50 > 1.5 * first_p50 + 0.25 or drained_s > 5 * max(period, 1.0)),
             # The trend behind backlog_growing: p50 latency (ms) of each timed minute, in order.
-            "p50_ms_by_minute": [round(1000 * float(np.median(by_minute[m]))) for m in order]}
+            "p50_ms_by_minute": p50_ms_by_minute(by_minute)}
 
 
 def measure(args: argparse.Namespace, pace: Pace, feed: Feed, reader: Forecasts, t: Timing) -> dict[str, Any]:
@@ -317,8 +322,7 @@ def measure(args: argparse.Namespace, pace: Pace, feed: Feed, reader: Forecasts,
         "bars_per_s": round(n * pace.minutes / (t.end - t.begin)),
         **backlog(by_minute(timed, feed.start), t.drained_s, pace.period),
         # the untimed warm-up bursts' p50 latency (ms) each, in order: what the first minutes after a start cost
-        "warm_up_p50_ms_by_minute": [round(1000 * float(np.median(v)))
-                                     for _, v in sorted(by_minute(warm, feed.start).items())],
+        "warm_up_p50_ms_by_minute": p50_ms_by_minute(by_minute(warm, feed.start)),
         "bars_undelivered": feed.failed,
         **stages.batch_means(timed_batches),
         # Where the time goes: per stage p50/p95/p99 over the timed forecasts (benchmarks.stages).
