@@ -11,7 +11,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
-from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_fixed
+from tenacity import Retrying, retry_if_exception, retry_if_exception_type, stop_after_delay, wait_fixed
 
 from minutecast import dependency
 from minutecast.errors import ServiceUnavailable
@@ -144,6 +144,7 @@ def ensure_topics(ks: KafkaSettings, specs: Iterable[TopicSpec], timeout_s: floa
         except KafkaException as exc:
             if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":
                 raise
+    _wait_for_metadata(admin, ks, set(created), timeout_s, present=True)
     return created
 
 
@@ -164,7 +165,34 @@ def delete_namespace_topics(ks: KafkaSettings, namespace: str, timeout_s: float 
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:  # gone already is what we wanted
                 raise
+    _wait_for_metadata(admin, ks, set(names), timeout_s, present=False)
     return deleted
+
+
+def _wait_for_metadata(admin: AdminClient, ks: KafkaSettings, names: set[str], timeout_s: float,
+                       present: bool) -> None:
+    """Wait until the broker's metadata shows ``names`` with a leader for every partition (``present``) or
+    shows none of them: a create or delete is acknowledged by the controller before the brokers' metadata
+    has it, and a client that came next saw NOT_LEADER_FOR_PARTITION, or the deleted topics still listed
+    (CI, 2026-12-07). ServiceUnavailable after ``timeout_s``."""
+
+    def pending() -> set[str]:
+        topics = admin.list_topics(timeout=10).topics
+        if not present:
+            return names & set(topics)
+        return {n for n in names if n not in topics or topics[n].error is not None
+                or any(p.leader < 0 for p in topics[n].partitions.values())}
+
+    try:
+        for attempt in Retrying(stop=stop_after_delay(timeout_s), wait=wait_fixed(0.2),
+                                retry=retry_if_exception_type(_NotYet), reraise=True):
+            with attempt:
+                if left := pending():
+                    raise _NotYet(sorted(left))
+    except _NotYet as exc:
+        state = "without a leader" if present else "still listed"
+        raise ServiceUnavailable(f"Kafka at {ks.bootstrap}: topics {exc.args[0]} {state} after "
+                                 f"{timeout_s:.0f} s") from exc
 
 
 def _wait_for_brokers(admin: AdminClient, ks: KafkaSettings, timeout_s: float) -> Any:
@@ -187,14 +215,39 @@ class _TooFewBrokers(Exception):
     pass
 
 
+class _NotYet(Exception):
+    pass
+
+
+# A partition between leaders: just after its topic was created, or while a broker of a cluster restarts.
+_LEADERLESS = (KafkaError.NOT_LEADER_FOR_PARTITION, KafkaError.LEADER_NOT_AVAILABLE, KafkaError.UNKNOWN_TOPIC_OR_PART)
+
+
 def watermarks(consumer: Consumer, topic: str, timeout_s: float = 10.0) -> dict[int, tuple[int, int]]:
-    """{partition: (low, high)} watermarks of ``topic`` through an open consumer; {} if it does not exist."""
+    """{partition: (low, high)} watermarks of ``topic`` through an open consumer; {} if it does not exist.
+    A partition without a leader is asked again for up to ``timeout_s``, then ServiceUnavailable."""
 
     md = consumer.list_topics(topic, timeout=timeout_s)
     if topic not in md.topics or md.topics[topic].error is not None:
         return {}
-    return {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
-            for p in sorted(md.topics[topic].partitions)}
+
+    def marks(p: int) -> tuple[int, int]:
+        try:
+            for attempt in Retrying(stop=stop_after_delay(timeout_s), wait=wait_fixed(0.2), reraise=True,
+                                    retry=retry_if_exception(_leaderless)):
+                with attempt:
+                    return consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout_s)
+        except KafkaException as exc:
+            if _leaderless(exc):
+                raise ServiceUnavailable(f"{topic}[{p}] had no leader for {timeout_s:.0f} s ({exc})") from exc
+            raise
+        raise AssertionError("unreachable: Retrying returns or raises")
+
+    return {p: marks(p) for p in sorted(md.topics[topic].partitions)}
+
+
+def _leaderless(exc: BaseException) -> bool:
+    return isinstance(exc, KafkaException) and exc.args[0].code() in _LEADERLESS
 
 
 def end_offsets(ks: KafkaSettings, topic: str, timeout_s: float = 10.0) -> dict[int, int]:

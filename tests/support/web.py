@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from minutecast.kafka import ensure_topics, make_admin
+from minutecast.kafka import delete_namespace_topics, ensure_topics
 from minutecast.keys import Keys
 from minutecast.redis import connect
 from minutecast.settings import InfraSettings
@@ -34,7 +34,7 @@ def web_namespace(services: InfraSettings) -> Iterator[tuple[str, Topics, Keys, 
     finally:
         for k in list(redis.scan_iter(match=keys.namespace_pattern(), count=1000)):
             redis.delete(k)
-        make_admin(services.kafka).delete_topics([sp.name for sp in topics.specs()], operation_timeout=30)
+        delete_namespace_topics(services.kafka, ns)
 
 
 @contextlib.contextmanager
