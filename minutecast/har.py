@@ -32,6 +32,7 @@ import numpy as np
 from minutecast import window as W
 from minutecast.errors import ModelError
 from minutecast.intervals import Z, scale_from_ratios
+from minutecast.schemas import QUANTILES
 
 HORIZONS = (5, 15, 60)  # minutes of realised volatility (the window's last h slots)
 MKT_HORIZONS = (15, 60)
@@ -175,3 +176,43 @@ def fit(chunks: Any) -> Har:
     har = f.har()
     ratios = [har.ratios(w, t) for w, t in chunks]
     return har.calibrated(np.concatenate(ratios) if ratios else np.zeros(0))
+
+
+def blend(model_log_q: np.ndarray, har_log_q: np.ndarray, weight: float, regular: np.ndarray) -> np.ndarray:
+    """A model's log quantiles (N, 5) averaged with the HAR baseline's (N, 5) about the model's median, in
+    regular hours (``regular`` (N,) bool; outside them the model's alone: the HAR fit saw no such minute):
+    ``median + weight * (q - median) + (1 - weight) * q_har``. Quantile averaging (Vincentization) of two
+    forecasts with different errors scores better than either (the weight is fitted on the validation dates:
+    :func:`fit_weight`); the median, the point forecast, is the model's."""
+    q = np.asarray(model_log_q, dtype=np.float64)
+    if weight >= 1.0 or not len(q):
+        return q
+    med = q[:, 2:3]
+    mixed = med + weight * (q - med) + (1.0 - weight) * np.asarray(har_log_q, dtype=np.float64)
+    return np.where(np.asarray(regular, dtype=bool)[:, None], mixed, q)
+
+
+WEIGHTS = np.round(np.linspace(0.0, 1.0, 21), 2)  # the grid the blend's weight is chosen on
+
+
+def pinball_by_weight(model_log_q: np.ndarray, har_log_q: np.ndarray, moves: np.ndarray,
+                      regular: np.ndarray) -> np.ndarray:
+    """Summed pinball loss (over the five levels and the regular-hours samples) of :func:`blend` at each
+    weight of :data:`WEIGHTS`: (len(WEIGHTS),) sums, to add over ranks before :func:`fit_weight`."""
+    reg = np.asarray(regular, dtype=bool)
+    q, h, y = np.asarray(model_log_q)[reg], np.asarray(har_log_q)[reg], np.asarray(moves, dtype=np.float64)[reg]
+    levels = np.asarray(QUANTILES)
+    out = np.zeros(len(WEIGHTS))
+    for i, wt in enumerate(WEIGHTS):
+        err = y[:, None] - blend(q, h, float(wt), np.ones(len(q), dtype=bool))
+        out[i] = np.maximum(levels * err, (levels - 1.0) * err).sum()
+    return out
+
+
+def fit_weight(losses: np.ndarray) -> float:
+    """The weight of :data:`WEIGHTS` with the least summed validation pinball loss (1.0, the model alone, on
+    ties and when there was nothing to score)."""
+    losses = np.asarray(losses, dtype=np.float64)
+    if not np.isfinite(losses).all() or losses[-1] <= 0:
+        return 1.0
+    return float(WEIGHTS[int(np.flatnonzero(losses <= losses.min())[-1])])

@@ -173,11 +173,12 @@ class Registry:
                              f"expected (None, {WINDOW}, {N_FEATURES}) -> (None, {N_OUTPUTS})")
         try:
             served = ServingModel(version=version, kind=str(meta.get("kind", KIND))[:32], scaler=scaler, meta=meta,
-                                  keras_model=keras_model)  # refuses malformed bucket_scales
+                                  keras_model=keras_model)  # refuses malformed bucket_scales, har_weight, har
         except ModelError:
             raise
-        except Exception as exc:  # noqa: BLE001 - bucket_scales of the wrong type or shape
-            raise ModelError(f"model {version}: bucket_scales in {META_FILE} invalid ({str(exc)[:120]})") from exc
+        except Exception as exc:  # noqa: BLE001 - bucket_scales or har of the wrong type or shape
+            raise ModelError(f"model {version}: bucket_scales or har in {META_FILE} invalid "
+                             f"({str(exc)[:120]})") from exc
         try:
             pred = served.predict_log_quantiles(probe_window()[None])
         except Exception as exc:  # noqa: BLE001

@@ -102,3 +102,36 @@ def test_the_registry_keeps_the_newest_fit_beside_the_window_vol_scale(tmp_path:
     doc = (tmp_path / BASELINE_FILE).read_text().replace("har-v1", "har-v0")
     (tmp_path / BASELINE_FILE).write_text(doc)
     assert reg.har() is None and reg.baseline_scale() == (1.2, 1.3)  # another specification: refit, never misread
+
+
+def test_the_blend_averages_about_the_models_median_in_regular_hours_only() -> None:
+    model = np.array([[-3.0, -2.0, 0.5, 3.0, 4.0], [-3.0, -2.0, 0.5, 3.0, 4.0]])
+    har = np.array([[-1.0, -0.8, 0.0, 0.8, 1.0], [-1.0, -0.8, 0.0, 0.8, 1.0]])
+    regular = np.array([True, False])
+    out = HAR.blend(model, har, 0.25, regular)
+    want = 0.5 + 0.25 * (model[0] - 0.5) + 0.75 * har[0]
+    np.testing.assert_allclose(out[0], want)
+    np.testing.assert_array_equal(out[1], model[1])  # outside regular hours: the network alone
+    np.testing.assert_array_equal(out[:, 2], model[:, 2])  # the point forecast is the network's
+    np.testing.assert_array_equal(HAR.blend(model, har, 1.0, regular), model)
+    assert np.all(np.diff(HAR.blend(model, har, 0.6, regular), axis=1) >= 0)  # averages of sorted rows stay sorted
+
+
+def test_the_weight_is_the_one_with_the_least_validation_pinball() -> None:
+    n = 20_000
+    sigma = rng.uniform(1.0, 3.0, n)
+    moves = rng.standard_normal(n) * sigma
+    right = sigma[:, None] * HAR.Z[None, :]  # the true quantiles
+    too_wide = 2.0 * right
+    regular = np.ones(n, dtype=bool)
+    # A network twice too wide against a right HAR: all weight on HAR; the reverse: all on the network.
+    assert HAR.fit_weight(HAR.pinball_by_weight(too_wide, right, moves, regular)) == 0.0
+    assert HAR.fit_weight(HAR.pinball_by_weight(right, too_wide, moves, regular)) == 1.0
+    # Two forecasts with independent errors in their scale: the average beats both.
+    noisy_a = right * np.exp(rng.normal(0, 0.3, n))[:, None]
+    noisy_b = right * np.exp(rng.normal(0, 0.3, n))[:, None]
+    losses = HAR.pinball_by_weight(noisy_a, noisy_b, moves, regular)
+    w = HAR.fit_weight(losses)
+    assert 0.2 < w < 0.8 and losses[list(HAR.WEIGHTS).index(w)] < min(losses[0], losses[-1])
+    # Only regular-hours samples count; none at all (or every rank empty): the network alone.
+    assert HAR.fit_weight(HAR.pinball_by_weight(too_wide, right, moves, np.zeros(n, dtype=bool))) == 1.0

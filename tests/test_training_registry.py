@@ -15,11 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from minutecast import har as HAR
 from minutecast.errors import ModelError
 from minutecast.features import FEATURE_SPEC, N_FEATURES, Scaler
 from minutecast.model import build_model, get_preset
 from minutecast.registry import Registry
-from minutecast.window import N_COLUMNS, WINDOW, C
+from minutecast.window import MINUTE, N_COLUMNS, WINDOW, C, regular_hours
 from training import data as D
 
 pytestmark = pytest.mark.tensorflow  # builds, saves and loads Keras models
@@ -84,6 +85,23 @@ def test_save_load_promote_roundtrip(tmp_path: Path, samples: D.Samples, scaler:
     reg.promote(version)
     assert reg.current_version() == version
     assert samples.windows[0, -1, C] > 0
+
+
+def test_a_model_with_a_har_weight_serves_the_average_with_the_har_baseline(tmp_path: Path, samples: D.Samples,
+                                                                          scaler: Scaler) -> None:
+    reg, model = Registry(tmp_path), tiny_model()
+    har = HAR.fit([(samples.windows, samples.targets)])
+    alone = reg.load(reg.save(model, scaler, {}))
+    blended = reg.load(reg.save(model, scaler, {"har": har.to_dict(), "har_weight": 0.4}))
+    w = samples.windows[::50]
+    regular = regular_hours(w[:, -1, MINUTE].astype(np.int64))
+    assert regular.any() and not regular.all()
+    got = blended.predict_log_quantiles(w)
+    np.testing.assert_allclose(got, HAR.blend(alone.predict_log_quantiles(w), har.log_quantiles(w), 0.4, regular))
+    assert not np.allclose(got[regular], alone.predict_log_quantiles(w)[regular])
+    for bad in ({"har_weight": 1.5, "har": har.to_dict()}, {"har_weight": 0.5}, {"har_weight": "half"}):
+        with pytest.raises(ModelError, match="(?i)har"):
+            reg.load(reg.save(model, scaler, bad))
 
 
 def test_baseline_scale_round_trip_and_refusals(tmp_path: Path) -> None:

@@ -3,11 +3,14 @@
     minutecast evaluate --bars ../shared/data/bars-1m --json          # current model (or persistence), test dates
     minutecast evaluate --bars DIR --model 20261122T031500Z-1a2b3c4d --all-dates
     minutecast evaluate --bars DIR --tickers AAPL,MSFT                 # the market ticker is loaded for context
+    minutecast evaluate --bars DIR --model V --tickers INTC,MU --val-dates   # leave-tickers-out (training.holdout)
 
 Test samples: regular-hours as-of minutes of the test dates, the last ``MINUTECAST_TEST_FRAC`` of the
-dates as in training (the same cut as ``minutecast train`` on the same bars), or every date with
-``--all-dates`` (data the model never saw). Without a current model (and no ``--model``) the report is
-about what serving publishes then: persistence with the calibrated baseline interval. The baselines (the
+dates as in training (the same cut as ``minutecast train`` on the same bars), the validation dates before
+them with ``--val-dates`` (held out from the fit: leave-tickers-out validation scores a model's unseen
+tickers there, :mod:`training.holdout`), or every date with ``--all-dates`` (data the model never saw).
+Without a current model (and no ``--model``) the report is about what serving publishes then: persistence
+with the calibrated baseline interval. The baselines (the
 calibrated window-vol scale and the HAR-style fit, :mod:`minutecast.har`) are the registry's (fitted by the
 newest training run) when it has both, else fitted here on the training dates' regular-hours samples
 (``--fit-baseline`` forces that). The report goes to
@@ -49,7 +52,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="registry version (default: the current model, else persistence)")
     p.add_argument("--tickers", default=None, help="comma-separated subset of tickers to score")
     p.add_argument("--market", default=None, help="market-context ticker (default: MINUTECAST_MARKET_TICKER)")
-    p.add_argument("--all-dates", action="store_true", help="score every date, not only the test dates")
+    dates = p.add_mutually_exclusive_group()
+    dates.add_argument("--all-dates", action="store_true", help="score every date, not only the test dates")
+    dates.add_argument("--val-dates", action="store_true",
+                       help="score the validation dates (before the test dates), not the test dates")
     p.add_argument("--fit-baseline", action="store_true",
                    help="fit the baselines (window-vol scale, HAR) on the training dates even if the registry has them")
     p.add_argument("--out", type=Path, default=None, help="report directory (default under <home>/reports)")
@@ -77,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         cuts = D.split_days(days.tolist(), settings.val_frac, settings.test_frac)
         parts = D.split(cat, cuts)
-        test_cat, train_cat = parts["test"], parts["train"]
+        test_cat, train_cat = parts["val" if args.val_dates else "test"], parts["train"]
     test = D.regular(test_cat)  # positions only: windows are built a chunk of whole tickers at a time below
     if not len(test):
         raise ConfigError(f"no regular-hours test samples in {args.bars}")
@@ -88,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     extra = E.ready_share(scored, days=test_days) | {
         "bars": str(args.bars), "market_ticker": market, "baseline_scale_source": source,
         "test_dates": {"first": _iso_day(test_days[0]), "last": _iso_day(test_days[-1]), "count": len(test_days),
-                       "all_dates": bool(args.all_dates)},
+                       "all_dates": bool(args.all_dates), "val_dates": bool(args.val_dates)},
     }
     current = E.load_current(registry) if model is not None and registry.current_version() != version else None
     scored_test = E.score_all(test.ticker_chunks(E.EVAL_CHUNK), len(test), model, current, scale, har)

@@ -156,6 +156,7 @@ class Inputs:
     y_val: np.ndarray
     val_last: np.ndarray
     val_ends: np.ndarray
+    val_har: np.ndarray  # (N_val, 5) the HAR baseline's log quantiles of the validation samples (the blend's fit)
 
 
 def prepare_inputs(run: Run, data: Data) -> Inputs:
@@ -175,14 +176,17 @@ def prepare_inputs(run: Run, data: Data) -> Inputs:
     x_train, y_train, _, _ = spill(data.chunks("train"), scaler, scratch / "train.f32",
                                    each=lambda s: har_ratios.append(har.ratios(*_regular(s))))
     har = har.calibrated(allgather_arrays(comm, np.concatenate(har_ratios))[0])
-    x_val, y_val, val_last, val_ends = spill(data.chunks("val"), scaler, scratch / "val.f32")
+    val_har: list[np.ndarray] = [np.empty((0, len(I.Z)))]
+    x_val, y_val, val_last, val_ends = spill(data.chunks("val"), scaler, scratch / "val.f32",
+                                             each=lambda s: val_har.append(har.log_quantiles(s.windows)))
     if run.is_chief:
         run.log.info("samples train %d / val %d / test %d (all ranks); scaler %s; baseline scale c80 %.3f c90 %.3f; "
                      "%d pass(es) over the bars so far", data.totals["train"], data.totals["val"], data.totals["test"],
                      scaler.to_dict(), *baseline_scale, data.groups.passes)
         run.log.info("HAR baseline fitted on %d training samples in regular hours, scale c80 %.3f c90 %.3f",
                      har_fit.n, *har.scale)
-    return Inputs(scaler, ratios, baseline_scale, har, x_train, y_train, x_val, y_val, val_last, val_ends)
+    return Inputs(scaler, ratios, baseline_scale, har, x_train, y_train, x_val, y_val, val_last, val_ends,
+                  np.concatenate(val_har))
 
 
 def _regular(s: D.Samples) -> tuple[np.ndarray, np.ndarray]:

@@ -2,6 +2,7 @@
 
     python -m training.readme --report ~/.minutecast/reports/latest/report.json
     python -m training.readme --report DIR/report.json --command "minutecast train --bars ../shared/data/bars-1m"
+    python -m training.readme --report DIR/report.json --holdout build/holdout/holdout.json   # + leave-tickers-out
 
 The section lies between ``<!-- quality:start -->`` and ``<!-- quality:end -->``; on the first run (no
 markers yet) the ``# Model quality`` section up to the next ``# `` heading is replaced and the markers are
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from minutecast.errors import ConfigError
+from training.holdout import markdown as holdout_markdown
 from training.report import distribution_lines, gate_lines, label, point_lines, summary_lines, ticker_lines
 
 REPO = Path(__file__).resolve().parent.parent
@@ -37,7 +39,8 @@ def shown(report: dict[str, Any]) -> list[str]:
     return [p for p in plots if not p.startswith("fan_")] + fans[:README_FANS]
 
 
-def section(report: dict[str, Any], *, command: str | None = None, assets: str = "docs/model-quality") -> str:
+def section(report: dict[str, Any], *, command: str | None = None, assets: str = "docs/model-quality",
+            holdout: dict[str, Any] | None = None) -> str:
     """The Markdown between the markers."""
     served = report.get("served", "model")
     what = (f"model `{report['version']}`" if served == "model"
@@ -57,6 +60,8 @@ def section(report: dict[str, Any], *, command: str | None = None, assets: str =
     gl = gate_lines(report)
     if gl:
         lines += ["", *gl]
+    if holdout is not None:  # training.holdout's run: tickers (and dates) no fold's model saw
+        lines += ["", "## Leave tickers out", "", holdout_markdown(holdout)]
     for png in shown(report):
         lines += ["", f"![{png}]({assets}/{png})"]
     if command:
@@ -79,8 +84,9 @@ def render(readme_text: str, body: str) -> str:
 
 
 def update(report_path: Path, readme_path: Path = PAGE, assets_dir: Path = ASSETS,
-           command: str | None = None) -> Path:
+           command: str | None = None, holdout_path: Path | None = None) -> Path:
     report = json.loads(Path(report_path).read_text())
+    holdout = json.loads(Path(holdout_path).read_text()) if holdout_path else None
     assets_dir.mkdir(parents=True, exist_ok=True)
     for png in shown(report):
         shutil.copyfile(Path(report_path).parent / png, assets_dir / png)
@@ -88,7 +94,8 @@ def update(report_path: Path, readme_path: Path = PAGE, assets_dir: Path = ASSET
         rel = assets_dir.resolve().relative_to(readme_path.resolve().parent).as_posix()
     except ValueError:
         rel = assets_dir.resolve().as_posix()
-    readme_path.write_text(render(readme_path.read_text(), section(report, command=command, assets=rel)))
+    body = section(report, command=command, assets=rel, holdout=holdout)
+    readme_path.write_text(render(readme_path.read_text(), body))
     return readme_path
 
 
@@ -98,8 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--readme", type=Path, default=PAGE, help="the page holding the section")
     ap.add_argument("--assets", type=Path, default=ASSETS, help="where the plots are copied (linked from the page)")
     ap.add_argument("--command", default=None, help="the command that produced the report (shown to reproduce)")
+    ap.add_argument("--holdout", type=Path, default=None, help="holdout.json of python -m training.holdout")
     args = ap.parse_args(argv)
-    print(f"updated {update(args.report, args.readme, args.assets, args.command)} from {args.report}")
+    print(f"updated {update(args.report, args.readme, args.assets, args.command, args.holdout)} from {args.report}")
     return 0
 
 

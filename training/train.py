@@ -46,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from minutecast import har as har_lib
 from minutecast.entry import run_main
 from minutecast.errors import MinutecastError
 from minutecast.features import N_FEATURES
@@ -53,7 +54,7 @@ from minutecast.model import Preset, build_model, get_preset, make_loss
 from minutecast.registry import Registry, code_version
 from minutecast.serving_model import ServingModel
 from minutecast.settings import TrainingSettings
-from minutecast.window import WINDOW
+from minutecast.window import WINDOW, regular_hours
 from training import cleanup, memory
 from training import data as D
 from training import evaluate as E
@@ -159,6 +160,7 @@ class Fitted:
     shrink_test: dict[str, Any]  # the validation test that kept (or dropped) it
     val_pinball: float
     bucket_scales: np.ndarray  # (N_BUCKETS, 2) time-of-day interval scales (80%, 90%)
+    har_weight: float  # the network's weight in the quantile average with the HAR baseline (1: the network alone)
 
     @property
     def epochs_run(self) -> int:
@@ -199,8 +201,10 @@ def fit(run: Run, data: Data, inputs: Inputs) -> Fitted:
 def calibrate(run: Run, inputs: Inputs, model: Any, validation: Any, fit_s: float, steps: int) -> Fitted:
     """The median: its move x a (least squares on ALL validation samples), kept only if it beats persistence
     significantly on the validation dates, else 0 (the point forecast is then the last close); then the
-    time-of-day interval scales, fitted on the validation dates (split conformal by bucket)."""
-    from training.callbacks import fit_bucket_scales, predict, shrink_median
+    network's weight in the quantile average with the HAR baseline (:func:`minutecast.har.blend`, the least
+    validation pinball loss over every rank's regular-hours samples); then the time-of-day interval scales of
+    the average, fitted on the validation dates (split conformal by bucket)."""
+    from training.callbacks import allreduce_sum, fit_bucket_scales, predict, shrink_median
 
     val_pred = predict(model, inputs.x_val)  # the one prediction of the validation samples after training
     shrink: float = 1.0
@@ -208,12 +212,20 @@ def calibrate(run: Run, inputs: Inputs, model: Any, validation: Any, fit_s: floa
     if run.preset.calibrate:
         shrink, shrink_test, val_pred = shrink_median(model, run.comm, val_pred, inputs.y_val, inputs.val_last,
                                                       inputs.val_ends)
+    har_q = inputs.val_har / inputs.scaler.target_scale  # in the network's target units, like val_pred
+    regular = regular_hours(inputs.val_ends)
+    losses = allreduce_sum(run.comm, har_lib.pinball_by_weight(np.sort(val_pred, axis=1), har_q, inputs.y_val, regular))
+    weight = har_lib.fit_weight(losses)
+    val_pred = har_lib.blend(np.sort(val_pred, axis=1), har_q, weight, regular)
     val_pinball = validation.val_pinball(val_pred)  # an allreduce: every rank calls it
     scales = fit_bucket_scales(run.comm, val_pred, inputs.y_val, inputs.val_ends, inputs.scaler.target_scale)
     if run.is_chief:
-        run.log.info("median moves x %.3f (%s); validation pinball %.5f; time-of-day scales (80%%, 90%%) %s", shrink,
-                     shrink_test, val_pinball, np.round(scales, 3).tolist())
-    return Fitted(model, validation, fit_s, steps, shrink, shrink_test, val_pinball, scales)
+        run.log.info("median moves x %.3f (%s); network weight %.2f against the HAR baseline (validation pinball by "
+                     "weight %s); validation pinball %.5f; time-of-day scales (80%%, 90%%) %s", shrink, shrink_test,
+                     weight, dict(zip(har_lib.WEIGHTS.tolist(), np.round(losses / max(losses[-1], 1e-12), 4).tolist(),
+                                      strict=True)),
+                     val_pinball, np.round(scales, 3).tolist())
+    return Fitted(model, validation, fit_s, steps, shrink, shrink_test, val_pinball, scales, weight)
 
 
 # -- evaluation: every rank tallies its test samples a chunk of whole tickers at a time ------------------------
@@ -238,7 +250,8 @@ def evaluate(run: Run, data: Data, inputs: Inputs, fitted: Fitted) -> Evaluation
     if len(set(seen)) > 1:
         raise MinutecastError(f"the ranks see different current models {seen}: every host needs the same registry")
     candidate = ServingModel(version="candidate", kind="lstm", scaler=inputs.scaler, keras_model=fitted.model,
-                             meta={"bucket_scales": fitted.bucket_scales.tolist()})
+                             meta={"bucket_scales": fitted.bucket_scales.tolist(), "har": inputs.har.to_dict(),
+                                   "har_weight": fitted.har_weight})
 
     from training.callbacks import allgather_arrays
 
@@ -277,7 +290,7 @@ def promote(run: Run, data: Data, inputs: Inputs, fitted: Fitted, ev: Evaluation
     meta = {
         "config": run.config, "data": data_range, "code_version": code_version(),
         "baseline_scale": inputs.baseline_scale, "har": inputs.har.to_dict(),
-        "bucket_scales": fitted.bucket_scales.tolist(),
+        "bucket_scales": fitted.bucket_scales.tolist(), "har_weight": fitted.har_weight,
         "metrics": {"test": {k: report.get(k) for k in SUMMARY_KEYS}, "val_pinball": fitted.val_pinball,
                     "best_epoch": val.best_epoch, "epochs_run": fitted.epochs_run, "history": val.history,
                     "median_shrink": fitted.shrink, "median_test": fitted.shrink_test},
