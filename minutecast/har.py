@@ -31,8 +31,7 @@ import numpy as np
 
 from minutecast import window as W
 from minutecast.errors import ModelError
-from minutecast.intervals import Z, scale_from_ratios
-from minutecast.schemas import QUANTILES
+from minutecast.intervals import Z, pinball_sum, scale_from_ratios
 
 HORIZONS = (5, 15, 60)  # minutes of realised volatility (the window's last h slots)
 MKT_HORIZONS = (15, 60)
@@ -201,12 +200,8 @@ def pinball_by_weight(model_log_q: np.ndarray, har_log_q: np.ndarray, moves: np.
     weight of :data:`WEIGHTS`: (len(WEIGHTS),) sums, to add over ranks before :func:`fit_weight`."""
     reg = np.asarray(regular, dtype=bool)
     q, h, y = np.asarray(model_log_q)[reg], np.asarray(har_log_q)[reg], np.asarray(moves, dtype=np.float64)[reg]
-    levels = np.asarray(QUANTILES)
-    out = np.zeros(len(WEIGHTS))
-    for i, wt in enumerate(WEIGHTS):
-        err = y[:, None] - blend(q, h, float(wt), np.ones(len(q), dtype=bool))
-        out[i] = np.maximum(levels * err, (levels - 1.0) * err).sum()
-    return out
+    every = np.ones(len(q), dtype=bool)
+    return np.array([pinball_sum(blend(q, h, float(wt), every), y) for wt in WEIGHTS])
 
 
 def fit_weight(losses: np.ndarray) -> float:

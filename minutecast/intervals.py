@@ -51,10 +51,20 @@ N_BUCKETS = len(BUCKETS) + 1  # the time-of-day buckets plus "outside regular ho
 MIN_BUCKET_SAMPLES = 200  # fewer validation samples in a bucket: its scale stays 1
 
 
+_LEVELS = np.asarray(QUANTILES, dtype=np.float64)
+
+
 def bucket_index(minutes: np.ndarray) -> np.ndarray:
     """As-of minutes (N,) -> row of a (N_BUCKETS, 2) scale table."""
     b = time_buckets(minutes)
     return np.where(b < 0, N_BUCKETS - 1, b)
+
+
+def pinball_sum(pred: np.ndarray, y: np.ndarray) -> float:
+    """Sum over samples of the pinball loss summed over the five levels: quantiles ``pred`` (N, 5) of the
+    values ``y`` (N,), in any one unit (the trainer's validation loss, the HAR average's weight)."""
+    err = np.asarray(y, dtype=np.float64)[:, None] - np.asarray(pred, dtype=np.float64)
+    return float(np.maximum(_LEVELS * err, (_LEVELS - 1.0) * err).sum())
 
 
 def interval_scores(log_q: np.ndarray, move: np.ndarray) -> np.ndarray:

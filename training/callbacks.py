@@ -18,20 +18,13 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from minutecast.intervals import bucket_index, bucket_scales, interval_scores
+from minutecast.intervals import bucket_index, bucket_scales, interval_scores, pinball_sum
 from minutecast.schemas import QUANTILES
 from training.scoring import diebold_mariano
 from training.stream import Spill
 
-_LEVELS = np.asarray(QUANTILES, dtype=np.float64)
 PREDICT_BATCH = 8192  # windows per predict call on validation samples
 PREDICT_ROWS = 4 * PREDICT_BATCH  # inputs read from a scratch file at once (~100 MB; whole batches)
-
-
-def pinball_sum(pred: np.ndarray, y: np.ndarray) -> float:
-    """Sum over samples of the pinball loss summed over the five levels (target units)."""
-    err = np.asarray(y, dtype=np.float64)[:, None] - np.asarray(pred, dtype=np.float64)
-    return float(np.maximum(_LEVELS * err, (_LEVELS - 1.0) * err).sum())
 
 
 def predict(model: Any, x: np.ndarray | Spill) -> np.ndarray:

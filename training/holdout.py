@@ -60,7 +60,7 @@ def pooled(reports: list[dict[str, Any]]) -> dict[str, Any]:
 def run_fold(bars: Path, train: list[str], held: list[str], flags: list[str], home: Path, log: Path) -> dict[str, Any]:
     """One training run on ``train`` (``flags``: the preset and its overrides) and the evaluation of its model on
     ``held`` (validation dates)."""
-    env = os.environ | {"MINUTECAST_HOME": str(home), "MINUTECAST_PROMOTE": "false"}
+    env = os.environ | {"MINUTECAST_HOME": str(home)}
     out = home / "run"
     cmd = [sys.executable, "-m", "training.train", "--bars", str(bars), "--tickers", ",".join(train),
            *flags, "--no-promote", "--out", str(out)]
@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     settings = TrainingSettings()
     market = settings.market_ticker
-    tickers = sorted({f.name.split(".")[0].upper() for f in D.bar_files(args.bars)})
+    tickers = sorted(D.load_bars(args.bars))  # from the bars, not file names: a file-per-day layout holds many
     if market not in tickers:
         raise ConfigError(f"the market ticker {market} (MINUTECAST_MARKET_TICKER) is not in {args.bars}")
     fs = folds(tickers, args.folds, market)

@@ -214,9 +214,10 @@ def calibrate(run: Run, inputs: Inputs, model: Any, validation: Any, fit_s: floa
                                                       inputs.val_ends)
     har_q = inputs.val_har / inputs.scaler.target_scale  # in the network's target units, like val_pred
     regular = regular_hours(inputs.val_ends)
-    losses = allreduce_sum(run.comm, har_lib.pinball_by_weight(np.sort(val_pred, axis=1), har_q, inputs.y_val, regular))
+    val_pred = np.sort(val_pred, axis=1)  # as served: ServingModel sorts the network's outputs before the average
+    losses = allreduce_sum(run.comm, har_lib.pinball_by_weight(val_pred, har_q, inputs.y_val, regular))
     weight = har_lib.fit_weight(losses)
-    val_pred = har_lib.blend(np.sort(val_pred, axis=1), har_q, weight, regular)
+    val_pred = har_lib.blend(val_pred, har_q, weight, regular)
     val_pinball = validation.val_pinball(val_pred)  # an allreduce: every rank calls it
     scales = fit_bucket_scales(run.comm, val_pred, inputs.y_val, inputs.val_ends, inputs.scaler.target_scale)
     if run.is_chief:
