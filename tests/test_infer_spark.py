@@ -163,18 +163,21 @@ def batch_ranges(checkpoint: Path, topic: str) -> dict[int, dict[int, tuple[int,
 
 def check_every_event_accounted(sent: list[Sent], ranges: dict[int, dict[int, tuple[int, int]]],
                                 batches: list[dict[str, Any]], served: dict[tuple[str, int], set[str | None]],
-                                kills: int = 0) -> None:
+                                before_kill: int = 0) -> None:
     """Every record in ``sent`` is accounted for, event by event, in the micro-batch that read it (found from
     its offset): a due dead letter, a forecast for its (ticker, minute) made from the announced (no-fault)
     window (``served``: the ``window_checksum`` of every forecast on the topic), or a supersession by a newer
     minute of the same ticker in the same micro-batch which was served. The last ``--stats-jsonl`` line of
     each of those micro-batches (the run the checkpoint kept) counts exactly that: no unexplained
     supersession, dead letter or checksum mismatch (a window differing from the one announced), no slack.
-    The listener writes a batch's line after the batch, so each of the ``kills`` may have cut one line off;
-    an earlier line of a replayed batch (the run a kill cut short, whose range asynchronous progress
+    The listener writes a batch's line after the batch, on Spark's listener bus, which may lag several
+    batches behind on a loaded machine: a SIGKILL may cut off the lines of batches that had read only records
+    published before it (``sent[:before_kill]``; their events are still checked against the topic above). An
+    earlier line of a replayed batch (the run a kill cut short, whose range asynchronous progress
     tracking may have planned anew) must still show no checksum mismatch or supersession by state."""
     by_batch: dict[int, list[Sent]] = {}
     unlogged: list[int] = []
+    early = {(e.partition, e.offset) for e in sent[:before_kill]}
     for e in sent:
         b = next((b for b, r in ranges.items() if r.get(e.partition, (0, 0))[0] <= e.offset < r.get(e.partition,
                                                                                                   (0, 0))[1]), None)
@@ -199,6 +202,8 @@ def check_every_event_accounted(sent: list[Sent], ranges: dict[int, dict[int, tu
         lines = [s for s in batches if s.get("batch_id") == b]
         if not lines:
             unlogged.append(b)
+            assert all((e.partition, e.offset) in early for e in evs), \
+                f"batch {b} read records published after the kill but left no stats line"
             continue
         for s in lines[:-1]:
             assert not s.get("checksum_mismatch") and not s.get("superseded_state"), f"batch {b} (cut short): {s}"
@@ -210,7 +215,8 @@ def check_every_event_accounted(sent: list[Sent], ranges: dict[int, dict[int, tu
             assert got == want, f"batch {b}: counted {got}, the events in it call for {want}"
             written = s.get("forecasts", 0) + s.get("corrections", 0) + s.get("replayed", 0)
             assert written == len(winner), f"batch {b}: {written} forecasts written for {len(winner)} events: {s}"
-    assert len(unlogged) <= kills, f"batches {unlogged} read events but left no stats line ({kills} kills)"
+    if unlogged:
+        print(f"batches {unlogged} were cut off by the kill before their stats lines")
 
 
 @pytest.mark.faults
@@ -239,9 +245,10 @@ def test_job_persistence_hot_reload_kill_restart(topics: Topics, kafka: KafkaSet
                                              (lose[0], T0 + 60 * lose[1])])
         publish(producer, topics, [ready_event(bars, t, i) for t in TICKERS], ledger)
 
-    def accounted(since: int = 0, kills: int = 1) -> None:
+    def accounted(since: int = 0, before_kill: int = 0) -> None:
         """Wait until every micro-batch in the checkpoint left its stats line, then check the records
-        published from ``ledger[since]`` on (:func:`check_every_event_accounted`)."""
+        published from ``ledger[since]`` on (:func:`check_every_event_accounted`); ``before_kill``: the ledger's
+        length at the kill."""
         deadline = time.monotonic() + 60
         while True:
             ranges, lines = batch_ranges(job.checkpoint, topics.ready), job.batches()
@@ -251,7 +258,7 @@ def test_job_persistence_hot_reload_kill_restart(topics: Topics, kafka: KafkaSet
         served: dict[tuple[str, int], set[str | None]] = {}
         for _, f in out.forecasts:
             served.setdefault((f.ticker, f.as_of), set()).add(f.window_checksum)
-        check_every_event_accounted(ledger[since:], ranges, lines, served, kills)
+        check_every_event_accounted(ledger[since:], ranges, lines, served, before_kill - since)
 
     # Phase 1: before any model, persistence is served and labelled.
     for i in range(60):  # 60 minutes of history (and the market ticker's), no events yet
@@ -287,6 +294,7 @@ def test_job_persistence_hot_reload_kill_restart(topics: Topics, kafka: KafkaSet
         time.sleep(0.3)
     out.wait_for(lambda: any(f.as_of >= T0 + 60 * 62 for _, f in out.forecasts), job, "forecasts after 61")
     job.kill()
+    killed_at = len(ledger)
     for i in range(67, 72):
         minute(i)
     job.start()
@@ -321,7 +329,7 @@ def test_job_persistence_hot_reload_kill_restart(topics: Topics, kafka: KafkaSet
 
     # Every record published is accounted for by the micro-batch that read it: a forecast, a due dead letter,
     # or a supersession counted in that batch by a newer minute of the same ticker which was served.
-    accounted()
+    accounted(before_kill=killed_at)
     assert any(s.get("replayed", 0) or s.get("superseded_batch", 0) for s in job.batches()), \
         "the kill left nothing to replay or supersede: it did not test the restart"
     assert any(k.startswith("redis_read_ms") for b in job.batches() for k in b)
@@ -343,7 +351,8 @@ def test_job_persistence_hot_reload_kill_restart(topics: Topics, kafka: KafkaSet
     job.start()
     out.wait_for(lambda: len(out.as_of(76)) == len(TICKERS), job, "forecasts after the second restart")
     with pytest.raises(AssertionError) as caught:
-        accounted(since)
+        accounted(since, before_kill=since)
+    assert "left no stats line" not in str(caught.value), caught.value  # caught by the lost bar itself
     print(f"Spark job SIGKILL, one bar lost: {caught.value}")
 
     assert job.stop() == 0, job.log_tail()
