@@ -25,8 +25,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-import numpy as np
-
 from minutecast.errors import ConfigError
 from minutecast.features import N_FEATURES
 from minutecast.intervals import Z
@@ -120,9 +118,9 @@ def build_model(preset: Preset, seed: int = 0) -> Any:
         sigma = layers.Dense(1, activation="exponential", name="sigma")(z)
         # mu + sigma * z for the five levels, as two fixed (non-trainable) linear maps (1 -> 5).
         spread = layers.Dense(len(QUANTILES), use_bias=False, trainable=False, name="z",
-                              kernel_initializer=tf.keras.initializers.Constant(Z.reshape(1, -1)))(sigma)
+                              kernel_initializer=tf.keras.initializers.Constant(Z.reshape(1, -1).tolist()))(sigma)
         centre = layers.Dense(len(QUANTILES), use_bias=False, trainable=False, name="broadcast",
-                              kernel_initializer=tf.keras.initializers.Constant(np.ones((1, len(QUANTILES)))))(median)
+                              kernel_initializer=tf.keras.initializers.Constant([[1.0] * len(QUANTILES)]))(median)
         outputs = layers.Add(name="quantiles")([centre, spread])
     else:
         raise ConfigError(f"unknown head {preset.head!r} (quantile or gaussian)")

@@ -18,7 +18,7 @@ import pytest
 from minutecast import har as HAR
 from minutecast.errors import ModelError
 from minutecast.features import FEATURE_SPEC, N_FEATURES, Scaler
-from minutecast.model import build_model, get_preset
+from minutecast.model import PRESETS, build_model, get_preset
 from minutecast.registry import Registry
 from minutecast.window import MINUTE, N_COLUMNS, WINDOW, C, regular_hours
 from training import data as D
@@ -255,3 +255,12 @@ def test_evaluate_cli_json_on_shared_files(tmp_path: Path, shared_data: Path, sc
         assert isinstance(out[key], float), key
     assert 0.0 <= out["dm_pvalue"] <= 1.0 and 0.0 < out["coverage_80"] < out["coverage_90"] <= 1.0
     assert Path(out["report_dir"], "report.md").exists()
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_preset_saves_and_loads_through_the_registry(tmp_path: Path, scaler: Scaler, preset: str) -> None:
+    """The registry refuses a config naming classes outside its allowlist; a preset whose layers serialise a numpy
+    array (a Constant initializer given one: ``__numpy__``) could be trained and saved but never served."""
+    reg = Registry(tmp_path)
+    served = reg.load(reg.save(build_model(get_preset(preset)), scaler, {}))
+    assert served.predict_log_quantiles(np.zeros((0, WINDOW, N_COLUMNS))).shape == (0, 5)
