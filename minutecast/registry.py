@@ -123,6 +123,19 @@ class Registry:
             return None
         return text or None
 
+    def current_fits_this_code(self) -> bool:
+        """Whether a version is promoted and its meta is one this code serves (the features it was trained for,
+        its scaler, its checksum recorded; no TensorFlow). False after an upgrade that changed the features: the
+        promoted model is refused when loaded, so the trainer treats it as no model (``first_preset``)."""
+        version = self.current_version()
+        if version is None:
+            return False
+        try:
+            parse_meta(version, read_capped(self.path(version) / META_FILE, MAX_META_BYTES))
+        except (ModelError, OSError):
+            return False
+        return True
+
     def versions(self) -> list[str]:
         """Complete versions, oldest first (names sort by creation time)."""
         if not self.root.is_dir():

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from minutecast.errors import ConfigError
+from minutecast.features import FEATURE_SPEC
 from minutecast.settings import CommonSettings, TrainingSettings
 from training import config
 from training.cli import add_arguments, parse_every, train_command
@@ -56,16 +57,23 @@ def test_child_command_uses_horovodrun_only_for_several_ranks(tmp_path: Path) ->
     assert "--promote" not in two and two[two.index("--epochs") + 1] == "3" and "--offsets" not in two
 
 
-def test_first_preset_applies_only_while_no_model_is_promoted(tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_first_preset_applies_while_no_model_this_code_serves_is_promoted(tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MINUTECAST_HOME", str(tmp_path))
     settings = cli_settings("--first-preset", "tiny", "--preset", "default")
     cmd = train_command(settings, tmp_path, None)
     assert cmd[cmd.index("--preset") + 1] == "tiny"
-    settings.models_dir.mkdir(parents=True)
-    (settings.models_dir / "CURRENT").write_text("20261122T000000Z-abc\n")
-    cmd = train_command(settings, tmp_path, None)
-    assert cmd[cmd.index("--preset") + 1] == "default"
+    version = "20261122T000000Z-0123abcd"
+    (settings.models_dir / version).mkdir(parents=True)
+    (settings.models_dir / "CURRENT").write_text(f"{version}\n")
+    scaler = {k: 1.0 for k in ("ret_scale", "gap_scale", "range_scale", "logvol_mean", "logvol_std", "mkt_ret_scale",
+                               "mkt_range_scale", "target_scale")}
+    for spec, preset in (("v2:an-older-feature-set", "tiny"), (FEATURE_SPEC, "default")):
+        # a model trained for other features (yesterday's, after an upgrade) is refused when loaded: as none
+        (settings.models_dir / version / "meta.json").write_text(json.dumps(
+            {"feature_spec": spec, "scaler": scaler, "model_sha256": "0" * 64}))
+        cmd = train_command(settings, tmp_path, None)
+        assert cmd[cmd.index("--preset") + 1] == preset, spec
 
 
 def test_zero_values_are_honoured_by_the_cli_and_its_child(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

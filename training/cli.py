@@ -62,7 +62,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def train_command(settings: TrainingSettings, run_dir: Path, offsets: Path | None) -> list[str]:
     """The child command line: python -m training.train ... (under horovodrun when np > 1). It carries every
     resolved run option as a flag (and inherits the environment), so each rank resolves the same config."""
-    if settings.first_preset and Registry(settings.models_dir).current_version() is None:
+    if settings.first_preset and not Registry(settings.models_dir).current_fits_this_code():
         settings = settings.model_copy(update={"preset": settings.first_preset})
     cmd = [sys.executable, "-m", "training.train", *config.as_flags(settings), "--out", str(run_dir)]
     if offsets is not None:
