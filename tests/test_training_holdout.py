@@ -61,7 +61,11 @@ def test_a_holdout_run_scores_each_fold_on_tickers_its_model_never_saw(tmp_path:
         assert not set(f["held_out"]) & set(f["trained_on"]) and "SPY" in f["trained_on"]
         assert sorted(row["ticker"] for row in f["per_ticker"]) == sorted(f["held_out"])  # scored: the unseen ones
         assert f["test_dates"]["val_dates"] and f["served"] == "model" and f["samples"] > 1000
+        t = f["on_test_dates"]  # the same model and tickers on the test dates, after the validation dates
+        assert not t["test_dates"]["val_dates"] and t["test_dates"]["first"] > f["test_dates"]["last"]
+        assert sorted(row["ticker"] for row in t["per_ticker"]) == sorted(f["held_out"]) and t["samples"] > 500
     p = doc["pooled"]
     assert p["samples"] == sum(f["samples"] for f in doc["folds"]) and 0.7 < p["coverage_80"] < 0.9
-    assert "| **pooled** |" in (tmp_path / "out" / "holdout.md").read_text()
+    assert doc["pooled_test_dates"]["samples"] == sum(f["on_test_dates"]["samples"] for f in doc["folds"])
+    assert (tmp_path / "out" / "holdout.md").read_text().count("| **pooled** |") == 2
     assert not (tmp_path / "home" / "models").exists()  # the user's registry untouched: each fold had its own

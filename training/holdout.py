@@ -8,10 +8,13 @@ The tickers of ``--bars`` (all but the market ticker, which every run needs for 
 training run (``python -m training.train``) on the other tickers, in a scratch ``MINUTECAST_HOME`` (the user's
 registry is never touched; nothing promoted), then ``minutecast evaluate --val-dates`` of its model on the
 fold's tickers: the validation dates, after every training date, so the scored samples are held out in both
-tickers and time; the test dates stay the test report's. The baselines the model is compared with (the
+tickers and time. The same model is also scored on the fold's tickers on the test dates (``on_test_dates``),
+which no step of training reads: what separates the loss from unseen tickers from the loss from another
+period. The baselines the model is compared with (the
 calibrated window-vol scale, the HAR fit) are those the run fitted on its own training tickers, so they are
 out of sample too. Writes ``holdout.json`` (every fold's report and the pooled figures: sample-weighted means
-of the folds' interval scores and coverages) and ``holdout.md`` to ``--out``.
+of the folds' interval scores and coverages, ``pooled`` on the validation dates, ``pooled_test_dates``) and
+``holdout.md`` to ``--out``.
 """
 
 from __future__ import annotations
@@ -70,15 +73,19 @@ def run_fold(bars: Path, train: list[str], held: list[str], flags: list[str], ho
         if subprocess.run(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, check=False).returncode != 0:
             raise MinutecastError(f"the training run of the fold holding {held} failed: see {log}")
         version = json.loads((out / "result.json").read_text())["version"]
-        ev = [sys.executable, "-m", "minutecast.cli", "evaluate", "--bars", str(bars), "--model", version,
-              "--tickers", ",".join(held), "--val-dates", "--json", "--out", str(home / "report")]
-        f.write(f"$ {' '.join(ev)}\n")
-        f.flush()
-        done = subprocess.run(ev, env=env, stdout=subprocess.PIPE, stderr=f, text=True, check=False)
-    if done.returncode != 0:
-        raise MinutecastError(f"the evaluation of the fold holding {held} failed: see {log}")
-    report: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
-    return report | {"held_out": held, "trained_on": train}
+        reports: list[dict[str, Any]] = []
+        for dates in (["--val-dates"], []):  # the validation dates, then the test dates
+            ev = [sys.executable, "-m", "minutecast.cli", "evaluate", "--bars", str(bars), "--model", version,
+                  "--tickers", ",".join(held), *dates, "--json", "--out", str(home / f"report{len(reports)}")]
+            f.write(f"$ {' '.join(ev)}\n")
+            f.flush()
+            done = subprocess.run(ev, env=env, stdout=subprocess.PIPE, stderr=f, text=True, check=False)
+            if done.returncode != 0:
+                raise MinutecastError(f"the evaluation of the fold holding {held} failed: see {log}")
+            reports.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    keep = ("samples", "per_ticker", "test_dates", *POOLED, "interval_score_gain_80", "interval_score_gain_vs_har_80")
+    return reports[0] | {"held_out": held, "trained_on": train,
+                         "on_test_dates": {k: reports[1][k] for k in keep if k in reports[1]}}
 
 
 def markdown(doc: dict[str, Any]) -> str:
@@ -94,6 +101,14 @@ def markdown(doc: dict[str, Any]) -> str:
                      f"{r['interval_score_80']:.2f} | {r['baseline_interval_score_80']:.2f} | "
                      f"{r['har_interval_score_80']:.2f} | {r['interval_score_gain_80']:+.2%} | "
                      f"{r['interval_score_gain_vs_har_80']:+.2%} |")
+    if "pooled_test_dates" in doc:  # holdout.json written before it scored the test dates: no such section
+        lines += ["", "The same models on the same held-out tickers, on the test dates (read by no step of training):",
+                  "", "| held out | samples | coverage 80% | coverage 90% | gain vs window-vol | gain vs HAR |",
+                  "|---|---:|---:|---:|---:|---:|"]
+        test_rows = [(", ".join(f["held_out"]), f["on_test_dates"]) for f in doc["folds"]]
+        for name, r in [*test_rows, ("**pooled**", doc["pooled_test_dates"])]:
+            lines.append(f"| {name} | {r['samples']} | {r['coverage_80']:.3f} | {r['coverage_90']:.3f} | "
+                         f"{r['interval_score_gain_80']:+.2%} | {r['interval_score_gain_vs_har_80']:+.2%} |")
     lines += ["", "| held-out ticker | samples | coverage 80% | IS 80 | HAR IS 80 |", "|---|---:|---:|---:|---:|"]
     for f in doc["folds"]:
         for row in f["per_ticker"]:
@@ -132,11 +147,15 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory(prefix="minutecast-holdout-") as home:
             reports.append(run_fold(args.bars, train, held, flags, Path(home), out / "holdout.log"))
         r = reports[-1]
-        print(f"  coverage 80% {r['coverage_80']:.3f}, gain vs HAR {r['interval_score_gain_vs_har_80']:+.2%}, "
-              f"vs window-vol {r['interval_score_gain_80']:+.2%}", flush=True)
+        t = r["on_test_dates"]
+        print(f"  validation dates: coverage 80% {r['coverage_80']:.3f}, gain vs HAR "
+              f"{r['interval_score_gain_vs_har_80']:+.2%}, vs window-vol {r['interval_score_gain_80']:+.2%}; test "
+              f"dates: {t['coverage_80']:.3f}, {t['interval_score_gain_vs_har_80']:+.2%}, "
+              f"{t['interval_score_gain_80']:+.2%}", flush=True)
     command = " ".join(["python -m training.holdout", "--bars", str(args.bars), "--folds", str(args.folds), *flags])
     doc = {"command": command, "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-           "preset": args.preset, "market_ticker": market, "pooled": pooled(reports), "folds": reports}
+           "preset": args.preset, "market_ticker": market, "pooled": pooled(reports),
+           "pooled_test_dates": pooled([r["on_test_dates"] for r in reports]), "folds": reports}
     (out / "holdout.json").write_text(json.dumps(doc, indent=1) + "\n")
     (out / "holdout.md").write_text(markdown(doc) + "\n")
     print(markdown(doc))
