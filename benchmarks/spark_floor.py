@@ -22,7 +22,6 @@ import math
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import datetime
 from functools import partial
 from typing import Any
 
@@ -60,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     bursts = 10 if args.quick else args.bursts
     ns = f"sf{uuid.uuid4().hex[:10]}"
-    from streams.infer import OUT_SCHEMA, InferenceJob
+    from streams.infer import OUT_SCHEMA, InferenceJob, trigger_time
 
     settings = InferenceSettings(namespace=ns, checkpoint_dir=default_cache() / "bench" / ns,
                                  spark_jars=",".join(str(j) for j in spark_kafka_jars(default_cache())))
@@ -93,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         delete_namespace_topics(settings.kafka, ns)
     # Batches triggered once the timed bursts began (not "all but the first two whole ones": on a loaded machine
     # the warm-up bursts were split or merged, and that dropped timed ones: 0 of 4 whole in a CI run).
-    timed = [p for p in progress if started_at(p) >= timed_from]
+    timed = [p for p in progress if trigger_time(p) >= timed_from]
     full = [dict(p.durationMs) for p in timed if p.numInputRows == args.events]
     split = sum(1 for p in timed if 0 < p.numInputRows < args.events)
 
@@ -110,11 +109,6 @@ def main(argv: list[str] | None = None) -> int:
         "trigger_execution_p50_ms": pct("triggerExecution", 50),
         "trigger_execution_p95_ms": pct("triggerExecution", 95)}))
     return 0
-
-
-def started_at(progress: Any) -> float:
-    """A StreamingQueryProgress's trigger start (its ISO-8601 UTC ``timestamp``) as epoch seconds."""
-    return datetime.fromisoformat(str(progress.timestamp).replace("Z", "+00:00")).timestamp()
 
 
 if __name__ == "__main__":

@@ -131,10 +131,22 @@ class Registry:
         if version is None:
             return False
         try:
-            parse_meta(version, read_capped(self.path(version) / META_FILE, MAX_META_BYTES))
-        except (ModelError, OSError):
+            self.read_meta(version)
+        except ModelError:
             return False
         return True
+
+    def read_meta(self, version: str) -> tuple[dict[str, Any], Scaler]:
+        """``version``'s checked meta and scaler (:func:`minutecast.modelcheck.parse_meta`; no TensorFlow);
+        anything missing or wrong raises :class:`ModelError` saying what."""
+        meta_path = self.path(version) / META_FILE
+        try:
+            raw = read_capped(meta_path, MAX_META_BYTES)
+        except FileNotFoundError as exc:
+            raise ModelError(f"model {version}: {META_FILE} missing") from exc
+        except OSError as exc:
+            raise ModelError(f"model {version}: {META_FILE} unreadable ({exc})") from exc
+        return parse_meta(version, raw)
 
     def versions(self) -> list[str]:
         """Complete versions, oldest first (names sort by creation time)."""
@@ -153,14 +165,8 @@ class Registry:
         d = self.path(version)
         if not d.is_dir():
             raise ModelError(f"model {version} not found under {self.root}")
-        meta_path, model_path = d / META_FILE, d / MODEL_FILE
-        try:
-            raw = read_capped(meta_path, MAX_META_BYTES)
-        except FileNotFoundError as exc:
-            raise ModelError(f"model {version}: {META_FILE} missing") from exc
-        except OSError as exc:
-            raise ModelError(f"model {version}: {META_FILE} unreadable ({exc})") from exc
-        meta, scaler = parse_meta(version, raw)
+        model_path = d / MODEL_FILE
+        meta, scaler = self.read_meta(version)
         try:
             data = read_capped(model_path, MAX_MODEL_BYTES)
         except FileNotFoundError as exc:

@@ -294,7 +294,7 @@ class InferenceJob:
     def on_progress(self, p: Any) -> None:
         """Spark's progress event of a finished micro-batch (the listener thread, after the batch)."""
         engine_ms = {k: int(v) for k, v in dict(p.durationMs).items()}
-        trigger_at = datetime.fromisoformat(p.timestamp.replace("Z", "+00:00")).timestamp()
+        trigger_at = trigger_time(p)
         try:
             if "addBatch" in engine_ms:  # a batch ran (a no-data progress event carries no job)
                 self.batch_done(p.batchId, trigger_at, engine_ms)
@@ -361,3 +361,8 @@ class InferenceJob:
         self.check_redis()  # before the first batch writes anything
         self.listen(self.on_progress)
         return self.writer(self.forecasts(), available_now=available_now).start()
+
+
+def trigger_time(progress: Any) -> float:
+    """A StreamingQueryProgress's trigger start (its ISO-8601 UTC ``timestamp``) as epoch seconds."""
+    return datetime.fromisoformat(str(progress.timestamp).replace("Z", "+00:00")).timestamp()

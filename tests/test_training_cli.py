@@ -8,12 +8,13 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
 from minutecast.errors import ConfigError
-from minutecast.features import FEATURE_SPEC
+from minutecast.features import FEATURE_SPEC, Scaler
 from minutecast.settings import CommonSettings, TrainingSettings
 from training import config
 from training.cli import add_arguments, parse_every, train_command
@@ -66,8 +67,7 @@ def test_first_preset_applies_while_no_model_this_code_serves_is_promoted(tmp_pa
     version = "20261122T000000Z-0123abcd"
     (settings.models_dir / version).mkdir(parents=True)
     (settings.models_dir / "CURRENT").write_text(f"{version}\n")
-    scaler = {k: 1.0 for k in ("ret_scale", "gap_scale", "range_scale", "logvol_mean", "logvol_std", "mkt_ret_scale",
-                               "mkt_range_scale", "target_scale")}
+    scaler = {f.name: 1.0 for f in fields(Scaler)}
     for spec, preset in (("v2:an-older-feature-set", "tiny"), (FEATURE_SPEC, "default")):
         # a model trained for other features (yesterday's, after an upgrade) is refused when loaded: as none
         (settings.models_dir / version / "meta.json").write_text(json.dumps(
