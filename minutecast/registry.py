@@ -139,14 +139,16 @@ class Registry:
     def read_meta(self, version: str) -> tuple[dict[str, Any], Scaler]:
         """``version``'s checked meta and scaler (:func:`minutecast.modelcheck.parse_meta`; no TensorFlow);
         anything missing or wrong raises :class:`ModelError` saying what."""
-        meta_path = self.path(version) / META_FILE
+        return parse_meta(version, self._read(version, META_FILE, MAX_META_BYTES))
+
+    def _read(self, version: str, name: str, limit: int) -> bytes:
+        """The bytes of ``version``'s file ``name`` (at most ``limit``); ModelError when missing or unreadable."""
         try:
-            raw = read_capped(meta_path, MAX_META_BYTES)
+            return read_capped(self.path(version) / name, limit)
         except FileNotFoundError as exc:
-            raise ModelError(f"model {version}: {META_FILE} missing") from exc
+            raise ModelError(f"model {version}: {name} missing") from exc
         except OSError as exc:
-            raise ModelError(f"model {version}: {META_FILE} unreadable ({exc})") from exc
-        return parse_meta(version, raw)
+            raise ModelError(f"model {version}: {name} unreadable ({exc})") from exc
 
     def versions(self) -> list[str]:
         """Complete versions, oldest first (names sort by creation time)."""
@@ -165,14 +167,8 @@ class Registry:
         d = self.path(version)
         if not d.is_dir():
             raise ModelError(f"model {version} not found under {self.root}")
-        model_path = d / MODEL_FILE
         meta, scaler = self.read_meta(version)
-        try:
-            data = read_capped(model_path, MAX_MODEL_BYTES)
-        except FileNotFoundError as exc:
-            raise ModelError(f"model {version}: {MODEL_FILE} missing") from exc
-        except OSError as exc:
-            raise ModelError(f"model {version}: {MODEL_FILE} unreadable ({exc})") from exc
+        data = self._read(version, MODEL_FILE, MAX_MODEL_BYTES)
         check_archive(version, data, meta.get("model_sha256"))
         import tensorflow as tf
 
