@@ -66,9 +66,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-serve", action="store_true", help="do not run the web dashboard (`minutecast serve`)")
     p.add_argument("--tickers", help="comma-separated tickers (default: all of the source)")
     p.add_argument("--no-train", action="store_true", help="do not run the trainer")
-    # The default preset: `first` (a third of the training) promotes sooner but short of the report's 1% over the
-    # HAR baseline (docs/training.md, "make run's first model").
-    p.add_argument("--train-preset", default="default", help="preset of the first model when none is promoted")
+    # Unset: the first model is the trainer's own preset (MINUTECAST_PRESET, default "default"); `first` (a third of
+    # the training) promotes sooner but short of the report's 1% over HAR (docs/training.md, "make run's first model").
+    p.add_argument("--train-preset", default=None,
+                   help="preset of the first model when none is promoted (default: the trainer's preset)")
     p.add_argument("--retrain-every", default="1h", help="retrain period of the trainer service")
     p.add_argument("--for", dest="duration", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--until-forecasts", type=int, default=None,
@@ -213,7 +214,8 @@ def plan(args: argparse.Namespace, s: Any, say: Any) -> tuple[list[Service], Ser
                 "(set MINUTECAST_SERVE_PORT)")
     trainer = None
     if not args.no_train:
-        trainer = Service("train", ["train", "--every", args.retrain_every, "--first-preset", args.train_preset])
+        first = ["--first-preset", args.train_preset] if args.train_preset else []
+        trainer = Service("train", ["train", "--every", args.retrain_every, *first])
     return services, trainer, f"{source}{', as if live' if live_replay else ''}", url
 
 
